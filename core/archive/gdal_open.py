@@ -1,0 +1,39 @@
+"""Open rasters with GDAL and turn its failures into RsirError messages naming the file."""
+from __future__ import annotations
+
+import os
+
+from osgeo import gdal
+
+from ..errors import RsirError
+
+
+def open_raster(path: str) -> gdal.Dataset:
+    """Open `path` read-only; raise RsirError naming the file if it is missing, unreadable or not a raster."""
+    if not os.path.exists(path):
+        raise RsirError(f"{path}: no such file")
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        gdal.ErrorReset()
+        ds = gdal.Open(path, gdal.GA_ReadOnly)
+        msg = gdal.GetLastErrorMsg()
+    finally:
+        gdal.PopErrorHandler()
+    if ds is None or ds.RasterCount == 0:
+        detail = f" ({msg})" if msg else ""
+        raise RsirError(f"{path}: not a readable raster{detail}")
+    return ds
+
+
+def read_array(ds: gdal.Dataset, what: str, **kwargs):
+    """`ds.ReadAsArray(**kwargs)` that raises RsirError (naming `what`) on a read failure, e.g. a truncated file."""
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        gdal.ErrorReset()
+        arr = ds.ReadAsArray(**kwargs)
+        msg = gdal.GetLastErrorMsg()
+    finally:
+        gdal.PopErrorHandler()
+    if arr is None:
+        raise RsirError(f"{what}: reading pixels failed ({msg or 'unknown GDAL error'})")
+    return arr

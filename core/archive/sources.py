@@ -1,0 +1,135 @@
+"""What an archive is made of, and how each piece opens as one GDAL dataset.
+
+An archive is any mix of
+- rasters (GeoTIFF, VRT, JP2, COG, ...): tiled on a regular grid;
+- band-stack specs: a JSON file naming one file per band (as Sentinel-2 ships), stacked as a VRT and tiled;
+- folders of image patches (EuroSAT/UCM style): every image is one tile, its label the sub-folder it sits in.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from osgeo import gdal
+
+from ..errors import RsirError
+from .gdal_open import open_raster
+
+PATCH_EXTENSIONS = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".jp2", ".bmp", ".gif")
+STACK_TYPE = "rsir.band_stack"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One item of an archive. `kind` is "raster", "stack" or "patch"; `scale` overrides the model's scale."""
+
+    path: str
+    kind: str
+    label: str = ""
+    scale: float | None = None
+
+
+def expand_archive(paths: list[str]) -> list[SourceSpec]:
+    """Turn the paths a user gave into sources, in a stable order. Raises RsirError if one is missing or none is found."""
+    specs: list[SourceSpec] = []
+    for raw in paths:
+        path = os.path.abspath(raw)
+        if not os.path.exists(path):
+            raise RsirError(f"{raw}: no such file or folder")
+        if os.path.isdir(path):
+            specs.extend(_patch_folder(path))
+        elif path.lower().endswith(".json"):
+            specs.append(SourceSpec(path, "stack", scale=read_stack_spec(path).get("scale")))
+        else:
+            specs.append(SourceSpec(path, "raster"))
+    if not specs:
+        raise RsirError(f"empty archive: no rasters or image patches found in {', '.join(paths) or '(nothing given)'}")
+    return specs
+
+
+def _patch_folder(root: str) -> list[SourceSpec]:
+    specs = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        rel = os.path.relpath(folder, root)
+        label = "" if rel == "." else rel.split(os.sep)[0]
+        for name in sorted(files):
+            if name.lower().endswith(PATCH_EXTENSIONS) and not name.startswith("."):
+                specs.append(SourceSpec(os.path.join(folder, name), "patch", label=label))
+    return specs
+
+
+def read_stack_spec(path: str) -> dict:
+    """Parse and check a band-stack spec:
+    `{"type": "rsir.band_stack", "bands": [{"name": "B04", "path": "s2_B04.jp2"}, ...], "scale": 10000}`
+    (band paths relative to the spec's folder; `scale` optional)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RsirError(f"{path}: not a readable band-stack spec ({exc})") from None
+    if not isinstance(spec, dict) or spec.get("type") != STACK_TYPE:
+        raise RsirError(f"{path}: not a band-stack spec (expected \"type\": \"{STACK_TYPE}\")")
+    bands = spec.get("bands")
+    if not isinstance(bands, list) or not bands or not all(isinstance(b, dict) and "path" in b for b in bands):
+        raise RsirError(f"{path}: band-stack spec needs a non-empty \"bands\" list of {{\"name\", \"path\"}} objects")
+    return spec
+
+
+def open_source(spec: SourceSpec) -> gdal.Dataset:
+    """Open a source as one dataset (a band stack becomes an in-memory VRT at its finest band resolution)."""
+    if spec.kind != "stack":
+        return open_raster(spec.path)
+    stack = read_stack_spec(spec.path)
+    folder = os.path.dirname(spec.path)
+    files, names = [], []
+    for i, band in enumerate(stack["bands"], 1):
+        band_path = os.path.join(folder, band["path"])
+        ds = open_raster(band_path)  # names the missing/corrupt band file
+        if ds.RasterCount != 1:
+            raise RsirError(f"{spec.path}: band file {band_path} has {ds.RasterCount} bands; a stack wants 1 per file")
+        files.append(band_path)
+        names.append(str(band.get("name", i)))
+    vrt = gdal.BuildVRT("", files, separate=True, resolution="highest")
+    if vrt is None:
+        raise RsirError(f"{spec.path}: the band files could not be stacked ({gdal.GetLastErrorMsg()})")
+    for i, name in enumerate(names, 1):
+        vrt.GetRasterBand(i).SetDescription(name)
+    return vrt
+
+
+def band_names(ds: gdal.Dataset) -> list[str]:
+    """Band descriptions, falling back to colour interpretation names ("Red", ...) where empty."""
+    out = []
+    for i in range(1, ds.RasterCount + 1):
+        band = ds.GetRasterBand(i)
+        out.append(band.GetDescription() or gdal.GetColorInterpretationName(band.GetColorInterpretation()))
+    return out
+
+
+def parse_band_list(text: str | None) -> list | None:
+    """CLI `--bands 4,3,2` or `--bands B04,B03,B02` -> [4, 3, 2] or ["B04", "B03", "B02"]."""
+    if not text:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    return [int(t) if t.isdigit() else t for t in items]
+
+
+def resolve_bands(ds: gdal.Dataset, wanted: list, what: str) -> list[int]:
+    """Map band names or 1-based indices onto `ds`'s 1-based band numbers; RsirError naming `what` if impossible."""
+    names = band_names(ds)
+    lower = [n.lower() for n in names]
+    out = []
+    for b in wanted:
+        if isinstance(b, int) or (isinstance(b, str) and b.isdigit()):
+            idx = int(b)
+            if not 1 <= idx <= ds.RasterCount:
+                raise RsirError(f"{what}: has {ds.RasterCount} band(s) but band {idx} is needed "
+                                f"(bands wanted: {wanted})")
+            out.append(idx)
+        elif str(b).lower() in lower:
+            out.append(lower.index(str(b).lower()) + 1)
+        else:
+            raise RsirError(f"{what}: has no band named {b!r} (bands wanted: {wanted}; it has {names})")
+    return out

@@ -1,0 +1,264 @@
+"""The `rsir` command line: index, search, info (core) plus subcommands other packages register
+through the `rsir.commands` entry-point group (training/ adds `export`)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib.metadata import entry_points
+
+from . import __version__
+from .errors import Cancelled, RsirError
+
+EPILOG = """examples:
+  rsir index scene.tif --model model.onnx --out idx/
+  rsir index s2_stack.json eurosat/ --model model.onnx --out idx/ --tile 64 --stride 32
+  rsir search idx/ --bbox 455000,4180000,455640,4180640 --crs EPSG:32618 --raster scene.tif -k 10 \\
+      --out hits.gpkg --png hits.png
+  rsir search idx/ --tile 42 --hash
+  rsir info idx/
+"""
+
+
+def _bbox(text: str) -> tuple[float, float, float, float]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bbox wants xmin,ymin,xmax,ymax numbers, got {text!r}") from None
+    if len(vals) != 4:
+        raise argparse.ArgumentTypeError(f"--bbox wants 4 numbers xmin,ymin,xmax,ymax, got {len(vals)}")
+    return vals  # type: ignore[return-value]
+
+
+def _common_encoder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="onnxruntime device: auto uses CUDA when its provider is installed (default: auto)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime (default: all cores)")
+    p.add_argument("--bands", default=None,
+                   help="source bands feeding the model, in model order: 1-based numbers (4,3,2) or band "
+                        "names (B04,B03,B02); default: the model's own band list")
+    p.add_argument("--scale", type=float, default=None,
+                   help="divide raw pixel values by this instead of the model's scale (e.g. 3000 for "
+                        "Sentinel-2 L1C reflectance into a model trained on 8-bit RGB)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rsir", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Remote-sensing image retrieval: index an archive of imagery once, then find the places most "
+                    "similar to a tile, an image file or a box drawn on a raster.")
+    parser.add_argument("--version", action="version", version=f"rsir {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("index", help="tile and encode an archive into an index folder (resumable)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Tile the rasters, band-stack specs (.json) and patch folders of ARCHIVE, encode "
+                                   "every tile with the ONNX model and write an index folder. Interrupted runs "
+                                   "resume when rerun; new sources are appended to an existing index.")
+    p.add_argument("archive", nargs="+", metavar="ARCHIVE", help="raster files, band-stack .json specs, patch folders")
+    p.add_argument("--model", required=True, help="ONNX model exported by `rsir export`")
+    p.add_argument("--out", required=True, help="index folder to create or extend")
+    p.add_argument("--tile", type=int, default=64, help="tile size in pixels (at --gsd if given)")
+    p.add_argument("--stride", type=int, default=None, help="step between tiles in pixels (default: = --tile)")
+    p.add_argument("--gsd", type=float, default=None,
+                   help="resample to this ground resolution (CRS units per pixel) before tiling")
+    p.add_argument("--max-invalid", type=float, default=0.5,
+                   help="skip tiles whose share of nodata/empty pixels exceeds this")
+    p.add_argument("--float-factory", default=None, help="faiss factory string for the float index "
+                   "(default: Flat up to 200k tiles, IVF above)")
+    p.add_argument("--binary-factory", default=None, help="faiss factory string for the binary index "
+                   "(default: BFlat up to 2M tiles, BIVF above)")
+    p.add_argument("--batch-size", type=int, default=64, help="tiles per inference batch")
+    p.add_argument("--checkpoint-every", type=int, default=2048, help="tiles between resumable checkpoints")
+    p.add_argument("--restart", action="store_true", help="discard an unfinished run in --out instead of resuming")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _common_encoder_args(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="find the tiles most similar to a tile, an image or a box",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Search an index. The query is a tile of the index (--tile), an image file "
+                                   "(--image) or a box over a raster (--bbox with --raster, box in --crs).")
+    p.add_argument("index", metavar="IDX", help="index folder")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--tile", type=int, help="tile id (the query tile itself is left out of the hits)")
+    q.add_argument("--image", help="image file: the whole image is the query")
+    q.add_argument("--bbox", type=_bbox, help="xmin,ymin,xmax,ymax of the query box")
+    p.add_argument("--crs", default=None, help="CRS of --bbox, e.g. EPSG:4326 (default: the raster's CRS)")
+    p.add_argument("--raster", default=None, help="raster or band-stack spec the --bbox is read from")
+    p.add_argument("--model", default=None,
+                   help="ONNX model for image/box queries (default: the model recorded in the index)")
+    p.add_argument("-k", type=int, default=20, help="number of hits")
+    p.add_argument("--hash", action="store_true", help="rank by Hamming distance of the binary codes")
+    p.add_argument("--radius", type=int, default=None, help="with --hash: every tile within this Hamming distance")
+    p.add_argument("--nprobe", type=int, default=None, help="inverted lists visited per query (IVF indexes)")
+    p.add_argument("--out", default=None, help="write hits (and the query box) to this GeoPackage")
+    p.add_argument("--png", default=None, help="write a PNG mosaic of the query and its top hits")
+    _common_encoder_args(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("info", help="describe an index folder")
+    p.add_argument("index", metavar="IDX", help="index folder")
+    p.set_defaults(func=cmd_info)
+
+    for ep in entry_points(group="rsir.commands"):
+        try:
+            ep.load()(sub)
+        except ImportError as exc:  # e.g. training/ without torch: core commands keep working
+            sub.add_parser(ep.name, help=f"(unavailable: {exc})")
+    return parser
+
+
+def _progress_bar(total_hint: str, quiet: bool):
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="tile", desc=total_hint, dynamic_ncols=True, smoothing=0.1)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+            bar.n = done
+            bar.last_print_n = done
+            bar.refresh()
+        else:
+            bar.update(done - bar.n)
+
+    return update, bar.close
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .archive.sources import parse_band_list
+    from .index.builder import BuildOptions, build_index
+
+    opts = BuildOptions(tile=args.tile, stride=args.stride, gsd=args.gsd, bands=parse_band_list(args.bands),
+                        scale=args.scale, max_invalid=args.max_invalid, float_factory=args.float_factory,
+                        binary_factory=args.binary_factory, checkpoint_every=args.checkpoint_every,
+                        device=args.device, threads=args.threads, batch_size=args.batch_size)
+    update, close = _progress_bar("indexing", args.quiet)
+    try:
+        report = build_index(args.archive, args.model, args.out, opts, progress=update, restart=args.restart)
+    finally:
+        close()
+    for note in report.notes:
+        print(note)
+    resumed = f" (resumed after {report.resumed_windows} tiles)" if report.resumed_windows else ""
+    print(f"indexed {report.tiles_added} tiles from {report.sources_added} source(s), skipped {report.skipped} "
+          f"nodata/empty, in {report.seconds:.1f} s ({report.tiles_per_s:.0f} tiles/s){resumed}")
+    if report.sources_already:
+        print(f"{report.sources_already} source(s) were already in the index")
+    print(f"index {report.index_dir}: {report.total_tiles} tiles")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .archive.sources import parse_band_list
+    from .encoder import Encoder
+    from .index.reader import Index
+    from .search import query_from_box, query_from_image, query_from_tile, search
+
+    index = Index(args.index)
+    bands = parse_band_list(args.bands)
+    encoder = None
+    if args.tile is not None:
+        query = query_from_tile(index, args.tile)
+    else:
+        model = args.model or index.model["path"]
+        if not os.path.exists(model):
+            raise RsirError(f"{model}: the index's model is not there any more; pass --model")
+        encoder = Encoder(model, device=args.device, threads=args.threads)
+        if args.image:
+            query = query_from_image(index, encoder, args.image, bands, args.scale)
+        else:
+            if not args.raster:
+                raise RsirError("--bbox needs --raster: the raster (or band-stack spec) to read the box from")
+            query = query_from_box(index, encoder, args.raster, args.bbox, args.crs, bands, args.scale)
+    hits = search(index, query, k=args.k, mode="hash" if args.hash else "float", radius=args.radius,
+                  nprobe=args.nprobe)
+    print(f"query: {query.description}  ({'Hamming' if args.hash else 'cosine'} search, {index.n} tiles)")
+    print(f"{'rank':>4} {'tile':>7} {'score':>7} {'hamming':>7}  {'label':<20} {'x':>6} {'y':>6}  source")
+    for h in hits:
+        print(f"{h.rank:>4} {h.tile_id:>7} {h.score:7.4f} {h.hamming:>7}  {h.label[:20]:<20} {h.x:>6} {h.y:>6}  "
+              f"{os.path.basename(h.source)}")
+    if not hits:
+        print("no hits")
+    if args.out:
+        from .hits_io import write_hits_gpkg
+
+        write_hits_gpkg(args.out, query, hits)
+        print(f"wrote {args.out} (layers: query, hits)")
+    if args.png:
+        _write_png(args.png, index, query, hits, bands)
+        print(f"wrote {args.png}")
+    return 0
+
+
+def _write_png(path: str, index, query, hits, bands) -> None:
+    from .archive.tiling import TileWindow
+    from .mosaic import read_tile_pixels, write_mosaic
+
+    size = 64
+    pixels = []
+    for h in hits[:23]:
+        entry = index.sources[index.tile(h.tile_id).source_id]
+        pixels.append(read_tile_pixels(h.source, entry["kind"], entry["bands"], TileWindow(h.x, h.y, h.w, h.h), size))
+    qpix = None
+    if query.pixels is not None:
+        qpix = query.pixels
+    elif query.tile_id is not None:
+        t = index.tile(query.tile_id)
+        entry = index.sources[t.source_id]
+        qpix = read_tile_pixels(t.source, entry["kind"], entry["bands"], TileWindow(t.x, t.y, t.w, t.h), size)
+    if qpix is not None and qpix.shape[-1] != size:
+        from .archive.pixels import read_window
+        from osgeo import gdal_array
+
+        qpix = read_window(gdal_array.OpenArray(qpix), list(range(1, qpix.shape[0] + 1)),
+                           TileWindow(0, 0, qpix.shape[2], qpix.shape[1]), size)
+    write_mosaic(path, qpix, pixels)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .index.reader import Index
+
+    index = Index(args.index)
+    m = index.manifest
+    meta = m["model"]["metadata"]
+    t = m["tiling"]
+    crs = sorted({s["crs"] or "(none)" for s in m["sources"]})
+    print(f"index      {index.dir}")
+    print(f"tiles      {m['counts']['tiles']} indexed, {m['counts']['skipped']} skipped as nodata/empty, "
+          f"from {m['counts']['sources']} source(s)")
+    print(f"model      {m['model']['path']} (sha256 {m['model']['sha256'][:12]}, {meta.get('rsir.method', '?')}, "
+          f"input {meta.get('rsir.input_size')} px, bands {meta.get('rsir.bands')})")
+    print(f"vectors    {m['embedding_dim']}-d float ({m['faiss']['float']}), {m['code_bits']}-bit codes "
+          f"({m['faiss']['binary']}, from {m['code_source']})")
+    print(f"tiling     tile {t['tile']} px, stride {t['stride']} px" + (f", gsd {t['gsd']}" if t["gsd"] else "")
+          + (f", bands {t['bands']}" if t["bands"] else "") + (f", scale {t['scale']}" if t["scale"] else ""))
+    print(f"crs        {', '.join(crs)}")
+    print(f"updated    {m['updated']} (created {m['created']})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except Cancelled as exc:
+        print(f"rsir {args.command}: {exc}", file=sys.stderr)
+        return 130
+    except RsirError as exc:
+        print(f"rsir {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nrsir {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""ONNX encoder: model metadata (contract 1, docs/contracts.md) and batched onnxruntime inference.
+
+Outputs L2-normalised float embeddings and packed binary codes (`np.packbits` of the sign bits, big-endian
+bit order within each byte). Models without a hash output get codes from the signs of their embedding.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import RsirError
+from .fileio import sha256_file
+
+CONTRACT_VERSION = "1"
+REQUIRED_KEYS = ("rsir.format", "rsir.model_type", "rsir.outputs", "rsir.bands", "rsir.input_size", "rsir.scale",
+                 "rsir.mean", "rsir.std", "rsir.embedding_dim")
+
+
+@dataclass
+class ModelInfo:
+    """The model's `rsir.*` metadata, parsed."""
+
+    path: str
+    sha256: str
+    model_type: str
+    outputs: dict
+    bands: list
+    input_size: int
+    scale: float
+    mean: list[float]
+    std: list[float]
+    embedding_dim: int
+    code_bits: int
+    modality: str = "optical"
+    method: str = ""
+    class_names: list[str] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return len(self.bands)
+
+    @property
+    def has_hash(self) -> bool:
+        return "code" in self.outputs
+
+    @property
+    def effective_code_bits(self) -> int:
+        """Bits of the binary codes core stores: the hash output's, or one per embedding dimension."""
+        return self.code_bits if self.has_hash else self.embedding_dim
+
+    @classmethod
+    def from_metadata(cls, path: str, sha256: str, meta: dict) -> "ModelInfo":
+        missing = [k for k in REQUIRED_KEYS if k not in meta]
+        if missing:
+            raise RsirError(f"{path}: ONNX model lacks rsir metadata {missing}; export it with `rsir export`")
+        if meta["rsir.format"] != CONTRACT_VERSION:
+            raise RsirError(f"{path}: rsir metadata format {meta['rsir.format']} is not supported "
+                            f"(this rsir reads format {CONTRACT_VERSION})")
+        try:
+            info = cls(
+                path=path, sha256=sha256, model_type=meta["rsir.model_type"],
+                outputs=json.loads(meta["rsir.outputs"]), bands=json.loads(meta["rsir.bands"]),
+                input_size=int(meta["rsir.input_size"]), scale=float(meta["rsir.scale"]),
+                mean=[float(v) for v in json.loads(meta["rsir.mean"])],
+                std=[float(v) for v in json.loads(meta["rsir.std"])],
+                embedding_dim=int(meta["rsir.embedding_dim"]), code_bits=int(meta.get("rsir.code_bits", "0")),
+                modality=meta.get("rsir.modality", "optical"), method=meta.get("rsir.method", ""),
+                class_names=json.loads(meta.get("rsir.class_names", "[]")), metadata=dict(meta),
+            )
+        except (ValueError, TypeError) as exc:
+            raise RsirError(f"{path}: malformed rsir metadata ({exc})") from None
+        if not (len(info.mean) == len(info.std) == info.channels):
+            raise RsirError(f"{path}: rsir.mean/rsir.std need one value per band in rsir.bands ({info.channels})")
+        return info
+
+
+def available_devices() -> list[str]:
+    """Devices onnxruntime can really use here: always "cpu", plus "cuda" when its provider is present."""
+    import onnxruntime as ort
+
+    return ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in ort.get_available_providers() else [])
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" not in have:
+        raise RsirError("device 'cuda' asked for, but this onnxruntime has no CUDAExecutionProvider "
+                        "(install onnxruntime-gpu) - use --device cpu or auto")
+    if device not in ("auto", "cuda"):
+        raise RsirError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in have else []) + ["CPUExecutionProvider"]
+
+
+class Encoder:
+    """Batched ONNX inference: raw pixels (N, C, H, W) -> normalised embeddings and packed codes."""
+
+    def __init__(self, model_path: str, device: str = "auto", threads: int | None = None, batch_size: int = 64):
+        import onnxruntime as ort
+
+        if not os.path.isfile(model_path):
+            raise RsirError(f"{model_path}: no such model file")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(model_path, sess_options=opts, providers=_providers(device))
+        except RsirError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own exception types for non-ONNX files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RsirError(f"{model_path}: not a valid ONNX model ({first[:200]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.info = ModelInfo.from_metadata(model_path, sha256_file(model_path), meta)
+        names = {o.name for o in self.session.get_outputs()}
+        for role, name in self.info.outputs.items():
+            if name not in names:
+                raise RsirError(f"{model_path}: rsir.outputs names {role} output {name!r}, which the graph lacks")
+        self.batch_size = batch_size
+        self.input_name = self.session.get_inputs()[0].name
+        self.providers = self.session.get_providers()
+        self._mean = np.asarray(self.info.mean, np.float32)[None, :, None, None]
+        self._std = np.asarray(self.info.std, np.float32)[None, :, None, None]
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.providers and self.providers[0] == "CUDAExecutionProvider" else "cpu"
+
+    def preprocess(self, raw: np.ndarray, scale: float | None = None) -> np.ndarray:
+        """Raw values -> model input: divide by `scale` (default: the model's), then per-band mean/std."""
+        x = np.asarray(raw, np.float32) / np.float32(scale or self.info.scale)
+        return np.ascontiguousarray((x - self._mean) / self._std, dtype=np.float32)
+
+    def encode(self, raw: np.ndarray, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings float32 (N, D) L2-normalised, codes uint8 (N, bits/8)) for raw pixels (N, C, S, S)."""
+        s = self.info.input_size
+        if raw.ndim != 4 or raw.shape[1] != self.info.channels or raw.shape[2:] != (s, s):
+            raise RsirError(f"{self.info.path}: input must be (N, {self.info.channels}, {s}, {s}), got {raw.shape}")
+        embs, codes = [], []
+        want = [self.info.outputs["embedding"]] + ([self.info.outputs["code"]] if self.info.has_hash else [])
+        for i in range(0, len(raw), self.batch_size):
+            out = self.session.run(want, {self.input_name: self.preprocess(raw[i:i + self.batch_size], scale)})
+            emb = out[0].astype(np.float32)
+            embs.append(emb)
+            codes.append(pack_signs(out[1] if self.info.has_hash else emb))
+        if not embs:
+            return (np.zeros((0, self.info.embedding_dim), np.float32),
+                    np.zeros((0, self.info.effective_code_bits // 8), np.uint8))
+        return l2_normalise(np.concatenate(embs)), np.concatenate(codes)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def pack_signs(logits: np.ndarray) -> np.ndarray:
+    """Sign bits (value > 0 -> 1), packed 8 per byte, most significant bit first."""
+    return np.packbits(np.asarray(logits) > 0, axis=1)
+
+
+def code_hex(code: np.ndarray) -> str:
+    """A packed code as hex: the hash bucket id shown to users."""
+    return bytes(np.asarray(code, np.uint8)).hex()

@@ -1,0 +1,186 @@
+"""Open an index directory read-only and answer nearest-neighbour queries by tile id."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from osgeo import ogr
+
+from ..encoder import ModelInfo, l2_normalise
+from ..errors import RsirError
+from ..fileio import read_json
+from . import layout
+from .faiss_build import set_nprobe
+
+
+@dataclass
+class TileRecord:
+    """A tile's attributes from tiles.gpkg; `footprint_wkt` is in EPSG:4326 (None for ungeoreferenced patches)."""
+
+    id: int
+    source_id: int
+    source: str
+    x: int
+    y: int
+    w: int
+    h: int
+    label: str
+    labels: list[str]
+    src_crs: str
+    src_wkt: str | None
+    footprint_wkt: str | None
+
+
+class Index:
+    """An rsir index directory. Raises RsirError if it is not one, or is incomplete."""
+
+    def __init__(self, index_dir: str):
+        self.dir = os.path.abspath(index_dir)
+        if not os.path.isdir(self.dir):
+            raise RsirError(f"{index_dir}: no such index folder")
+        manifest_path = layout.path(self.dir, layout.MANIFEST)
+        if not os.path.exists(manifest_path):
+            if os.path.isdir(layout.path(self.dir, layout.PARTIAL)):
+                raise RsirError(f"{index_dir}: indexing has not finished; rerun the same `rsir index` command "
+                                "to resume it")
+            raise RsirError(f"{index_dir}: not an rsir index (no {layout.MANIFEST})")
+        try:
+            self.manifest = read_json(manifest_path)
+            self.n = int(self.manifest["counts"]["tiles"])
+            self.embedding_dim = int(self.manifest["embedding_dim"])
+            self.code_bits = int(self.manifest["code_bits"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RsirError(f"{manifest_path}: not a valid rsir manifest ({exc})") from None
+        if self.manifest.get("format") != layout.FORMAT_VERSION:
+            raise RsirError(f"{index_dir}: index format {self.manifest.get('format')} is not supported")
+        self.code_bytes = self.code_bits // 8
+        self._emb = self._table(layout.EMBEDDINGS, np.float16, self.embedding_dim)
+        self._codes = self._table(layout.CODES, np.uint8, self.code_bytes)
+        self._float = None
+        self._binary = None
+        self._gpkg = None
+
+    def _table(self, name: str, dtype, width: int) -> np.ndarray:
+        path = layout.path(self.dir, name)
+        expected = self.n * width * np.dtype(dtype).itemsize
+        if not os.path.exists(path) or os.path.getsize(path) != expected:
+            raise RsirError(f"{self.dir}: {name} does not match the manifest ({self.n} tiles); an update was "
+                            "interrupted - rerun the same `rsir index` command to finish it")
+        return np.memmap(path, dtype=dtype, mode="r", shape=(self.n, width))
+
+    # -- metadata -------------------------------------------------------------------------------------------
+    @property
+    def model(self) -> dict:
+        return self.manifest["model"]
+
+    @property
+    def model_info(self) -> ModelInfo:
+        m = self.model
+        return ModelInfo.from_metadata(m["path"], m["sha256"], m["metadata"])
+
+    @property
+    def sources(self) -> list[dict]:
+        return self.manifest["sources"]
+
+    def source_entry(self, path: str) -> dict | None:
+        path = os.path.abspath(path)
+        return next((s for s in self.sources if s["path"] == path), None)
+
+    def check_model(self, info: ModelInfo) -> None:
+        """RsirError unless `info` is the model this index was built with."""
+        if info.sha256 != self.model["sha256"]:
+            raise RsirError(f"{info.path}: is not the model index {self.dir} was built with ({self.model['path']}, "
+                            f"sha256 {self.model['sha256'][:12]} vs {info.sha256[:12]})")
+
+    # -- vectors --------------------------------------------------------------------------------------------
+    def _check_ids(self, ids) -> np.ndarray:
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        bad = ids[(ids < 0) | (ids >= self.n)]
+        if len(bad):
+            raise RsirError(f"{self.dir}: no tile {int(bad[0])} (tile ids are 0..{self.n - 1})")
+        return ids
+
+    def embeddings(self, ids) -> np.ndarray:
+        return l2_normalise(self._emb[self._check_ids(ids)].astype(np.float32))
+
+    def all_embeddings(self) -> np.ndarray:
+        """The float16 table itself (memory-mapped), row = tile id."""
+        return self._emb
+
+    def codes(self, ids) -> np.ndarray:
+        return np.asarray(self._codes[self._check_ids(ids)])
+
+    @property
+    def float_index(self):
+        if self._float is None:
+            import faiss
+
+            self._float = faiss.read_index(layout.path(self.dir, layout.FLOAT_INDEX))
+            self._check_ntotal(self._float, layout.FLOAT_INDEX)
+        return self._float
+
+    @property
+    def binary_index(self):
+        if self._binary is None:
+            import faiss
+
+            self._binary = faiss.read_index_binary(layout.path(self.dir, layout.BINARY_INDEX))
+            self._check_ntotal(self._binary, layout.BINARY_INDEX)
+        return self._binary
+
+    def _check_ntotal(self, index, name: str) -> None:
+        if index.ntotal != self.n:
+            raise RsirError(f"{self.dir}: {name} holds {index.ntotal} tiles, the manifest {self.n}; rerun the same "
+                            "`rsir index` command to finish the interrupted update")
+
+    def search_float(self, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(cosine similarities, tile ids), each (nq, k); ids -1 where fewer than k exist."""
+        index = self.float_index
+        if nprobe:
+            set_nprobe(index, nprobe)
+        return index.search(np.ascontiguousarray(queries, np.float32), min(k, self.n))
+
+    def search_hamming(self, codes: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(Hamming distances, tile ids), each (nq, k)."""
+        index = self.binary_index
+        if nprobe:
+            set_nprobe(index, nprobe)
+        return index.search(np.ascontiguousarray(codes, np.uint8), min(k, self.n))
+
+    def range_hamming(self, code: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+        """All tiles within Hamming distance <= radius of one code, sorted by distance then id."""
+        lims, dist, ids = self.binary_index.range_search(np.ascontiguousarray(code, np.uint8).reshape(1, -1),
+                                                         radius + 1)  # faiss keeps d < radius
+        order = np.lexsort((ids, dist))
+        return dist[order], ids[order]
+
+    def hamming(self, code: np.ndarray, ids) -> np.ndarray:
+        """Hamming distance from one packed code to the codes of `ids`."""
+        x = np.bitwise_xor(self.codes(ids), np.asarray(code, np.uint8).reshape(1, -1))
+        return np.unpackbits(x, axis=1).sum(axis=1)
+
+    # -- tiles ----------------------------------------------------------------------------------------------
+    def _layer(self) -> ogr.Layer:
+        if self._gpkg is None:
+            self._gpkg = ogr.Open(layout.path(self.dir, layout.TILES))
+            if self._gpkg is None:
+                raise RsirError(f"{self.dir}: {layout.TILES} cannot be opened")
+        return self._gpkg.GetLayerByName("tiles")
+
+    def tile(self, tile_id: int) -> TileRecord:
+        self._check_ids([tile_id])
+        feat = self._layer().GetFeature(int(tile_id))
+        if feat is None:
+            raise RsirError(f"{self.dir}: tile {tile_id} is missing from {layout.TILES}")
+        geom = feat.GetGeometryRef()
+        return TileRecord(
+            id=int(tile_id), source_id=feat.GetField("source_id"), source=feat.GetField("source"),
+            x=feat.GetField("x"), y=feat.GetField("y"), w=feat.GetField("w"), h=feat.GetField("h"),
+            label=feat.GetField("label") or "", labels=json.loads(feat.GetField("labels") or "[]"),
+            src_crs=feat.GetField("src_crs") or "", src_wkt=feat.GetField("src_wkt"),
+            footprint_wkt=geom.ExportToWkt() if geom is not None else None)
+
+    def tiles_path(self) -> str:
+        return layout.path(self.dir, layout.TILES)

@@ -1,0 +1,199 @@
+"""Queries (by tile id, image, geographic box over a raster) -> ranked hits from an index."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from osgeo import ogr, osr
+
+from .archive.footprints import FootprintMaker, srs_from_user, wgs84
+from .archive.gdal_open import open_raster
+from .archive.pixels import read_window
+from .archive.sources import SourceSpec, expand_archive, open_source, resolve_bands
+from .archive.tiling import TileWindow
+from .encoder import Encoder, code_hex
+from .errors import RsirError
+from .index.reader import Index
+
+
+@dataclass
+class Query:
+    """An encoded query. `footprint_wkt` (EPSG:4326) and `pixels` (raw, C x S x S) exist for box/image queries."""
+
+    kind: str
+    description: str
+    embedding: np.ndarray  # (D,) L2-normalised
+    code: np.ndarray       # (bits/8,) packed
+    tile_id: int | None = None
+    footprint_wkt: str | None = None
+    pixels: np.ndarray | None = None
+
+
+@dataclass
+class Hit:
+    rank: int
+    tile_id: int
+    score: float      # cosine similarity of the embeddings
+    hamming: int      # Hamming distance of the codes
+    bucket: str       # the hit's code in hex: its hash bucket
+    source: str
+    x: int
+    y: int
+    w: int
+    h: int
+    label: str
+    footprint_wkt: str | None
+
+
+def query_from_tile(index: Index, tile_id: int) -> Query:
+    return Query("tile", f"tile {tile_id}", index.embeddings([tile_id])[0], index.codes([tile_id])[0], tile_id=tile_id)
+
+
+def _query_bands_and_scale(index: Index, encoder: Encoder, raster_path: str, ds, bands, scale) -> tuple[list, float]:
+    entry = index.source_entry(raster_path)
+    tiling = index.manifest["tiling"]
+    wanted = bands or tiling.get("bands") or encoder.info.bands
+    chosen = resolve_bands(ds, wanted, raster_path)
+    if scale is None:
+        scale = entry["scale"] if entry else (tiling.get("scale") or encoder.info.scale)
+    return chosen, float(scale)
+
+
+def query_from_image(index: Index, encoder: Encoder, image_path: str, bands: list | None = None,
+                     scale: float | None = None) -> Query:
+    """The whole image (any size; resampled to the model input) as the query."""
+    index.check_model(encoder.info)
+    ds = open_raster(image_path)
+    chosen, scale = _query_bands_and_scale(index, encoder, image_path, ds, bands, scale)
+    win = TileWindow(0, 0, ds.RasterXSize, ds.RasterYSize)
+    raw = read_window(ds, chosen, win, encoder.info.input_size, image_path)
+    emb, code = encoder.encode(raw[None], scale=scale)
+    fp = FootprintMaker(ds).polygons(win)[1]
+    return Query("image", f"image {image_path}", emb[0], code[0], footprint_wkt=fp.ExportToWkt() if fp else None,
+                 pixels=raw)
+
+
+def query_from_array(index: Index, encoder: Encoder, pixels: np.ndarray, scale: float | None = None,
+                     description: str = "array") -> Query:
+    """An in-memory (C, H, W) array of any size, resampled to the model input through GDAL."""
+    from osgeo import gdal_array
+
+    index.check_model(encoder.info)
+    arr = np.asarray(pixels, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.shape[0] != encoder.info.channels:
+        raise RsirError(f"{description}: has {arr.shape[0]} band(s), the model needs {encoder.info.channels}")
+    mem = gdal_array.OpenArray(arr)
+    size = encoder.info.input_size
+    raw = read_window(mem, list(range(1, arr.shape[0] + 1)), TileWindow(0, 0, arr.shape[2], arr.shape[1]), size,
+                      description)
+    emb, code = encoder.encode(raw[None], scale=scale or index.manifest["tiling"].get("scale") or encoder.info.scale)
+    return Query("image", description, emb[0], code[0], pixels=raw)
+
+
+def box_to_window(ds, raster_path: str, bbox: tuple[float, float, float, float], bbox_crs: str | None) -> TileWindow:
+    """Pixel window of a box (xmin, ymin, xmax, ymax) given in `bbox_crs` (default: the raster's CRS).
+
+    The box is densified and reprojected, so a lon/lat box over a UTM raster maps to the right pixels.
+    RsirError when the box is empty, outside the raster, or sticks out of it.
+    """
+    xmin, ymin, xmax, ymax = bbox
+    if not (xmax > xmin and ymax > ymin):
+        raise RsirError(f"box {bbox} is empty: it needs xmin < xmax and ymin < ymax")
+    wkt = ds.GetProjection()
+    if bbox_crs and not wkt:
+        raise RsirError(f"{raster_path}: has no CRS, so a box in {bbox_crs} cannot be placed on it")
+    pts = [(xmin + (xmax - xmin) * t / 20, ymin) for t in range(21)] + \
+          [(xmax, ymin + (ymax - ymin) * t / 20) for t in range(21)] + \
+          [(xmin + (xmax - xmin) * t / 20, ymax) for t in range(21)] + \
+          [(xmin, ymin + (ymax - ymin) * t / 20) for t in range(21)]
+    if bbox_crs and wkt:
+        try:
+            src = srs_from_user(bbox_crs)
+        except ValueError as exc:
+            raise RsirError(str(exc)) from None
+        dst = osr.SpatialReference(wkt=wkt)
+        dst.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        ct = osr.CoordinateTransformation(src, dst)
+        pts = [ct.TransformPoint(x, y)[:2] for x, y in pts]
+    gt = ds.GetGeoTransform()
+    from osgeo import gdal
+
+    inv = gdal.InvGeoTransform(gt)
+    cols, rows = zip(*[gdal.ApplyGeoTransform(inv, x, y) for x, y in pts])
+    c0, c1, r0, r1 = min(cols), max(cols), min(rows), max(rows)
+    width, height = ds.RasterXSize, ds.RasterYSize
+    if c1 <= 0 or r1 <= 0 or c0 >= width or r0 >= height:
+        raise RsirError(f"box {bbox} ({bbox_crs or 'raster CRS'}) lies outside raster {raster_path} "
+                        f"({width} x {height} px)")
+    tol = 1e-6
+    if c0 < -tol or r0 < -tol or c1 > width + tol or r1 > height + tol:
+        raise RsirError(f"box {bbox} ({bbox_crs or 'raster CRS'}) extends beyond raster {raster_path}; "
+                        "draw it inside the raster")
+    x0, y0 = max(0, int(math.floor(c0 + tol))), max(0, int(math.floor(r0 + tol)))
+    x1, y1 = min(width, int(math.ceil(c1 - tol))), min(height, int(math.ceil(r1 - tol)))
+    return TileWindow(x0, y0, max(1, x1 - x0), max(1, y1 - y0))
+
+
+def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[float, float, float, float],
+                   bbox_crs: str | None = None, bands: list | None = None, scale: float | None = None) -> Query:
+    """Read the box's pixels from `raster` (a raster file or band-stack spec) and encode them as the query."""
+    index.check_model(encoder.info)
+    spec = expand_archive([raster])[0]
+    ds = open_source(SourceSpec(spec.path, spec.kind))
+    chosen, scale = _query_bands_and_scale(index, encoder, spec.path, ds, bands, scale)
+    win = box_to_window(ds, raster, bbox, bbox_crs)
+    raw = read_window(ds, chosen, win, encoder.info.input_size, raster)
+    emb, code = encoder.encode(raw[None], scale=scale)
+    geo = FootprintMaker(ds).polygons(win)[1]
+    return Query("box", f"box {','.join(f'{v:.10g}' for v in bbox)} on {raster}", emb[0], code[0],
+                 footprint_wkt=geo.ExportToWkt() if geo else None, pixels=raw)
+
+
+def search(index: Index, query: Query, k: int = 20, mode: str = "float", radius: int | None = None,
+           exclude_query_tile: bool = True, nprobe: int | None = None, max_radius_hits: int = 100_000) -> list[Hit]:
+    """Rank tiles for `query`. `mode` "float" (cosine) or "hash" (Hamming). With `radius` (hash mode), return
+    every tile within that Hamming distance (up to `max_radius_hits`), else the k nearest."""
+    if k <= 0:
+        raise RsirError(f"k must be positive, got {k}")
+    extra = 1 if exclude_query_tile and query.tile_id is not None else 0
+    if mode == "float":
+        if radius is not None:
+            raise RsirError("a Hamming radius needs hash search (--hash)")
+        scores, ids = index.search_float(query.embedding[None], k + extra, nprobe)
+        ids = ids[0]
+    elif mode == "hash":
+        if radius is not None:
+            if radius < 0:
+                raise RsirError(f"Hamming radius must be >= 0, got {radius}")
+            _, ids = index.range_hamming(query.code, radius)
+            ids = ids[:max_radius_hits + extra]
+        else:
+            _, ids = index.search_hamming(query.code[None], k + extra, nprobe)
+            ids = ids[0]
+    else:
+        raise RsirError(f"unknown search mode {mode!r}; use float or hash")
+    ids = [int(i) for i in ids if i >= 0 and not (extra and i == query.tile_id)]
+    if radius is None:
+        ids = ids[:k]
+    if not ids:
+        return []
+    scores = index.embeddings(ids) @ query.embedding
+    hamming = index.hamming(query.code, ids)
+    codes = index.codes(ids)
+    hits = []
+    for rank, (tid, score, ham, code) in enumerate(zip(ids, scores, hamming, codes), 1):
+        t = index.tile(tid)
+        hits.append(Hit(rank, tid, float(score), int(ham), code_hex(code), t.source, t.x, t.y, t.w, t.h, t.label,
+                        t.footprint_wkt))
+    return hits
+
+
+def query_footprint(query: Query) -> ogr.Geometry | None:
+    if not query.footprint_wkt:
+        return None
+    geom = ogr.CreateGeometryFromWkt(query.footprint_wkt)
+    geom.AssignSpatialReference(wgs84())
+    return geom

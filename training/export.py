@@ -1,0 +1,119 @@
+"""Export a RetrievalNet to ONNX with the `rsir.*` metadata contract (docs/contracts.md) and check parity."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = "1"
+PARITY_ATOL = 1e-4
+
+
+@dataclass
+class ExportSpec:
+    """What core/ needs to know to feed the model and read its outputs."""
+
+    bands: list  # band names (str) or 1-based band indices (int), in input order
+    input_size: int
+    scale: float
+    mean: list[float]
+    std: list[float]
+    method: str
+    modality: str = "optical"
+    class_names: list[str] = field(default_factory=list)
+    train_config: dict | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _metadata(net, spec: ExportSpec, embedding_dim: int, code_bits: int) -> dict[str, str]:
+    outputs = {"embedding": "embedding"}
+    if code_bits:
+        outputs["code"] = "hash_logits"
+    config_json = json.dumps(spec.train_config or {}, sort_keys=True)
+    meta = {
+        "rsir.format": FORMAT_VERSION,
+        "rsir.model_type": "embedding+hash" if code_bits else "embedding",
+        "rsir.outputs": json.dumps(outputs),
+        "rsir.modality": spec.modality,
+        "rsir.bands": json.dumps(spec.bands),
+        "rsir.input_size": str(spec.input_size),
+        "rsir.scale": repr(float(spec.scale)),
+        "rsir.mean": json.dumps([float(v) for v in spec.mean]),
+        "rsir.std": json.dumps([float(v) for v in spec.std]),
+        "rsir.embedding_dim": str(embedding_dim),
+        "rsir.code_bits": str(code_bits),
+        "rsir.method": spec.method,
+        "rsir.class_names": json.dumps(spec.class_names),
+        "rsir.train_config_sha256": hashlib.sha256(config_json.encode()).hexdigest(),
+    }
+    meta.update(spec.extra)
+    return meta
+
+
+def export_onnx(net: torch.nn.Module, spec: ExportSpec, out_path: str, opset: int = 17,
+                check_parity: bool = True) -> dict[str, str]:
+    """Write `net` to `out_path` (atomically) with a dynamic batch axis and the rsir metadata; return the metadata.
+
+    With `check_parity`, onnxruntime's outputs on random input must equal torch's within 1e-4 or this raises.
+    """
+    import onnx  # export-time only
+
+    net = net.eval()
+    channels = len(spec.bands)
+    if len(spec.mean) != channels or len(spec.std) != channels:
+        raise ValueError(f"mean/std need one value per band ({channels}), got {spec.mean} / {spec.std}")
+    dummy = torch.randn(2, channels, spec.input_size, spec.input_size)
+    with torch.no_grad():
+        ref = net(dummy)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    embedding_dim = int(ref[0].shape[1])
+    code_bits = int(ref[1].shape[1]) if len(ref) > 1 else 0
+    names = ["embedding", "hash_logits"][: len(ref)]
+    dynamic = {"input": {0: "batch"}, **{n: {0: "batch"} for n in names}}
+
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx.partial", dir=out_dir)
+    os.close(fd)
+    try:
+        torch.onnx.export(net, (dummy,), tmp, input_names=["input"], output_names=names, dynamic_axes=dynamic,
+                          opset_version=opset, dynamo=False)
+        model = onnx.load(tmp)
+        meta = _metadata(net, spec, embedding_dim, code_bits)
+        del model.metadata_props[:]
+        for key, value in meta.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        model.doc_string = f"rsir retrieval model ({spec.method})"
+        onnx.checker.check_model(model)
+        onnx.save(model, tmp)
+        if check_parity:
+            check_onnx_parity(net, tmp, channels, spec.input_size)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return meta
+
+
+def check_onnx_parity(net: torch.nn.Module, onnx_path: str, channels: int, input_size: int,
+                      batch: int = 3, atol: float = PARITY_ATOL) -> float:
+    """Largest absolute difference between torch and onnxruntime outputs on random input; raises above `atol`."""
+    import onnxruntime as ort
+
+    x = torch.randn(batch, channels, input_size, input_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = net.eval()(x)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x.numpy()})
+    worst = max(float(np.max(np.abs(g - r.numpy()))) for g, r in zip(got, ref))
+    if worst > atol:
+        raise RuntimeError(f"{onnx_path}: onnxruntime differs from torch by {worst:.2e} (> {atol:.0e})")
+    return worst

@@ -1,0 +1,1 @@
+"""Backbones and heads written here (torchvision/timm do not import beside the pinned torch)."""
