@@ -302,7 +302,7 @@ def _finalize(plan, encoder, opts, out_dir, manifest, partial, state) -> None:
     new_manifest = {
         "format": layout.FORMAT_VERSION, "rsir_version": __version__,
         "created": manifest["created"] if manifest else now, "updated": now,
-        "model": {"path": info.path, "sha256": info.sha256, "metadata": info.metadata},
+        "model": {"path": os.path.abspath(info.path), "sha256": info.sha256, "metadata": info.metadata},
         "embedding_dim": dim, "code_bits": info.effective_code_bits,
         "code_source": "hash" if info.has_hash else "embedding-signs",
         "tiling": opts.tiling(),

@@ -15,7 +15,7 @@ class TinyConvNet(nn.Module):
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(width, width * 2, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(width * 2, width * 4, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(width * 2, width * 4, 3, stride=2, padding=1),  # no ReLU: signed features suit LSH codes
         )
         self.num_features = width * 4
 

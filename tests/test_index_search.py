@@ -1,0 +1,184 @@
+"""Index build, round trip, search by tile/box/image, Hamming radius, append and resume - real faiss and ORT."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from osgeo import ogr
+
+from core.archive.gdal_open import open_raster
+from core.archive.pixels import read_window
+from core.archive.tiling import TileWindow
+from core.encoder import Encoder
+from core.errors import Cancelled
+from core.index import BuildOptions, Index, build_index
+from core.search import query_from_array, query_from_box, query_from_image, query_from_tile, search
+from tests.rasters import ORIGIN, mosaic_with_twin, write_raster
+
+TWIN_OF, TWIN_AT = 0, 3 * 4 + 2  # tile ids (row-major, 4 x 4 grid)
+
+
+@pytest.fixture()
+def built(tmp_path, twin_raster, tiny_model):
+    out = str(tmp_path / "idx")
+    report = build_index([twin_raster], tiny_model, out, BuildOptions(tile=64))
+    return report, Index(out)
+
+
+def _box(row: int, col: int, size: int = 64, gsd: float = 10.0):
+    x0, y1 = ORIGIN[0] + col * size * gsd, ORIGIN[1] - row * size * gsd
+    return (x0, y1 - size * gsd, x0 + size * gsd, y1)
+
+
+def test_round_trip_ids_windows_and_vectors(built, twin_raster, tiny_model):
+    report, index = built
+    assert (report.tiles_added, report.skipped, index.n) == (16, 0, 16)
+    assert index.float_index.ntotal == index.binary_index.ntotal == 16
+    t = index.tile(TWIN_AT)
+    assert (t.x, t.y, t.w, t.h, t.source) == (128, 192, 64, 64, os.path.abspath(twin_raster))
+    src = ogr.CreateGeometryFromWkt(t.src_wkt).GetEnvelope()
+    assert src == (ORIGIN[0] + 1280, ORIGIN[0] + 1920, ORIGIN[1] - 2560, ORIGIN[1] - 1920)
+    assert t.src_crs == "EPSG:32618" and t.footprint_wkt.startswith("POLYGON")
+    # stored vectors equal a fresh encoding of the same window
+    enc = Encoder(tiny_model)
+    raw = read_window(open_raster(twin_raster), [1, 2, 3], TileWindow(128, 192, 64, 64), enc.info.input_size)
+    emb, code = enc.encode(raw[None])
+    np.testing.assert_allclose(index.embeddings([TWIN_AT])[0], emb[0], atol=2e-3)  # float16 storage
+    assert index.codes([TWIN_AT])[0].tolist() == code[0].tolist()
+    assert index.manifest["counts"] == {"tiles": 16, "skipped": 0, "sources": 1}
+
+
+def test_box_search_finds_duplicate_at_rank_1_or_2(built, twin_raster, tiny_model):
+    _, index = built
+    query = query_from_box(index, Encoder(tiny_model), twin_raster, _box(0, 0), "EPSG:32618")
+    hits = search(index, query, k=5)
+    assert {hits[0].tile_id, hits[1].tile_id} == {TWIN_OF, TWIN_AT}
+    assert hits[0].score == pytest.approx(1.0, abs=2e-3) and hits[1].score == pytest.approx(1.0, abs=2e-3)
+    assert hits[2].score < 0.999
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    # the same box given in lon/lat is reprojected onto the raster and gives the same pixels
+    from osgeo import osr
+    ct = osr.CoordinateTransformation(*_srs_pair())
+    xmin, ymin, xmax, ymax = _box(0, 0)
+    (lon0, lat0, _), (lon1, lat1, _) = ct.TransformPoint(xmin + 1, ymin + 1), ct.TransformPoint(xmax - 1, ymax - 1)
+    q2 = query_from_box(index, Encoder(tiny_model), twin_raster, (lon0, lat0, lon1, lat1), "EPSG:4326")
+    assert {h.tile_id for h in search(index, q2, k=2)} == {TWIN_OF, TWIN_AT}
+
+
+def _srs_pair():
+    from osgeo import osr
+    a, b = osr.SpatialReference(), osr.SpatialReference()
+    a.ImportFromEPSG(32618)
+    b.ImportFromEPSG(4326)
+    for s in (a, b):
+        s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return a, b
+
+
+def test_tile_and_hash_search(built):
+    _, index = built
+    hits = search(index, query_from_tile(index, TWIN_OF), k=3)
+    assert hits[0].tile_id == TWIN_AT and TWIN_OF not in [h.tile_id for h in hits]  # query tile left out
+    all_d = index.hamming(index.codes([TWIN_OF])[0], np.arange(index.n))
+    assert sorted(np.flatnonzero(all_d == 0).tolist()) == [TWIN_OF, TWIN_AT]  # the codes discriminate
+    hhits = search(index, query_from_tile(index, TWIN_OF), k=3, mode="hash")
+    assert hhits[0].tile_id == TWIN_AT and hhits[0].hamming == 0
+    assert hhits[0].bucket == index.codes([TWIN_OF])[0].tobytes().hex()
+    assert [h.hamming for h in hhits] == sorted(h.hamming for h in hhits)
+
+
+def test_radius_search_equals_brute_force(built):
+    _, index = built
+    code = index.codes([5])[0]
+    all_d = index.hamming(code, np.arange(index.n))
+    for radius in (0, 8, 14, 20, 32):
+        hits = search(index, query_from_tile(index, 5), mode="hash", radius=radius, exclude_query_tile=False)
+        expected = sorted((int(d), i) for i, d in enumerate(all_d) if d <= radius)
+        assert [(h.hamming, h.tile_id) for h in hits] == expected
+
+
+def test_image_and_array_queries(built, tmp_path, tiny_model):
+    _, index = built
+    twin = mosaic_with_twin()[:, :64, :64]
+    img = write_raster(str(tmp_path / "query.tif"), np.repeat(np.repeat(twin, 2, 1), 2, 2), epsg=None)  # 128 px
+    enc = Encoder(tiny_model)
+    for query in (query_from_image(index, enc, img), query_from_array(index, enc, twin)):
+        assert {h.tile_id for h in search(index, query, k=2)} == {TWIN_OF, TWIN_AT}
+
+
+def test_append_new_source_continues_ids(built, tmp_path, tiny_model):
+    _, index = built
+    second = write_raster(str(tmp_path / "second.tif"), mosaic_with_twin(seed=7)[:, :128, :128])
+    report = build_index([str(tmp_path / "twin.tif"), second], tiny_model, index.dir, BuildOptions(tile=64))
+    assert (report.sources_already, report.tiles_added, report.total_tiles) == (1, 4, 20)
+    grown = Index(index.dir)
+    assert grown.n == 20 and grown.float_index.ntotal == 20
+    assert grown.tile(16).source == os.path.abspath(second) and grown.tile(16).source_id == 1
+    np.testing.assert_array_equal(grown.codes(np.arange(16)), index.codes(np.arange(16)))
+    again = build_index([second], tiny_model, index.dir, BuildOptions(tile=64))
+    assert again.tiles_added == 0 and "already" in again.notes[0]
+
+
+def _snapshot(idx_dir: str) -> dict:
+    index = Index(idx_dir)
+    q = index.embeddings(np.arange(index.n))
+    _, ids = index.search_float(q, 5)
+    _, hids = index.search_hamming(index.codes(np.arange(index.n)), 5)
+    gpkg = ogr.Open(index.tiles_path())  # keep the datasource alive while its layer is read
+    layer = gpkg.GetLayer(0)
+    rows = sorted((f.GetFID(), f.GetField("x"), f.GetField("y"), f.GetGeometryRef().ExportToWkt()) for f in layer)
+    return {"emb": open(os.path.join(idx_dir, "embeddings.f16"), "rb").read(),
+            "codes": open(os.path.join(idx_dir, "codes.u8"), "rb").read(), "ids": ids.tolist(),
+            "hids": hids.tolist(), "rows": rows, "counts": index.manifest["counts"],
+            "sources": [{k: v for k, v in s.items()} for s in index.sources]}
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny_model):
+    data = np.concatenate([mosaic_with_twin(seed=s) for s in range(3)], axis=1)  # 768 x 256: 48 tiles
+    data[:, 256:320, :] = 0  # one row of empty tiles, skipped
+    raster = write_raster(str(tmp_path / "big.tif"), data, nodata=0)
+    opts = BuildOptions(tile=64, checkpoint_every=8, batch_size=4)
+    whole = build_index([raster], tiny_model, str(tmp_path / "whole"), opts)
+    assert (whole.tiles_added, whole.skipped) == (44, 4)
+
+    calls = {"n": 0}
+
+    def cancel_midway() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 7  # stop during the third checkpoint chunk
+
+    part = str(tmp_path / "part")
+    with pytest.raises(Cancelled, match="rerun the same command to resume"):
+        build_index([raster], tiny_model, part, opts, cancel=cancel_midway)
+    assert not os.path.exists(os.path.join(part, "manifest.json"))  # nothing half-written in place
+    with pytest.raises(Exception, match="indexing has not finished"):
+        Index(part)
+    resumed = build_index([raster], tiny_model, part, opts)
+    assert resumed.resumed_windows == 28 and resumed.windows_this_run == 20
+    a, b = _snapshot(str(tmp_path / "whole")), _snapshot(part)
+    assert a == b
+    assert not os.path.exists(os.path.join(part, ".partial"))
+
+
+def test_different_options_do_not_resume(tmp_path, twin_raster, tiny_model):
+    out = str(tmp_path / "idx")
+    with pytest.raises(Cancelled):
+        build_index([twin_raster], tiny_model, out, BuildOptions(tile=64, checkpoint_every=4, batch_size=4),
+                    cancel=lambda: True)
+    with pytest.raises(Exception, match="unfinished indexing run with other inputs"):
+        build_index([twin_raster], tiny_model, out, BuildOptions(tile=32))
+    report = build_index([twin_raster], tiny_model, out, BuildOptions(tile=32), restart=True)
+    assert report.tiles_added == 64
+
+
+def test_forced_factories_ivf(tmp_path, twin_raster, tiny_model):
+    out = str(tmp_path / "ivf")
+    data = np.concatenate([mosaic_with_twin(seed=s) for s in range(4)], axis=2)
+    raster = write_raster(str(tmp_path / "wide.tif"), data)
+    build_index([raster], tiny_model, out, BuildOptions(tile=16, float_factory="IVF4,Flat", binary_factory="BIVF4"))
+    index = Index(out)
+    assert index.manifest["faiss"] == {"float": "IVF4,Flat", "binary": "BIVF4"}
+    assert index.n == 1024
+    _, ids = index.search_float(index.embeddings([100]), 1, nprobe=4)
+    assert ids[0][0] == 100
