@@ -55,7 +55,7 @@ def _metadata(net, spec: ExportSpec, embedding_dim: int, code_bits: int) -> dict
     return meta
 
 
-def export_onnx(net: torch.nn.Module, spec: ExportSpec, out_path: str, opset: int = 17,
+def export_onnx(net: torch.nn.Module, spec: ExportSpec, out_path: str, opset: int = 18,
                 check_parity: bool = True) -> dict[str, str]:
     """Write `net` to `out_path` (atomically) with a dynamic batch axis and the rsir metadata; return the metadata.
 
@@ -74,15 +74,16 @@ def export_onnx(net: torch.nn.Module, spec: ExportSpec, out_path: str, opset: in
     embedding_dim = int(ref[0].shape[1])
     code_bits = int(ref[1].shape[1]) if len(ref) > 1 else 0
     names = ["embedding", "hash_logits"][: len(ref)]
-    dynamic = {"input": {0: "batch"}, **{n: {0: "batch"} for n in names}}
 
     out_dir = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(out_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx.partial", dir=out_dir)
     os.close(fd)
     try:
-        torch.onnx.export(net, (dummy,), tmp, input_names=["input"], output_names=names, dynamic_axes=dynamic,
-                          opset_version=opset, dynamo=False)
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        torch.onnx.export(net, (dummy,), tmp, input_names=["input"], output_names=names,
+                          dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, external_data=False,
+                          verbose=False)
         model = onnx.load(tmp)
         meta = _metadata(net, spec, embedding_dim, code_bits)
         del model.metadata_props[:]

@@ -1,0 +1,121 @@
+"""The `rsir` command line end to end, and every bad input of the foundation issue: clear message naming the
+file and the problem, exit code 1, and no index left behind."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from osgeo import gdal, ogr
+
+from core.cli import main
+from tests.rasters import ORIGIN, write_raster
+
+BOX_00 = f"{ORIGIN[0]},{ORIGIN[1] - 640},{ORIGIN[0] + 640},{ORIGIN[1]}"  # tile (row 0, col 0)
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture()
+def cli_index(tmp_path, twin_raster, tiny_model, capsys):
+    out = tmp_path / "idx"
+    code, stdout, _ = run(capsys, "index", twin_raster, "--model", tiny_model, "--out", out, "-q")
+    assert code == 0 and "indexed 16 tiles from 1 source(s), skipped 0" in stdout
+    return out
+
+
+def test_index_info_search_outputs(cli_index, twin_raster, tmp_path, capsys):
+    code, stdout, _ = run(capsys, "info", cli_index)
+    assert code == 0 and "16 indexed" in stdout and "EPSG:32618" in stdout and "64-bit codes" in stdout
+    gpkg, png = tmp_path / "hits.gpkg", tmp_path / "hits.png"
+    code, stdout, _ = run(capsys, "search", cli_index, "--bbox", BOX_00, "--crs", "EPSG:32618", "--raster",
+                          twin_raster, "-k", "4", "--out", gpkg, "--png", png)
+    assert code == 0
+    rows = [line.split() for line in stdout.splitlines()[2:6]]
+    assert {rows[0][1], rows[1][1]} == {"0", "14"} and [r[0] for r in rows] == ["1", "2", "3", "4"]
+    ds = ogr.Open(str(gpkg))
+    hits = ds.GetLayerByName("hits")
+    feats = sorted(((f.GetField("rank"), f.GetField("tile_id"), f.GetField("hamming")) for f in hits))
+    assert [f[0] for f in feats] == [1, 2, 3, 4] and {feats[0][1], feats[1][1]} == {0, 14}
+    assert feats[0][2] == 0 and hits.GetSpatialRef().GetAuthorityCode(None) == "4326"
+    assert ds.GetLayerByName("query").GetFeatureCount() == 1
+    img = gdal.Open(str(png)).ReadAsArray()
+    assert img.shape == (3, 6 + 134, 6 + 5 * 134)  # query + 4 hits in one row of 128 px cells
+    assert tuple(img[:, 4, 4]) == (220, 30, 30)  # the query's red frame
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".partial.gpkg") or f.endswith(".partial.png")]
+
+
+def test_search_by_tile_and_hash(cli_index, capsys):
+    code, stdout, _ = run(capsys, "search", cli_index, "--tile", 0, "--hash", "-k", "1")
+    assert code == 0 and stdout.splitlines()[2].split()[:4] == ["1", "14", "1.0000", "0"]
+    code, stdout, _ = run(capsys, "search", cli_index, "--tile", 0, "--hash", "--radius", "0")
+    assert code == 0 and [line.split()[1] for line in stdout.splitlines()[2:]] == ["14"]
+
+
+def _assert_error(capsys, argv, *fragments, no_dir=None):
+    code, _, err = run(capsys, *argv)
+    assert code == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert "Traceback" not in err
+    if no_dir is not None:
+        assert not os.path.exists(os.path.join(no_dir, "manifest.json"))
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, twin_raster, tiny_model, other_tiny_model, capsys):
+    out = tmp_path / "idx"
+    _assert_error(capsys, ["index", tmp_path / "missing.tif", "--model", tiny_model, "--out", out, "-q"],
+                  "missing.tif: no such file", no_dir=out)
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(b"II*\x00" + b"\x00" * 64)
+    _assert_error(capsys, ["index", twin_raster, corrupt, "--model", tiny_model, "--out", out, "-q"],
+                  "corrupt.tif: not a readable raster", no_dir=out)
+    gray = write_raster(str(tmp_path / "gray.tif"), np.zeros((1, 64, 64), np.uint8))
+    _assert_error(capsys, ["index", gray, "--model", tiny_model, "--out", out, "-q"],
+                  "gray.tif: has 1 band(s) but band 2 is needed", no_dir=out)
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_text("this is not a model")
+    _assert_error(capsys, ["index", twin_raster, "--model", not_onnx, "--out", out, "-q"],
+                  "model.onnx: not a valid ONNX model", no_dir=out)
+    bare = _bare_onnx(tmp_path / "bare.onnx")
+    _assert_error(capsys, ["index", twin_raster, "--model", bare, "--out", out, "-q"],
+                  "bare.onnx: ONNX model lacks rsir metadata", no_dir=out)
+    os.makedirs(tmp_path / "empty")
+    _assert_error(capsys, ["index", tmp_path / "empty", "--model", tiny_model, "--out", out, "-q"],
+                  "empty archive", no_dir=out)
+    assert not os.path.exists(out)  # no bad run left anything behind
+
+    assert run(capsys, "index", twin_raster, "--model", tiny_model, "--out", out, "-q")[0] == 0
+    _assert_error(capsys, ["index", twin_raster, "--model", other_tiny_model, "--out", out, "-q"],
+                  "was built with model", "tiny.onnx", "not", "tiny_other.onnx")
+    _assert_error(capsys, ["search", out, "--bbox", BOX_00, "--raster", twin_raster, "--model", other_tiny_model],
+                  "tiny_other.onnx: is not the model index")
+    far = f"{ORIGIN[0] + 10000},{ORIGIN[1]},{ORIGIN[0] + 10640},{ORIGIN[1] + 640}"
+    _assert_error(capsys, ["search", out, "--bbox", far, "--crs", "EPSG:32618", "--raster", twin_raster],
+                  "lies outside raster", "twin.tif")
+    partly = f"{ORIGIN[0] - 320},{ORIGIN[1] - 640},{ORIGIN[0] + 320},{ORIGIN[1]}"
+    _assert_error(capsys, ["search", out, "--bbox", partly, "--raster", twin_raster], "extends beyond raster")
+    _assert_error(capsys, ["search", tmp_path, "--tile", "0"], "not an rsir index")
+    _assert_error(capsys, ["search", out, "--tile", "99"], "no tile 99")
+    _assert_error(capsys, ["search", out, "--tile", "1", "--radius", "3"], "needs hash search")
+
+
+def test_all_tiles_nodata_writes_nothing(tmp_path, tiny_model, capsys):
+    blank = write_raster(str(tmp_path / "blank.tif"), np.zeros((3, 128, 128), np.uint8), nodata=0)
+    out = tmp_path / "idx"
+    _assert_error(capsys, ["index", blank, "--model", tiny_model, "--out", out, "-q"],
+                  "no valid tiles: all 4 tile(s)")
+    assert not os.path.exists(out / "manifest.json") and not os.path.exists(out / ".partial")
+
+
+def _bare_onnx(path) -> str:
+    """A valid ONNX model without rsir metadata."""
+    import torch
+
+    torch.onnx.export(torch.nn.Conv2d(3, 4, 3).eval(), (torch.zeros(1, 3, 8, 8),), str(path), dynamo=True,
+                      external_data=False, verbose=False, input_names=["input"], output_names=["embedding"])
+    return str(path)

@@ -1,0 +1,31 @@
+"""Retrieval metrics against hand-computed values."""
+import numpy as np
+import pytest
+
+from core.metrics import average_precision_at_k, map_at_k, pr_curve, precision_at_k, recall_at_k, relevance
+
+
+def test_ap_by_hand():
+    # ranks 1..5 relevant pattern 1,0,1,0,0 with 4 relevant items in the database
+    rel = np.array([[1, 0, 1, 0, 0]], bool)
+    # P@1 = 1, P@3 = 2/3 -> sum 5/3; min(k=5, R=4) = 4 -> 5/12; "retrieved" divides by 2 -> 5/6
+    assert average_precision_at_k(rel, np.array([4]), 5)[0] == pytest.approx(5 / 12)
+    assert average_precision_at_k(rel, np.array([4]), 5, "retrieved")[0] == pytest.approx(5 / 6)
+    assert average_precision_at_k(rel, np.array([4]), 2)[0] == pytest.approx(1 / 2)  # min(2, 4) = 2
+    assert average_precision_at_k(np.zeros((1, 5), bool), np.array([3]), 5)[0] == 0.0
+
+
+def test_map_precision_recall_and_pr_curve():
+    q = np.array([0, 1])
+    db = np.array([0, 0, 1, 1, 1])
+    ranked = np.array([[0, 2, 1], [2, 3, 0]])
+    rel = relevance(q, db, ranked)
+    assert rel.tolist() == [[True, False, True], [True, True, False]]
+    n_rel = np.array([2, 3])
+    # q0: (1 + 2/3) / min(3, 2) = 5/6 ; q1: (1 + 1) / min(3, 3) = 2/3
+    assert map_at_k(rel, n_rel, 3) == pytest.approx((5 / 6 + 2 / 3) / 2)
+    assert precision_at_k(rel, 2) == pytest.approx((1 / 2 + 1) / 2)
+    assert recall_at_k(rel, n_rel, 3) == pytest.approx((1 + 2 / 3) / 2)
+    precision, recall = pr_curve(rel, n_rel)
+    assert precision.tolist() == pytest.approx([1.0, 0.75, 2 / 3])
+    assert recall.tolist() == pytest.approx([(1 / 2 + 1 / 3) / 2, (1 / 2 + 2 / 3) / 2, (1 + 2 / 3) / 2])
