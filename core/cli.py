@@ -114,7 +114,7 @@ def _progress_bar(total_hint: str, quiet: bool):
         return None, lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(total=0, unit="tile", desc=total_hint, dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(total=0, unit="tile", desc=total_hint, dynamic_ncols=True, smoothing=0.1, delay=0.2)
 
     def update(done: int, total: int) -> None:
         if bar.total != total:
