@@ -26,32 +26,29 @@ def default_binary_factory(n: int) -> str:
     return "BFlat" if n <= FLAT_MAX_BINARY else f"BIVF{_nlist(n)}"
 
 
+def _build(make, data: np.ndarray, kind: str, factory: str):
+    try:
+        index = make()
+    except RuntimeError as exc:
+        raise RsirError(f"faiss {kind} factory {factory!r} is not valid ({str(exc).splitlines()[0]})") from None
+    if not index.is_trained:
+        index.train(data)
+    index.add(data)
+    set_nprobe(index, DEFAULT_NPROBE)
+    return index
+
+
 def build_float_index(emb: np.ndarray, factory: str) -> faiss.Index:
     """Inner-product index over L2-normalised embeddings (row i = tile id i)."""
     emb = np.ascontiguousarray(emb, dtype=np.float32)
-    try:
-        index = faiss.index_factory(emb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise RsirError(f"faiss float factory {factory!r} is not valid ({str(exc).splitlines()[0]})") from None
-    if not index.is_trained:
-        index.train(emb)
-    index.add(emb)
-    set_nprobe(index, DEFAULT_NPROBE)
-    return index
+    return _build(lambda: faiss.index_factory(emb.shape[1], factory, faiss.METRIC_INNER_PRODUCT), emb, "float",
+                  factory)
 
 
 def build_binary_index(codes: np.ndarray, bits: int, factory: str) -> faiss.IndexBinary:
     """Hamming index over packed codes (row i = tile id i)."""
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    try:
-        index = faiss.index_binary_factory(bits, factory)
-    except RuntimeError as exc:
-        raise RsirError(f"faiss binary factory {factory!r} is not valid ({str(exc).splitlines()[0]})") from None
-    if not index.is_trained:
-        index.train(codes)
-    index.add(codes)
-    set_nprobe(index, DEFAULT_NPROBE)
-    return index
+    return _build(lambda: faiss.index_binary_factory(bits, factory), codes, "binary", factory)
 
 
 def set_nprobe(index, nprobe: int) -> None:
