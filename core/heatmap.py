@@ -1,0 +1,64 @@
+"""Similarity heat map: every indexed tile of one source scored against a query, overlaps averaged, as a GeoTIFF."""
+from __future__ import annotations
+
+import math
+from functools import reduce
+
+import numpy as np
+from osgeo import gdal
+
+from .errors import RsirError
+from .fileio import atomic_path
+from .index.reader import Index
+
+NODATA = -2.0
+
+
+def source_tile_ids(index: Index, source_id: int) -> np.ndarray:
+    """Tile ids of one source: contiguous, because ids are given in archive order."""
+    counts = [s["tiles"] for s in index.sources]
+    start = sum(counts[:source_id])
+    return np.arange(start, start + counts[source_id])
+
+
+def similarity_heatmap(index: Index, query_embedding: np.ndarray, source_path: str, out_path: str,
+                       max_cells: int = 4096) -> tuple[str, float, tuple[int, int]]:
+    """Write a float32 GeoTIFF of cosine scores over `source_path`'s extent, on a grid fine enough that every tile
+    window falls on cell edges (coarsened to at most `max_cells` cells a side); nodata where no tile was scored.
+    Returns (path, highest score, (x, y) source pixel of the best cell's corner)."""
+    entry = index.source_entry(source_path)
+    if entry is None:
+        raise RsirError(f"{source_path}: is not in index {index.dir}; a heat map scores indexed tiles, so index the "
+                        "raster first")
+    ids = source_tile_ids(index, entry["id"])
+    if not len(ids):
+        raise RsirError(f"{source_path}: has no indexed tiles (all skipped as nodata)")
+    tiles = [index.tile(int(i)) for i in ids]
+    cell = reduce(math.gcd, [v for t in tiles for v in (t.x, t.y, t.w, t.h)])
+    cell = max(cell, math.ceil(max(entry["width"], entry["height"]) / max_cells))
+    cols, rows = math.ceil(entry["width"] / cell), math.ceil(entry["height"] / cell)
+    total = np.zeros((rows, cols), np.float64)
+    count = np.zeros((rows, cols), np.int32)
+    scores = index.embeddings(ids) @ np.asarray(query_embedding, np.float32)
+    for t, s in zip(tiles, scores):
+        r0, c0 = t.y // cell, t.x // cell
+        r1, c1 = max(r0 + 1, (t.y + t.h) // cell), max(c0 + 1, (t.x + t.w) // cell)
+        total[r0:r1, c0:c1] += s
+        count[r0:r1, c0:c1] += 1
+    grid = np.where(count > 0, total / np.maximum(count, 1), NODATA).astype(np.float32)
+
+    from .archive.sources import SourceSpec, open_source
+
+    src = open_source(SourceSpec(entry["path"], entry["kind"]))
+    gt = src.GetGeoTransform()
+    with atomic_path(out_path) as tmp:
+        ds = gdal.GetDriverByName("GTiff").Create(tmp, cols, rows, 1, gdal.GDT_Float32, ["COMPRESS=DEFLATE"])
+        ds.SetGeoTransform((gt[0], gt[1] * cell, gt[2] * cell, gt[3], gt[4] * cell, gt[5] * cell))
+        ds.SetProjection(src.GetProjection())
+        band = ds.GetRasterBand(1)
+        band.SetNoDataValue(NODATA)
+        band.SetDescription("cosine similarity to the query")
+        band.WriteArray(grid)
+        ds = None  # noqa: F841 - close before the rename
+    best = np.unravel_index(np.argmax(np.where(count > 0, grid, -np.inf)), grid.shape)
+    return out_path, float(grid[best]), (int(best[1] * cell), int(best[0] * cell))

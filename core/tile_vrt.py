@@ -1,0 +1,18 @@
+"""A retrieved tile as a small VRT window of its source: a map layer without copying pixels."""
+from __future__ import annotations
+
+from osgeo import gdal
+
+from .archive.sources import SourceSpec, open_source
+from .fileio import atomic_path
+
+
+def write_tile_vrt(source: str, kind: str, bands: list[int], x: int, y: int, w: int, h: int, out_path: str) -> str:
+    """Write `out_path` (.vrt) showing window (x, y, w, h) of `source` with the bands the index used."""
+    ds = open_source(SourceSpec(source, kind))
+    with atomic_path(out_path) as tmp:
+        out = gdal.Translate(tmp, ds, format="VRT", srcWin=[x, y, w, h], bandList=list(bands))
+        if out is None:
+            raise RuntimeError(f"{source}: could not write a VRT window ({gdal.GetLastErrorMsg()})")
+        out = None  # noqa: F841 - flush
+    return out_path

@@ -1,0 +1,132 @@
+"""GUI-free search wiring for the plugin: an opened index, its encoder, and one query -> a SearchResult.
+
+Everything here is plain core/ calls, so the dock, the Processing algorithms and the tests share one path.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+from .engine import encoder as core_encoder
+from .engine import errors, heatmap, reader, search
+
+
+@dataclass
+class SearchRequest:
+    k: int = 20
+    mode: str = "float"             # "float" (cosine) or "hash" (Hamming)
+    radius: int | None = None       # Hamming radius for the hash-results layer; None: no such layer
+    tile_rasters: int = 5           # top hits added as raster layers (VRT windows)
+    heatmap: bool = False
+    device: str = "auto"
+
+
+@dataclass
+class SearchResult:
+    query: object                   # core.search.Query
+    hits: list
+    radius_hits: list = field(default_factory=list)
+    heatmap_path: str | None = None
+    heatmap_max: float | None = None
+    results_dir: str = ""
+    raster: str | None = None       # raster the query was read from (box queries)
+    tile_rasters: int = 5
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return f"{_dt.datetime.now():%H:%M:%S} {self.query.description}"
+
+
+def results_folder() -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    path = os.path.join(tempfile.gettempdir(), "rsir_results", stamp)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+class RetrievalSession:
+    """An index opened for searching; the encoder is loaded on first use (per device) and kept."""
+
+    def __init__(self, index_dir: str):
+        self.index = reader.Index(index_dir)
+        self._encoders: dict[str, object] = {}
+
+    def encoder(self, device: str = "auto"):
+        if device not in self._encoders:
+            model = self.index.model["path"]
+            if not os.path.exists(model):
+                raise errors.RsirError(f"{model}: the model this index was built with is not there any more")
+            self._encoders[device] = core_encoder.Encoder(model, device=device)
+        return self._encoders[device]
+
+    def summary(self) -> dict:
+        m = self.index.manifest
+        meta = m["model"]["metadata"]
+        return {"model": os.path.basename(m["model"]["path"]), "method": meta.get("rsir.method", ""),
+                "tile": m["tiling"]["tile"], "stride": m["tiling"]["stride"], "tiles": m["counts"]["tiles"],
+                "crs": sorted({s["crs"] or "(none)" for s in m["sources"]}), "code_bits": m["code_bits"],
+                "has_hash": m["code_source"] == "hash", "sources": len(m["sources"])}
+
+    def describe(self) -> str:
+        s = self.summary()
+        return (f"{s['tiles']} tiles of {s['tile']} px from {s['sources']} source(s); model {s['model']} "
+                f"({s['method']}); CRS {', '.join(s['crs'])}; "
+                f"{'hash codes ' + str(s['code_bits']) + ' bits' if s['has_hash'] else 'no hash head (sign bits)'}")
+
+    # -- queries ------------------------------------------------------------------------------------------
+    def search_box(self, raster: str, box: tuple[float, float, float, float], box_crs: str,
+                   req: SearchRequest) -> SearchResult:
+        warnings = []
+        from osgeo import gdal
+
+        ds = gdal.OpenEx(raster) if os.path.exists(raster) and not raster.lower().endswith(".json") else None
+        if ds is not None and ds.GetSpatialRef() is not None and ds.GetSpatialRef().IsGeographic():
+            warnings.append(f"{os.path.basename(raster)} uses a degree-based CRS: its pixels are not square on the "
+                            "ground, so tiles and boxes are distorted away from the equator")
+        query = search.query_from_box(self.index, self.encoder(req.device), raster, box, box_crs)
+        return self._finish(query, req, raster, warnings)
+
+    def search_tile(self, tile_id: int, req: SearchRequest) -> SearchResult:
+        query = search.query_from_tile(self.index, tile_id)
+        return self._finish(query, req, self.index.tile(tile_id).source)
+
+    def search_image(self, path: str, req: SearchRequest) -> SearchResult:
+        query = search.query_from_image(self.index, self.encoder(req.device), path)
+        in_index = self.index.source_entry(path) is not None
+        return self._finish(query, req, path if in_index else None)
+
+    def tile_at(self, lon: float, lat: float) -> int | None:
+        """Id of the tile whose EPSG:4326 footprint contains (lon, lat), nearest centre first; None if none."""
+        from osgeo import ogr
+
+        layer = self.index._layer()  # noqa: SLF001 - the reader owns the GeoPackage handle
+        point = ogr.Geometry(ogr.wkbPoint)
+        point.AddPoint_2D(lon, lat)
+        layer.SetSpatialFilter(point)
+        best = None
+        for feat in layer:
+            geom = feat.GetGeometryRef()
+            if geom is not None and geom.Contains(point):
+                d = geom.Centroid().Distance(point)
+                if best is None or d < best[0]:
+                    best = (d, feat.GetFID())
+        layer.SetSpatialFilter(None)
+        return None if best is None else int(best[1])
+
+    def _finish(self, query, req: SearchRequest, raster: str | None, warnings: list[str] | None = None):
+        hits = search.search(self.index, query, k=req.k, mode=req.mode)
+        radius_hits = []
+        if req.radius is not None:
+            radius_hits = search.search(self.index, query, k=req.k, mode="hash", radius=req.radius)
+        result = SearchResult(query, hits, radius_hits, results_dir=results_folder(), raster=raster,
+                              tile_rasters=req.tile_rasters, warnings=list(warnings or []))
+        if req.heatmap:
+            if raster is None:
+                raise errors.RsirError("a heat map needs a query raster that is in the index")
+            path = os.path.join(result.results_dir, "heatmap.tif")
+            result.heatmap_path, result.heatmap_max, _ = heatmap.similarity_heatmap(self.index, query.embedding,
+                                                                                    raster, path)
+        return result

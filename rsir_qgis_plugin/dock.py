@@ -1,0 +1,220 @@
+"""The analyst's dock: open an index, query by box / footprint / image file, see hits as layers and a table."""
+from __future__ import annotations
+
+import traceback
+
+from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsGeometry,
+                       QgsMapLayerProxyModel, QgsMessageLog, QgsProject)
+from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                                 QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from . import layers
+from .controller import RetrievalSession, SearchRequest
+from .engine import encoder, errors
+from .map_tool import BoxTool, PickTool
+
+WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
+COLUMNS = ("rank", "tile", "score", "hamming", "label", "source")
+
+
+class RsirDock(QDockWidget):
+    def __init__(self, iface, parent=None):
+        super().__init__("RSIR image retrieval", parent)
+        self.setObjectName("RsirDock")
+        self.iface = iface
+        self.session: RetrievalSession | None = None
+        self.last_result = None
+        self.last_group = None
+        canvas = iface.mapCanvas()
+        self.box_tool, self.pick_tool = BoxTool(canvas), PickTool(canvas)
+        self.box_tool.boxDrawn.connect(self.on_box)
+        self.pick_tool.picked.connect(self.on_pick)
+        self._build_ui()
+
+    # -- UI -------------------------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        body = QWidget()
+        root = QVBoxLayout(body)
+        self.index_widget = QgsFileWidget()
+        self.index_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.index_widget.fileChanged.connect(self.open_index)
+        self.info = QLabel("Choose an index folder (made by `rsir index` or Build index…).")
+        self.info.setWordWrap(True)
+        form = QFormLayout()
+        form.addRow("Index", self.index_widget)
+        root.addLayout(form)
+        root.addWidget(self.info)
+
+        self.raster_combo = QgsMapLayerComboBox()
+        self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.k_spin = QSpinBox()
+        self.k_spin.setRange(1, 10000)
+        self.k_spin.setValue(20)
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems(["Float (cosine)", "Hash (Hamming)"])
+        self.radius_check = QCheckBox("Hash layer, radius")
+        self.radius_spin = QSpinBox()
+        self.radius_spin.setRange(0, 1024)
+        self.radius_spin.setValue(8)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto"] + encoder.available_devices())
+        self.tiles_spin = QSpinBox()
+        self.tiles_spin.setRange(0, 100)
+        self.tiles_spin.setValue(5)
+        self.heat_check = QCheckBox("Similarity heat map over the query raster")
+        radius_row = QHBoxLayout()
+        radius_row.addWidget(self.radius_check)
+        radius_row.addWidget(self.radius_spin)
+        opts = QFormLayout()
+        opts.addRow("Query raster", self.raster_combo)
+        opts.addRow("Hits (k)", self.k_spin)
+        opts.addRow("Search", self.mode_combo)
+        opts.addRow(radius_row)
+        opts.addRow("Tiles as layers", self.tiles_spin)
+        opts.addRow("Device", self.device_combo)
+        opts.addRow(self.heat_check)
+        root.addLayout(opts)
+
+        buttons = QHBoxLayout()
+        self.box_button = QPushButton("Draw box")
+        self.box_button.setCheckable(True)
+        self.box_button.clicked.connect(lambda on: self._activate(self.box_tool if on else None))
+        self.pick_button = QPushButton("More like this")
+        self.pick_button.setToolTip("Click a place on the map: its tile's nearest neighbours")
+        self.pick_button.setCheckable(True)
+        self.pick_button.clicked.connect(lambda on: self._activate(self.pick_tool if on else None))
+        self.image_button = QPushButton("Image file…")
+        self.image_button.clicked.connect(self._choose_image)
+        for b in (self.box_button, self.pick_button, self.image_button):
+            buttons.addWidget(b)
+        root.addLayout(buttons)
+
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.table.cellDoubleClicked.connect(lambda row, _col: self.zoom_to_hit(row))
+        root.addWidget(self.table)
+        self.index_button = QPushButton("Build index…")
+        self.index_button.clicked.connect(self._open_index_dialog)
+        root.addWidget(self.index_button)
+        self.setWidget(body)
+
+    def _activate(self, tool) -> None:
+        canvas = self.iface.mapCanvas()
+        self.box_button.setChecked(tool is self.box_tool)
+        self.pick_button.setChecked(tool is self.pick_tool)
+        if tool is None:
+            canvas.unsetMapTool(canvas.mapTool())
+        else:
+            canvas.setMapTool(tool)
+
+    def _choose_image(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Query image", "", "Images (*.tif *.tiff *.png *.jpg *.jp2)")
+        if path:
+            self.search_image(path)
+
+    def _open_index_dialog(self) -> None:
+        from .index_dialog import IndexDialog
+
+        IndexDialog(self.iface, self).exec_()
+
+    # -- messages -------------------------------------------------------------------------------------------
+    def _error(self, text: str) -> None:
+        self.iface.messageBar().pushMessage("RSIR", text, level=Qgis.Critical, duration=10)
+        QgsMessageLog.logMessage(text, "RSIR", Qgis.Critical)
+
+    # -- actions (also the API the tests drive) -------------------------------------------------------------
+    def open_index(self, path: str) -> bool:
+        try:
+            self.session = RetrievalSession(path)
+        except errors.RsirError as exc:
+            self.session = None
+            self.info.setText("No index open.")
+            self._error(str(exc))
+            return False
+        self.info.setText(self.session.describe())
+        if self.index_widget.filePath() != path:
+            self.index_widget.blockSignals(True)
+            self.index_widget.setFilePath(path)
+            self.index_widget.blockSignals(False)
+        return True
+
+    def request(self) -> SearchRequest:
+        return SearchRequest(k=self.k_spin.value(), mode="hash" if self.mode_combo.currentIndex() else "float",
+                             radius=self.radius_spin.value() if self.radius_check.isChecked() else None,
+                             tile_rasters=self.tiles_spin.value(), heatmap=self.heat_check.isChecked(),
+                             device=self.device_combo.currentText())
+
+    def on_box(self, rect) -> None:
+        layer = self.raster_combo.currentLayer()
+        if layer is None:
+            self._error("Choose the query raster layer the box is read from (Query raster).")
+            return
+        crs = self.iface.mapCanvas().mapSettings().destinationCrs()
+        box = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+        self.run_search(lambda s, req: s.search_box(layer.source(), box, crs.toWkt(), req))
+
+    def on_pick(self, point) -> None:
+        if not self._need_session():
+            return
+        crs = self.iface.mapCanvas().mapSettings().destinationCrs()
+        geo = QgsCoordinateTransform(crs, WGS84, QgsProject.instance()).transform(point)
+        tile = self.session.tile_at(geo.x(), geo.y())
+        if tile is None:
+            self._error("No indexed tile under that point.")
+            return
+        self.run_search(lambda s, req: s.search_tile(tile, req))
+
+    def search_image(self, path: str):
+        return self.run_search(lambda s, req: s.search_image(path, req))
+
+    def _need_session(self) -> bool:
+        if self.session is None:
+            self._error("Open an index folder first.")
+            return False
+        return True
+
+    def run_search(self, make_result):
+        """Run a query; on success add its layer group and fill the table; on failure one message, no layers."""
+        if not self._need_session():
+            return None
+        try:
+            result = make_result(self.session, self.request())
+            group = layers.add_result_group(self.session, result)
+        except errors.RsirError as exc:
+            self._error(str(exc))
+            return None
+        except Exception as exc:  # noqa: BLE001 - never an exception dialog in QGIS
+            QgsMessageLog.logMessage(traceback.format_exc(), "RSIR", Qgis.Critical)
+            self._error(f"search failed: {type(exc).__name__}: {exc} (details in the RSIR log)")
+            return None
+        self.last_result, self.last_group = result, group
+        self._fill_table(result.hits)
+        for warning in result.warnings:
+            self.iface.messageBar().pushMessage("RSIR", warning, level=Qgis.Warning, duration=8)
+        return result
+
+    def _fill_table(self, hits) -> None:
+        self.table.setRowCount(len(hits))
+        for row, h in enumerate(hits):
+            values = (h.rank, h.tile_id, f"{h.score:.4f}", h.hamming, h.label, h.source.rsplit("/", 1)[-1])
+            for col, value in enumerate(values):
+                self.table.setItem(row, col, QTableWidgetItem(str(value)))
+
+    def zoom_to_hit(self, row: int) -> None:
+        if self.last_result is None or row >= len(self.last_result.hits):
+            return
+        hit = self.last_result.hits[row]
+        if not hit.footprint_wkt:
+            return
+        canvas = self.iface.mapCanvas()
+        geom = QgsGeometry.fromWkt(hit.footprint_wkt)
+        geom.transform(QgsCoordinateTransform(WGS84, canvas.mapSettings().destinationCrs(), QgsProject.instance()))
+        canvas.setExtent(geom.boundingBox().buffered(geom.boundingBox().width()))
+        canvas.refresh()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self._activate(None)
+        super().closeEvent(event)
+

@@ -1,0 +1,95 @@
+"""Batch indexing dialog: sources (loaded raster layers and files/folders), model, options -> an IndexTask."""
+from __future__ import annotations
+
+from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsProject
+from qgis.gui import QgsFileWidget
+from qgis.PyQt.QtWidgets import (QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
+                                 QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout)
+from qgis.PyQt.QtCore import Qt
+
+from .engine import builder, sources
+from .tasks import IndexTask
+
+
+class IndexDialog(QDialog):
+    def __init__(self, iface, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("RSIR: build or extend an index")
+        self.iface = iface
+        self.task: IndexTask | None = None
+        root = QVBoxLayout(self)
+        self.source_list = QListWidget()
+        for layer in QgsProject.instance().mapLayers().values():
+            if layer.type() == QgsMapLayerType.RasterLayer:
+                item = QListWidgetItem(f"{layer.name()}  ({layer.source()})")
+                item.setData(Qt.UserRole, layer.source())
+                item.setCheckState(Qt.Unchecked)
+                self.source_list.addItem(item)
+        add_files, add_folder = QPushButton("Add files…"), QPushButton("Add patch folder…")
+        add_files.clicked.connect(self._add_files)
+        add_folder.clicked.connect(self._add_folder)
+        row = QHBoxLayout()
+        row.addWidget(add_files)
+        row.addWidget(add_folder)
+        root.addWidget(self.source_list)
+        root.addLayout(row)
+        self.model = QgsFileWidget()
+        self.model.setFilter("ONNX models (*.onnx)")
+        self.out = QgsFileWidget()
+        self.out.setStorageMode(QgsFileWidget.GetDirectory)
+        self.tile, self.stride = QSpinBox(), QSpinBox()
+        for spin, value in ((self.tile, 64), (self.stride, 64)):
+            spin.setRange(4, 8192)
+            spin.setValue(value)
+        self.bands = QLineEdit()
+        self.bands.setPlaceholderText("model's bands (e.g. 4,3,2 or B04,B03,B02)")
+        self.scale = QDoubleSpinBox()
+        self.scale.setRange(0, 1e9)
+        self.scale.setSpecialValueText("model's scale")
+        form = QFormLayout()
+        for label, widget in (("Model (.onnx)", self.model), ("Index folder", self.out), ("Tile (px)", self.tile),
+                              ("Stride (px)", self.stride), ("Bands", self.bands), ("Value scale", self.scale)):
+            form.addRow(label, widget)
+        root.addLayout(form)
+        box = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        box.accepted.connect(self.start)
+        box.rejected.connect(self.reject)
+        root.addWidget(box)
+
+    def _add_item(self, path: str) -> None:
+        item = QListWidgetItem(path)
+        item.setData(Qt.UserRole, path)
+        item.setCheckState(Qt.Checked)
+        self.source_list.addItem(item)
+
+    def _add_files(self) -> None:
+        for path in QFileDialog.getOpenFileNames(self, "Rasters or band-stack specs")[0]:
+            self._add_item(path)
+
+    def _add_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder of image patches")
+        if path:
+            self._add_item(path)
+
+    def chosen_sources(self) -> list[str]:
+        items = [self.source_list.item(i) for i in range(self.source_list.count())]
+        return [i.data(Qt.UserRole) for i in items if i.checkState() == Qt.Checked]
+
+    def options(self) -> builder.BuildOptions:
+        return builder.BuildOptions(tile=self.tile.value(), stride=self.stride.value(),
+                                    bands=sources.parse_band_list(self.bands.text()),
+                                    scale=self.scale.value() or None)
+
+    def start(self) -> None:
+        srcs, model, out = self.chosen_sources(), self.model.filePath(), self.out.filePath()
+        if not srcs or not model or not out:
+            self.iface.messageBar().pushMessage("RSIR", "Choose sources, a model and an index folder.",
+                                                level=Qgis.Warning, duration=6)
+            return
+        self.task = IndexTask(srcs, model, out, self.options(), on_done=self._done)
+        QgsApplication.taskManager().addTask(self.task)
+        self.accept()
+
+    def _done(self, task: IndexTask, ok: bool) -> None:
+        level = Qgis.Success if ok else (Qgis.Warning if task.was_cancelled else Qgis.Critical)
+        self.iface.messageBar().pushMessage("RSIR", task.summary(), level=level, duration=10)

@@ -1,0 +1,110 @@
+"""SearchResult -> QGIS layers in one group per query (main thread only)."""
+from __future__ import annotations
+
+import os
+
+from qgis.core import (QgsClassificationEqualInterval, QgsColorRampShader, QgsFeature, QgsField, QgsFillSymbol,
+                       QgsGeometry, QgsGradientColorRamp, QgsGraduatedSymbolRenderer, QgsPalLayerSettings,
+                       QgsProject, QgsRasterLayer, QgsRasterShader, QgsSingleBandPseudoColorRenderer,
+                       QgsVectorLayer, QgsVectorLayerSimpleLabeling)
+from qgis.PyQt.QtCore import QVariant
+from qgis.PyQt.QtGui import QColor
+
+from .engine import tile_vrt
+
+HIT_FIELDS = (("rank", QVariant.Int), ("score", QVariant.Double), ("hamming", QVariant.Int),
+              ("tile_id", QVariant.Int), ("source", QVariant.String), ("label", QVariant.String),
+              ("bucket", QVariant.String))
+
+
+def _memory_layer(name: str, fields) -> QgsVectorLayer:
+    layer = QgsVectorLayer("Polygon?crs=EPSG:4326", name, "memory")
+    layer.dataProvider().addAttributes([QgsField(n, t) for n, t in fields])
+    layer.updateFields()
+    return layer
+
+
+def hits_layer(hits, name: str, colour_by: str = "rank") -> QgsVectorLayer:
+    """Footprints with rank, score, hamming, tile_id, source, label, bucket; graduated colours, rank labels."""
+    layer = _memory_layer(name, HIT_FIELDS)
+    feats = []
+    for h in hits:
+        f = QgsFeature(layer.fields())
+        f.setAttributes([h.rank, h.score, h.hamming, h.tile_id, os.path.basename(h.source), h.label, h.bucket])
+        if h.footprint_wkt:
+            f.setGeometry(QgsGeometry.fromWkt(h.footprint_wkt))
+        feats.append(f)
+    layer.dataProvider().addFeatures(feats)
+    layer.updateExtents()
+    if len(hits) > 1:
+        renderer = QgsGraduatedSymbolRenderer(colour_by)
+        renderer.setSourceSymbol(QgsFillSymbol.createSimple({"color": "255,0,0,90", "outline_width": "0.6"}))
+        renderer.setClassificationMethod(QgsClassificationEqualInterval())
+        renderer.updateClasses(layer, min(5, len(hits)))
+        renderer.updateColorRamp(QgsGradientColorRamp(QColor(215, 25, 28), QColor(43, 131, 186)))
+        layer.setRenderer(renderer)
+    labels = QgsPalLayerSettings()
+    labels.fieldName = colour_by if colour_by == "rank" else "hamming"
+    layer.setLabeling(QgsVectorLayerSimpleLabeling(labels))
+    layer.setLabelsEnabled(True)
+    return layer
+
+
+def query_layer(query) -> QgsVectorLayer:
+    layer = _memory_layer("query", (("description", QVariant.String),))
+    f = QgsFeature(layer.fields())
+    f.setAttributes([query.description])
+    if query.footprint_wkt:
+        f.setGeometry(QgsGeometry.fromWkt(query.footprint_wkt))
+    layer.dataProvider().addFeatures([f])
+    layer.setRenderer(layer.renderer().clone())
+    layer.renderer().setSymbol(QgsFillSymbol.createSimple({"color": "0,0,0,0", "outline_color": "255,255,0",
+                                                           "outline_width": "1.2"}))
+    return layer
+
+
+def tile_layers(session, hits, out_dir: str, n: int) -> list[QgsRasterLayer]:
+    """The top `n` hits as raster layers: VRT windows of their sources (no pixel copies)."""
+    out = []
+    for h in hits[:n]:
+        entry = session.index.sources[session.index.tile(h.tile_id).source_id]
+        path = tile_vrt.write_tile_vrt(h.source, entry["kind"], entry["bands"], h.x, h.y, h.w, h.h,
+                                       os.path.join(out_dir, f"rank{h.rank:03d}_tile{h.tile_id}.vrt"))
+        out.append(QgsRasterLayer(path, f"#{h.rank} tile {h.tile_id}"))
+    return out
+
+
+def heatmap_layer(path: str, vmin: float, vmax: float) -> QgsRasterLayer:
+    layer = QgsRasterLayer(path, "similarity heat map")
+    ramp = QgsColorRampShader(vmin, vmax)
+    ramp.setColorRampType(QgsColorRampShader.Interpolated)
+    ramp.setColorRampItemList([QgsColorRampShader.ColorRampItem(vmin, QColor(43, 131, 186), f"{vmin:.2f}"),
+                               QgsColorRampShader.ColorRampItem((vmin + vmax) / 2, QColor(255, 255, 191), ""),
+                               QgsColorRampShader.ColorRampItem(vmax, QColor(215, 25, 28), f"{vmax:.2f}")])
+    shader = QgsRasterShader()
+    shader.setRasterShaderFunction(ramp)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
+    renderer.setOpacity(0.5)
+    layer.setRenderer(renderer)
+    return layer
+
+
+def add_result_group(session, result, project: QgsProject | None = None):
+    """Build every layer first, then add them in one group at the top of the layer tree."""
+    project = project or QgsProject.instance()
+    layers = [query_layer(result.query), hits_layer(result.hits, "hits")]
+    if result.radius_hits:
+        layers.append(hits_layer(result.radius_hits, "hash results (Hamming radius)", colour_by="hamming"))
+    layers += tile_layers(session, result.hits, result.results_dir, result.tile_rasters)
+    if result.heatmap_path:
+        import numpy as np
+        from osgeo import gdal
+
+        arr = gdal.Open(result.heatmap_path).ReadAsArray()
+        valid = arr[arr > -2]
+        layers.append(heatmap_layer(result.heatmap_path, float(np.min(valid)), float(np.max(valid))))
+    group = project.layerTreeRoot().insertGroup(0, f"RSIR {result.title}")
+    for layer in layers:
+        project.addMapLayer(layer, False)
+        group.addLayer(layer)
+    return group

@@ -1,0 +1,80 @@
+"""The plugin object QGIS loads: checks dependencies, then adds the dock, its action and the Processing provider."""
+from __future__ import annotations
+
+from qgis.core import Qgis, QgsApplication
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtWidgets import QAction, QMessageBox, QPushButton
+
+from . import deps
+
+
+class RsirPlugin:
+    def __init__(self, iface):
+        self.iface = iface
+        self.dock = None
+        self.provider = None
+        self.action = None
+        self.missing: list[str] = []
+
+    def initGui(self) -> None:  # noqa: N802 - QGIS's name
+        self.action = QAction("RSIR image retrieval", self.iface.mainWindow())
+        self.action.setCheckable(True)
+        self.action.triggered.connect(self.toggle_dock)
+        self.iface.addPluginToRasterMenu("&RSIR", self.action)
+        self.iface.addToolBarIcon(self.action)
+        self.missing = deps.missing_modules()
+        if self.missing:
+            self._offer_install()
+            return
+        self._start()
+
+    def _start(self) -> None:
+        from .dock import RsirDock
+        from .processing_provider import RsirProvider
+
+        self.provider = RsirProvider()
+        QgsApplication.processingRegistry().addProvider(self.provider)
+        self.dock = RsirDock(self.iface, self.iface.mainWindow())
+        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.dock.visibilityChanged.connect(self.action.setChecked)
+
+    def _offer_install(self) -> None:
+        text = deps.missing_message(self.missing)
+        bar = self.iface.messageBar()
+        item = bar.createMessage("RSIR", text)
+        button = QPushButton("Install…")
+        button.clicked.connect(self.install_dependencies)
+        item.layout().addWidget(button)
+        bar.pushWidget(item, Qgis.Warning)
+
+    def install_dependencies(self) -> None:
+        cmd = " ".join(deps.pip_install_command(self.missing))
+        if QMessageBox.question(self.iface.mainWindow(), "RSIR", f"Install the missing packages with\n\n{cmd}\n\n"
+                                f"into {deps.DEPS_DIR}?") != QMessageBox.Yes:
+            return
+        ok, log = deps.pip_install(self.missing)
+        self.missing = deps.missing_modules()
+        if ok and not self.missing:
+            self.iface.messageBar().pushMessage("RSIR", "Dependencies installed.", level=Qgis.Success)
+            self._start()
+        else:
+            self.iface.messageBar().pushMessage("RSIR", f"Installing failed; still missing {self.missing}. "
+                                                f"pip said: {log[-300:]}", level=Qgis.Critical)
+
+    def toggle_dock(self, checked: bool) -> None:
+        if self.dock is None:
+            if self.missing:
+                self.iface.messageBar().pushMessage("RSIR", deps.missing_message(self.missing), level=Qgis.Warning)
+            return
+        self.dock.setVisible(checked)
+
+    def unload(self) -> None:
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+        if self.dock is not None:
+            self.dock._activate(None)  # noqa: SLF001 - release the map tools
+            self.iface.removeDockWidget(self.dock)
+            self.dock.deleteLater()
+        if self.action is not None:
+            self.iface.removePluginRasterMenu("&RSIR", self.action)
+            self.iface.removeToolBarIcon(self.action)

@@ -1,0 +1,197 @@
+"""Processing provider "RSIR": Build index, Search by extent, Search by image, Similarity heat map."""
+from __future__ import annotations
+
+import os
+
+from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsGeometry,
+                       QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink, QgsProcessingParameterFile,
+                       QgsProcessingParameterMultipleLayers, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
+                       QgsProcessingProvider, QgsWkbTypes)
+
+
+from .controller import RetrievalSession, SearchRequest
+from .engine import builder, errors, heatmap, search
+from .layers import HIT_FIELDS
+
+WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
+
+
+def _index_param(name: str = "INDEX") -> QgsProcessingParameterFile:
+    return QgsProcessingParameterFile(name, "Index folder", behavior=QgsProcessingParameterFile.Folder)
+
+
+def _hit_fields() -> QgsFields:
+    fields = QgsFields()
+    for name, kind in HIT_FIELDS:
+        fields.append(QgsField(name, kind))
+    return fields
+
+
+def _session(alg, parameters, context) -> RetrievalSession:
+    try:
+        return RetrievalSession(alg.parameterAsFile(parameters, "INDEX", context))
+    except errors.RsirError as exc:
+        raise QgsProcessingException(str(exc)) from None
+
+
+class _Base(QgsProcessingAlgorithm):
+    NAME = ""
+    TITLE = ""
+    HELP = ""
+
+    def name(self):
+        return self.NAME
+
+    def displayName(self):  # noqa: N802
+        return self.TITLE
+
+    def group(self):
+        return "Image retrieval"
+
+    def groupId(self):  # noqa: N802
+        return "retrieval"
+
+    def shortHelpString(self):  # noqa: N802
+        return self.HELP
+
+    def createInstance(self):  # noqa: N802
+        return type(self)()
+
+    def _write_hits(self, parameters, context, hits) -> dict:
+        sink, dest = self.parameterAsSink(parameters, "OUTPUT", context, _hit_fields(), QgsWkbTypes.Polygon, WGS84)
+        for h in hits:
+            f = QgsFeature(_hit_fields())
+            f.setAttributes([h.rank, h.score, h.hamming, h.tile_id, os.path.basename(h.source), h.label, h.bucket])
+            if h.footprint_wkt:
+                f.setGeometry(QgsGeometry.fromWkt(h.footprint_wkt))
+            sink.addFeature(f, QgsFeatureSink.FastInsert)
+        return {"OUTPUT": dest}
+
+    def _search_params(self) -> None:
+        self.addParameter(QgsProcessingParameterNumber("K", "Number of hits", defaultValue=20, minValue=1))
+        self.addParameter(QgsProcessingParameterBoolean("HASH", "Hash (Hamming) search", defaultValue=False))
+        self.addParameter(QgsProcessingParameterFeatureSink("OUTPUT", "Hits", QgsProcessing.TypeVectorPolygon))
+
+    def _request(self, parameters, context) -> SearchRequest:
+        return SearchRequest(k=self.parameterAsInt(parameters, "K", context),
+                             mode="hash" if self.parameterAsBool(parameters, "HASH", context) else "float",
+                             tile_rasters=0)
+
+
+class BuildIndex(_Base):
+    NAME, TITLE = "buildindex", "Build index"
+    HELP = ("Tile and encode rasters (or patch folders / band-stack specs) with an ONNX retrieval model into an "
+            "index folder. Reruns resume an interrupted run; new sources are appended.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterMultipleLayers("SOURCES", "Rasters", QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterFile("MODEL", "ONNX model", extension="onnx"))
+        self.addParameter(QgsProcessingParameterNumber("TILE", "Tile size (px)", defaultValue=64, minValue=4))
+        self.addParameter(QgsProcessingParameterNumber("STRIDE", "Stride (px)", defaultValue=64, minValue=1))
+        self.addParameter(QgsProcessingParameterFile("OUT", "Index folder", behavior=QgsProcessingParameterFile.Folder))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        layers = self.parameterAsLayerList(parameters, "SOURCES", context)
+        out = self.parameterAsFile(parameters, "OUT", context)
+        opts = builder.BuildOptions(tile=self.parameterAsInt(parameters, "TILE", context),
+                                    stride=self.parameterAsInt(parameters, "STRIDE", context))
+        try:
+            report = builder.build_index([lyr.source() for lyr in layers],
+                                         self.parameterAsFile(parameters, "MODEL", context), out, opts,
+                                         progress=lambda d, t: feedback.setProgress(100.0 * d / max(t, 1)),
+                                         cancel=feedback.isCanceled)
+        except errors.RsirError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        feedback.pushInfo(f"indexed {report.tiles_added} tiles, skipped {report.skipped}; {report.total_tiles} in "
+                          f"the index")
+        return {"OUT": out, "TILES": report.total_tiles}
+
+
+class SearchByExtent(_Base):
+    NAME, TITLE = "searchbyextent", "Search by extent"
+    HELP = "The pixels of a raster inside an extent are the query; writes the k most similar tiles."
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(_index_param())
+        self.addParameter(QgsProcessingParameterRasterLayer("RASTER", "Query raster"))
+        self.addParameter(QgsProcessingParameterExtent("EXTENT", "Query extent"))
+        self._search_params()
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        session = _session(self, parameters, context)
+        raster = self.parameterAsRasterLayer(parameters, "RASTER", context)
+        crs = self.parameterAsExtentCrs(parameters, "EXTENT", context)
+        rect = self.parameterAsExtent(parameters, "EXTENT", context, crs)
+        box = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+        try:
+            result = session.search_box(raster.source(), box, crs.toWkt(), self._request(parameters, context))
+        except errors.RsirError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        return self._write_hits(parameters, context, result.hits)
+
+
+class SearchByImage(_Base):
+    NAME, TITLE = "searchbyimage", "Search by image"
+    HELP = "A whole image file (any size; resampled to the model input) is the query."
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(_index_param())
+        self.addParameter(QgsProcessingParameterFile("IMAGE", "Query image"))
+        self._search_params()
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        session = _session(self, parameters, context)
+        try:
+            result = session.search_image(self.parameterAsFile(parameters, "IMAGE", context),
+                                          self._request(parameters, context))
+        except errors.RsirError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        return self._write_hits(parameters, context, result.hits)
+
+
+class SimilarityHeatmap(_Base):
+    NAME, TITLE = "similarityheatmap", "Similarity heat map"
+    HELP = ("Scores every indexed tile of a raster against the query extent's pixels; overlapping tiles are "
+            "averaged. The raster must be in the index.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(_index_param())
+        self.addParameter(QgsProcessingParameterRasterLayer("RASTER", "Indexed raster"))
+        self.addParameter(QgsProcessingParameterExtent("EXTENT", "Query extent"))
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Heat map"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        session = _session(self, parameters, context)
+        raster = self.parameterAsRasterLayer(parameters, "RASTER", context)
+        crs = self.parameterAsExtentCrs(parameters, "EXTENT", context)
+        rect = self.parameterAsExtent(parameters, "EXTENT", context, crs)
+        out = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        try:
+            query = search.query_from_box(session.index, session.encoder(), raster.source(),
+                                          (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()),
+                                          crs.toWkt())
+            _, best, _ = heatmap.similarity_heatmap(session.index, query.embedding, raster.source(), out)
+        except errors.RsirError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        feedback.pushInfo(f"highest similarity {best:.4f}")
+        return {"OUTPUT": out}
+
+
+class RsirProvider(QgsProcessingProvider):
+    def id(self):
+        return "rsir"
+
+    def name(self):
+        return "RSIR"
+
+    def longName(self):  # noqa: N802
+        return "RSIR remote-sensing image retrieval"
+
+    def loadAlgorithms(self):  # noqa: N802
+        for alg in (BuildIndex(), SearchByExtent(), SearchByImage(), SimilarityHeatmap()):
+            self.addAlgorithm(alg)
+
+
+

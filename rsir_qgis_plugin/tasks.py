@@ -1,0 +1,54 @@
+"""Batch indexing as a QgsTask: progress and cancel in QGIS's task manager; layers added in finished()."""
+from __future__ import annotations
+
+from qgis.core import Qgis, QgsMessageLog, QgsProject, QgsTask, QgsVectorLayer
+
+from .engine import builder, errors
+
+
+class IndexTask(QgsTask):
+    """Runs core's resumable builder off the main thread. A cancelled run keeps its checkpoints: starting the same
+    task again resumes it."""
+
+    def __init__(self, sources: list[str], model: str, out_dir: str, options=None, add_layer: bool = True,
+                 on_done=None):
+        super().__init__(f"RSIR: indexing {len(sources)} source(s) into {out_dir}", QgsTask.CanCancel)
+        self.sources, self.model, self.out_dir = list(sources), model, out_dir
+        self.options = options or builder.BuildOptions()
+        self.add_layer = add_layer
+        self.on_done = on_done
+        self.report = None
+        self.error: str | None = None
+        self.was_cancelled = False
+
+    def run(self) -> bool:  # worker thread: no GUI, no layers
+        try:
+            self.report = builder.build_index(self.sources, self.model, self.out_dir, self.options,
+                                              progress=lambda done, total: self.setProgress(100.0 * done /
+                                                                                            max(total, 1)),
+                                              cancel=self.isCanceled)
+            return True
+        except errors.Cancelled as exc:
+            self.was_cancelled, self.error = True, str(exc)
+        except errors.RsirError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - report, never crash QGIS
+            self.error = f"{type(exc).__name__}: {exc}"
+        return False
+
+    def finished(self, ok: bool) -> None:  # main thread
+        if ok and self.add_layer:
+            layer = QgsVectorLayer(f"{self.out_dir}/tiles.gpkg|layername=tiles", "RSIR index tiles", "ogr")
+            if layer.isValid():
+                QgsProject.instance().addMapLayer(layer)
+        if not ok:
+            QgsMessageLog.logMessage(self.error or "indexing stopped", "RSIR", Qgis.Warning)
+        if self.on_done:
+            self.on_done(self, ok)
+
+    def summary(self) -> str:
+        if self.report is None:
+            return self.error or "indexing did not run"
+        r = self.report
+        return (f"indexed {r.tiles_added} tiles ({r.skipped} skipped as nodata) in {r.seconds:.1f} s; "
+                f"index now holds {r.total_tiles} tiles")
