@@ -1,0 +1,213 @@
+"""The QGIS plugin with a real QgsApplication (pytest-qgis): box search through the map tool -> layer group,
+hash layer, tile VRTs and heat map; QgsTask indexing and cancel/resume; Processing; bad input; missing deps."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from osgeo import gdal
+from qgis.core import Qgis, QgsApplication, QgsProject, QgsRasterLayer, QgsRectangle
+
+from core.index import BuildOptions, Index, build_index
+from tests.rasters import ORIGIN, write_raster
+
+BOX_00 = QgsRectangle(ORIGIN[0], ORIGIN[1] - 640, ORIGIN[0] + 640, ORIGIN[1])  # tile (0, 0); its twin is tile 14
+
+
+@pytest.fixture()
+def indexed(tmp_path, twin_raster, tiny_model):
+    out = str(tmp_path / "idx")
+    build_index([twin_raster], tiny_model, out, BuildOptions(tile=64))
+    return out
+
+
+@pytest.fixture()
+def dock(qgis_iface, qgis_new_project):
+    from rsir_qgis_plugin.dock import RsirDock
+
+    qgis_iface.messageBar().clear_messages()
+    widget = RsirDock(qgis_iface)
+    yield widget
+    widget._activate(None)
+    widget.deleteLater()
+
+
+def _raster_layer(path: str, iface) -> QgsRasterLayer:
+    layer = QgsRasterLayer(path, os.path.basename(path))
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    iface.mapCanvas().setDestinationCrs(layer.crs())
+    return layer
+
+
+def _critical(iface) -> list[str]:
+    return iface.messageBar().get_messages(Qgis.Critical)
+
+
+def test_box_search_builds_the_layer_group(dock, indexed, twin_raster, qgis_iface):
+    layer = _raster_layer(twin_raster, qgis_iface)
+    assert dock.open_index(indexed) and "16 tiles of 64 px" in dock.info.text()
+    dock.raster_combo.setLayer(layer)
+    dock.k_spin.setValue(5)
+    dock.radius_check.setChecked(True)
+    dock.radius_spin.setValue(10)
+    dock.tiles_spin.setValue(2)
+    dock.heat_check.setChecked(True)
+    dock.box_tool.set_box(BOX_00)  # as if the analyst dragged the box on the map
+    assert not _critical(qgis_iface)
+    result, group = dock.last_result, dock.last_group
+    assert group.name().startswith("RSIR ") and group.parent() == QgsProject.instance().layerTreeRoot()
+    names = [child.name() for child in group.children()]
+    assert names[:3] == ["query", "hits", "hash results (Hamming radius)"]
+    assert names[3].startswith("#1 tile ") and names[4].startswith("#2 tile ") and names[5] == "similarity heat map"
+
+    hits_layer = group.children()[1].layer()
+    feats = sorted(hits_layer.getFeatures(), key=lambda f: f["rank"])
+    assert [f["rank"] for f in feats] == [1, 2, 3, 4, 5]
+    assert {feats[0]["tile_id"], feats[1]["tile_id"]} == {0, 14}
+    assert feats[0]["score"] > 0.998 and feats[2]["score"] < 0.999 and feats[0]["source"] == "twin.tif"
+    assert [f.name() for f in hits_layer.fields()] == ["rank", "score", "hamming", "tile_id", "source", "label",
+                                                       "bucket"]
+    assert hits_layer.renderer().type() == "graduatedSymbol" and hits_layer.labelsEnabled()
+
+    hash_layer = group.children()[2].layer()
+    assert all(f["hamming"] <= 10 for f in hash_layer.getFeatures()) and hash_layer.featureCount() >= 2
+    all_d = Index(indexed).hamming(result.query.code, np.arange(16))
+    assert hash_layer.featureCount() == int((all_d <= 10).sum())
+
+    # tile layers are VRT windows of the source: same pixels, no copies
+    vrt = group.children()[3].layer()
+    assert vrt.isValid() and vrt.source().endswith(".vrt")
+    tid = feats[0]["tile_id"]
+    x, y = (0, 0) if tid == 0 else (128, 192)
+    src = gdal.Open(twin_raster).ReadAsArray(x, y, 64, 64)
+    np.testing.assert_array_equal(gdal.Open(vrt.source()).ReadAsArray(), src)
+
+    # heat map: maximal on the query tile and its twin, lower elsewhere
+    heat = gdal.Open(result.heatmap_path).ReadAsArray()
+    assert heat.shape == (4, 4)
+    assert heat[0, 0] == pytest.approx(heat.max(), abs=2e-3) and heat[3, 2] == pytest.approx(heat.max(), abs=2e-3)
+    others = np.delete(heat.ravel(), [0, 14])
+    assert others.max() < heat.max() - 1e-3
+    assert group.children()[5].layer().renderer().opacity() == 0.5
+    assert dock.table.rowCount() == 5 and {dock.table.item(0, 1).text(), dock.table.item(1, 1).text()} == {"0", "14"}
+
+
+def test_more_like_this_and_image_queries(dock, indexed, twin_raster, tmp_path, qgis_iface):
+    _raster_layer(twin_raster, qgis_iface)
+    dock.open_index(indexed)
+    # click at the centre of tile (0, 0), in the canvas CRS (the raster's UTM)
+    from qgis.core import QgsPointXY
+    dock.pick_tool.picked.emit(QgsPointXY(ORIGIN[0] + 320, ORIGIN[1] - 320))
+    assert dock.last_result.query.tile_id == 0 and dock.last_result.hits[0].tile_id == 14
+    img = write_raster(str(tmp_path / "q.tif"), gdal.Open(twin_raster).ReadAsArray(0, 0, 64, 64), epsg=None)
+    result = dock.search_image(img)
+    assert {h.tile_id for h in result.hits[:2]} == {0, 14}
+
+
+def test_bad_input_gives_one_message_and_no_layers(dock, indexed, twin_raster, tmp_path, qgis_iface):
+    bar = qgis_iface.messageBar()
+    assert not dock.open_index(str(tmp_path))
+    assert "not an rsir index" in _critical(qgis_iface)[-1]
+    layer = _raster_layer(twin_raster, qgis_iface)
+    dock.open_index(indexed)
+    dock.raster_combo.setLayer(layer)
+    before = len(QgsProject.instance().layerTreeRoot().children())
+    dock.box_tool.set_box(QgsRectangle(ORIGIN[0] - 320, ORIGIN[1] - 640, ORIGIN[0] + 320, ORIGIN[1]))
+    assert "extends beyond raster" in _critical(qgis_iface)[-1]
+    gray = _raster_layer(write_raster(str(tmp_path / "gray.tif"), np.zeros((1, 256, 256), np.uint8)), qgis_iface)
+    dock.raster_combo.setLayer(gray)
+    dock.box_tool.set_box(BOX_00)
+    assert "gray.tif: has 1 band(s) but band 2 is needed" in _critical(qgis_iface)[-1]
+    # degree-based CRS: works (box reprojected) but warns
+    geo = write_raster(str(tmp_path / "geo.tif"), gdal.Open(twin_raster).ReadAsArray(), origin=(10.0, 1.0),
+                       gsd=0.0001, epsg=4326)
+    geo_layer = _raster_layer(geo, qgis_iface)
+    dock.raster_combo.setLayer(geo_layer)
+    dock.box_tool.set_box(QgsRectangle(10.0, 1.0 - 0.0064, 10.0064, 1.0))
+    assert "degree-based CRS" in bar.get_messages(Qgis.Warning)[-1]
+    assert {h.tile_id for h in dock.last_result.hits[:2]} == {0, 14}
+    layer_count = len(QgsProject.instance().layerTreeRoot().children())
+    assert layer_count == before + 2 + 1  # gray and geo layers, one successful result group; failures added none
+
+
+def test_index_task_runs_and_resumes_after_cancel(tmp_path, twin_raster, tiny_model, qgis_new_project):
+    import time
+
+    from rsir_qgis_plugin.tasks import IndexTask
+
+    class CancelMidway(IndexTask):
+        def setProgress(self, progress):  # noqa: N802 - the analyst presses cancel at 30 %
+            super().setProgress(progress)
+            if progress > 30:
+                self.cancel()
+
+    out = str(tmp_path / "idx")
+    opts = BuildOptions(tile=16, checkpoint_every=32, batch_size=16)
+    first = CancelMidway([twin_raster], tiny_model, out, opts)
+    assert first.run() is False and first.was_cancelled and "rerun the same command to resume" in first.error
+    first.finished(False)
+    assert not os.path.exists(os.path.join(out, "manifest.json"))
+
+    done = {}
+    again = IndexTask([twin_raster], tiny_model, out, opts,
+                      on_done=lambda task, ok: done.update(ok=ok, report=task.report, summary=task.summary()))
+    QgsApplication.taskManager().addTask(again)
+    for _ in range(600):
+        QgsApplication.processEvents()
+        if done:
+            break
+        time.sleep(0.05)
+    assert done.get("ok"), done
+    assert done["report"].resumed_windows >= 64 and done["report"].total_tiles == 256
+    assert "index now holds 256 tiles" in done["summary"]
+    assert any(lyr.name() == "RSIR index tiles" for lyr in QgsProject.instance().mapLayers().values())
+
+
+def test_processing_algorithms(tmp_path, twin_raster, tiny_model, qgis_processing, qgis_new_project):
+    import processing
+
+    from rsir_qgis_plugin.processing_provider import RsirProvider
+
+    provider = RsirProvider()
+    QgsApplication.processingRegistry().addProvider(provider)
+    try:
+        layer = QgsRasterLayer(twin_raster, "twin")
+        out = str(tmp_path / "idx")
+        res = processing.run("rsir:buildindex", {"SOURCES": [layer], "MODEL": tiny_model, "TILE": 64, "STRIDE": 64,
+                                                 "OUT": out})
+        assert res["TILES"] == 16 and os.path.exists(os.path.join(out, "manifest.json"))
+        extent = f"{BOX_00.xMinimum()},{BOX_00.xMaximum()},{BOX_00.yMinimum()},{BOX_00.yMaximum()} [EPSG:32618]"
+        res = processing.run("rsir:searchbyextent", {"INDEX": out, "RASTER": layer, "EXTENT": extent, "K": 3,
+                                                     "HASH": False, "OUTPUT": "memory:"})
+        feats = sorted(res["OUTPUT"].getFeatures(), key=lambda f: f["rank"])
+        assert {feats[0]["tile_id"], feats[1]["tile_id"]} == {0, 14}
+        img = write_raster(str(tmp_path / "q.tif"), gdal.Open(twin_raster).ReadAsArray(0, 0, 64, 64), epsg=None)
+        res = processing.run("rsir:searchbyimage", {"INDEX": out, "IMAGE": img, "K": 2, "HASH": True,
+                                                    "OUTPUT": "memory:"})
+        assert {f["tile_id"] for f in res["OUTPUT"].getFeatures()} == {0, 14}
+        heat = str(tmp_path / "heat.tif")
+        processing.run("rsir:similarityheatmap", {"INDEX": out, "RASTER": layer, "EXTENT": extent, "OUTPUT": heat})
+        arr = gdal.Open(heat).ReadAsArray()
+        assert np.unravel_index(np.argmax(arr), arr.shape) in {(0, 0), (3, 2)}
+        from qgis.core import QgsProcessingException
+        with pytest.raises(QgsProcessingException, match="not an rsir index"):
+            processing.run("rsir:searchbyimage", {"INDEX": str(tmp_path), "IMAGE": img, "K": 2, "HASH": False,
+                                                  "OUTPUT": "memory:"})
+    finally:
+        QgsApplication.processingRegistry().removeProvider(provider)
+
+
+def test_missing_dependency_is_reported_not_fatal(qgis_iface, monkeypatch):
+    from rsir_qgis_plugin import deps
+    from rsir_qgis_plugin.plugin import RsirPlugin
+
+    monkeypatch.setitem(deps.REQUIRED, "rsir_no_such_module", "rsir-no-such-package")
+    plugin = RsirPlugin(qgis_iface)
+    plugin.initGui()
+    assert plugin.missing == ["rsir_no_such_module"] and plugin.dock is None and plugin.provider is None
+    item = qgis_iface.messageBar().currentItem()
+    assert "rsir_no_such_module" in item.text() and "rsir-no-such-package" in item.text()
+    assert deps.pip_install_command(plugin.missing)[-2:] == ["numpy<2", "rsir-no-such-package"]
+    plugin.unload()
