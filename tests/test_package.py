@@ -1,0 +1,37 @@
+"""`make package`: the zip holds the plugin, its own copy of core/ and honest metadata, and the unzipped plugin
+imports core from inside itself."""
+from __future__ import annotations
+
+import configparser
+import os
+import subprocess
+import sys
+import zipfile
+
+from tools.package_plugin import build
+
+
+def test_plugin_zip_is_self_contained(tmp_path):
+    out = str(tmp_path / "rsir_qgis_plugin.zip")
+    names = build(out)
+    with zipfile.ZipFile(out) as zf:
+        assert sorted(zf.namelist()) == sorted(names)
+        meta = configparser.ConfigParser()
+        meta.read_string(zf.read("rsir_qgis_plugin/metadata.txt").decode())
+        zf.extractall(tmp_path / "plugins")
+    for required in ("rsir_qgis_plugin/__init__.py", "rsir_qgis_plugin/icon.png", "rsir_qgis_plugin/core/search.py",
+                     "rsir_qgis_plugin/core/index/builder.py", "rsir_qgis_plugin/processing_provider.py"):
+        assert required in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "training" in n]
+    general = meta["general"]
+    assert general["qgisMinimumVersion"] == "3.22" and general["version"] == "0.1.0"
+    assert general["hasProcessingProvider"] == "yes" and general["icon"] == "icon.png"
+    for key in ("name", "description", "about", "author", "email", "repository"):
+        assert general[key].strip()
+    # the unzipped plugin uses its bundled core, not the checkout's; and never imports torch
+    code = ("import sys; import rsir_qgis_plugin.engine as e, rsir_qgis_plugin.controller; "
+            "print(e.search.__name__, 'torch' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "plugins"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=str(tmp_path), check=True).stdout.split()
+    assert out == ["rsir_qgis_plugin.core.search", "False"]

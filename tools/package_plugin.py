@@ -1,0 +1,44 @@
+"""Build the installable plugin zip: rsir_qgis_plugin/ + a copy of core/ inside it + the top-level metadata.txt.
+
+    python tools/package_plugin.py dist/rsir_qgis_plugin.zip
+"""
+from __future__ import annotations
+
+import os
+import sys
+import zipfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKIP_DIRS = {"__pycache__", "python_deps"}
+
+
+def _files(folder: str):
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+        for name in sorted(files):
+            if not name.endswith((".pyc", ".aux.xml")):
+                yield os.path.join(here, name)
+
+
+def build(out_path: str) -> list[str]:
+    """Write the zip atomically; return the archive names."""
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tmp = out_path + ".partial"
+    names = []
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        plugin = os.path.join(ROOT, "rsir_qgis_plugin")
+        for path in _files(plugin):
+            names.append("rsir_qgis_plugin/" + os.path.relpath(path, plugin))
+            zf.write(path, names[-1])
+        for path in _files(os.path.join(ROOT, "core")):
+            names.append("rsir_qgis_plugin/core/" + os.path.relpath(path, os.path.join(ROOT, "core")))
+            zf.write(path, names[-1])
+        zf.write(os.path.join(ROOT, "metadata.txt"), "rsir_qgis_plugin/metadata.txt")
+        names.append("rsir_qgis_plugin/metadata.txt")
+    os.replace(tmp, out_path)
+    return names
+
+
+if __name__ == "__main__":
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "dist", "rsir_qgis_plugin.zip")
+    print(f"wrote {out} ({len(build(out))} files)")
