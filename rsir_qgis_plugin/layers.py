@@ -43,8 +43,9 @@ def hits_layer(hits, name: str, colour_by: str = "rank") -> QgsVectorLayer:
         renderer.updateClasses(layer, min(5, len(hits)))
         renderer.updateColorRamp(QgsGradientColorRamp(QColor(215, 25, 28), QColor(43, 131, 186)))
         layer.setRenderer(renderer)
+    layer.setOpacity(0.6)  # the imagery and the heat map stay visible under the footprints
     labels = QgsPalLayerSettings()
-    labels.fieldName = colour_by if colour_by == "rank" else "hamming"
+    labels.fieldName = colour_by
     layer.setLabeling(QgsVectorLayerSimpleLabeling(labels))
     layer.setLabelsEnabled(True)
     return layer
