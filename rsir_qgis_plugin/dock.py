@@ -4,7 +4,7 @@ from __future__ import annotations
 import traceback
 
 from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsGeometry,
-                       QgsMapLayerProxyModel, QgsMessageLog, QgsProject)
+                       QgsMapLayerProxyModel, QgsMessageLog, QgsProject, QgsWkbTypes)
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                                  QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
@@ -84,9 +84,12 @@ class RsirDock(QDockWidget):
         self.pick_button.setToolTip("Click a place on the map: its tile's nearest neighbours")
         self.pick_button.setCheckable(True)
         self.pick_button.clicked.connect(lambda on: self._activate(self.pick_tool if on else None))
+        self.feature_button = QPushButton("Selected polygon")
+        self.feature_button.setToolTip("Use the bounding box of the selected feature of the active vector layer")
+        self.feature_button.clicked.connect(lambda: self.search_selected_feature(self.iface.activeLayer()))
         self.image_button = QPushButton("Image file…")
         self.image_button.clicked.connect(self._choose_image)
-        for b in (self.box_button, self.pick_button, self.image_button):
+        for b in (self.box_button, self.pick_button, self.feature_button, self.image_button):
             buttons.addWidget(b)
         root.addLayout(buttons)
 
@@ -165,6 +168,18 @@ class RsirDock(QDockWidget):
             self._error("No indexed tile under that point.")
             return
         self.run_search(lambda s, req: s.search_tile(tile, req))
+
+    def search_selected_feature(self, layer):
+        """Query with the bounding box of the (first) selected polygon of `layer`."""
+        feats = list(layer.selectedFeatures()) if layer is not None and hasattr(layer, "selectedFeatures") else []
+        if not feats or feats[0].geometry().type() != QgsWkbTypes.PolygonGeometry:
+            self._error("Select a polygon feature in the active vector layer first.")
+            return None
+        geom = QgsGeometry(feats[0].geometry())
+        canvas_crs = self.iface.mapCanvas().mapSettings().destinationCrs()
+        geom.transform(QgsCoordinateTransform(layer.crs(), canvas_crs, QgsProject.instance()))
+        self.on_box(geom.boundingBox())
+        return self.last_result
 
     def search_image(self, path: str):
         return self.run_search(lambda s, req: s.search_image(path, req))

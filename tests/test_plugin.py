@@ -106,6 +106,30 @@ def test_more_like_this_and_image_queries(dock, indexed, twin_raster, tmp_path, 
     assert {h.tile_id for h in result.hits[:2]} == {0, 14}
 
 
+def test_selected_polygon_query_and_zoom_to_hit(dock, indexed, twin_raster, qgis_iface):
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+
+    layer = _raster_layer(twin_raster, qgis_iface)
+    dock.open_index(indexed)
+    dock.raster_combo.setLayer(layer)
+    # a field boundary drawn in lon/lat over tile (0, 0) of the UTM raster
+    polys = QgsVectorLayer("Polygon?crs=EPSG:4326", "fields", "memory")
+    feat = QgsFeature()
+    wkt = dock.session.index.tile(0).footprint_wkt
+    feat.setGeometry(QgsGeometry.fromWkt(wkt).buffer(-1e-6, 2))
+    polys.dataProvider().addFeatures([feat])
+    QgsProject.instance().addMapLayer(polys)
+    assert dock.search_selected_feature(polys) is None and "Select a polygon" in _critical(qgis_iface)[-1]
+    polys.selectAll()
+    result = dock.search_selected_feature(polys)
+    assert {h.tile_id for h in result.hits[:2]} == {0, 14}
+    dock.zoom_to_hit(0)
+    extent = qgis_iface.mapCanvas().extent()
+    hit = result.hits[0]
+    assert extent.contains(QgsRectangle(ORIGIN[0] + hit.x * 10 + 1, ORIGIN[1] - (hit.y + 64) * 10 + 1,
+                                        ORIGIN[0] + (hit.x + 64) * 10 - 1, ORIGIN[1] - hit.y * 10 - 1))
+
+
 def test_bad_input_gives_one_message_and_no_layers(dock, indexed, twin_raster, tmp_path, qgis_iface):
     bar = qgis_iface.messageBar()
     assert not dock.open_index(str(tmp_path))
