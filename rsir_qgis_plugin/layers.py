@@ -17,6 +17,11 @@ HIT_FIELDS = (("rank", QVariant.Int), ("score", QVariant.Double), ("hamming", QV
               ("bucket", QVariant.String))
 
 
+def hit_attributes(hit) -> list:
+    """Attribute values of a hit in HIT_FIELDS order."""
+    return [hit.rank, hit.score, hit.hamming, hit.tile_id, os.path.basename(hit.source), hit.label, hit.bucket]
+
+
 def _memory_layer(name: str, fields) -> QgsVectorLayer:
     layer = QgsVectorLayer("Polygon?crs=EPSG:4326", name, "memory")
     layer.dataProvider().addAttributes([QgsField(n, t) for n, t in fields])
@@ -30,7 +35,7 @@ def hits_layer(hits, name: str, colour_by: str = "rank") -> QgsVectorLayer:
     feats = []
     for h in hits:
         f = QgsFeature(layer.fields())
-        f.setAttributes([h.rank, h.score, h.hamming, h.tile_id, os.path.basename(h.source), h.label, h.bucket])
+        f.setAttributes(hit_attributes(h))
         if h.footprint_wkt:
             f.setGeometry(QgsGeometry.fromWkt(h.footprint_wkt))
         feats.append(f)

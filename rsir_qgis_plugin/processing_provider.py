@@ -1,8 +1,6 @@
 """Processing provider "RSIR": Build index, Search by extent, Search by image, Similarity heat map."""
 from __future__ import annotations
 
-import os
-
 from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsGeometry,
                        QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterBoolean,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink, QgsProcessingParameterFile,
@@ -13,7 +11,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureSink,
 
 from .controller import RetrievalSession, SearchRequest
 from .engine import builder, errors, heatmap, search
-from .layers import HIT_FIELDS
+from .layers import HIT_FIELDS, hit_attributes
 
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
 
@@ -63,7 +61,7 @@ class _Base(QgsProcessingAlgorithm):
         sink, dest = self.parameterAsSink(parameters, "OUTPUT", context, _hit_fields(), QgsWkbTypes.Polygon, WGS84)
         for h in hits:
             f = QgsFeature(_hit_fields())
-            f.setAttributes([h.rank, h.score, h.hamming, h.tile_id, os.path.basename(h.source), h.label, h.bucket])
+            f.setAttributes(hit_attributes(h))
             if h.footprint_wkt:
                 f.setGeometry(QgsGeometry.fromWkt(h.footprint_wkt))
             sink.addFeature(f, QgsFeatureSink.FastInsert)
