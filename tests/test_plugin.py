@@ -29,8 +29,12 @@ def dock(qgis_iface, qgis_new_project):
     qgis_iface.messageBar().clear_messages()
     widget = RsirDock(qgis_iface)
     yield widget
+    from qgis.PyQt import sip
+
     widget._activate(None)
-    widget.deleteLater()
+    for obj in (widget.box_tool, widget.pick_tool, widget):
+        sip.delete(obj)  # now, not at exitQgis(): Qt objects left for QGIS's teardown crash it
+    QgsApplication.processEvents()
 
 
 def _raster_layer(path: str, iface) -> QgsRasterLayer:
