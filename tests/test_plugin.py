@@ -239,3 +239,34 @@ def test_missing_dependency_is_reported_not_fatal(qgis_iface, monkeypatch):
     assert "rsir_no_such_module" in item.text() and "rsir-no-such-package" in item.text()
     assert deps.pip_install_command(plugin.missing)[-2:] == ["numpy<2", "rsir-no-such-package"]
     plugin.unload()
+
+
+def test_index_dialog_starts_a_task_over_loaded_layers(tmp_path, twin_raster, tiny_model, qgis_iface,
+                                                       qgis_new_project):
+    import time
+
+    from qgis.PyQt.QtCore import Qt
+
+    from rsir_qgis_plugin.index_dialog import IndexDialog
+
+    _raster_layer(twin_raster, qgis_iface)
+    qgis_iface.messageBar().clear_messages()
+    dialog = IndexDialog(qgis_iface)
+    assert dialog.source_list.count() == 1  # the loaded raster layer is offered
+    dialog.start()  # nothing chosen yet: a message, no task
+    assert dialog.task is None and "Choose sources" in qgis_iface.messageBar().get_messages(Qgis.Warning)[-1]
+    dialog.source_list.item(0).setCheckState(Qt.Checked)
+    dialog.model.setFilePath(tiny_model)
+    out = str(tmp_path / "idx")
+    dialog.out.setFilePath(out)
+    dialog.tile.setValue(32)
+    dialog.stride.setValue(32)
+    assert dialog.chosen_sources() == [twin_raster] and dialog.options().tile == 32
+    dialog.start()
+    for _ in range(600):
+        QgsApplication.processEvents()
+        if qgis_iface.messageBar().get_messages(Qgis.Success):
+            break
+        time.sleep(0.05)
+    assert "index now holds 64 tiles" in qgis_iface.messageBar().get_messages(Qgis.Success)[-1]
+    assert Index(out).n == 64
