@@ -59,8 +59,8 @@ def main() -> int:
     binary.add(db_codes)
     _, hids = binary.search(q_codes, 100)
     print(f"EuroSAT RGB, {len(test)} queries -> {len(train)} database, encoded in {secs:.0f} s")
-    print(f"| features | mAP@100 (min(100,R)) | mAP@100 (retrieved) |")
-    print(f"|---|---|---|")
+    print("| features | mAP@100 (min(100,R)) | mAP@100 (retrieved) |")
+    print("|---|---|---|")
     for name, ranked in (("float cosine (1280-d)", ids), (f"LSH {db_codes.shape[1] * 8} bits (default model)", hids)):
         rel = relevance(q_y, db_y, ranked)
         print(f"| {name} | {100 * map_at_k(rel, n_rel, 100):.2f} | "

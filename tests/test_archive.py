@@ -15,7 +15,7 @@ from core.archive.pixels import invalid_fraction, read_window
 from core.archive.sources import expand_archive, open_source, resolve_bands
 from core.archive.tiling import TileWindow, grid_windows, plan_windows
 from core.errors import RsirError
-from tests.rasters import ORIGIN, write_raster
+from tests.rasters import write_raster
 
 # UTM 18N near the equator and the central meridian: metres per radian of longitude (prime vertical radius a)
 # and of latitude (meridian radius a(1 - e^2)), both times the scale factor k0.

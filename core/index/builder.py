@@ -178,7 +178,7 @@ def _encode(plan, encoder, opts, partial, state, state_path, progress, cancel) -
         progress(done, total)
     while done < total:
         chunk = flat[done:done + opts.checkpoint_every]
-        pixels, meta, skipped_here = [], [], [0] * len(plan)
+        meta, skipped_here = [], [0] * len(plan)
         embs, codes = [], []
         cancelled = False
         processed = 0
