@@ -1,0 +1,37 @@
+"""Train/val/test splits of folder-per-class datasets, with the protocol of ../shared/data/eurosat_rgb/split.csv
+(Kang et al.): per class, file names sorted, shuffled with random.Random(seed), first 70 % train, next 10 % val,
+the rest test. Written as CSV rows `path,class,split` with paths relative to the dataset root."""
+from __future__ import annotations
+
+import csv
+import os
+import random
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+
+def make_split(root: str, seed: int = 42, train: float = 0.7, val: float = 0.1) -> list[dict]:
+    """Rows {"path", "class", "split"} for every image of every class folder under `root`."""
+    rows = []
+    for cls in sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))):
+        names = sorted(n for n in os.listdir(os.path.join(root, cls)) if n.lower().endswith(IMAGE_EXTENSIONS))
+        random.Random(seed).shuffle(names)
+        n_train, n_val = int(len(names) * train), int(len(names) * val)
+        for i, name in enumerate(names):
+            split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+            rows.append({"path": f"{cls}/{name}", "class": cls, "split": split})
+    if not rows:
+        raise ValueError(f"{root}: no class folders with images")
+    return rows
+
+
+def write_split(rows: list[dict], path: str) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "class", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_split(path: str) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
