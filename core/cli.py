@@ -189,19 +189,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         write_hits_gpkg(args.out, query, hits)
         print(f"wrote {args.out} (layers: query, hits)")
     if args.png:
-        _write_png(args.png, index, query, hits, bands)
+        _write_png(args.png, index, query, hits)
         print(f"wrote {args.png}")
     return 0
 
 
-def _write_png(path: str, index, query, hits, bands) -> None:
+def _write_png(path: str, index, query, hits) -> None:
     from .archive.tiling import TileWindow
     from .mosaic import read_tile_pixels, write_mosaic
 
     size = 64
     pixels = []
     for h in hits[:23]:
-        entry = index.sources[index.tile(h.tile_id).source_id]
+        entry = index.sources[h.source_id]
         pixels.append(read_tile_pixels(h.source, entry["kind"], entry["bands"], TileWindow(h.x, h.y, h.w, h.h), size))
     qpix = None
     if query.pixels is not None:

@@ -5,9 +5,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from osgeo import ogr, osr
+from osgeo import osr
 
-from .archive.footprints import FootprintMaker, srs_from_user, wgs84
+from .archive.footprints import FootprintMaker, srs_from_user
 from .archive.gdal_open import open_raster
 from .archive.pixels import read_window
 from .archive.sources import SourceSpec, expand_archive, open_source, resolve_bands
@@ -37,6 +37,7 @@ class Hit:
     score: float      # cosine similarity of the embeddings
     hamming: int      # Hamming distance of the codes
     bucket: str       # the hit's code in hex: its hash bucket
+    source_id: int    # index of the source in the manifest's `sources`
     source: str
     x: int
     y: int
@@ -186,14 +187,7 @@ def search(index: Index, query: Query, k: int = 20, mode: str = "float", radius:
     hits = []
     for rank, (tid, score, ham, code) in enumerate(zip(ids, scores, hamming, codes), 1):
         t = index.tile(tid)
-        hits.append(Hit(rank, tid, float(score), int(ham), code_hex(code), t.source, t.x, t.y, t.w, t.h, t.label,
-                        t.footprint_wkt))
+        hits.append(Hit(rank, tid, float(score), int(ham), code_hex(code), t.source_id, t.source, t.x, t.y, t.w,
+                        t.h, t.label, t.footprint_wkt))
     return hits
 
-
-def query_footprint(query: Query) -> ogr.Geometry | None:
-    if not query.footprint_wkt:
-        return None
-    geom = ogr.CreateGeometryFromWkt(query.footprint_wkt)
-    geom.AssignSpatialReference(wgs84())
-    return geom

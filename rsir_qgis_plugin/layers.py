@@ -73,7 +73,7 @@ def tile_layers(session, hits, out_dir: str, n: int) -> list[QgsRasterLayer]:
     """The top `n` hits as raster layers: VRT windows of their sources (no pixel copies)."""
     out = []
     for h in hits[:n]:
-        entry = session.index.sources[session.index.tile(h.tile_id).source_id]
+        entry = session.index.sources[h.source_id]
         path = tile_vrt.write_tile_vrt(h.source, entry["kind"], entry["bands"], h.x, h.y, h.w, h.h,
                                        os.path.join(out_dir, f"rank{h.rank:03d}_tile{h.tile_id}.vrt"))
         out.append(QgsRasterLayer(path, f"#{h.rank} tile {h.tile_id}"))
