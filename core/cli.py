@@ -211,11 +211,9 @@ def _write_png(path: str, index, query, hits) -> None:
         entry = index.sources[t.source_id]
         qpix = read_tile_pixels(t.source, entry["kind"], entry["bands"], TileWindow(t.x, t.y, t.w, t.h), size)
     if qpix is not None and qpix.shape[-1] != size:
-        from .archive.pixels import read_window
-        from osgeo import gdal_array
+        from .archive.pixels import resample_array
 
-        qpix = read_window(gdal_array.OpenArray(qpix), list(range(1, qpix.shape[0] + 1)),
-                           TileWindow(0, 0, qpix.shape[2], qpix.shape[1]), size)
+        qpix = resample_array(qpix, size)
     write_mosaic(path, qpix, pixels)
 
 

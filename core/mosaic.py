@@ -7,7 +7,6 @@ import os
 import numpy as np
 from osgeo import gdal
 
-from .archive.gdal_open import open_raster
 from .archive.pixels import read_window
 from .archive.sources import SourceSpec, open_source
 from .archive.tiling import TileWindow
@@ -46,8 +45,7 @@ def _to_rgb(tiles: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def read_tile_pixels(source: str, kind: str, bands: list[int], win: TileWindow, size: int) -> np.ndarray:
-    ds = open_source(SourceSpec(source, kind)) if kind == "stack" else open_raster(source)
-    return read_window(ds, bands, win, size, source)
+    return read_window(open_source(SourceSpec(source, kind)), bands, win, size, source)
 
 
 def write_mosaic(path: str, query_pixels: np.ndarray | None, hit_pixels: list[np.ndarray], cols: int = 6,

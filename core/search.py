@@ -9,7 +9,7 @@ from osgeo import osr
 
 from .archive.footprints import FootprintMaker, srs_from_user
 from .archive.gdal_open import open_raster
-from .archive.pixels import read_window
+from .archive.pixels import read_window, resample_array
 from .archive.sources import SourceSpec, expand_archive, open_source, resolve_bands
 from .archive.tiling import TileWindow
 from .encoder import Encoder, code_hex
@@ -78,18 +78,13 @@ def query_from_image(index: Index, encoder: Encoder, image_path: str, bands: lis
 def query_from_array(index: Index, encoder: Encoder, pixels: np.ndarray, scale: float | None = None,
                      description: str = "array") -> Query:
     """An in-memory (C, H, W) array of any size, resampled to the model input through GDAL."""
-    from osgeo import gdal_array
-
     index.check_model(encoder.info)
     arr = np.asarray(pixels, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.shape[0] != encoder.info.channels:
         raise RsirError(f"{description}: has {arr.shape[0]} band(s), the model needs {encoder.info.channels}")
-    mem = gdal_array.OpenArray(arr)
-    size = encoder.info.input_size
-    raw = read_window(mem, list(range(1, arr.shape[0] + 1)), TileWindow(0, 0, arr.shape[2], arr.shape[1]), size,
-                      description)
+    raw = resample_array(arr, encoder.info.input_size, description)
     emb, code = encoder.encode(raw[None], scale=scale or index.manifest["tiling"].get("scale") or encoder.info.scale)
     return Query("image", description, emb[0], code[0], pixels=raw)
 

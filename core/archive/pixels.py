@@ -17,6 +17,15 @@ def read_window(ds: gdal.Dataset, bands: list[int], win: TileWindow, size: int, 
     return arr[None] if arr.ndim == 2 else arr
 
 
+def resample_array(arr: np.ndarray, size: int, what: str = "array") -> np.ndarray:
+    """An in-memory (C, H, W) array resampled to (C, size, size) by the same GDAL read as tiles."""
+    from osgeo import gdal_array
+
+    arr = np.asarray(arr, dtype=np.float32)
+    return read_window(gdal_array.OpenArray(arr), list(range(1, arr.shape[0] + 1)),
+                       TileWindow(0, 0, arr.shape[2], arr.shape[1]), size, what)
+
+
 def invalid_fraction(ds: gdal.Dataset, bands: list[int], win: TileWindow, pixels: np.ndarray) -> float:
     """Share of the tile's pixels that are nodata (GDAL masks: nodata value, alpha, mask band) in any band,
     or, for rasters with no nodata at all, exactly zero in every band (the fill around scenes)."""
