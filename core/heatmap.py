@@ -14,13 +14,6 @@ from .index.reader import Index
 NODATA = -2.0
 
 
-def source_tile_ids(index: Index, source_id: int) -> np.ndarray:
-    """Tile ids of one source: contiguous, because ids are given in archive order."""
-    counts = [s["tiles"] for s in index.sources]
-    start = sum(counts[:source_id])
-    return np.arange(start, start + counts[source_id])
-
-
 def similarity_heatmap(index: Index, query_embedding: np.ndarray, source_path: str, out_path: str,
                        max_cells: int = 4096) -> tuple[str, float, tuple[int, int]]:
     """Write a float32 GeoTIFF of cosine scores over `source_path`'s extent, on a grid fine enough that every tile
@@ -30,19 +23,18 @@ def similarity_heatmap(index: Index, query_embedding: np.ndarray, source_path: s
     if entry is None:
         raise RsirError(f"{source_path}: is not in index {index.dir}; a heat map scores indexed tiles, so index the "
                         "raster first")
-    ids = source_tile_ids(index, entry["id"])
+    ids, windows = index.source_windows(entry["id"])
     if not len(ids):
         raise RsirError(f"{source_path}: has no indexed tiles (all skipped as nodata)")
-    tiles = [index.tile(int(i)) for i in ids]
-    cell = reduce(math.gcd, [v for t in tiles for v in (t.x, t.y, t.w, t.h)])
+    cell = reduce(math.gcd, windows.ravel().tolist())
     cell = max(cell, math.ceil(max(entry["width"], entry["height"]) / max_cells))
     cols, rows = math.ceil(entry["width"] / cell), math.ceil(entry["height"] / cell)
     total = np.zeros((rows, cols), np.float64)
     count = np.zeros((rows, cols), np.int32)
     scores = index.embeddings(ids) @ np.asarray(query_embedding, np.float32)
-    for t, s in zip(tiles, scores):
-        r0, c0 = t.y // cell, t.x // cell
-        r1, c1 = max(r0 + 1, (t.y + t.h) // cell), max(c0 + 1, (t.x + t.w) // cell)
+    for (x, y, w, h), s in zip(windows.tolist(), scores):
+        r0, c0 = y // cell, x // cell
+        r1, c1 = max(r0 + 1, (y + h) // cell), max(c0 + 1, (x + w) // cell)
         total[r0:r1, c0:c1] += s
         count[r0:r1, c0:c1] += 1
     grid = np.where(count > 0, total / np.maximum(count, 1), NODATA).astype(np.float32)

@@ -182,5 +182,14 @@ class Index:
             src_crs=feat.GetField("src_crs") or "", src_wkt=feat.GetField("src_wkt"),
             footprint_wkt=geom.ExportToWkt() if geom is not None else None)
 
+    def source_windows(self, source_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tile ids, (n, 4) x/y/w/h pixel windows) of one source, read in a single filtered pass."""
+        layer = self._layer()
+        layer.SetAttributeFilter(f"source_id = {int(source_id)}")
+        rows = [(f.GetFID(), f.GetField("x"), f.GetField("y"), f.GetField("w"), f.GetField("h")) for f in layer]
+        layer.SetAttributeFilter(None)
+        table = np.asarray(sorted(rows), dtype=np.int64).reshape(-1, 5)
+        return table[:, 0], table[:, 1:]
+
     def tiles_path(self) -> str:
         return layout.path(self.dir, layout.TILES)
