@@ -176,6 +176,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             query = query_from_box(index, encoder, args.raster, args.bbox, args.crs, bands, args.scale)
     hits = search(index, query, k=args.k, mode="hash" if args.hash else "float", radius=args.radius,
                   nprobe=args.nprobe)
+    for warning in query.warnings:
+        print(f"rsir search: warning: {warning}", file=sys.stderr)
     print(f"query: {query.description}  ({'Hamming' if args.hash else 'cosine'} search, {index.n} tiles)")
     print(f"{'rank':>4} {'tile':>7} {'score':>7} {'hamming':>7}  {'label':<20} {'x':>6} {'y':>6}  source")
     for h in hits:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 import numpy as np
 from osgeo import osr
@@ -28,6 +29,7 @@ class Query:
     tile_id: int | None = None
     footprint_wkt: str | None = None
     pixels: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)  # things the user should know; the query still ran
 
 
 @dataclass
@@ -143,9 +145,14 @@ def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[floa
     win = box_to_window(ds, raster, bbox, bbox_crs)
     raw = read_window(ds, chosen, win, encoder.info.input_size, raster)
     emb, code = encoder.encode(raw[None], scale=scale)
-    geo = FootprintMaker(ds).polygons(win)[1]
+    maker = FootprintMaker(ds)
+    geo = maker.polygons(win)[1]
+    warnings = []
+    if maker.srs is not None and maker.srs.IsGeographic():
+        warnings.append(f"{os.path.basename(raster)} uses a degree-based CRS: its pixels are not square on the "
+                        "ground, so tiles and boxes are distorted away from the equator")
     return Query("box", f"box {','.join(f'{v:.10g}' for v in bbox)} on {raster}", emb[0], code[0],
-                 footprint_wkt=geo.ExportToWkt() if geo else None, pixels=raw)
+                 footprint_wkt=geo.ExportToWkt() if geo else None, pixels=raw, warnings=warnings)
 
 
 def search(index: Index, query: Query, k: int = 20, mode: str = "float", radius: int | None = None,

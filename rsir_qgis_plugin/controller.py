@@ -79,15 +79,8 @@ class RetrievalSession:
     # -- queries ------------------------------------------------------------------------------------------
     def search_box(self, raster: str, box: tuple[float, float, float, float], box_crs: str,
                    req: SearchRequest) -> SearchResult:
-        warnings = []
-        from osgeo import gdal
-
-        ds = gdal.OpenEx(raster) if os.path.exists(raster) and not raster.lower().endswith(".json") else None
-        if ds is not None and ds.GetSpatialRef() is not None and ds.GetSpatialRef().IsGeographic():
-            warnings.append(f"{os.path.basename(raster)} uses a degree-based CRS: its pixels are not square on the "
-                            "ground, so tiles and boxes are distorted away from the equator")
         query = search.query_from_box(self.index, self.encoder(req.device), raster, box, box_crs)
-        return self._finish(query, req, raster, warnings)
+        return self._finish(query, req, raster)
 
     def search_tile(self, tile_id: int, req: SearchRequest) -> SearchResult:
         query = search.query_from_tile(self.index, tile_id)
@@ -116,13 +109,13 @@ class RetrievalSession:
         layer.SetSpatialFilter(None)
         return None if best is None else int(best[1])
 
-    def _finish(self, query, req: SearchRequest, raster: str | None, warnings: list[str] | None = None):
+    def _finish(self, query, req: SearchRequest, raster: str | None):
         hits = search.search(self.index, query, k=req.k, mode=req.mode)
         radius_hits = []
         if req.radius is not None:
             radius_hits = search.search(self.index, query, k=req.k, mode="hash", radius=req.radius)
         result = SearchResult(query, hits, radius_hits, results_dir=results_folder(), raster=raster,
-                              tile_rasters=req.tile_rasters, warnings=list(warnings or []))
+                              tile_rasters=req.tile_rasters, warnings=list(query.warnings))
         if req.heatmap:
             if raster is None:
                 raise errors.RsirError("a heat map needs a query raster that is in the index")
