@@ -1,31 +1,149 @@
-"""`rsir export` (and later `rsir train`): registered with core's CLI through the `rsir.commands` entry points."""
+"""`rsir train`, `rsir export` and `rsir eval`: registered with core's CLI through the `rsir.commands`
+entry points (pyproject.toml), so core keeps working where torch is not installed."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+
+from core.errors import RsirError
+
+
+def train_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register `rsir train`."""
+    p = subparsers.add_parser(
+        "train", help="train a retrieval model from a TOML/YAML config",
+        description="Train (or resume) a metric-learning retrieval model. Writes OUT_DIR/last.pt (resume point), "
+                    "OUT_DIR/best.pt (best validation mAP@100), OUT_DIR/log.csv and OUT_DIR/config.json. "
+                    "Rerunning the same command resumes after the last finished epoch. See configs/ for examples.")
+    p.add_argument("config", help="training config (.toml, .yaml or .yml)")
+    p.add_argument("--out-dir", help="override the config's out_dir")
+    p.add_argument("--epochs", type=int, help="override optim.epochs")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override optim.device")
+    p.add_argument("--restart", action="store_true", help="ignore OUT_DIR/last.pt and start again")
+    p.add_argument("--export", metavar="ONNX", help="export best.pt to this ONNX file when training ends")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .trainer import train
+
+    cfg = load_config(args.config)
+    if args.out_dir:
+        cfg.out_dir = os.path.abspath(args.out_dir)
+    if args.epochs:
+        cfg.optim.epochs = args.epochs
+    if args.device:
+        cfg.optim.device = args.device
+    result = train(cfg, restart=args.restart, quiet=args.quiet)
+    print(f"trained {result.epochs_run} epoch(s) in {result.seconds:.0f} s; best val mAP@100 "
+          f"{result.best_map:.2f} -> {result.best_checkpoint}")
+    if args.export:
+        _export_checkpoint(result.best_checkpoint, args.export)
+    return 0
 
 
 def export_command(subparsers: argparse._SubParsersAction) -> None:
-    """Register `rsir export` on core's argument parser."""
+    """Register `rsir export`."""
     p = subparsers.add_parser(
-        "export", help="export a retrieval model to ONNX with rsir metadata",
-        description="Export a model to ONNX with the metadata core/ needs. Until training lands, the only source "
-                    "is --pretrained: ImageNet EfficientNet-Lite0 features with a fixed LSH hash head.")
-    p.add_argument("--pretrained", choices=["efficientnet_lite0"], default="efficientnet_lite0",
-                   help="ImageNet backbone to export (default: %(default)s)")
-    p.add_argument("--bits", type=int, default=64, help="hash code length in bits (default: %(default)s)")
-    p.add_argument("--input-size", type=int, default=64, help="square input side in pixels (default: %(default)s)")
+        "export", help="export a trained checkpoint (or the ImageNet default) to ONNX with rsir metadata",
+        description="Export to ONNX with the metadata core/ needs (bands, input size, normalisation, embedding "
+                    "size, code bits, class names, training-config hash); onnxruntime is checked against torch "
+                    "within 1e-4. Give a checkpoint from `rsir train`, or --pretrained for the untrained "
+                    "ImageNet EfficientNet-Lite0 + LSH model.")
+    p.add_argument("checkpoint", nargs="?", help="best.pt / last.pt written by `rsir train`")
+    p.add_argument("--pretrained", choices=["efficientnet_lite0"],
+                   help="export ImageNet features with a fixed LSH head instead of a checkpoint")
+    p.add_argument("--bits", type=int, default=64, help="--pretrained: code length in bits (default: %(default)s)")
+    p.add_argument("--input-size", type=int, default=64, help="--pretrained: input side in pixels (default: %(default)s)")
     p.add_argument("--scale", type=float, default=255.0,
-                   help="raw pixel values are divided by this before normalisation (default: %(default)s)")
+                   help="--pretrained: raw values are divided by this before normalisation (default: %(default)s)")
     p.add_argument("--out", required=True, help="output .onnx path")
     p.set_defaults(func=_run_export)
 
 
+def _export_checkpoint(path: str, out: str) -> None:
+    from .export import export_checkpoint
+
+    meta = export_checkpoint(path, out)
+    print(f"wrote {out}: {meta['rsir.method']} on {meta['rsir.backbone']}, embedding {meta['rsir.embedding_dim']}-d, "
+          f"input {meta['rsir.input_size']} px, {len(json.loads(meta['rsir.class_names']))} classes, "
+          f"val mAP@100 {meta['rsir.val_map100']}")
+
+
 def _run_export(args: argparse.Namespace) -> int:
+    if bool(args.checkpoint) == bool(args.pretrained):
+        raise RsirError("give either a CHECKPOINT or --pretrained efficientnet_lite0")
+    if args.checkpoint:
+        _export_checkpoint(args.checkpoint, args.out)
+        return 0
     from .pretrained import export_imagenet_lsh
 
     if args.bits <= 0 or args.bits % 8:
-        raise SystemExit(f"rsir export: --bits must be a positive multiple of 8, got {args.bits}")
+        raise RsirError(f"--bits must be a positive multiple of 8, got {args.bits}")
     meta = export_imagenet_lsh(args.out, bits=args.bits, input_size=args.input_size, scale=args.scale)
     print(f"wrote {args.out}: {meta['rsir.method']}, embedding {meta['rsir.embedding_dim']}-d, "
           f"{meta['rsir.code_bits']}-bit codes, input {meta['rsir.input_size']} px")
+    return 0
+
+
+def eval_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register `rsir eval`."""
+    p = subparsers.add_parser(
+        "eval", help="mAP@k, P@k, per-class AP, PR and t-SNE plots of a model on a labelled dataset",
+        description="Evaluate an ONNX model: queries = --queries split, database = --database split, exact "
+                    "ranking. Also scores untrained baselines (ImageNet Lite0 features: cosine, LSH, PCA-ITQ) "
+                    "in the same run. DATASET is a folder per class (its split.csv is used when present, else "
+                    "the per-class 70/10/20 split with --split-seed) or a split CSV (path,class,split).")
+    p.add_argument("model", help="ONNX model exported by `rsir export`")
+    p.add_argument("dataset", help="folder per class, or a split CSV")
+    p.add_argument("--split", help="split CSV to use instead of DATASET/split.csv")
+    p.add_argument("--split-seed", type=int, default=42, help="seed of the generated split (default: %(default)s)")
+    p.add_argument("--queries", default="test", help="query split (default: %(default)s)")
+    p.add_argument("--database", default="train", help="database split (default: %(default)s)")
+    p.add_argument("-k", type=int, default=100, help="mAP@k cut-off (default: %(default)s)")
+    p.add_argument("--bits", default="32,64", help="baseline code lengths (default: %(default)s)")
+    p.add_argument("--no-baselines", action="store_true", help="score the model only")
+    p.add_argument("--out", help="folder for results.json, results.md, pr.png, tsne.png")
+    p.add_argument("--cache-dir", default="cache/datasets", help="decoded-image cache ('' = none)")
+    p.add_argument("--threads", type=int, help="onnxruntime threads")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from core.encoder import Encoder
+
+    from .datasets import load_folder, load_split_csv
+    from .evaluate import evaluate, per_class_table, plot_pr, plot_tsne, results_table, write_report
+
+    info = Encoder(args.model).info
+    bands = [b if isinstance(b, int) else i + 1 for i, b in enumerate(info.bands)]
+    splits = tuple(dict.fromkeys([args.queries, args.database]))
+    cache = args.cache_dir or None
+    if args.split or os.path.isfile(args.dataset):
+        sets = load_split_csv(args.split or args.dataset, bands, info.input_size, cache, splits)
+    else:
+        sets = load_folder(args.dataset, bands, info.input_size, cache, args.split_seed, splits)
+    queries, database = sets[args.queries], sets[args.database]
+    if not len(queries) or not len(database):
+        raise RsirError(f"{args.dataset}: split {args.queries!r} has {len(queries)} images and "
+                        f"{args.database!r} {len(database)}; both must be non-empty")
+    bits = [int(b) for b in args.bits.split(",") if b.strip()]
+    results = evaluate(args.model, queries, database, args.k, not args.no_baselines, bits, args.threads)
+    k = min(args.k, len(database))
+    print(f"\n{len(queries)} queries ({args.queries}) -> {len(database)} database ({args.database})\n")
+    print(results_table(results, k))
+    print("\n" + per_class_table(results[0], k))
+    if args.out:
+        title = f"{os.path.basename(args.model)} on {os.path.basename(os.path.normpath(args.dataset))}"
+        write_report(results, args.out, k, {"model": os.path.abspath(args.model), "dataset": args.dataset,
+                                            "queries": args.queries, "database": args.database})
+        plot_pr(results, os.path.join(args.out, "pr.png"), f"PR curves, {title}")
+        emb, _ = Encoder(args.model, threads=args.threads, batch_size=256).encode(queries.pixels)
+        plot_tsne(emb, queries.labels, queries.class_names, os.path.join(args.out, "tsne.png"),
+                  f"t-SNE of {args.queries} embeddings, {title}")
+        print(f"\nwrote {args.out}/results.json, results.md, pr.png, tsne.png")
+    print(f"\nmAP@{k} = {results[0].map_k:.2f}")
     return 0

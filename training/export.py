@@ -118,3 +118,21 @@ def check_onnx_parity(net: torch.nn.Module, onnx_path: str, channels: int, input
     if worst > atol:
         raise RuntimeError(f"{onnx_path}: onnxruntime differs from torch by {worst:.2e} (> {atol:.0e})")
     return worst
+
+
+def export_checkpoint(checkpoint_path: str, out_path: str) -> dict[str, str]:
+    """Export a `rsir train` checkpoint (best.pt or last.pt): its embedding, with the metadata core/ needs."""
+    from . import checkpoint
+
+    ckpt = checkpoint.load(checkpoint_path)
+    cfg = checkpoint.config_of(ckpt)
+    net = checkpoint.model_from_checkpoint(ckpt).retrieval_net()
+    spec = ExportSpec(
+        bands=list(cfg.data.bands), input_size=cfg.data.input_size, scale=cfg.data.scale,
+        mean=list(ckpt["mean"]), std=list(ckpt["std"]), method=cfg.loss.name, class_names=list(ckpt["class_names"]),
+        train_config=ckpt["config"],
+        extra={"rsir.backbone": cfg.model.backbone, "rsir.train_config_sha256": ckpt["config_sha256"],
+               "rsir.train_epoch": str(ckpt["epoch"]),
+               "rsir.val_map100": f"{ckpt.get('val_map100', ckpt.get('best_map', float('nan'))):.3f}"},
+    )
+    return export_onnx(net, spec, out_path)

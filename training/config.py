@@ -1,0 +1,183 @@
+"""Training configuration: a TOML or YAML file of sections [data], [model], [loss], [optim], [augment].
+
+Every key has a default; unknown keys and wrong types are errors naming the file and the key, so a typo
+never silently trains the wrong model. Relative paths are relative to the config file's folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+from core.errors import RsirError
+
+from .augment import AugmentConfig
+
+LOSSES = ("contrastive", "triplet-batch-hard", "triplet-semi-hard", "normalized-softmax", "nca",
+          "snca", "snca-ce", "rotation-snca")
+
+
+@dataclass
+class DataConfig:
+    kind: str = "folder"  # folder | split_csv | index
+    root: str = ""  # dataset folder, split CSV or index folder
+    bands: list = field(default_factory=lambda: [1, 2, 3])
+    input_size: int = 64
+    scale: float = 255.0  # raw values / scale, then the model's mean/std
+    split_seed: int = 42
+    labels: str = ""  # kind = index: vector file of labelled polygons
+    label_field: str = "class"
+    cache_dir: str = ""  # decoded images as .npz; "" = no cache
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    embedding_dim: int = 128
+    classifier: bool = False  # a cosine classifier head (forced on by losses that need it)
+    mean: list = field(default_factory=list)  # default: the backbone's
+    std: list = field(default_factory=list)
+
+
+@dataclass
+class LossConfig:
+    name: str = "snca-ce"
+    sigma: float = 0.05  # SNCA temperature
+    momentum: float = 0.999  # momentum encoder EMA (Kang et al. 2020)
+    ce_weight: float = 1.0
+    rotation_weight: float = 1.0
+    margin: float = 0.2  # triplet margin
+    temperature: float = 0.05  # normalized softmax
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    backbone_lr: float = 0.0  # 0 = same as lr
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.5
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    source: str = ""  # the file it was read from
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+    def sha256(self) -> str:
+        """Hash of everything that shapes the model (not where it is written)."""
+        d = self.to_dict()
+        d.pop("out_dir")
+        d["optim"].pop("device")
+        d["optim"].pop("threads")
+        d["data"].pop("cache_dir")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def _fill(cls, values: dict, where: str, path: str):
+    if not isinstance(values, dict):
+        raise RsirError(f"{path}: [{where}] must be a table of keys, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known or key == "source":
+            raise RsirError(f"{path}: unknown key {where + '.' if where else ''}{key} (known: "
+                            f"{', '.join(k for k in known if k != 'source')})")
+        default = known[key].default if known[key].default is not dataclasses.MISSING else known[key].default_factory()
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _fill(type(default), value, key, path)
+            continue
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise RsirError(f"{path}: {where}.{key} must be true or false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    isinstance(default, int) and not isinstance(value, int)):
+                raise RsirError(f"{path}: {where}.{key} must be a {type(default).__name__}, got {value!r}")
+            value = type(default)(value)
+        if isinstance(default, str) and not isinstance(value, str):
+            raise RsirError(f"{path}: {where}.{key} must be a string, got {value!r}")
+        if isinstance(default, list) and not isinstance(value, list):
+            raise RsirError(f"{path}: {where}.{key} must be a list, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def parse_config(values: dict, path: str = "<config>") -> TrainConfig:
+    """Validate a config mapping; relative paths resolve against `path`'s folder."""
+    cfg = _fill(TrainConfig, values, "", path)
+    cfg.source = path
+    base = os.path.dirname(os.path.abspath(path)) if os.path.exists(path) else os.getcwd()
+
+    def resolve(p: str) -> str:
+        return p if not p or os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
+
+    cfg.out_dir = resolve(cfg.out_dir)
+    cfg.data.root, cfg.data.labels, cfg.data.cache_dir = (resolve(cfg.data.root), resolve(cfg.data.labels),
+                                                          resolve(cfg.data.cache_dir))
+    _check(cfg, path)
+    return cfg
+
+
+def _check(cfg: TrainConfig, path: str) -> None:
+    if cfg.data.kind not in ("folder", "split_csv", "index"):
+        raise RsirError(f"{path}: data.kind must be folder, split_csv or index, got {cfg.data.kind!r}")
+    if not cfg.data.root:
+        raise RsirError(f"{path}: data.root is required (the dataset folder, split CSV or index folder)")
+    if cfg.data.kind == "index" and not cfg.data.labels:
+        raise RsirError(f"{path}: data.kind = index needs data.labels (a vector file of labelled polygons)")
+    if cfg.loss.name not in LOSSES:
+        raise RsirError(f"{path}: loss.name {cfg.loss.name!r} is not one of {', '.join(LOSSES)}")
+    for key, value in (("optim.epochs", cfg.optim.epochs), ("optim.batch_size", cfg.optim.batch_size),
+                       ("model.embedding_dim", cfg.model.embedding_dim), ("data.input_size", cfg.data.input_size)):
+        if value <= 0:
+            raise RsirError(f"{path}: {key} must be positive, got {value}")
+    if cfg.optim.batch_size < 2:
+        raise RsirError(f"{path}: optim.batch_size must be at least 2 for metric learning")
+    if not 0 <= cfg.loss.momentum < 1:
+        raise RsirError(f"{path}: loss.momentum must be in [0, 1), got {cfg.loss.momentum}")
+    n = len(cfg.data.bands)
+    for key in ("mean", "std"):
+        v = getattr(cfg.model, key)
+        if v and len(v) != n:
+            raise RsirError(f"{path}: model.{key} needs one value per band ({n}), got {v}")
+
+
+def load_config(path: str) -> TrainConfig:
+    """Read a .toml, .yaml or .yml training config."""
+    if not os.path.isfile(path):
+        raise RsirError(f"{path}: no such config file")
+    try:
+        if path.lower().endswith(".toml"):
+            import tomllib
+
+            with open(path, "rb") as f:
+                values = tomllib.load(f)
+        elif path.lower().endswith((".yaml", ".yml")):
+            import yaml
+
+            with open(path, encoding="utf-8") as f:
+                values = yaml.safe_load(f) or {}
+        else:
+            raise RsirError(f"{path}: a config must be .toml, .yaml or .yml")
+    except RsirError:
+        raise
+    except Exception as exc:  # tomllib/yaml parse errors carry the line number
+        raise RsirError(f"{path}: cannot parse ({exc})") from None
+    return parse_config(values, path)

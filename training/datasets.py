@@ -1,0 +1,215 @@
+"""Labelled image sets for training and evaluation, held in memory as raw pixels (N, C, S, S).
+
+Three sources:
+- a folder per class (EuroSAT, UCM style), split by its `split.csv` or by the generator in `splits.py`;
+- a `split.csv` file (`path,class,split`, paths relative to the CSV's folder);
+- the tiles of an rsir index, labelled by the class of the vector polygon that covers each tile's centre.
+
+Pixels stay raw (the model's `scale`, mean and std are applied by `normalise`, exactly as core/ does), so a
+model trained here sees what the encoder in core/ will feed it. Decoded sets are cached as .npz files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.archive.gdal_open import open_raster
+from core.archive.pixels import read_window
+from core.archive.sources import SourceSpec, open_source
+from core.archive.tiling import TileWindow
+from core.errors import RsirError
+
+from .splits import make_split, read_split
+
+
+@dataclass
+class ImageSet:
+    """Raw pixels with integer labels; `class_names[label]` names a class, `ids` names each sample."""
+
+    pixels: np.ndarray  # (N, C, S, S) uint8/uint16/float32
+    labels: np.ndarray  # (N,) int64
+    class_names: list[str]
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx) -> "ImageSet":
+        idx = np.asarray(idx, dtype=np.int64)
+        return ImageSet(self.pixels[idx], self.labels[idx], self.class_names, [self.ids[i] for i in idx])
+
+
+def _compact(arr: np.ndarray) -> np.ndarray:
+    """Store 8-/16-bit integer imagery as such (a quarter/half of float32's memory)."""
+    if arr.size and np.array_equal(arr, np.round(arr)) and arr.min() >= 0:
+        top = arr.max()
+        if top <= 255:
+            return arr.astype(np.uint8)
+        if top <= 65535:
+            return arr.astype(np.uint16)
+    return arr.astype(np.float32)
+
+
+def _read_image(path: str, bands: list[int], size: int) -> np.ndarray:
+    ds = open_raster(path)
+    if ds.RasterCount < max(bands):
+        raise RsirError(f"{path}: has {ds.RasterCount} bands, the dataset asks for bands {bands}")
+    return read_window(ds, bands, TileWindow(0, 0, ds.RasterXSize, ds.RasterYSize), size, path)
+
+
+def _cache_file(cache_dir: str | None, key: dict) -> str | None:
+    if not cache_dir:
+        return None
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return os.path.join(cache_dir, f"images-{digest}.npz")
+
+
+def _read_images(paths: list[str], bands: list[int], size: int, cache_dir: str | None, threads: int = 4,
+                 progress=None) -> np.ndarray:
+    """(N, C, size, size) pixels of every path, from the cache when the same files were decoded before."""
+    stats = [(p, os.path.getsize(p), int(os.path.getmtime(p))) for p in paths]
+    cache = _cache_file(cache_dir, {"files": stats, "bands": bands, "size": size})
+    if cache and os.path.exists(cache):
+        with np.load(cache) as z:
+            return z["pixels"]
+    with ThreadPoolExecutor(threads) as pool:  # GDAL releases the GIL while decoding
+        arrays = []
+        for arr in pool.map(lambda p: _read_image(p, bands, size), paths):
+            arrays.append(arr)
+            if progress:
+                progress(len(arrays), len(paths))
+    pixels = _compact(np.stack(arrays)) if arrays else np.zeros((0, len(bands), size, size), np.uint8)
+    if cache:
+        from core.fileio import atomic_path
+
+        os.makedirs(cache_dir, exist_ok=True)
+        with atomic_path(cache) as tmp:
+            np.savez(tmp, pixels=pixels)
+    return pixels
+
+
+def load_split_csv(csv_path: str, bands: list[int], size: int, cache_dir: str | None = None,
+                   splits=("train", "val", "test"), progress=None) -> dict[str, ImageSet]:
+    """Image sets per split from a `path,class,split` CSV (paths relative to the CSV's folder)."""
+    if not os.path.isfile(csv_path):
+        raise RsirError(f"{csv_path}: no such split file")
+    rows = read_split(csv_path)
+    if not rows or not {"path", "class", "split"} <= set(rows[0]):
+        raise RsirError(f"{csv_path}: a split file needs the columns path,class,split")
+    return _from_rows(os.path.dirname(os.path.abspath(csv_path)), rows, bands, size, cache_dir, splits, progress)
+
+
+def load_folder(root: str, bands: list[int], size: int, cache_dir: str | None = None, seed: int = 42,
+                splits=("train", "val", "test"), progress=None) -> dict[str, ImageSet]:
+    """A folder per class; uses `root/split.csv` when present, else the 70/10/20 per-class split with `seed`."""
+    if not os.path.isdir(root):
+        raise RsirError(f"{root}: no such dataset folder")
+    csv_path = os.path.join(root, "split.csv")
+    if os.path.exists(csv_path):
+        return load_split_csv(csv_path, bands, size, cache_dir, splits, progress)
+    try:
+        rows = make_split(root, seed=seed)
+    except ValueError as exc:
+        raise RsirError(str(exc)) from None
+    return _from_rows(root, rows, bands, size, cache_dir, splits, progress)
+
+
+def _from_rows(root: str, rows: list[dict], bands, size, cache_dir, splits, progress) -> dict[str, ImageSet]:
+    class_names = sorted({r["class"] for r in rows})
+    unknown = sorted({r["split"] for r in rows} - {"train", "val", "test"})
+    if unknown:
+        raise RsirError(f"{root}: unknown split names {unknown} (use train, val, test)")
+    wanted = [r for r in rows if r["split"] in splits]
+    missing = [r["path"] for r in wanted if not os.path.isfile(os.path.join(root, r["path"]))]
+    if missing:
+        raise RsirError(f"{os.path.join(root, missing[0])}: listed in the split but missing "
+                        f"({len(missing)} missing in all)")
+    pixels = _read_images([os.path.join(root, r["path"]) for r in wanted], list(bands), size, cache_dir,
+                          progress=progress)
+    labels = np.array([class_names.index(r["class"]) for r in wanted], dtype=np.int64)
+    which = np.array([r["split"] for r in wanted])
+    everything = ImageSet(pixels, labels, class_names, [r["path"] for r in wanted])
+    return {s: everything.subset(np.flatnonzero(which == s)) for s in splits}
+
+
+def load_index_tiles(index_dir: str, vector_path: str, field: str, size: int | None = None,
+                     progress=None) -> ImageSet:
+    """Every tile of an rsir index whose centre falls in a polygon of `vector_path`; label = that polygon's
+    `field`. Tiles outside every polygon are left out. Pixels are read with the index's bands."""
+    from osgeo import ogr, osr
+
+    from core.index.reader import Index
+
+    index = Index(index_dir)
+    vec = ogr.Open(vector_path)
+    if vec is None:
+        raise RsirError(f"{vector_path}: not a vector file OGR can open")
+    layer = vec.GetLayer(0)
+    if layer.GetLayerDefn().GetFieldIndex(field) < 0:
+        names = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
+        raise RsirError(f"{vector_path}: no field {field!r} (fields: {', '.join(names)})")
+    wgs84 = osr.SpatialReference()
+    wgs84.ImportFromEPSG(4326)
+    wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    to_layer = None
+    if layer.GetSpatialRef() is not None:
+        target = layer.GetSpatialRef().Clone()
+        target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        to_layer = osr.CoordinateTransformation(wgs84, target)
+    size = size or index.model_info.input_size
+    picked, pixels, labels, ids = [], [], [], []
+    datasets: dict[int, object] = {}
+    for tid in range(index.n):
+        tile = index.tile(tid)
+        if tile.footprint_wkt is None:
+            continue
+        centre = ogr.CreateGeometryFromWkt(tile.footprint_wkt).Centroid()
+        if to_layer is not None:
+            centre.Transform(to_layer)
+        layer.SetSpatialFilter(centre)
+        label = next((f.GetField(field) for f in layer if f.GetGeometryRef().Contains(centre)), None)
+        layer.SetSpatialFilter(None)
+        if label is None:
+            continue
+        entry = index.sources[tile.source_id]
+        if tile.source_id not in datasets:
+            datasets[tile.source_id] = open_source(SourceSpec(entry["path"], entry["kind"]))
+        win = TileWindow(tile.x, tile.y, tile.w, tile.h)
+        pixels.append(read_window(datasets[tile.source_id], entry["bands"], win, size, entry["path"]))
+        labels.append(str(label))
+        ids.append(f"{os.path.basename(entry['path'])}:{tid}")
+        picked.append(tid)
+        if progress:
+            progress(tid + 1, index.n)
+    if not picked:
+        raise RsirError(f"{vector_path}: no tile of {index_dir} has its centre inside a polygon with a {field!r}")
+    class_names = sorted(set(labels))
+    return ImageSet(_compact(np.stack(pixels)), np.array([class_names.index(v) for v in labels], np.int64),
+                    class_names, ids)
+
+
+def split_image_set(data: ImageSet, seed: int = 42, train: float = 0.7, val: float = 0.1) -> dict[str, ImageSet]:
+    """The per-class 70/10/20 protocol of `splits.py`, applied to an in-memory set (ids sorted, then shuffled)."""
+    import random
+
+    out = {"train": [], "val": [], "test": []}
+    for c in range(len(data.class_names)):
+        members = sorted(np.flatnonzero(data.labels == c), key=lambda i: data.ids[i])
+        random.Random(seed).shuffle(members)
+        n_train, n_val = int(len(members) * train), int(len(members) * val)
+        out["train"] += members[:n_train]
+        out["val"] += members[n_train:n_train + n_val]
+        out["test"] += members[n_train + n_val:]
+    return {k: data.subset(sorted(v)) for k, v in out.items()}
+
+
+def normalise(pixels: np.ndarray, scale: float, mean, std) -> np.ndarray:
+    """Raw pixels -> model input, the same arithmetic as core.encoder.Encoder.preprocess."""
+    m = np.asarray(mean, np.float32)[None, :, None, None]
+    s = np.asarray(std, np.float32)[None, :, None, None]
+    return np.ascontiguousarray((np.asarray(pixels, np.float32) / np.float32(scale) - m) / s, dtype=np.float32)

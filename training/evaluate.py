@@ -1,0 +1,205 @@
+"""`rsir eval`: retrieval quality of an exported model on a labelled dataset, next to untrained baselines.
+
+Queries = one split (test), database = another (train); every method ranks the whole database by exact
+similarity (cosine for float embeddings, Hamming for codes - as +-1 vectors, where the dot product is
+bits - 2 * Hamming), so the numbers are those of exact search in core/. Reports mAP@k (normalised by
+min(k, R), as Kang et al.), P@k, per-class AP, a PR-curve PNG and a t-SNE PNG."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.encoder import Encoder, l2_normalise
+from core.fileio import atomic_path, write_json
+from core.metrics import average_precision_at_k
+
+from .datasets import ImageSet
+
+
+@dataclass
+class MethodResult:
+    name: str
+    kind: str  # "float" or "hash"
+    bits: int
+    map_k: float
+    precision: dict[int, float]
+    per_class_ap: dict[str, float]
+    pr: tuple[np.ndarray, np.ndarray] = field(repr=False, default=None)
+
+    def row(self) -> dict:
+        return {"method": self.name, "kind": self.kind, "bits": self.bits, "map": self.map_k,
+                "precision": self.precision, "per_class_ap": self.per_class_ap}
+
+
+def _pm1(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Packed codes -> +-1 float vectors (dot product = bits - 2 * Hamming distance)."""
+    return np.unpackbits(codes, axis=1)[:, :bits].astype(np.float32) * 2 - 1
+
+
+def rank(q: np.ndarray, db: np.ndarray, q_y: np.ndarray, db_y: np.ndarray, k: int, pr_points: int = 200,
+         chunk: int = 256):
+    """(top-k relevance (nq, k), mean precision and recall at `pr_points` ranks spread over the database).
+    Ties (common in Hamming space) break by database order, as faiss's flat indexes do."""
+    n = len(db)
+    marks = np.unique(np.geomspace(1, n, pr_points).astype(np.int64)) - 1
+    rel_k, prec, rec = [], np.zeros(len(marks)), np.zeros(len(marks))
+    n_rel = np.bincount(db_y, minlength=int(max(db_y.max(), q_y.max())) + 1)
+    for i in range(0, len(q), chunk):
+        scores = q[i:i + chunk] @ db.T
+        order = np.argsort(-scores, axis=1, kind="stable")
+        rel = db_y[order] == q_y[i:i + chunk, None]
+        rel_k.append(rel[:, :k])
+        hits = np.cumsum(rel, axis=1)[:, marks]
+        prec += (hits / (marks + 1)).sum(axis=0)
+        rec += (hits / np.maximum(n_rel[q_y[i:i + chunk]], 1)[:, None]).sum(axis=0)
+    return np.concatenate(rel_k), prec / len(q), rec / len(q)
+
+
+def score(name: str, kind: str, bits: int, q: np.ndarray, db: np.ndarray, q_y: np.ndarray, db_y: np.ndarray,
+          class_names: list[str], k: int) -> MethodResult:
+    rel, prec, rec = rank(q, db, q_y, db_y, k)
+    n_rel = np.bincount(db_y, minlength=len(class_names))[q_y]
+    ap = average_precision_at_k(rel, n_rel, k)
+    per_class = {c: float(100 * ap[q_y == i].mean()) for i, c in enumerate(class_names) if (q_y == i).any()}
+    p_at = {p: float(100 * rel[:, :p].mean()) for p in sorted({1, 10, 50, 100, k}) if p <= k}
+    return MethodResult(name, kind, bits, float(100 * ap.mean()), p_at, per_class, (prec, rec))
+
+
+def imagenet_features(images: np.ndarray, scale: float, batch: int = 256) -> np.ndarray:
+    """Pooled ImageNet EfficientNet-Lite0 features (1280-d) of RGB pixels, the untrained baseline."""
+    import torch
+
+    from .models.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite
+
+    net = efficientnet_lite("efficientnet_lite0", pretrained=True).eval()
+    mean = torch.tensor(IMAGENET_MEAN)[None, :, None, None]
+    std = torch.tensor(IMAGENET_STD)[None, :, None, None]
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.asarray(images[i:i + batch], np.float32)) / scale
+            out.append(net.features((x - mean) / std).numpy())
+    return np.concatenate(out)
+
+
+def baseline_codes(db_f: np.ndarray, q_f: np.ndarray, bits: int) -> dict[str, tuple]:
+    """LSH (faiss IndexLSH: random rotation + thresholds trained on the database) and PCA-ITQ (faiss
+    ITQTransform, Gong & Lazebnik 2011) codes of float features, as +-1 vectors."""
+    import faiss
+
+    out = {}
+    lsh = faiss.IndexLSH(db_f.shape[1], bits, True, True)
+    lsh.train(db_f)
+    out[f"LSH-{bits}"] = (_pm1(lsh.sa_encode(db_f), bits), _pm1(lsh.sa_encode(q_f), bits))
+    itq = faiss.ITQTransform(db_f.shape[1], bits, True)
+    itq.train(db_f)
+    out[f"PCA-ITQ-{bits}"] = (np.sign(itq.apply(db_f)).astype(np.float32), np.sign(itq.apply(q_f)).astype(np.float32))
+    return out
+
+
+def evaluate(model_path: str, queries: ImageSet, database: ImageSet, k: int = 100, baselines: bool = True,
+             baseline_bits=(32, 64), threads: int | None = None, log=print) -> list[MethodResult]:
+    """Score the model (float and its sign codes) and, with `baselines`, the untrained ImageNet features."""
+    enc = Encoder(model_path, threads=threads, batch_size=256)
+    info = enc.info
+    if database.pixels.shape[1:] != (info.channels, info.input_size, info.input_size):
+        raise ValueError(f"dataset pixels {database.pixels.shape[1:]} do not fit {model_path} "
+                         f"({info.channels} bands at {info.input_size} px)")
+    classes, q_y, db_y = database.class_names, queries.labels, database.labels
+    k = min(k, len(database))
+    t0 = time.perf_counter()
+    db_e, db_c = enc.encode(database.pixels)
+    q_e, q_c = enc.encode(queries.pixels)
+    log(f"encoded {len(database)} + {len(queries)} images with {os.path.basename(model_path)} "
+        f"in {time.perf_counter() - t0:.1f} s")
+    bits = info.effective_code_bits
+    label = info.method or "model"
+    results = [score(f"{label} (float {info.embedding_dim}-d)", "float", 0, q_e, db_e, q_y, db_y, classes, k),
+               score(f"{label} (hash {bits} bits)", "hash", bits, _pm1(q_c, bits), _pm1(db_c, bits),
+                     q_y, db_y, classes, k)]
+    if baselines and info.channels == 3:
+        t0 = time.perf_counter()
+        db_f = imagenet_features(database.pixels, info.scale)
+        q_f = imagenet_features(queries.pixels, info.scale)
+        log(f"ImageNet baseline features in {time.perf_counter() - t0:.1f} s")
+        results.append(score("ImageNet Lite0 (float 1280-d)", "float", 0, l2_normalise(q_f), l2_normalise(db_f),
+                             q_y, db_y, classes, k))
+        for b in baseline_bits:
+            for name, (db_b, q_b) in baseline_codes(db_f, q_f, b).items():
+                results.append(score(f"ImageNet {name}", "hash", b, q_b, db_b, q_y, db_y, classes, k))
+    elif baselines:
+        log(f"baselines skipped: ImageNet features need 3 bands, {model_path} takes {info.channels}")
+    return results
+
+
+def results_table(results: list[MethodResult], k: int) -> str:
+    head = f"| method | mAP@{k} | P@1 | P@10 | P@{k} |\n|---|---|---|---|---|"
+    lines = [f"| {r.name} | {r.map_k:.2f} | {r.precision.get(1, float('nan')):.2f} | "
+             f"{r.precision.get(10, float('nan')):.2f} | {r.precision.get(k, float('nan')):.2f} |" for r in results]
+    return "\n".join([head] + lines)
+
+
+def per_class_table(result: MethodResult, k: int) -> str:
+    lines = [f"| class | AP@{k} |", "|---|---|"]
+    lines += [f"| {c} | {v:.2f} |" for c, v in result.per_class_ap.items()]
+    return "\n".join(lines)
+
+
+def plot_pr(results: list[MethodResult], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
+    for r in results:
+        prec, rec = r.pr
+        ax.plot(rec, prec, label=f"{r.name} ({r.map_k:.1f})", linestyle="-" if r.kind == "float" else "--")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def plot_tsne(embeddings: np.ndarray, labels: np.ndarray, class_names: list[str], path: str, title: str,
+              max_points: int = 2000, seed: int = 0) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(labels), min(max_points, len(labels)), replace=False))
+    xy = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, max(2, len(pick) // 4))
+              ).fit_transform(embeddings[pick])
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=110)
+    cmap = plt.get_cmap("tab20" if len(class_names) > 10 else "tab10")
+    for i, c in enumerate(class_names):
+        sel = labels[pick] == i
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=4, color=cmap(i % cmap.N), label=c)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, markerscale=3, loc="best")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_report(results: list[MethodResult], out_dir: str, k: int, meta: dict) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    write_json(os.path.join(out_dir, "results.json"), {**meta, "k": k, "results": [r.row() for r in results]})
+    with atomic_path(os.path.join(out_dir, "results.md")) as tmp, open(tmp, "w") as f:
+        f.write(results_table(results, k) + "\n\n" + per_class_table(results[0], k) + "\n")

@@ -1,0 +1,122 @@
+"""A training method = how one batch becomes a loss, plus whatever state the loss keeps between batches
+(memory bank, momentum encoder). The trainer only calls `loss`, `after_step` and the state functions."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import rotate90
+from .config import LossConfig
+from .losses import MemoryBank, momentum_update, rotation_loss, snca_loss, standard_loss
+
+BANK_METHODS = ("snca", "snca-ce", "rotation-snca")
+
+
+class PMLMethod:
+    """A pytorch-metric-learning loss (and miner) on the batch embeddings."""
+
+    needs_classifier = False
+
+    def __init__(self, cfg: LossConfig, num_classes: int, embedding_dim: int):
+        self.loss_fn, self.miner = standard_loss(cfg.name, num_classes, embedding_dim)
+        if cfg.name.startswith("triplet"):
+            self.loss_fn.margin = cfg.margin
+            if hasattr(self.miner, "margin"):
+                self.miner.margin = cfg.margin
+        if cfg.name == "normalized-softmax":
+            self.loss_fn.temperature = cfg.temperature
+        if cfg.name == "nca":  # exp(-d^2 / (2 sigma)) = exp(cos / sigma) up to a constant: SNCA's temperature
+            self.loss_fn.softmax_scale = 1 / (2 * cfg.sigma)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.loss_fn.parameters())  # normalized softmax: the class prototypes
+
+    def to(self, device) -> "PMLMethod":
+        self.loss_fn.to(device)
+        return self
+
+    def prepare(self, model, embed_all=None) -> None:
+        pass
+
+    def loss(self, model, x, y, idx) -> tuple[torch.Tensor, dict]:
+        emb, _ = model(x)
+        pairs = self.miner(emb, y) if self.miner is not None else None
+        loss = self.loss_fn(emb, y, pairs)
+        return loss, {"loss": loss.item()}
+
+    def after_step(self, model, x, idx) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"loss_fn": self.loss_fn.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss_fn.load_state_dict(state["loss_fn"])
+
+
+class BankMethod:
+    """SNCA over a memory bank of every training embedding, written by a momentum (EMA) encoder
+    (Wu et al. 2018; Kang et al. 2020); optionally + cross-entropy (SNCA-CE) and + the rotation term
+    (rotation-invariant embedding, Kang et al. 2021)."""
+
+    def __init__(self, cfg: LossConfig, labels: torch.Tensor, embedding_dim: int, seed: int):
+        self.cfg = cfg
+        self.ce_weight = cfg.ce_weight if cfg.name == "snca-ce" else 0.0
+        self.rotation_weight = cfg.rotation_weight if cfg.name == "rotation-snca" else 0.0
+        self.needs_classifier = self.ce_weight > 0
+        self.bank = MemoryBank(len(labels), embedding_dim, labels, momentum=0.0, seed=seed)
+        self.ema: nn.Module | None = None
+        self.rot_gen = torch.Generator().manual_seed(seed + 7)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def to(self, device) -> "BankMethod":
+        self.bank.to(device)
+        return self
+
+    def prepare(self, model, embed_all=None) -> None:
+        """Momentum encoder = a copy of the model; the bank starts as its embeddings of the training set
+        (`embed_all` None: the caller loads both from a checkpoint next)."""
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        if embed_all is not None:
+            self.bank.memory.copy_(embed_all(self.ema))
+
+    def loss(self, model, x, y, idx) -> tuple[torch.Tensor, dict]:
+        emb, logits = model(x)
+        snca = snca_loss(emb, idx, self.bank, self.cfg.sigma)
+        total, stats = snca, {"snca": snca.item()}
+        if self.ce_weight:
+            ce = F.cross_entropy(logits, y)
+            total = total + self.ce_weight * ce
+            stats["ce"] = ce.item()
+        if self.rotation_weight:
+            turns = torch.randint(1, 4, (len(x),), generator=self.rot_gen).to(x.device)
+            rot, _ = model(rotate90(x, turns))
+            r = rotation_loss(rot, idx, self.bank, self.cfg.sigma)
+            total = total + self.rotation_weight * r
+            stats["rotation"] = r.item()
+        stats["loss"] = total.item()
+        return total, stats
+
+    @torch.no_grad()
+    def after_step(self, model, x, idx) -> None:
+        momentum_update(self.ema, model, self.cfg.momentum)
+        self.bank.update(self.ema(x)[0], idx)
+
+    def state_dict(self) -> dict:
+        return {"bank": self.bank.state_dict(), "ema": self.ema.state_dict(), "rot_gen": self.rot_gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bank.load_state_dict(state["bank"])
+        self.ema.load_state_dict(state["ema"])
+        self.rot_gen.set_state(state["rot_gen"])
+
+
+def make_method(cfg: LossConfig, labels: torch.Tensor, num_classes: int, embedding_dim: int, seed: int):
+    if cfg.name in BANK_METHODS:
+        return BankMethod(cfg, labels, embedding_dim, seed)
+    return PMLMethod(cfg, num_classes, embedding_dim)

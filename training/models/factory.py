@@ -1,0 +1,60 @@
+"""Build the network being trained: backbone + embedding head (+ classifier head)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, LITE_VARIANTS, efficientnet_lite
+from .heads import CosineClassifier, EmbeddingHead
+from .resnet import ResNet18
+from .retrieval import RetrievalNet
+from .tiny import TinyConvNet
+
+BACKBONES = tuple(sorted(LITE_VARIANTS)) + ("resnet18", "tiny")
+
+
+def build_backbone(name: str, pretrained: bool, in_channels: int) -> nn.Module:
+    """A backbone exposing `features(x)` and `num_features`. ImageNet weights exist for efficientnet_lite0;
+    with other than 3 bands its stem takes the mean RGB filter for every band (scaled to keep activations)."""
+    if name in LITE_VARIANTS:
+        if not pretrained:
+            return efficientnet_lite(name, pretrained=False, in_channels=in_channels)
+        net = efficientnet_lite(name, pretrained=True)
+        if in_channels != 3:
+            old = net._conv_stem
+            new = nn.Conv2d(in_channels, old.out_channels, 3, stride=2, padding=1, bias=False)
+            with torch.no_grad():
+                new.weight.copy_(old.weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) * 3 / in_channels)
+            net._conv_stem = new
+        return net
+    if pretrained:
+        raise ValueError(f"backbone {name!r} has no pretrained weights; set pretrained = false")
+    if name == "resnet18":
+        return ResNet18(in_channels)
+    if name == "tiny":
+        return TinyConvNet(in_channels, seed=None)
+    raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+
+
+def default_normalisation(name: str, pretrained: bool, channels: int) -> tuple[list[float], list[float]]:
+    """Mean/std applied after dividing by scale: the ImageNet weights' own, else centre [0, 1] on 0."""
+    if name in LITE_VARIANTS and pretrained:
+        return [IMAGENET_MEAN[0]] * channels, [IMAGENET_STD[0]] * channels
+    return [0.5] * channels, [0.25] * channels
+
+
+class TrainNet(nn.Module):
+    """`forward(x)` -> (unit-norm embedding, class logits or None); `retrieval_net()` is what gets exported."""
+
+    def __init__(self, backbone: nn.Module, embedding_dim: int, num_classes: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        self.embed_head = EmbeddingHead(backbone.num_features, embedding_dim)
+        self.classifier = CosineClassifier(embedding_dim, num_classes) if num_classes else None
+
+    def forward(self, x: torch.Tensor):
+        emb = self.embed_head(self.backbone.features(x))
+        return emb, (self.classifier(emb) if self.classifier is not None else None)
+
+    def retrieval_net(self) -> RetrievalNet:
+        return RetrievalNet(self.backbone, embed_head=self.embed_head)

@@ -1,0 +1,226 @@
+"""`rsir train CONFIG`: deterministic, resumable metric-learning training with validation mAP each epoch.
+
+Each epoch's order and augmentation come from generators seeded by (seed, epoch), so a run resumed from
+`last.pt` continues exactly as if it had not stopped. `log.csv` gets one row per epoch; `best.pt` keeps the
+epoch with the best validation mAP@100 (queries = val, database = train)."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.errors import Cancelled, RsirError
+from core.fileio import write_json
+from core.metrics import map_at_k, relevance
+
+from . import checkpoint
+from .augment import augment
+from .config import TrainConfig
+from .datasets import ImageSet, load_folder, load_index_tiles, load_split_csv, split_image_set
+from .methods import make_method
+from .models.factory import TrainNet, build_backbone, default_normalisation
+
+LOG_FIELDS = ["epoch", "loss", "val_map100", "lr", "seconds", "best"]
+
+
+@dataclass
+class TrainResult:
+    best_checkpoint: str
+    last_checkpoint: str
+    best_map: float
+    epochs_run: int
+    seconds: float
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RsirError("optim.device = cuda, but torch sees no CUDA GPU here; use auto or cpu")
+    if name not in ("auto", "cpu", "cuda"):
+        raise RsirError(f"optim.device must be auto, cpu or cuda, got {name!r}")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def load_data(cfg: TrainConfig, progress=None) -> dict[str, ImageSet]:
+    d = cfg.data
+    if d.kind == "folder":
+        return load_folder(d.root, d.bands, d.input_size, d.cache_dir or None, d.split_seed, progress=progress)
+    if d.kind == "split_csv":
+        return load_split_csv(d.root, d.bands, d.input_size, d.cache_dir or None, progress=progress)
+    return split_image_set(load_index_tiles(d.root, d.labels, d.label_field, d.input_size, progress),
+                           d.split_seed)
+
+
+class _Batches:
+    """Scaled, augmented, normalised batches of an in-memory ImageSet."""
+
+    def __init__(self, data: ImageSet, scale: float, mean, std, device):
+        self.pixels = torch.from_numpy(data.pixels)
+        self.labels = torch.from_numpy(data.labels)
+        self.scale = float(scale)
+        self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
+        self.device = device
+
+    def get(self, idx: torch.Tensor, aug=None, gen=None) -> torch.Tensor:
+        x = self.pixels[idx].float() / self.scale
+        if aug is not None:
+            x = augment(x, aug, gen)
+        return ((x - self.mean) / self.std).to(self.device)
+
+    @torch.no_grad()
+    def embed_all(self, model, batch: int = 256) -> torch.Tensor:
+        was = model.training
+        model.eval()
+        out = [model(self.get(torch.arange(i, min(i + batch, len(self.labels)))))[0]
+               for i in range(0, len(self.labels), batch)]
+        model.train(was)
+        return torch.cat(out)
+
+
+def validation_map(model, val: _Batches, train: _Batches, k: int = 100) -> float:
+    """mAP@k (min(k, R) normalisation), queries = val, database = train, as the test protocol."""
+    q = val.embed_all(model)
+    db = train.embed_all(model)
+    k = min(k, len(db))
+    ids = torch.topk(q @ db.t(), k, dim=1).indices.cpu().numpy()
+    q_y, db_y = val.labels.numpy(), train.labels.numpy()
+    n_rel = np.bincount(db_y, minlength=int(max(db_y.max(), q_y.max())) + 1)[q_y]
+    return 100 * map_at_k(relevance(q_y, db_y, ids), n_rel, k)
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int):
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_stop=None) -> TrainResult:
+    """Train (or resume) the run in `cfg.out_dir`. `should_stop()` is polled between batches; on True the
+    epoch in progress is dropped and Cancelled raised (the last finished epoch is kept in last.pt)."""
+    t_start = time.perf_counter()
+    out = cfg.out_dir
+    last_path, best_path = os.path.join(out, "last.pt"), os.path.join(out, "best.pt")
+    log_path = os.path.join(out, "log.csv")
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.optim.threads:
+        torch.set_num_threads(cfg.optim.threads)
+    device = pick_device(cfg.optim.device)
+
+    resume = None
+    if os.path.exists(last_path) and not restart:
+        resume = checkpoint.load(last_path)
+        if resume["config_sha256"] != cfg.sha256():
+            raise RsirError(f"{out}: holds a run of a different config ({resume['config_source']}); use another "
+                            "out_dir, or --restart to overwrite it")
+
+    bar = None if quiet else tqdm(desc="loading data", unit="img", leave=False)
+    sets = load_data(cfg, progress=None if bar is None else lambda d, t: (setattr(bar, "total", t), bar.update(1)))
+    if bar is not None:
+        bar.close()
+    train_set, val_set = sets["train"], sets.get("val")
+    if len(train_set) < cfg.optim.batch_size:
+        raise RsirError(f"{cfg.data.root}: only {len(train_set)} training images, fewer than one batch "
+                        f"({cfg.optim.batch_size}); lower optim.batch_size")
+    channels = len(cfg.data.bands)
+    mean, std = default_normalisation(cfg.model.backbone, cfg.model.pretrained, channels)
+    mean, std = cfg.model.mean or mean, cfg.model.std or std
+    classes = train_set.class_names
+
+    labels = torch.from_numpy(train_set.labels)
+    method = make_method(cfg.loss, labels, len(classes), cfg.model.embedding_dim, cfg.seed)
+    n_cls = len(classes) if (cfg.model.classifier or method.needs_classifier) else 0
+    try:
+        backbone = build_backbone(cfg.model.backbone, cfg.model.pretrained and resume is None, channels)
+    except ValueError as exc:
+        raise RsirError(f"{cfg.source}: {exc}") from None
+    model = TrainNet(backbone, cfg.model.embedding_dim, n_cls).to(device)
+    method.to(device)
+    train_b = _Batches(train_set, cfg.data.scale, mean, std, device)
+    val_b = _Batches(val_set, cfg.data.scale, mean, std, device) if val_set is not None and len(val_set) else None
+
+    backbone_lr = cfg.optim.backbone_lr or cfg.optim.lr
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    opt = torch.optim.AdamW([{"params": model.backbone.parameters(), "lr": backbone_lr},
+                             {"params": head_params + method.parameters(), "lr": cfg.optim.lr}],
+                            weight_decay=cfg.optim.weight_decay)
+    steps_per_epoch = len(train_set) // cfg.optim.batch_size
+    total = steps_per_epoch * cfg.optim.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(total, max(1, int(cfg.optim.warmup_epochs * steps_per_epoch))))
+
+    start_epoch, best_map = 0, -1.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        method.prepare(model)
+        method.load_state_dict(resume["method"])
+        torch.set_rng_state(resume["torch_rng"])  # drop-connect draws from the global generator
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        start_epoch, best_map = resume["epoch"], resume["best_map"]
+        if not quiet:
+            print(f"resuming {out} after epoch {start_epoch} (best val mAP@100 {best_map:.2f})")
+    else:
+        os.makedirs(out, exist_ok=True)
+        method.prepare(model, train_b.embed_all)
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerow(LOG_FIELDS)
+        write_json(os.path.join(out, "config.json"), cfg.to_dict())
+
+    common = {"config": cfg.to_dict(), "config_sha256": cfg.sha256(), "config_source": cfg.source,
+              "class_names": classes, "mean": list(mean), "std": list(std), "num_classifier_classes": n_cls}
+    model.train()
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        order = torch.randperm(len(train_set), generator=gen)
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
+                   disable=True if quiet else None, leave=False)  # None: off when not a terminal
+        for step in bar:
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped during epoch {epoch + 1}; rerun the same command to resume "
+                                f"from epoch {epoch + 1}")
+            idx = order[step * cfg.optim.batch_size:(step + 1) * cfg.optim.batch_size]
+            x = train_b.get(idx, cfg.augment, gen)
+            loss, stats = method.loss(model, x, labels[idx].to(device), idx.to(device))
+            if not torch.isfinite(loss):
+                raise RsirError(f"loss became {float(loss)} at epoch {epoch + 1} step {step}; lower optim.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            method.after_step(model, x, idx.to(device))
+            losses.append(stats["loss"])
+            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
+        bar.close()
+        val_map = validation_map(model, val_b, train_b) if val_b is not None else float("nan")
+        improved = val_b is None or val_map > best_map
+        if improved:
+            best_map = val_map if val_b is not None else best_map
+            checkpoint.save(best_path, {**common, "model": model.state_dict(), "epoch": epoch + 1,
+                                        "val_map100": val_map})
+        checkpoint.save(last_path, {**common, "model": model.state_dict(), "epoch": epoch + 1,
+                                    "best_map": best_map, "method": method.state_dict(),
+                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                    "torch_rng": torch.get_rng_state()})
+        secs = time.perf_counter() - t0
+        with open(log_path, "a", newline="") as f:
+            csv.writer(f).writerow([epoch + 1, f"{np.mean(losses):.5f}", f"{val_map:.3f}",
+                                    f"{sched.get_last_lr()[-1]:.3e}", f"{secs:.1f}", int(improved)])
+        if not quiet:
+            print(f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {np.mean(losses):.4f}  val mAP@100 {val_map:.2f}"
+                  f"{'  (best)' if improved else ''}  {secs:.0f} s")
+    return TrainResult(best_path, last_path, best_map, cfg.optim.epochs - start_epoch,
+                       time.perf_counter() - t_start)
