@@ -61,6 +61,7 @@ def export_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=float, default=255.0,
                    help="--pretrained: raw values are divided by this before normalisation (default: %(default)s)")
     p.add_argument("--out", required=True, help="output .onnx path")
+    p.add_argument("--int8", metavar="ONNX", help="also write an int8-weight copy here (check it with rsir eval)")
     p.set_defaults(func=_run_export)
 
 
@@ -78,7 +79,18 @@ def _run_export(args: argparse.Namespace) -> int:
         raise RsirError("give either a CHECKPOINT or --pretrained efficientnet_lite0")
     if args.checkpoint:
         _export_checkpoint(args.checkpoint, args.out)
-        return 0
+    else:
+        _export_pretrained(args)
+    if args.int8:
+        from .quantize import quantize_int8
+
+        quantize_int8(args.out, args.int8)
+        print(f"wrote {args.int8}: int8 weights, {os.path.getsize(args.int8) / 1e6:.1f} MB "
+              f"(float: {os.path.getsize(args.out) / 1e6:.1f} MB)")
+    return 0
+
+
+def _export_pretrained(args: argparse.Namespace) -> None:
     from .pretrained import export_imagenet_lsh
 
     if args.bits <= 0 or args.bits % 8:
@@ -86,7 +98,6 @@ def _run_export(args: argparse.Namespace) -> int:
     meta = export_imagenet_lsh(args.out, bits=args.bits, input_size=args.input_size, scale=args.scale)
     print(f"wrote {args.out}: {meta['rsir.method']}, embedding {meta['rsir.embedding_dim']}-d, "
           f"{meta['rsir.code_bits']}-bit codes, input {meta['rsir.input_size']} px")
-    return 0
 
 
 def eval_command(subparsers: argparse._SubParsersAction) -> None:

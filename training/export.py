@@ -1,10 +1,13 @@
 """Export a RetrievalNet to ONNX with the `rsir.*` metadata contract (docs/contracts.md) and check parity."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +58,21 @@ def _metadata(net, spec: ExportSpec, embedding_dim: int, code_bits: int) -> dict
     return meta
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter logs torchvision-op warnings and a torch-internal FutureWarning on every export;
+    neither concerns our models, and they drown the CLI's own output."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_onnx(net: torch.nn.Module, spec: ExportSpec, out_path: str, opset: int = 18,
                 check_parity: bool = True) -> dict[str, str]:
     """Write `net` to `out_path` (atomically) with a dynamic batch axis and the rsir metadata; return the metadata.
@@ -81,9 +99,10 @@ def export_onnx(net: torch.nn.Module, spec: ExportSpec, out_path: str, opset: in
     os.close(fd)
     try:
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
-        torch.onnx.export(net, (dummy,), tmp, input_names=["input"], output_names=names,
-                          dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, external_data=False,
-                          verbose=False)
+        with _quiet_exporter():
+            torch.onnx.export(net, (dummy,), tmp, input_names=["input"], output_names=names,
+                              dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, external_data=False,
+                              verbose=False)
         model = onnx.load(tmp)
         meta = _metadata(net, spec, embedding_dim, code_bits)
         del model.metadata_props[:]

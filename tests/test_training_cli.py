@@ -1,0 +1,86 @@
+"""`rsir train`, `rsir export CHECKPOINT` and `rsir eval` through the real command line."""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+from osgeo import gdal
+
+from core.cli import main
+from tests.rasters import write_class_folder
+
+CONFIG = """
+out_dir = "run"
+seed = 1
+[data]
+root = "data"
+input_size = 32
+[model]
+backbone = "tiny"
+pretrained = false
+embedding_dim = 16
+[loss]
+name = "{loss}"
+sigma = 0.1
+momentum = 0.9
+[optim]
+epochs = 2
+batch_size = 16
+lr = 0.01
+threads = 1
+"""
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_train_export_eval(tmp_path, capsys):
+    write_class_folder(str(tmp_path / "data"), n_classes=3, per_class=14, size=32)
+    cfg = tmp_path / "triplet.toml"
+    cfg.write_text(CONFIG.format(loss="triplet-batch-hard"))
+    code, out, err = run(capsys, "train", cfg, "-q")
+    assert code == 0, err
+    assert re.search(r"trained 2 epoch\(s\) in \d+ s; best val mAP@100 \d+\.\d\d -> .*run/best\.pt", out)
+    code, out, _ = run(capsys, "train", cfg, "-q")  # finished: resuming trains nothing more
+    assert code == 0 and "trained 0 epoch(s)" in out
+
+    model = tmp_path / "m.onnx"
+    code, out, err = run(capsys, "export", tmp_path / "run" / "best.pt", "--out", model)
+    assert code == 0, err
+    assert "triplet-batch-hard on tiny, embedding 16-d, input 32 px, 3 classes" in out
+
+    ev = tmp_path / "eval"
+    code, out, err = run(capsys, "eval", model, tmp_path / "data", "--out", ev, "--cache-dir", "", "--bits", "16")
+    assert code == 0, err
+    m = re.search(r"^mAP@(\d+) = (\d+\.\d\d)$", out, re.M)
+    assert m and int(m.group(1)) == 27  # 3 classes x int(14 * 0.7) = 27 database images (k = min(100, 27))
+    results = json.loads((ev / "results.json").read_text())
+    names = [r["method"] for r in results["results"]]
+    assert names[:2] == ["triplet-batch-hard (float 16-d)", "triplet-batch-hard (hash 16 bits)"]
+    assert {"ImageNet Lite0 (float 1280-d)", "ImageNet LSH-16", "ImageNet PCA-ITQ-16"} <= set(names)
+    assert abs(results["results"][0]["map"] - float(m.group(2))) < 0.006
+    assert set(results["results"][0]["per_class_ap"]) == {"class0", "class1", "class2"}
+    for png in ("pr.png", "tsne.png"):
+        ds = gdal.Open(str(ev / png))
+        assert ds is not None and ds.RasterXSize > 300
+        assert np.std(ds.ReadAsArray()) > 10  # a drawn plot, not a blank image
+
+
+def test_bad_training_inputs_exit_1_with_the_file_named(tmp_path, capsys):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(CONFIG.format(loss="snca") + "\n[extra]\nx = 1\n")
+    code, _, err = run(capsys, "train", cfg)
+    assert code == 1 and f"{cfg}: unknown key extra" in err
+    cfg.write_text(CONFIG.format(loss="snca"))
+    code, _, err = run(capsys, "train", cfg)
+    assert code == 1 and f"{tmp_path / 'data'}: no such dataset folder" in err
+    code, _, err = run(capsys, "export", tmp_path / "nope.pt", "--out", tmp_path / "x.onnx")
+    assert code == 1 and "nope.pt: no such checkpoint" in err
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    code, _, err = run(capsys, "export", tmp_path / "junk.pt", "--out", tmp_path / "x.onnx")
+    assert code == 1 and "junk.pt: not a readable checkpoint" in err and not os.path.exists(tmp_path / "x.onnx")
