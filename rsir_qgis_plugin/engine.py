@@ -10,3 +10,18 @@ except ImportError:  # development checkout
     from core import encoder, errors, heatmap, hits_io, search, tile_vrt
     from core.archive import footprints, sources
     from core.index import builder, reader
+
+import glob as _glob
+import os as _os
+
+_HERE = _os.path.dirname(_os.path.abspath(__file__))
+
+
+def default_model_path() -> str:
+    """The model shipped with rsir: inside the plugin zip (models/), else the checkout's default_model/;
+    "" when neither has one."""
+    for folder in (_os.path.join(_HERE, "models"), _os.path.join(_os.path.dirname(_HERE), "default_model")):
+        found = sorted(_glob.glob(_os.path.join(folder, "*.onnx")))
+        if found:
+            return found[0]
+    return ""

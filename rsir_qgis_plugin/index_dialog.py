@@ -7,7 +7,7 @@ from qgis.PyQt.QtWidgets import (QDialog, QDialogButtonBox, QDoubleSpinBox, QFil
                                  QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout)
 from qgis.PyQt.QtCore import Qt
 
-from .engine import builder, sources
+from .engine import builder, default_model_path, sources
 from .tasks import IndexTask
 
 
@@ -35,6 +35,7 @@ class IndexDialog(QDialog):
         root.addLayout(row)
         self.model = QgsFileWidget()
         self.model.setFilter("ONNX models (*.onnx)")
+        self.model.setFilePath(default_model_path())  # the shipped model; any other exported model works too
         self.out = QgsFileWidget()
         self.out.setStorageMode(QgsFileWidget.GetDirectory)
         self.tile, self.stride = QSpinBox(), QSpinBox()

