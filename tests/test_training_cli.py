@@ -84,3 +84,14 @@ def test_bad_training_inputs_exit_1_with_the_file_named(tmp_path, capsys):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     code, _, err = run(capsys, "export", tmp_path / "junk.pt", "--out", tmp_path / "x.onnx")
     assert code == 1 and "junk.pt: not a readable checkpoint" in err and not os.path.exists(tmp_path / "x.onnx")
+
+
+def test_split_command_writes_the_protocol_split(tmp_path, capsys):
+    from training.splits import make_split, read_split
+
+    root = write_class_folder(str(tmp_path / "data"), n_classes=2, per_class=20, size=8)
+    code, out, _ = run(capsys, "split", root)
+    assert code == 0 and "2 classes, 28 train / 4 val / 8 test" in out
+    assert read_split(os.path.join(root, "split.csv")) == make_split(root, seed=42)
+    code, _, err = run(capsys, "split", tmp_path / "missing")
+    assert code == 1 and "missing: no such dataset folder" in err

@@ -158,3 +158,34 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(f"\nwrote {args.out}/results.json, results.md, pr.png, tsne.png")
     print(f"\nmAP@{k} = {results[0].map_k:.2f}")
     return 0
+
+
+def split_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register `rsir split`."""
+    p = subparsers.add_parser(
+        "split", help="write a train/val/test split.csv for a folder-per-class dataset",
+        description="Per class: file names sorted, shuffled with random.Random(SEED), first 70 %% train, next 10 %% "
+                    "val, the rest test (the protocol of Kang et al. and ../shared/data/eurosat_rgb/split.csv).")
+    p.add_argument("root", help="dataset folder with one sub-folder per class")
+    p.add_argument("--seed", type=int, default=42, help="shuffle seed (default: %(default)s)")
+    p.add_argument("--out", help="CSV to write (default: ROOT/split.csv)")
+    p.set_defaults(func=_run_split)
+
+
+def _run_split(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .splits import make_split, write_split
+
+    if not os.path.isdir(args.root):
+        raise RsirError(f"{args.root}: no such dataset folder")
+    try:
+        rows = make_split(args.root, seed=args.seed)
+    except ValueError as exc:
+        raise RsirError(str(exc)) from None
+    out = args.out or os.path.join(args.root, "split.csv")
+    write_split(rows, out)
+    counts = Counter(r["split"] for r in rows)
+    print(f"wrote {out}: {len({r['class'] for r in rows})} classes, {counts['train']} train / {counts['val']} val / "
+          f"{counts['test']} test")
+    return 0

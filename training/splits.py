@@ -26,7 +26,10 @@ def make_split(root: str, seed: int = 42, train: float = 0.7, val: float = 0.1) 
 
 
 def write_split(rows: list[dict], path: str) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    """Write the CSV atomically (a reader never sees half a split)."""
+    from core.fileio import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "class", "split"])
         writer.writeheader()
         writer.writerows(rows)
