@@ -10,7 +10,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureSink,
 
 
 from .controller import RetrievalSession, SearchRequest
-from .engine import builder, errors, heatmap, search
+from .engine import builder, default_model_path, errors, heatmap, search
 from .layers import HIT_FIELDS, hit_attributes
 
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
@@ -85,7 +85,8 @@ class BuildIndex(_Base):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers("SOURCES", "Rasters", QgsProcessing.TypeRaster))
-        self.addParameter(QgsProcessingParameterFile("MODEL", "ONNX model", extension="onnx"))
+        self.addParameter(QgsProcessingParameterFile("MODEL", "ONNX model", extension="onnx",
+                                                     defaultValue=default_model_path() or None))
         self.addParameter(QgsProcessingParameterNumber("TILE", "Tile size (px)", defaultValue=64, minValue=4))
         self.addParameter(QgsProcessingParameterNumber("STRIDE", "Stride (px)", defaultValue=64, minValue=1))
         self.addParameter(QgsProcessingParameterFile("OUT", "Index folder", behavior=QgsProcessingParameterFile.Folder))
