@@ -35,3 +35,17 @@ def test_plugin_zip_is_self_contained(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=str(tmp_path), check=True).stdout.split()
     assert out == ["rsir_qgis_plugin.core.search", "False"]
+
+
+def test_the_default_model_ships_with_its_metadata_and_prefills_the_plugin(tmp_path):
+    from core.encoder import Encoder
+    from rsir_qgis_plugin.engine import default_model_path
+
+    path = default_model_path()
+    assert os.path.basename(path) == "eurosat_rgb_lite0_snca_ce.onnx"
+    info = Encoder(path).info
+    assert info.method == "snca-ce" and info.input_size == 64 and info.embedding_dim == 128
+    assert len(info.class_names) == 10 and "SeaLake" in info.class_names
+    assert os.path.getsize(path) <= 20e6
+    out = str(tmp_path / "rsir_qgis_plugin.zip")
+    assert "rsir_qgis_plugin/models/eurosat_rgb_lite0_snca_ce.onnx" in build(out)

@@ -253,6 +253,9 @@ def test_index_dialog_starts_a_task_over_loaded_layers(tmp_path, twin_raster, ti
     qgis_iface.messageBar().clear_messages()
     dialog = IndexDialog(qgis_iface)
     assert dialog.source_list.count() == 1  # the loaded raster layer is offered
+    from rsir_qgis_plugin.engine import default_model_path
+
+    assert dialog.model.filePath() == default_model_path() != ""  # starts on the shipped model
     dialog.start()  # nothing chosen yet: a message, no task
     assert dialog.task is None and "Choose sources" in qgis_iface.messageBar().get_messages(Qgis.Warning)[-1]
     dialog.source_list.item(0).setCheckState(Qt.Checked)
