@@ -27,7 +27,7 @@ def test_quantization_and_bit_balance_losses_equal_their_formulas():
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> str:
-    return write_class_folder(str(tmp_path_factory.mktemp("hashdata") / "classes"), n_classes=4, per_class=15,
+    return write_class_folder(str(tmp_path_factory.mktemp("hashdata") / "classes"), n_classes=6, per_class=15,
                               size=32)
 
 
@@ -37,12 +37,12 @@ def test_hash_model_codes_are_balanced_and_retrieve_by_class(loss, data_root, tm
         "out_dir": str(tmp_path / "run"), "seed": 0,
         "data": {"root": data_root, "input_size": 32},
         "model": {"backbone": "tiny", "pretrained": False, "hash_bits": 16},
-        "loss": {"name": loss, "momentum": 0.9, "sigma": 0.1, "quant_weight": 0.1, "balance_weight": 1.0},
+        "loss": {"name": loss, "momentum": 0.5, "sigma": 0.1, "quant_weight": 0.1, "balance_weight": 1.0},
         "optim": {"epochs": 6, "batch_size": 8, "lr": 0.01, "threads": 1},
     })
     result = train(cfg, quiet=True)
     onnx_path = str(tmp_path / "hash.onnx")
-    meta = export_checkpoint(result.best_checkpoint, onnx_path)
+    meta = export_checkpoint(result.last_checkpoint, onnx_path)  # the end of training, not an early best
     assert meta["rsir.code_bits"] == "16" and meta["rsir.model_type"] == "embedding+hash"
     assert meta["rsir.method"] == loss
 
@@ -53,7 +53,7 @@ def test_hash_model_codes_are_balanced_and_retrieve_by_class(loss, data_root, tm
     bits = np.unpackbits(db_c, axis=1)
     share = bits.mean(axis=0)
     assert ((share >= 0.3) & (share <= 0.7)).mean() >= 0.75, share  # most bits split the database evenly
-    # Hamming ranking of the exported codes beats chance (0.25) by far
+    # Hamming ranking of the exported codes beats chance (1/6) by far
     ham = np.unpackbits(q_c, axis=1)[:, None, :] != bits[None]
     ids = np.argsort(ham.sum(axis=2), axis=1, kind="stable")
     rel = relevance(sets["test"].labels, sets["train"].labels, ids)
