@@ -62,7 +62,8 @@ def test_pretrained_lite0_accepts_other_band_counts():
 
 def test_train_net_embedding_is_unit_norm_and_classifier_optional():
     net = TrainNet(build_backbone("tiny", False, 3), 8, num_classes=5).eval()
-    emb, logits = net(torch.rand(4, 3, 32, 32))
+    emb, logits, codes = net(torch.rand(4, 3, 32, 32))
+    assert codes is None
     assert torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-5) and logits.shape == (4, 5)
     emb2 = net.retrieval_net()(torch.rand(4, 3, 32, 32))
     assert emb2.shape == (4, 8)

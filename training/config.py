@@ -16,7 +16,8 @@ from core.errors import RsirError
 from .augment import AugmentConfig
 
 LOSSES = ("contrastive", "triplet-batch-hard", "triplet-semi-hard", "normalized-softmax", "nca",
-          "snca", "snca-ce", "rotation-snca")
+          "snca", "snca-ce", "rotation-snca", "milan", "snca-hash")
+HASH_LOSSES = ("milan", "snca-hash")  # need model.hash_bits
 
 
 @dataclass
@@ -38,6 +39,7 @@ class ModelConfig:
     pretrained: bool = True
     embedding_dim: int = 128
     classifier: bool = False  # a cosine classifier head (forced on by losses that need it)
+    hash_bits: int = 0  # K > 0: a hash head (tanh-relaxed in training, sign bits at export) replaces the embedding
     mean: list = field(default_factory=list)  # default: the backbone's
     std: list = field(default_factory=list)
 
@@ -51,6 +53,8 @@ class LossConfig:
     rotation_weight: float = 1.0
     margin: float = 0.2  # triplet margin
     temperature: float = 0.05  # normalized softmax
+    quant_weight: float = 0.1  # hashing: push relaxed codes towards +-1
+    balance_weight: float = 0.1  # hashing: each bit +1 on half of the batch
 
 
 @dataclass
@@ -148,6 +152,10 @@ def _check(cfg: TrainConfig, path: str) -> None:
                        ("model.embedding_dim", cfg.model.embedding_dim), ("data.input_size", cfg.data.input_size)):
         if value <= 0:
             raise RsirError(f"{path}: {key} must be positive, got {value}")
+    if cfg.loss.name in HASH_LOSSES and cfg.model.hash_bits <= 0:
+        raise RsirError(f"{path}: loss.name {cfg.loss.name!r} trains hash codes: set model.hash_bits (e.g. 64)")
+    if cfg.model.hash_bits < 0 or cfg.model.hash_bits % 8:
+        raise RsirError(f"{path}: model.hash_bits must be a multiple of 8 (0 = no hash head), got {cfg.model.hash_bits}")
     if cfg.optim.batch_size < 2:
         raise RsirError(f"{path}: optim.batch_size must be at least 2 for metric learning")
     if not 0 <= cfg.loss.momentum < 1:

@@ -86,17 +86,13 @@ def imagenet_features(images: np.ndarray, scale: float, batch: int = 256) -> np.
 
 
 def baseline_codes(db_f: np.ndarray, q_f: np.ndarray, bits: int) -> dict[str, tuple]:
-    """LSH (faiss IndexLSH: random rotation + thresholds trained on the database) and PCA-ITQ (faiss
-    ITQTransform, Gong & Lazebnik 2011) codes of float features, as +-1 vectors."""
-    import faiss
+    """LSH and PCA-ITQ codes (training/hash_baselines.py) of float features, as +-1 vectors."""
+    from .hash_baselines import itq_codes, lsh_codes
 
     out = {}
-    lsh = faiss.IndexLSH(db_f.shape[1], bits, True, True)
-    lsh.train(db_f)
-    out[f"LSH-{bits}"] = (_pm1(lsh.sa_encode(db_f), bits), _pm1(lsh.sa_encode(q_f), bits))
-    itq = faiss.ITQTransform(db_f.shape[1], bits, True)
-    itq.train(db_f)
-    out[f"PCA-ITQ-{bits}"] = (np.sign(itq.apply(db_f)).astype(np.float32), np.sign(itq.apply(q_f)).astype(np.float32))
+    for name, fn in ((f"LSH-{bits}", lsh_codes), (f"PCA-ITQ-{bits}", itq_codes)):
+        db_c, q_c = fn(db_f, db_f, q_f, bits=bits)
+        out[name] = (_pm1(db_c, bits), _pm1(q_c, bits))
     return out
 
 

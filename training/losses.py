@@ -75,6 +75,16 @@ def rotation_loss(rotated_embeddings: torch.Tensor, indices: torch.Tensor, bank:
     return F.cross_entropy(sims, indices)
 
 
+def quantization_loss(codes: torch.Tensor) -> torch.Tensor:
+    """Push-to-binary term on tanh-relaxed codes: mean over bits and samples of (|b| - 1)^2 (0 when all are +-1)."""
+    return (codes.abs() - 1).pow(2).mean()
+
+
+def bit_balance_loss(codes: torch.Tensor) -> torch.Tensor:
+    """Bit balance: mean over bits of (batch mean of b)^2 (0 when every bit is +1 on half the batch)."""
+    return codes.mean(dim=0).pow(2).mean()
+
+
 @torch.no_grad()
 def momentum_update(target: nn.Module, source: nn.Module, m: float = 0.999) -> None:
     """EMA of parameters (target <- m * target + (1 - m) * source); buffers are copied."""

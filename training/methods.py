@@ -10,9 +10,10 @@ from torch import nn
 
 from .augment import rotate90
 from .config import LossConfig
-from .losses import MemoryBank, momentum_update, rotation_loss, snca_loss, standard_loss
+from .losses import (MemoryBank, bit_balance_loss, momentum_update, quantization_loss, rotation_loss, snca_loss,
+                     standard_loss)
 
-BANK_METHODS = ("snca", "snca-ce", "rotation-snca")
+BANK_METHODS = ("snca", "snca-ce", "rotation-snca", "snca-hash")
 
 
 class PMLMethod:
@@ -42,7 +43,7 @@ class PMLMethod:
         pass
 
     def loss(self, model, x, y, idx) -> tuple[torch.Tensor, dict]:
-        emb, _ = model(x)
+        emb = model(x).emb
         pairs = self.miner(emb, y) if self.miner is not None else None
         loss = self.loss_fn(emb, y, pairs)
         return loss, {"loss": loss.item()}
@@ -59,12 +60,14 @@ class PMLMethod:
 
 class BankMethod:
     """SNCA over a memory bank of every training embedding, written by a momentum (EMA) encoder
-    (Wu et al. 2018; Kang et al. 2020); optionally + cross-entropy (SNCA-CE) and + the rotation term
-    (rotation-invariant embedding, Kang et al. 2021)."""
+    (Wu et al. 2018; Kang et al. 2020); optionally + cross-entropy (SNCA-CE), + the rotation term
+    (rotation-invariant embedding, Kang et al. 2021), or + cross-entropy + quantisation on relaxed hash codes
+    (quantised SNCA hashing in the manner of CDNE, Kang et al., JSTARS 2020)."""
 
     def __init__(self, cfg: LossConfig, labels: torch.Tensor, embedding_dim: int, seed: int):
         self.cfg = cfg
-        self.ce_weight = cfg.ce_weight if cfg.name == "snca-ce" else 0.0
+        self.ce_weight = cfg.ce_weight if cfg.name in ("snca-ce", "snca-hash") else 0.0
+        self.quant_weight = cfg.quant_weight if cfg.name == "snca-hash" else 0.0
         self.rotation_weight = cfg.rotation_weight if cfg.name == "rotation-snca" else 0.0
         self.needs_classifier = self.ce_weight > 0
         self.bank = MemoryBank(len(labels), embedding_dim, labels, momentum=0.0, seed=seed)
@@ -86,16 +89,21 @@ class BankMethod:
             self.bank.memory.copy_(embed_all(self.ema))
 
     def loss(self, model, x, y, idx) -> tuple[torch.Tensor, dict]:
-        emb, logits = model(x)
+        out = model(x)
+        emb, logits = out.emb, out.logits
         snca = snca_loss(emb, idx, self.bank, self.cfg.sigma)
         total, stats = snca, {"snca": snca.item()}
+        if self.quant_weight:
+            q, b = quantization_loss(out.codes), bit_balance_loss(out.codes)
+            total = total + self.quant_weight * q + self.cfg.balance_weight * b
+            stats["quant"], stats["balance"] = q.item(), b.item()
         if self.ce_weight:
             ce = F.cross_entropy(logits, y)
             total = total + self.ce_weight * ce
             stats["ce"] = ce.item()
         if self.rotation_weight:
             turns = torch.randint(1, 4, (len(x),), generator=self.rot_gen).to(x.device)
-            rot, _ = model(rotate90(x, turns))
+            rot = model(rotate90(x, turns)).emb
             r = rotation_loss(rot, idx, self.bank, self.cfg.sigma)
             total = total + self.rotation_weight * r
             stats["rotation"] = r.item()
@@ -116,7 +124,48 @@ class BankMethod:
         self.rot_gen.set_state(state["rot_gen"])
 
 
+class MiLANMethod:
+    """MiLAN (Roy et al., GRSL 2020): triplet loss on the relaxed codes (semi-hard mining) + push-to-binary
+    (quantisation) + bit balance."""
+
+    needs_classifier = False
+
+    def __init__(self, cfg: LossConfig):
+        from pytorch_metric_learning import losses, miners
+
+        self.cfg = cfg
+        self.loss_fn = losses.TripletMarginLoss(margin=cfg.margin)
+        self.miner = miners.TripletMarginMiner(margin=cfg.margin, type_of_triplets="semihard")
+
+    def parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def to(self, device) -> "MiLANMethod":
+        return self
+
+    def prepare(self, model, embed_all=None) -> None:
+        pass
+
+    def loss(self, model, x, y, idx) -> tuple[torch.Tensor, dict]:
+        out = model(x)
+        triplet = self.loss_fn(out.emb, y, self.miner(out.emb, y))
+        q, b = quantization_loss(out.codes), bit_balance_loss(out.codes)
+        total = triplet + self.cfg.quant_weight * q + self.cfg.balance_weight * b
+        return total, {"triplet": triplet.item(), "quant": q.item(), "balance": b.item(), "loss": total.item()}
+
+    def after_step(self, model, x, idx) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 def make_method(cfg: LossConfig, labels: torch.Tensor, num_classes: int, embedding_dim: int, seed: int):
+    if cfg.name == "milan":
+        return MiLANMethod(cfg)
     if cfg.name in BANK_METHODS:
         return BankMethod(cfg, labels, embedding_dim, seed)
     return PMLMethod(cfg, num_classes, embedding_dim)

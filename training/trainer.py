@@ -139,13 +139,14 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
     classes = train_set.class_names
 
     labels = torch.from_numpy(train_set.labels)
-    method = make_method(cfg.loss, labels, len(classes), cfg.model.embedding_dim, cfg.seed)
+    dim = cfg.model.hash_bits or cfg.model.embedding_dim  # a hash head's relaxed code is the embedding
+    method = make_method(cfg.loss, labels, len(classes), dim, cfg.seed)
     n_cls = len(classes) if (cfg.model.classifier or method.needs_classifier) else 0
     try:
         backbone = build_backbone(cfg.model.backbone, cfg.model.pretrained and resume is None, channels)
     except ValueError as exc:
         raise RsirError(f"{cfg.source}: {exc}") from None
-    model = TrainNet(backbone, cfg.model.embedding_dim, n_cls).to(device)
+    model = TrainNet(backbone, cfg.model.embedding_dim, n_cls, cfg.model.hash_bits).to(device)
     method.to(device)
     train_b = _Batches(train_set, cfg.data.scale, mean, std, device)
     val_b = _Batches(val_set, cfg.data.scale, mean, std, device) if val_set is not None and len(val_set) else None

@@ -5,7 +5,9 @@ import torch
 from torch import nn
 
 from .efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, LITE_VARIANTS, efficientnet_lite
-from .heads import CosineClassifier, EmbeddingHead
+from typing import NamedTuple
+
+from .heads import CosineClassifier, EmbeddingHead, HashHead, RelaxedCodeEmbedding
 from .resnet import ResNet18
 from .retrieval import RetrievalNet
 from .tiny import TinyConvNet
@@ -43,18 +45,37 @@ def default_normalisation(name: str, pretrained: bool, channels: int) -> tuple[l
     return [0.5] * channels, [0.25] * channels
 
 
-class TrainNet(nn.Module):
-    """`forward(x)` -> (unit-norm embedding, class logits or None); `retrieval_net()` is what gets exported."""
+class Outputs(NamedTuple):
+    emb: torch.Tensor  # (B, D) unit-norm embedding
+    logits: torch.Tensor | None  # (B, classes) from the classifier head
+    codes: torch.Tensor | None  # (B, K) tanh-relaxed hash codes in (-1, 1)
 
-    def __init__(self, backbone: nn.Module, embedding_dim: int, num_classes: int = 0):
+
+class TrainNet(nn.Module):
+    """`forward(x)` -> Outputs; `retrieval_net()` is what gets exported.
+
+    With `hash_bits`, a hash head replaces the embedding head: the embedding is then the normalised relaxed code
+    (its float view), and the export carries the hash logits whose signs are the codes."""
+
+    def __init__(self, backbone: nn.Module, embedding_dim: int, num_classes: int = 0, hash_bits: int = 0):
         super().__init__()
         self.backbone = backbone
-        self.embed_head = EmbeddingHead(backbone.num_features, embedding_dim)
+        self.hash_head = HashHead(backbone.num_features, hash_bits) if hash_bits else None
+        if self.hash_head is not None:
+            self.embed_head = RelaxedCodeEmbedding(self.hash_head)
+            embedding_dim = hash_bits
+        else:
+            self.embed_head = EmbeddingHead(backbone.num_features, embedding_dim)
         self.classifier = CosineClassifier(embedding_dim, num_classes) if num_classes else None
 
-    def forward(self, x: torch.Tensor):
-        emb = self.embed_head(self.backbone.features(x))
-        return emb, (self.classifier(emb) if self.classifier is not None else None)
+    def forward(self, x: torch.Tensor) -> Outputs:
+        feats = self.backbone.features(x)
+        if self.hash_head is not None:
+            codes = torch.tanh(self.hash_head(feats))
+            emb = torch.nn.functional.normalize(codes, dim=1)
+        else:
+            codes, emb = None, self.embed_head(feats)
+        return Outputs(emb, self.classifier(emb) if self.classifier is not None else None, codes)
 
     def retrieval_net(self) -> RetrievalNet:
-        return RetrievalNet(self.backbone, embed_head=self.embed_head)
+        return RetrievalNet(self.backbone, embed_head=self.embed_head, hash_head=self.hash_head)

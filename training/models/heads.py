@@ -27,3 +27,29 @@ class CosineClassifier(nn.Module):
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         return self.scale * emb @ F.normalize(self.weight, dim=1).t()
+
+
+class HashHead(nn.Module):
+    """features -> BatchNorm -> Linear -> K hash logits. Training relaxes the codes with tanh; exported, the
+    logits' sign bits are the codes (core/ packs them). The BatchNorm centres the features so that random
+    hyperplanes split the data from the first step (uncentred features give every image the same code)."""
+
+    def __init__(self, in_features: int, bits: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(in_features)
+        self.proj = nn.Linear(in_features, bits)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(feats))
+
+
+class RelaxedCodeEmbedding(nn.Module):
+    """The float view of a hash head: L2-normalised tanh(logits). Its sign pattern is the code, so float and
+    Hamming search rank by the same learned representation."""
+
+    def __init__(self, hash_head: HashHead):
+        super().__init__()
+        self.hash_head = hash_head
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return F.normalize(torch.tanh(self.hash_head(feats)), dim=1)
