@@ -15,7 +15,7 @@ from core.index.builder import BuildOptions, build_index
 from core.index.reader import Index
 from core.search import query_from_image, search
 from tests.rasters import write_class_folder
-from training.config import LOSSES, load_config, parse_config
+from training.config import HASH_LOSSES, LOSSES, load_config, parse_config
 from training.datasets import load_folder, load_index_tiles
 from training.export import check_onnx_parity, export_checkpoint
 from training.checkpoint import load as load_checkpoint, model_from_checkpoint
@@ -28,10 +28,11 @@ def class_folder(tmp_path_factory) -> str:
 
 
 def _cfg(root: str, out: str, loss: str = "snca-ce", epochs: int = 2, **optim):
+    hash_bits = 16 if loss in HASH_LOSSES else 0
     return parse_config({
         "out_dir": out, "seed": 0,
         "data": {"kind": "folder", "root": root, "input_size": 32},
-        "model": {"backbone": "tiny", "pretrained": False, "embedding_dim": 16},
+        "model": {"backbone": "tiny", "pretrained": False, "embedding_dim": 16, "hash_bits": hash_bits},
         "loss": {"name": loss, "momentum": 0.9, "sigma": 0.1},
         "optim": {"epochs": epochs, "batch_size": 16, "lr": 0.01, "threads": 1, **optim},
     })
@@ -104,7 +105,7 @@ def test_every_loss_trains_one_epoch(loss, class_folder, tmp_path):
     assert np.isfinite(float(row["loss"])) and float(row["loss"]) > 0
     assert result.best_map == pytest.approx(float(row["val_map100"]), abs=1e-3)
     ckpt = load_checkpoint(result.best_checkpoint)
-    assert ckpt["num_classifier_classes"] == (4 if loss == "snca-ce" else 0)
+    assert ckpt["num_classifier_classes"] == (4 if loss in ("snca-ce", "snca-hash") else 0)
 
 
 def test_resume_continues_exactly_as_an_uninterrupted_run(class_folder, tmp_path):
