@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from core.encoder import Encoder  # noqa: E402
+from core.encoder import Encoder
 
 
 def best_rate(run, images: np.ndarray, batch: int, repeats: int) -> float:

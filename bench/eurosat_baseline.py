@@ -17,11 +17,11 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from core.archive.gdal_open import open_raster  # noqa: E402
-from core.archive.pixels import read_window  # noqa: E402
-from core.archive.tiling import TileWindow  # noqa: E402
-from core.encoder import Encoder  # noqa: E402
-from core.metrics import map_at_k, relevance  # noqa: E402
+from core.archive.gdal_open import open_raster
+from core.archive.pixels import read_window
+from core.archive.tiling import TileWindow
+from core.encoder import Encoder
+from core.metrics import map_at_k, relevance
 
 
 def encode_split(enc: Encoder, root: str, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:

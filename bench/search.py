@@ -18,8 +18,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from core.index.faiss_build import (build_binary_index, build_float_index, default_binary_factory,  # noqa: E402
-                                    default_float_factory)
+from core.index.faiss_build import build_binary_index, build_float_index, default_binary_factory, default_float_factory
 
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 

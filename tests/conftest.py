@@ -7,7 +7,7 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from tests.rasters import mosaic_with_twin, write_raster  # noqa: E402
+from tests.rasters import mosaic_with_twin, write_raster
 
 
 def export_tiny(path: str, bits: int = 64, input_size: int = 32, bands=(1, 2, 3), seed: int = 0) -> str:

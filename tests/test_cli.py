@@ -39,7 +39,7 @@ def test_index_info_search_outputs(cli_index, twin_raster, tmp_path, capsys):
     assert {rows[0][1], rows[1][1]} == {"0", "14"} and [r[0] for r in rows] == ["1", "2", "3", "4"]
     ds = ogr.Open(str(gpkg))
     hits = ds.GetLayerByName("hits")
-    feats = sorted(((f.GetField("rank"), f.GetField("tile_id"), f.GetField("hamming")) for f in hits))
+    feats = sorted((f.GetField("rank"), f.GetField("tile_id"), f.GetField("hamming")) for f in hits)
     assert [f[0] for f in feats] == [1, 2, 3, 4] and {feats[0][1], feats[1][1]} == {0, 14}
     assert feats[0][2] == 0 and hits.GetSpatialRef().GetAuthorityCode(None) == "4326"
     assert ds.GetLayerByName("query").GetFeatureCount() == 1

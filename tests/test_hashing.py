@@ -49,7 +49,7 @@ def test_hash_model_codes_are_balanced_and_retrieve_by_class(loss, data_root, tm
     sets = load_folder(data_root, [1, 2, 3], 32)
     enc = Encoder(onnx_path, threads=1)
     db_e, db_c = enc.encode(sets["train"].pixels)
-    q_e, q_c = enc.encode(sets["test"].pixels)
+    _, q_c = enc.encode(sets["test"].pixels)
     bits = np.unpackbits(db_c, axis=1)
     share = bits.mean(axis=0)
     assert ((share >= 0.3) & (share <= 0.7)).mean() >= 0.75, share  # most bits split the database evenly

@@ -166,7 +166,7 @@ def test_index_task_runs_and_resumes_after_cancel(tmp_path, twin_raster, tiny_mo
     from rsir_qgis_plugin.tasks import IndexTask
 
     class CancelMidway(IndexTask):
-        def setProgress(self, progress):  # noqa: N802 - the analyst presses cancel at 30 %
+        def setProgress(self, progress):
             super().setProgress(progress)
             if progress > 30:
                 self.cancel()

@@ -15,10 +15,11 @@ from core.index.builder import BuildOptions, build_index
 from core.index.reader import Index
 from core.search import query_from_image, search
 from tests.rasters import write_class_folder
+from training.checkpoint import load as load_checkpoint
+from training.checkpoint import model_from_checkpoint
 from training.config import HASH_LOSSES, LOSSES, load_config, parse_config
 from training.datasets import load_folder, load_index_tiles
 from training.export import check_onnx_parity, export_checkpoint
-from training.checkpoint import load as load_checkpoint, model_from_checkpoint
 from training.trainer import train
 
 

@@ -57,7 +57,7 @@ def test_train_export_eval(tmp_path, capsys):
     ev = tmp_path / "eval"
     code, out, err = run(capsys, "eval", model, tmp_path / "data", "--out", ev, "--cache-dir", "", "--bits", "16")
     assert code == 0, err
-    m = re.search(r"^mAP@(\d+) = (\d+\.\d\d)$", out, re.M)
+    m = re.search(r"^mAP@(\d+) = (\d+\.\d\d)$", out, re.MULTILINE)
     assert m and int(m.group(1)) == 27  # 3 classes x int(14 * 0.7) = 27 database images (k = min(100, 27))
     results = json.loads((ev / "results.json").read_text())
     names = [r["method"] for r in results["results"]]

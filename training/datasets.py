@@ -39,7 +39,7 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, idx) -> "ImageSet":
+    def subset(self, idx) -> ImageSet:
         idx = np.asarray(idx, dtype=np.int64)
         return ImageSet(self.pixels[idx], self.labels[idx], self.class_names, [self.ids[i] for i in idx])
 

@@ -41,7 +41,7 @@ class KSLSH:
         d2 = (x ** 2).sum(1)[:, None] + (self.anchors ** 2).sum(1)[None] - 2 * x @ self.anchors.T
         return np.exp(-np.maximum(d2, 0) / (2 * self.sigma ** 2)) - self.mu
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "KSLSH":
+    def fit(self, x: np.ndarray, y: np.ndarray) -> KSLSH:
         from scipy.linalg import eigh
 
         rng = np.random.default_rng(self.seed)
@@ -60,7 +60,7 @@ class KSLSH:
         weights = []
         for _ in range(self.bits):
             # maximise a' K' R K a subject to a' K' K a = l: the top generalised eigenvector
-            vals, vecs = eigh(k.T @ residual @ k, gram)
+            _, vecs = eigh(k.T @ residual @ k, gram)
             a = vecs[:, -1] * np.sqrt(len(pick))
             h = np.sign(k @ a)
             h[h == 0] = 1

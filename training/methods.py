@@ -10,8 +10,15 @@ from torch import nn
 
 from .augment import rotate90
 from .config import LossConfig
-from .losses import (MemoryBank, bit_balance_loss, momentum_update, quantization_loss, rotation_loss, snca_loss,
-                     standard_loss)
+from .losses import (
+    MemoryBank,
+    bit_balance_loss,
+    momentum_update,
+    quantization_loss,
+    rotation_loss,
+    snca_loss,
+    standard_loss,
+)
 
 BANK_METHODS = ("snca", "snca-ce", "rotation-snca", "snca-hash")
 
@@ -35,7 +42,7 @@ class PMLMethod:
     def parameters(self) -> list[nn.Parameter]:
         return list(self.loss_fn.parameters())  # normalized softmax: the class prototypes
 
-    def to(self, device) -> "PMLMethod":
+    def to(self, device) -> PMLMethod:
         self.loss_fn.to(device)
         return self
 
@@ -77,7 +84,7 @@ class BankMethod:
     def parameters(self) -> list[nn.Parameter]:
         return []
 
-    def to(self, device) -> "BankMethod":
+    def to(self, device) -> BankMethod:
         self.bank.to(device)
         return self
 
@@ -140,7 +147,7 @@ class MiLANMethod:
     def parameters(self) -> list[nn.Parameter]:
         return []
 
-    def to(self, device) -> "MiLANMethod":
+    def to(self, device) -> MiLANMethod:
         return self
 
     def prepare(self, model, embed_all=None) -> None:

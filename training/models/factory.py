@@ -1,12 +1,12 @@
 """Build the network being trained: backbone + embedding head (+ classifier head)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from .efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, LITE_VARIANTS, efficientnet_lite
-from typing import NamedTuple
-
 from .heads import CosineClassifier, EmbeddingHead, HashHead, RelaxedCodeEmbedding
 from .resnet import ResNet18
 from .retrieval import RetrievalNet
