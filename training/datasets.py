@@ -5,7 +5,7 @@ Three sources:
 - a `split.csv` file (`path,class,split`, paths relative to the CSV's folder);
 - the tiles of an rsir index, labelled by the class of the vector polygon that covers each tile's centre.
 
-Pixels stay raw (the model's `scale`, mean and std are applied by `normalise`, exactly as core/ does), so a
+Pixels stay raw (the model's `scale`, mean and std are applied by the trainer, exactly as core/ does), so a
 model trained here sees what the encoder in core/ will feed it. Decoded sets are cached as .npz files.
 """
 from __future__ import annotations
@@ -207,9 +207,3 @@ def split_image_set(data: ImageSet, seed: int = 42, train: float = 0.7, val: flo
         out["test"] += members[n_train + n_val:]
     return {k: data.subset(sorted(v)) for k, v in out.items()}
 
-
-def normalise(pixels: np.ndarray, scale: float, mean, std) -> np.ndarray:
-    """Raw pixels -> model input, the same arithmetic as core.encoder.Encoder.preprocess."""
-    m = np.asarray(mean, np.float32)[None, :, None, None]
-    s = np.asarray(std, np.float32)[None, :, None, None]
-    return np.ascontiguousarray((np.asarray(pixels, np.float32) / np.float32(scale) - m) / s, dtype=np.float32)

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def pack(bits: np.ndarray) -> np.ndarray:
-    """(N, K) booleans -> (N, K/8) packed codes, MSB first (as core/ packs signs)."""
-    return np.packbits(np.asarray(bits, bool), axis=1)
+from core.encoder import pack_signs
 
 
 def lsh_codes(train: np.ndarray, *xs: np.ndarray, bits: int) -> list[np.ndarray]:
@@ -28,7 +25,7 @@ def itq_codes(train: np.ndarray, *xs: np.ndarray, bits: int) -> list[np.ndarray]
 
     itq = faiss.ITQTransform(train.shape[1], bits, True)
     itq.train(np.ascontiguousarray(train, np.float32))
-    return [pack(itq.apply(np.ascontiguousarray(x, np.float32)) > 0) for x in xs]
+    return [pack_signs(itq.apply(np.ascontiguousarray(x, np.float32))) for x in xs]
 
 
 class KSLSH:
@@ -70,4 +67,4 @@ class KSLSH:
         return self
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        return pack(self._kernel(np.asarray(x, np.float64)) @ self.weights > 0)
+        return pack_signs(self._kernel(np.asarray(x, np.float64)) @ self.weights)
