@@ -182,3 +182,24 @@ def test_forced_factories_ivf(tmp_path, twin_raster, tiny_model):
     assert index.n == 1024
     _, ids = index.search_float(index.embeddings([100]), 1, nprobe=4)
     assert ids[0][0] == 100
+
+
+@pytest.mark.parametrize("factory", ["BHash4x16", "BHNSW16"])
+def test_hash_and_graph_binary_indexes_search_like_flat(tmp_path, twin_raster, tiny_model, factory):
+    """Multi-index hashing answers k-NN and radius queries exactly; HNSW radius queries fall back to a scan."""
+    flat_dir, other_dir = str(tmp_path / "flat"), str(tmp_path / factory)
+    build_index([twin_raster], tiny_model, flat_dir, BuildOptions(tile=16))
+    build_index([twin_raster], tiny_model, other_dir, BuildOptions(tile=16, binary_factory=factory))
+    flat, other = Index(flat_dir), Index(other_dir)
+    assert other.manifest["faiss"]["binary"] == factory and other.n == flat.n == 256
+    for tile in (0, 77, 255):
+        q = query_from_tile(flat, tile)
+        all_d = flat.hamming(q.code, np.arange(flat.n))
+        for radius in (0, 6, 12):
+            hits = search(other, query_from_tile(other, tile), mode="hash", radius=radius, exclude_query_tile=False)
+            assert [(h.hamming, h.tile_id) for h in hits] == sorted((int(d), i) for i, d in enumerate(all_d)
+                                                                   if d <= radius)
+        if factory.startswith("BHash"):
+            d, ids = other.search_hamming(q.code[None], 10)
+            assert ids[0].tolist() == np.lexsort((np.arange(flat.n), all_d))[:10].tolist()
+            assert d[0].tolist() == np.sort(all_d)[:10].tolist()

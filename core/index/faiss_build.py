@@ -52,7 +52,11 @@ def build_binary_index(codes: np.ndarray, bits: int, factory: str) -> faiss.Inde
 
 
 def set_nprobe(index, nprobe: int) -> None:
-    """Inverted-list indexes visit `nprobe` lists per query; no-op for others."""
+    """Search effort of approximate indexes: inverted lists visit `nprobe` lists per query, HNSW graphs keep
+    4 x `nprobe` candidates (efSearch); no-op for exact indexes."""
+    if hasattr(index, "hnsw"):
+        index.hnsw.efSearch = max(16, 4 * nprobe)
+        return
     if hasattr(index, "nprobe"):
         index.nprobe = nprobe
         return

@@ -11,7 +11,7 @@ from osgeo import ogr
 from ..encoder import ModelInfo, l2_normalise
 from ..errors import RsirError
 from ..fileio import read_json
-from . import layout
+from . import hamming, layout
 from .faiss_build import set_nprobe
 
 
@@ -143,18 +143,22 @@ class Index:
         return index.search(np.ascontiguousarray(queries, np.float32), min(k, self.n))
 
     def search_hamming(self, codes: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(Hamming distances, tile ids), each (nq, k)."""
+        """(Hamming distances, tile ids), each (nq, k). Exact for flat and hash (multi-index hashing) indexes;
+        IVF and HNSW are approximate, their effort set by `nprobe`."""
         index = self.binary_index
+        codes = np.ascontiguousarray(codes, np.uint8).reshape(-1, self.code_bytes)
+        k = min(k, self.n)
+        if hamming.hash_tables(index) is not None:
+            found = [hamming.mih_knn(index, self._codes, code, k) for code in codes]
+            return np.stack([d for d, _ in found]), np.stack([i for _, i in found])
         if nprobe:
             set_nprobe(index, nprobe)
-        return index.search(np.ascontiguousarray(codes, np.uint8), min(k, self.n))
+        return index.search(codes, k)
 
     def range_hamming(self, code: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
-        """All tiles within Hamming distance <= radius of one code, sorted by distance then id."""
-        lims, dist, ids = self.binary_index.range_search(np.ascontiguousarray(code, np.uint8).reshape(1, -1),
-                                                         radius + 1)  # faiss keeps d < radius
-        order = np.lexsort((ids, dist))
-        return dist[order], ids[order]
+        """All tiles within Hamming distance <= radius of one code, sorted by distance then id; exact with
+        every index type."""
+        return hamming.range_search(self.binary_index, self._codes, code, radius)
 
     def hamming(self, code: np.ndarray, ids) -> np.ndarray:
         """Hamming distance from one packed code to the codes of `ids`."""

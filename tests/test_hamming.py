@@ -1,0 +1,91 @@
+"""Hamming search against numpy brute force, for every faiss binary index type rsir can build."""
+import numpy as np
+import pytest
+
+from core.index import hamming
+from core.index.faiss_build import build_binary_index
+
+FACTORIES = ["BFlat", "BIVF16", "BHNSW16", "BHash16", "BHash4x16", "BHash8x8"]
+
+
+def _codes(n: int = 4000, seed: int = 0) -> np.ndarray:
+    """64-bit codes in 40 clusters (a trained model's codes cluster by class) plus uniform noise codes."""
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 2, (40, 64), dtype=np.uint8)
+    bits = centres[rng.integers(0, 40, n)]
+    bits ^= (rng.random((n, 64)) < 0.08).astype(np.uint8)
+    bits[: n // 10] = rng.integers(0, 2, (n // 10, 64), dtype=np.uint8)
+    return np.packbits(bits, axis=1)
+
+
+def _brute(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
+    return np.unpackbits(np.bitwise_xor(codes, query[None]), axis=1).sum(axis=1)
+
+
+@pytest.fixture(scope="module")
+def codes():
+    return _codes()
+
+
+@pytest.mark.parametrize("force_tables", [False, True])
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_radius_search_is_exact_for_every_index_type(codes, factory, force_tables, monkeypatch):
+    if force_tables:  # probe the hash tables even where the cost model would scan (small test tables)
+        monkeypatch.setattr(hamming, "hash_radius_wins", lambda index, r: hamming.hash_tables(index) is not None)
+    index = build_binary_index(codes, 64, factory)
+    for qi in (0, 7, 1234, 3999):
+        d_all = _brute(codes, codes[qi])
+        for radius in (0, 3, 9, 17, 30):
+            dist, ids = hamming.range_search(index, codes, codes[qi], radius)
+            want = np.flatnonzero(d_all <= radius)
+            want = want[np.lexsort((want, d_all[want]))]
+            assert ids.tolist() == want.tolist(), (factory, qi, radius)
+            assert dist.tolist() == d_all[want].tolist()
+
+
+@pytest.mark.parametrize("force_tables", [False, True])
+@pytest.mark.parametrize("factory", ["BHash16", "BHash4x16", "BHash8x8"])
+def test_multi_index_hashing_knn_equals_brute_force(codes, factory, force_tables, monkeypatch):
+    if force_tables:
+        monkeypatch.setattr(hamming, "hash_radius_wins", lambda index, r: True)
+    index = build_binary_index(codes, 64, factory)
+    rng = np.random.default_rng(1)
+    queries = np.concatenate([codes[[3, 500, 3999]], rng.integers(0, 256, (3, 8), dtype=np.uint8)])
+    for q in queries:
+        d_all = _brute(codes, q)
+        want = np.lexsort((np.arange(len(codes)), d_all))[:25]
+        dist, ids = hamming.mih_knn(index, codes, q, 25)
+        assert ids.tolist() == want.tolist()
+        assert dist.tolist() == d_all[want].tolist()
+
+
+def test_flat_knn_distances_equal_brute_force(codes):
+    index = build_binary_index(codes, 64, "BFlat")
+    rng = np.random.default_rng(2)
+    queries = rng.integers(0, 256, (20, 8), dtype=np.uint8)
+    dist, ids = index.search(queries, 10)
+    for q, d, i in zip(queries, dist, ids):
+        d_all = _brute(codes, q)
+        assert d.tolist() == np.sort(d_all)[:10].tolist()  # the k smallest distances, ties in any order
+        assert (d_all[i] == d).all()
+
+
+def test_scan_knn_over_chunks_and_short_tables(codes, monkeypatch):
+    monkeypatch.setattr(hamming, "SCAN_CHUNK", 1000)  # four chunks
+    q = codes[42]
+    d_all = _brute(codes, q)
+    dist, ids = hamming.scan_knn(codes, q, 30)
+    want = np.lexsort((np.arange(len(codes)), d_all))[:30]
+    assert dist.tolist() == d_all[want].tolist()
+    assert ids[0] == 42 and dist[0] == 0
+    dist, ids = hamming.scan_knn(codes[:5], q, 8)  # fewer codes than k: padded with -1
+    assert ids.tolist()[5:] == [-1, -1, -1] and sorted(ids[:5].tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_exact_flips_pigeonhole():
+    multi = build_binary_index(_codes(100), 64, "BHash4x16")
+    single = build_binary_index(_codes(100), 64, "BHash16")
+    assert [hamming.exact_flips(multi, r) for r in (0, 3, 4, 9)] == [0, 0, 1, 2]
+    assert [hamming.exact_flips(single, r) for r in (0, 3, 20)] == [0, 3, 16]
+    assert hamming.exact_flips(build_binary_index(_codes(100), 64, "BFlat"), 5) is None
+    assert hamming.probes(multi, 1) == 4 * 17
