@@ -55,20 +55,25 @@ def test_train_export_eval(tmp_path, capsys):
     assert "triplet-batch-hard on tiny, embedding 16-d, input 32 px, 3 classes" in out
 
     ev = tmp_path / "eval"
-    code, out, err = run(capsys, "eval", model, tmp_path / "data", "--out", ev, "--cache-dir", "", "--bits", "16")
+    code, out, err = run(capsys, "eval", model, tmp_path / "data", "--out", ev, "--cache-dir", "", "--bits", "16",
+                         "--baseline-features", "imagenet,model")
     assert code == 0, err
     m = re.search(r"^mAP@(\d+) = (\d+\.\d\d)$", out, re.MULTILINE)
     assert m and int(m.group(1)) == 27  # 3 classes x int(14 * 0.7) = 27 database images (k = min(100, 27))
     results = json.loads((ev / "results.json").read_text())
     names = [r["method"] for r in results["results"]]
     assert names[:2] == ["triplet-batch-hard (float 16-d)", "triplet-batch-hard (hash 16 bits)"]
-    assert {"ImageNet Lite0 (float 1280-d)", "ImageNet LSH-16", "ImageNet PCA-ITQ-16"} <= set(names)
+    assert {"ImageNet Lite0 (float 1280-d)", "ImageNet LSH-16", "ImageNet PCA-ITQ-16", "ImageNet KSLSH-16",
+            "triplet-batch-hard features + LSH-16", "triplet-batch-hard features + PCA-ITQ-16",
+            "triplet-batch-hard features + KSLSH-16"} <= set(names)
     assert abs(results["results"][0]["map"] - float(m.group(2))) < 0.006
     assert set(results["results"][0]["per_class_ap"]) == {"class0", "class1", "class2"}
     for png in ("pr.png", "tsne.png"):
         ds = gdal.Open(str(ev / png))
         assert ds is not None and ds.RasterXSize > 300
         assert np.std(ds.ReadAsArray()) > 10  # a drawn plot, not a blank image
+    code, _, err = run(capsys, "eval", model, tmp_path / "data", "--cache-dir", "", "--baseline-features", "sift")
+    assert code == 1 and f"{model}: unknown baseline features ['sift']" in err
 
 
 def test_bad_training_inputs_exit_1_with_the_file_named(tmp_path, capsys):

@@ -105,7 +105,8 @@ def eval_command(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval", help="mAP@k, P@k, per-class AP, PR and t-SNE plots of a model on a labelled dataset",
         description="Evaluate an ONNX model: queries = --queries split, database = --database split, exact "
-                    "ranking. Also scores untrained baselines (ImageNet Lite0 features: cosine, LSH, PCA-ITQ) "
+                    "ranking. Also scores baselines in the same run: cosine on untrained ImageNet Lite0 features and "
+                    "shallow hashing (LSH, PCA-ITQ, supervised KSLSH) of those and/or of the model's own features; "
                     "in the same run. DATASET is a folder per class (its split.csv is used when present, else "
                     "the per-class 70/10/20 split with --split-seed) or a split CSV (path,class,split).")
     p.add_argument("model", help="ONNX model exported by `rsir export`")
@@ -116,6 +117,9 @@ def eval_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--database", default="train", help="database split (default: %(default)s)")
     p.add_argument("-k", type=int, default=100, help="mAP@k cut-off (default: %(default)s)")
     p.add_argument("--bits", default="32,64", help="baseline code lengths (default: %(default)s)")
+    p.add_argument("--baseline-features", default="imagenet",
+                   help="features the hashing baselines encode: imagenet, model or imagenet,model "
+                        "(default: %(default)s)")
     p.add_argument("--no-baselines", action="store_true", help="score the model only")
     p.add_argument("--out", help="folder for results.json, results.md, pr.png, tsne.png")
     p.add_argument("--cache-dir", default="cache/datasets", help="decoded-image cache ('' = none)")
@@ -142,7 +146,12 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise RsirError(f"{args.dataset}: split {args.queries!r} has {len(queries)} images and "
                         f"{args.database!r} {len(database)}; both must be non-empty")
     bits = [int(b) for b in args.bits.split(",") if b.strip()]
-    results = evaluate(args.model, queries, database, args.k, not args.no_baselines, bits, args.threads)
+    features = tuple(f.strip() for f in args.baseline_features.split(",") if f.strip())
+    try:
+        results = evaluate(args.model, queries, database, args.k, not args.no_baselines, bits, args.threads,
+                           baseline_features=features)
+    except ValueError as exc:
+        raise RsirError(f"{args.model}: {exc}") from None
     k = min(args.k, len(database))
     print(f"\n{len(queries)} queries ({args.queries}) -> {len(database)} database ({args.database})\n")
     print(results_table(results, k))

@@ -85,25 +85,40 @@ def imagenet_features(images: np.ndarray, scale: float, batch: int = 256) -> np.
     return np.concatenate(out)
 
 
-def baseline_codes(db_f: np.ndarray, q_f: np.ndarray, bits: int) -> dict[str, tuple]:
-    """LSH and PCA-ITQ codes (training/hash_baselines.py) of float features, as +-1 vectors."""
-    from .hash_baselines import itq_codes, lsh_codes
+def baseline_codes(db_f: np.ndarray, q_f: np.ndarray, bits: int, db_y: np.ndarray | None = None) -> dict[str, tuple]:
+    """LSH, PCA-ITQ and, given database labels, supervised KSLSH codes (training/hash_baselines.py) of float
+    features, as +-1 vectors. Every method is fitted on the database features only."""
+    from .hash_baselines import KSLSH, itq_codes, lsh_codes
 
     out = {}
     for name, fn in ((f"LSH-{bits}", lsh_codes), (f"PCA-ITQ-{bits}", itq_codes)):
+        if name.startswith("PCA") and bits > db_f.shape[1]:
+            continue  # PCA cannot give more dimensions than the features have
         db_c, q_c = fn(db_f, db_f, q_f, bits=bits)
         out[name] = (_pm1(db_c, bits), _pm1(q_c, bits))
+    if db_y is not None:
+        kslsh = KSLSH(bits).fit(db_f, db_y)
+        out[f"KSLSH-{bits}"] = (_pm1(kslsh.encode(db_f), bits), _pm1(kslsh.encode(q_f), bits))
     return out
 
 
+BASELINE_FEATURES = ("imagenet", "model")
+
+
 def evaluate(model_path: str, queries: ImageSet, database: ImageSet, k: int = 100, baselines: bool = True,
-             baseline_bits=(32, 64), threads: int | None = None, log=print) -> list[MethodResult]:
-    """Score the model (float and its sign codes) and, with `baselines`, the untrained ImageNet features."""
+             baseline_bits=(32, 64), threads: int | None = None, log=print,
+             baseline_features=("imagenet",)) -> list[MethodResult]:
+    """Score the model (float and its sign codes) and, with `baselines`, shallow hashing (LSH, PCA-ITQ, KSLSH)
+    of the untrained ImageNet features ("imagenet", plus their cosine ranking) and/or of the model's own float
+    embeddings ("model")."""
     enc = Encoder(model_path, threads=threads, batch_size=256)
     info = enc.info
     if database.pixels.shape[1:] != (info.channels, info.input_size, info.input_size):
         raise ValueError(f"dataset pixels {database.pixels.shape[1:]} do not fit {model_path} "
                          f"({info.channels} bands at {info.input_size} px)")
+    unknown = set(baseline_features) - set(BASELINE_FEATURES)
+    if unknown:
+        raise ValueError(f"unknown baseline features {sorted(unknown)}; choose from {BASELINE_FEATURES}")
     classes, q_y, db_y = database.class_names, queries.labels, database.labels
     k = min(k, len(database))
     t0 = time.perf_counter()
@@ -116,18 +131,25 @@ def evaluate(model_path: str, queries: ImageSet, database: ImageSet, k: int = 10
     results = [score(f"{label} (float {info.embedding_dim}-d)", "float", 0, q_e, db_e, q_y, db_y, classes, k),
                score(f"{label} (hash {bits} bits)", "hash", bits, _pm1(q_c, bits), _pm1(db_c, bits),
                      q_y, db_y, classes, k)]
-    if baselines and info.channels == 3:
+    if not baselines:
+        return results
+    features = {}
+    if "imagenet" in baseline_features and info.channels == 3:
         t0 = time.perf_counter()
         db_f = imagenet_features(database.pixels, info.scale)
         q_f = imagenet_features(queries.pixels, info.scale)
         log(f"ImageNet baseline features in {time.perf_counter() - t0:.1f} s")
         results.append(score("ImageNet Lite0 (float 1280-d)", "float", 0, l2_normalise(q_f), l2_normalise(db_f),
                              q_y, db_y, classes, k))
+        features["ImageNet"] = (db_f, q_f)
+    elif "imagenet" in baseline_features:
+        log(f"ImageNet baselines skipped: they need 3 bands, {model_path} takes {info.channels}")
+    if "model" in baseline_features:
+        features[f"{label} features +"] = (db_e, q_e)
+    for prefix, (db_f, q_f) in features.items():
         for b in baseline_bits:
-            for name, (db_b, q_b) in baseline_codes(db_f, q_f, b).items():
-                results.append(score(f"ImageNet {name}", "hash", b, q_b, db_b, q_y, db_y, classes, k))
-    elif baselines:
-        log(f"baselines skipped: ImageNet features need 3 bands, {model_path} takes {info.channels}")
+            for name, (db_b, q_b) in baseline_codes(db_f, q_f, b, db_y).items():
+                results.append(score(f"{prefix} {name}", "hash", b, q_b, db_b, q_y, db_y, classes, k))
     return results
 
 

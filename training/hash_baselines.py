@@ -46,7 +46,7 @@ class KSLSH:
         self.anchors = x[rng.choice(len(x), min(self.m, len(x)), replace=False)]
         sample = rng.choice(len(x), min(2000, len(x)), replace=False)
         d2 = ((x[sample, None, :] - self.anchors[None, :50]) ** 2).sum(-1)
-        self.sigma = float(np.sqrt(d2).mean())
+        self.sigma = float(np.sqrt(d2).mean()) or 1.0  # all features equal: any width gives the same codes
         self.mu = np.zeros(len(self.anchors))
         self.mu = self._kernel(x[sample]).mean(axis=0)
         pick = rng.choice(len(x), min(self.l, len(x)), replace=False)
