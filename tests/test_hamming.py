@@ -89,3 +89,15 @@ def test_exact_flips_pigeonhole():
     assert [hamming.exact_flips(single, r) for r in (0, 3, 20)] == [0, 3, 16]
     assert hamming.exact_flips(build_binary_index(_codes(100), 64, "BFlat"), 5) is None
     assert hamming.probes(multi, 1) == 4 * 17
+
+
+def test_default_binary_factory_by_size():
+    from core.index.faiss_build import FLAT_MAX_BINARY, default_binary_factory
+
+    assert default_binary_factory(1000, 64) == "BFlat" and default_binary_factory(FLAT_MAX_BINARY, 64) == "BFlat"
+    assert default_binary_factory(10_000_000, 64) == "BHash3x21"  # ~log2(n)-bit substrings
+    for bits in (16, 32, 64, 128, 256):
+        factory = default_binary_factory(5_000_000, bits)
+        index = build_binary_index(np.zeros((2, bits // 8), np.uint8), bits, factory)
+        nhash, b = hamming.hash_tables(index)
+        assert nhash * b <= bits and b >= 16

@@ -260,7 +260,7 @@ def _finalize(plan, encoder, opts, out_dir, manifest, partial, state) -> None:
     all_codes = _append_rows(old(layout.CODES), codes, os.path.join(final, layout.CODES), np.uint8).reshape(n, nbytes)
 
     float_factory = opts.float_factory or default_float_factory(n)
-    binary_factory = opts.binary_factory or default_binary_factory(n)
+    binary_factory = opts.binary_factory or default_binary_factory(n, info.effective_code_bits)
     import faiss
 
     faiss.write_index(build_float_index(all_emb.astype(np.float32), float_factory),

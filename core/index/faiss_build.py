@@ -1,4 +1,5 @@
-"""Choose and build faiss indexes: flat below a size threshold, inverted lists above; factory strings override."""
+"""Choose and build faiss indexes: flat below a size threshold; above it IVF (float) and multi-index hashing
+(binary); factory strings override."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,8 @@ import numpy as np
 
 from ..errors import RsirError
 
-# Exact search stays interactive (<~50 ms/query on 2 cores) up to these sizes; above them IVF is used.
+# Exact scans stay interactive up to these sizes (float: <~50 ms/query on 2 cores; binary: a few ms); above them
+# float search uses IVF and binary search multi-index hashing (exact, sub-linear on clustered codes).
 FLAT_MAX_FLOAT = 200_000
 FLAT_MAX_BINARY = 2_000_000
 DEFAULT_NPROBE = 16
@@ -22,8 +24,18 @@ def default_float_factory(n: int) -> str:
     return "Flat" if n <= FLAT_MAX_FLOAT else f"IVF{_nlist(n)},Flat"
 
 
-def default_binary_factory(n: int) -> str:
-    return "BFlat" if n <= FLAT_MAX_BINARY else f"BIVF{_nlist(n)}"
+def mih_factory(n: int, bits: int) -> str:
+    """Multi-index hashing tables for `n` codes of `bits` bits: substrings of about log2(n) bits, so that a
+    bucket holds about one code on average (Norouzi et al. 2012)."""
+    nhash = max(1, min(bits // 8, math.ceil(bits / max(1.0, math.log2(max(n, 2))))))
+    b = min(bits // nhash, 64)
+    return f"BHash{b}" if nhash == 1 else f"BHash{nhash}x{b}"
+
+
+def default_binary_factory(n: int, bits: int = 64) -> str:
+    """Exact search either way: a flat scan up to FLAT_MAX_BINARY codes, multi-index hashing above
+    (core/index/hamming.py answers k-NN and radius queries exactly over its tables; docs/benchmarks.md)."""
+    return "BFlat" if n <= FLAT_MAX_BINARY else mih_factory(n, bits)
 
 
 def _build(make, data: np.ndarray, kind: str, factory: str):
