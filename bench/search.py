@@ -1,9 +1,9 @@
 """Search at archive scale: Hamming k-NN over 1M and 10M x 64-bit codes, cosine k-NN over 1M x 128-d floats.
 
 Hamming, per database size: the memory-scan floor (numpy reading the code table once), exact search (faiss
-IndexBinaryFlat, rsir's BFlat), binary IVF at two nprobe, binary HNSW at two efSearch, and rsir's exact
+IndexBinaryFlat, rsir's BFlat, alone and split into one threaded shard per thread), binary IVF at two nprobe, binary HNSW at two efSearch, and rsir's exact
 multi-index hashing k-NN over faiss hash tables (core/index/hamming.py). Exact search is reported as a ratio to
-the floor, every method as a speed-up over exact search; recall = share of queries whose k-th distance is <= the
+the floor, every method as a speed-up over exact search (plain BFlat); recall = share of queries whose k-th distance is <= the
 exact k-th distance (ties are common in Hamming space, so ids are not compared). Codes cluster as a trained
 model's do (2000 centres, each bit flipped with p = 0.08; queries are database codes with 2 more bits flipped);
 --uniform draws uniform random codes and vectors instead (the worst case for every sub-linear method).
@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core.index import hamming
 from core.index.faiss_build import (build_binary_index, build_float_index, default_binary_factory,
-                                    default_float_factory, set_nprobe)
+                                    default_float_factory, mih_factory, set_nprobe)
 
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
@@ -105,6 +105,14 @@ def hamming_rows(n: int, args, rng) -> list[tuple]:
     default = default_binary_factory(n)
     timed(f"exact: faiss BFlat{' (rsir default)' if default == 'BFlat' else ''}", flat, build,
           lambda q: flat.search(q, k))
+    shards = faiss.IndexBinaryShards(bits, True, True)  # one flat shard per thread: a single query uses them all
+    parts = []
+    for part in np.array_split(codes, args.threads):
+        parts.append(faiss.IndexBinaryFlat(bits))
+        parts[-1].add(np.ascontiguousarray(part))
+        parts[-1].use_heap = False
+        shards.add_shard(parts[-1])
+    timed(f"exact: faiss BFlat in {args.threads} threaded shards", flat, 0.0, lambda q: shards.search(q, k))
 
     nlist = int(np.sqrt(n))
     t = time.perf_counter()
@@ -122,7 +130,7 @@ def hamming_rows(n: int, args, rng) -> list[tuple]:
             hnsw.hnsw.efSearch = ef
             timed(f"BHNSW32, efSearch {ef}", hnsw, build, lambda q: hnsw.search(q, k))
 
-    for factory in args.mih.split(","):
+    for factory in dict.fromkeys(mih_factory(n, bits) if f == "auto" else f for f in args.mih.split(",")):
         t = time.perf_counter()
         mih = build_binary_index(codes, bits, factory)
         build = time.perf_counter() - t
@@ -131,7 +139,8 @@ def hamming_rows(n: int, args, rng) -> list[tuple]:
             found = [hamming.mih_knn(index, codes, c, k) for c in q]
             return np.stack([d for d, _ in found]), np.stack([i for _, i in found])
 
-        timed(f"multi-index hashing {factory} (rsir, exact)", mih, build, mih_search,
+        mark = ", rsir default" if factory == default else ""
+        timed(f"multi-index hashing {factory} (rsir, exact{mark})", mih, build, mih_search,
               mb=index_mb(mih) + codes.nbytes / 2**20)  # it scans the code table when probing stops paying
         del mih
     return rows
@@ -200,7 +209,8 @@ def main() -> int:
     ap.add_argument("--single", type=int, default=20, help="queries timed one at a time")
     ap.add_argument("-k", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--mih", default="BHash4x16", help="hash factories for multi-index hashing, comma-separated")
+    ap.add_argument("--mih", default="auto,BHash4x16",
+                    help="hash factories for multi-index hashing, comma-separated; auto = rsir's choice for the size")
     ap.add_argument("--hnsw-max-n", type=int, default=10_000_000, help="skip binary HNSW above this size")
     ap.add_argument("--uniform", action="store_true", help="uniform codes and vectors instead of clustered ones")
     args = ap.parse_args()
