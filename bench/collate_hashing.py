@@ -42,7 +42,7 @@ def main() -> int:
     if args.baselines:
         res = _load(os.path.join(args.baselines, "results.json"))
         model = res[0]["method"].split(" (")[0]
-        table[f"{model} (float {res[0]['method'].split('float ')[1]}: {res[0]['map']:.2f}), its sign bits"] = {
+        table[f"{model} float {res[0]['method'].split('float ')[1][:-1]} ({res[0]['map']:.2f}): its sign bits"] = {
             res[1]["bits"]: f"{res[1]['map']:.2f}"}
         for r in res[2:]:
             if r["kind"] != "hash":

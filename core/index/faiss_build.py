@@ -27,7 +27,7 @@ def default_float_factory(n: int) -> str:
 def mih_factory(n: int, bits: int) -> str:
     """Multi-index hashing tables for `n` codes of `bits` bits: substrings of about log2(n) bits, so that a
     bucket holds about one code on average (Norouzi et al. 2012)."""
-    nhash = max(1, min(bits // 8, math.ceil(bits / max(1.0, math.log2(max(n, 2))))))
+    nhash = max(1, min(bits // 8, round(bits / max(1.0, math.log2(max(n, 2))))))
     b = min(bits // nhash, 64)
     return f"BHash{b}" if nhash == 1 else f"BHash{nhash}x{b}"
 
