@@ -80,7 +80,7 @@ package: $(STAMP)
 
 bench: $(BASE_MODEL)
 	$(PY) bench/encode.py --model $(BASE_MODEL)
-	$(PY) bench/search.py
+	$(PY) bench/search.py --hnsw-max-n 1000000
 
 clean:
 	rm -rf $(DEMO) dist build .pytest_cache

@@ -46,8 +46,8 @@ def test_radius_search_is_exact_for_every_index_type(codes, factory, force_table
 @pytest.mark.parametrize("force_tables", [False, True])
 @pytest.mark.parametrize("factory", ["BHash16", "BHash4x16", "BHash8x8"])
 def test_multi_index_hashing_knn_equals_brute_force(codes, factory, force_tables, monkeypatch):
-    if force_tables:
-        monkeypatch.setattr(hamming, "hash_radius_wins", lambda index, r: True)
+    if force_tables:  # probe every radius round even where the cost model would scan
+        monkeypatch.setattr(hamming, "probe_cost", lambda index, flips: 0.0)
     index = build_binary_index(codes, 64, factory)
     rng = np.random.default_rng(1)
     queries = np.concatenate([codes[[3, 500, 3999]], rng.integers(0, 256, (3, 8), dtype=np.uint8)])

@@ -42,10 +42,30 @@ def probes(index, flips: int) -> int:
     return nhash * sum(comb(b, i) for i in range(flips + 1))
 
 
+# Costs in units of one code distance in a sequential scan: a bucket lookup (hashing, a cache miss) and the
+# check of one candidate code found in a bucket. Measured on 10M x 64-bit codes (docs/benchmarks.md).
+PROBE_COST = 100
+CANDIDATE_COST = 10
+
+
+def probe_cost(index, flips: int) -> float:
+    """Expected cost of one table probe round with `flips` flips, in scanned-code units: every bucket visited
+    costs a lookup plus its expected occupancy (codes spread over 2^b buckets) in candidate checks."""
+    _, b = hash_tables(index)
+    return probes(index, flips) * (PROBE_COST + CANDIDATE_COST * index.ntotal / 2.0 ** b)
+
+
 def hash_radius_wins(index, radius: int) -> bool:
-    """Whether exact hash-table probing is cheaper than scanning all codes (a bucket costs ~ 64 code distances)."""
+    """Whether exact hash-table probing for `radius` is expected to cost less than half a scan of all codes."""
     flips = exact_flips(index, radius)
-    return flips is not None and probes(index, flips) * 64 < index.ntotal
+    return flips is not None and probe_cost(index, flips) < index.ntotal / 2
+
+
+def _storage(index):
+    """The flat table of codes a multi-hash index keeps beside its buckets (None for a single hash table)."""
+    if isinstance(index, faiss.IndexBinaryMultiHash):
+        return faiss.downcast_IndexBinary(index.storage)
+    return None
 
 
 def scan_range(codes: np.ndarray, query: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,11 +87,12 @@ def range_search(index, codes: np.ndarray, query: np.ndarray, radius: int) -> tu
     `codes` is the packed-code table the index was built from (row = id), scanned when the index cannot answer
     exactly or a scan is cheaper."""
     query = np.ascontiguousarray(query, np.uint8).reshape(1, -1)
-    if isinstance(index, faiss.IndexBinaryFlat):
-        _, dist, ids = index.range_search(query, radius + 1)
-    elif hash_radius_wins(index, radius):
+    flat = index if isinstance(index, faiss.IndexBinaryFlat) else _storage(index)
+    if hash_radius_wins(index, radius):
         index.nflip = exact_flips(index, radius)
-        _, dist, ids = index.range_search(query, radius + 1)
+        _, dist, ids = index.range_search(query, radius + 1)  # faiss keeps d < its radius
+    elif flat is not None:
+        _, dist, ids = flat.range_search(query, radius + 1)
     else:
         dist, ids = scan_range(codes, query, radius)
     order = np.lexsort((ids, dist))
@@ -100,15 +121,21 @@ def mih_knn(index, codes: np.ndarray, query: np.ndarray, k: int) -> tuple[np.nda
     k_eff = min(k, index.ntotal)
     nhash, b = hash_tables(index)
     bits = index.code_size * 8
+    spent = 0.0
     for flips in range(b + 1):
         # the largest radius these flips answer exactly; every smaller radius comes with it
         radius = bits if flips == b else min(bits, flips if nhash == 1 else (flips + 1) * nhash - 1)
-        if not hash_radius_wins(index, radius):
+        spent += probe_cost(index, flips)
+        if spent >= index.ntotal / 2:  # rounds repeat earlier probes: stop while a scan still pays off
             break
         index.nflip = flips
         _, dist, ids = index.range_search(query, radius + 1)
         if len(ids) >= k_eff:
             return _top(dist, ids, k)
+    flat = _storage(index)
+    if flat is not None:
+        d, i = flat.search(query, k_eff)
+        return _top(d[0], i[0], k)
     return scan_knn(codes, query, k)
 
 
