@@ -23,10 +23,16 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core.index import hamming
-from core.index.faiss_build import (build_binary_index, build_float_index, default_binary_factory,
-                                    default_float_factory, mih_factory, set_nprobe)
+from core.index.faiss_build import (
+    build_binary_index,
+    build_float_index,
+    default_binary_factory,
+    default_float_factory,
+    mih_factory,
+    set_nprobe,
+)
 
-POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+POPCOUNT = np.array([i.bit_count() for i in range(256)], dtype=np.uint8)
 
 
 def clustered_codes(rng, n: int, bits: int, centres: int = 2000, flip: float = 0.08) -> np.ndarray:

@@ -69,13 +69,19 @@ def _storage(index):
     return None
 
 
+def _flat_chunks(codes: np.ndarray):
+    """(first id, flat index) over consecutive chunks of a code table, so a memmap is never loaded whole."""
+    for start in range(0, len(codes), SCAN_CHUNK):
+        flat = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+        flat.add(np.ascontiguousarray(codes[start:start + SCAN_CHUNK], np.uint8))
+        yield start, flat
+
+
 def scan_range(codes: np.ndarray, query: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
     """(distances, ids) of every row of `codes` (n x bytes, may be a memmap) within `radius` of one query."""
     query = np.ascontiguousarray(query, np.uint8).reshape(1, -1)
     dists, ids = [], []
-    for start in range(0, len(codes), SCAN_CHUNK):
-        flat = faiss.IndexBinaryFlat(codes.shape[1] * 8)
-        flat.add(np.ascontiguousarray(codes[start:start + SCAN_CHUNK], np.uint8))
+    for start, flat in _flat_chunks(codes):
         _, d, i = flat.range_search(query, radius + 1)  # faiss keeps d < its radius
         dists.append(d)
         ids.append(i + start)
@@ -104,9 +110,7 @@ def scan_knn(codes: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, 
     """Exact k nearest rows of `codes` (may be a memmap) to one query, chunk by chunk; (distances, ids)."""
     query = np.ascontiguousarray(query, np.uint8).reshape(1, -1)
     dists, ids = [], []
-    for start in range(0, len(codes), SCAN_CHUNK):
-        flat = faiss.IndexBinaryFlat(codes.shape[1] * 8)
-        flat.add(np.ascontiguousarray(codes[start:start + SCAN_CHUNK], np.uint8))
+    for start, flat in _flat_chunks(codes):
         d, i = flat.search(query, min(k, flat.ntotal))
         dists.append(d[0])
         ids.append(i[0] + start)
