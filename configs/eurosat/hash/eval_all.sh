@@ -8,4 +8,5 @@ for model in models/eurosat-hash/*.onnx; do
     [ -f "runs/eurosat-hash-eval/$name/results.json" ] && continue
     .venv/bin/rsir eval "$model" ../shared/data/eurosat_rgb --no-baselines --out "runs/eurosat-hash-eval/$name" | tail -1
 done
-.venv/bin/python bench/collate_hashing.py --evals runs/eurosat-hash-eval --baselines runs/eurosat-hash-eval/baselines
+.venv/bin/python bench/collate_hashing.py --evals runs/eurosat-hash-eval \
+    --baselines runs/eurosat-hash-eval/baselines-3ep="3 epochs" --baselines runs/eurosat-hash-eval/baselines="10 epochs"
