@@ -42,10 +42,10 @@ def test_the_default_model_ships_with_its_metadata_and_prefills_the_plugin(tmp_p
     from rsir_qgis_plugin.engine import default_model_path
 
     path = default_model_path()
-    assert os.path.basename(path) == "eurosat_rgb_lite0_triplet.onnx"
+    assert os.path.basename(path) == "eurosat_rgb_lite0_triplet96.onnx"
     info = Encoder(path).info
-    assert info.method == "triplet-semi-hard" and info.input_size == 64 and info.embedding_dim == 128
+    assert info.method == "triplet-semi-hard" and info.input_size == 96 and info.embedding_dim == 128
     assert len(info.class_names) == 10 and "SeaLake" in info.class_names
     assert os.path.getsize(path) <= 20e6
     out = str(tmp_path / "rsir_qgis_plugin.zip")
-    assert "rsir_qgis_plugin/models/eurosat_rgb_lite0_triplet.onnx" in build(out)
+    assert "rsir_qgis_plugin/models/eurosat_rgb_lite0_triplet96.onnx" in build(out)
