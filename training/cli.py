@@ -106,8 +106,8 @@ def eval_command(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="mAP@k, P@k, per-class AP, PR and t-SNE plots of a model on a labelled dataset",
         description="Evaluate an ONNX model: queries = --queries split, database = --database split, exact "
                     "ranking. Also scores baselines in the same run: cosine on untrained ImageNet Lite0 features and "
-                    "shallow hashing (LSH, PCA-ITQ, supervised KSLSH) of those and/or of the model's own features; "
-                    "in the same run. DATASET is a folder per class (its split.csv is used when present, else "
+                    "shallow hashing (LSH, PCA-ITQ, supervised KSLSH) of those and/or of the model's own features. "
+                    "DATASET is a folder per class (its split.csv is used when present, else "
                     "the per-class 70/10/20 split with --split-seed) or a split CSV (path,class,split).")
     p.add_argument("model", help="ONNX model exported by `rsir export`")
     p.add_argument("dataset", help="folder per class, or a split CSV")

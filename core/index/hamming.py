@@ -144,6 +144,12 @@ def mih_knn(index, codes: np.ndarray, query: np.ndarray, k: int) -> tuple[np.nda
     return scan_knn(codes, query, k)
 
 
+def mih_search(index, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`mih_knn` for each row of `queries`: (distances, ids), each (nq, k)."""
+    found = [mih_knn(index, codes, q, k) for q in np.asarray(queries, np.uint8).reshape(-1, index.code_size)]
+    return np.stack([d for d, _ in found]), np.stack([i for _, i in found])
+
+
 def _top(dist: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((ids, dist))[:k]
     d = np.full(k, -1, np.int32)

@@ -149,8 +149,7 @@ class Index:
         codes = np.ascontiguousarray(codes, np.uint8).reshape(-1, self.code_bytes)
         k = min(k, self.n)
         if hamming.hash_tables(index) is not None:
-            found = [hamming.mih_knn(index, self._codes, code, k) for code in codes]
-            return np.stack([d for d, _ in found]), np.stack([i for _, i in found])
+            return hamming.mih_search(index, self._codes, codes, k)
         if nprobe:
             set_nprobe(index, nprobe)
         return index.search(codes, k)
