@@ -48,6 +48,11 @@ class ModelInfo:
         return "code" in self.outputs
 
     @property
+    def multi_label(self) -> bool:
+        """Trained on label sets (`rsir.label_kind` = multi): class scores are independent sigmoids."""
+        return self.metadata.get("rsir.label_kind") == "multi"
+
+    @property
     def effective_code_bits(self) -> int:
         """Bits of the binary codes core stores: the hash output's, or one per embedding dimension."""
         return self.code_bits if self.has_hash else self.embedding_dim
@@ -155,6 +160,16 @@ class Encoder:
             return (np.zeros((0, self.info.embedding_dim), np.float32),
                     np.zeros((0, self.info.effective_code_bits // 8), np.uint8))
         return l2_normalise(np.concatenate(embs)), np.concatenate(codes)
+
+
+    def class_logits(self, raw: np.ndarray, scale: float | None = None) -> np.ndarray:
+        """(N, classes) logits of the model's classifier output (`class_logits` in rsir.outputs)."""
+        if "class_logits" not in self.info.outputs:
+            raise RsirError(f"{self.info.path}: the model exports no classifier output")
+        name = self.info.outputs["class_logits"]
+        out = [self.session.run([name], {self.input_name: self.preprocess(raw[i:i + self.batch_size], scale)})[0]
+               for i in range(0, len(raw), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.info.class_names)), np.float32)
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

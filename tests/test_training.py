@@ -17,7 +17,7 @@ from core.search import query_from_image, search
 from tests.rasters import write_class_folder
 from training.checkpoint import load as load_checkpoint
 from training.checkpoint import model_from_checkpoint
-from training.config import HASH_LOSSES, LOSSES, load_config, parse_config
+from training.config import HASH_LOSSES, LOSSES, MULTI_LABEL_ONLY, load_config, parse_config
 from training.datasets import load_folder, load_index_tiles
 from training.export import check_onnx_parity, export_checkpoint
 from training.trainer import train
@@ -98,7 +98,7 @@ def test_exported_model_matches_torch_and_retrieves_its_training_images(trained,
         assert hits[0].source == path or hits[0].score == pytest.approx(1.0, abs=1e-3)
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", [name for name in LOSSES if name not in MULTI_LABEL_ONLY])
 def test_every_loss_trains_one_epoch(loss, class_folder, tmp_path):
     out = str(tmp_path / loss)
     result = train(_cfg(class_folder, out, loss=loss, epochs=1), quiet=True)
@@ -107,6 +107,12 @@ def test_every_loss_trains_one_epoch(loss, class_folder, tmp_path):
     assert result.best_map == pytest.approx(float(row["val_map100"]), abs=1e-3)
     ckpt = load_checkpoint(result.best_checkpoint)
     assert ckpt["num_classifier_classes"] == (4 if loss in ("snca-ce", "snca-hash") else 0)
+
+
+@pytest.mark.parametrize("loss", MULTI_LABEL_ONLY)
+def test_multilabel_losses_refuse_single_label_data(loss, class_folder, tmp_path):
+    with pytest.raises(RsirError, match=f"loss '{loss}' needs multi-label data"):
+        train(_cfg(class_folder, str(tmp_path / loss), loss=loss, epochs=1), quiet=True)
 
 
 def test_resume_continues_exactly_as_an_uninterrupted_run(class_folder, tmp_path):

@@ -42,6 +42,7 @@ def model_from_checkpoint(ckpt: dict) -> TrainNet:
     """Rebuild the trained network (no pretrained download/load: the checkpoint has every weight)."""
     cfg = config_of(ckpt)
     backbone = build_backbone(cfg.model.backbone, False, len(cfg.data.bands))
-    net = TrainNet(backbone, cfg.model.embedding_dim, ckpt["num_classifier_classes"], cfg.model.hash_bits)
+    net = TrainNet(backbone, cfg.model.embedding_dim, ckpt["num_classifier_classes"], cfg.model.hash_bits,
+                   multi_label=bool(ckpt.get("multi_label", False)))
     net.load_state_dict(ckpt["model"])
     return net.eval()

@@ -108,10 +108,15 @@ def eval_command(subparsers: argparse._SubParsersAction) -> None:
                     "ranking. Also scores baselines in the same run: cosine on untrained ImageNet Lite0 features and "
                     "shallow hashing (LSH, PCA-ITQ, supervised KSLSH) of those and/or of the model's own features. "
                     "DATASET is a folder per class (its split.csv is used when present, else "
-                    "the per-class 70/10/20 split with --split-seed) or a split CSV (path,class,split).")
+                    "the per-class 70/10/20 split with --split-seed), a split CSV (path,class,split), or a "
+                    "multi-label table (CSV path,labels[,split] with ';' between labels, or JSON): multi-label sets "
+                    "also report WMAP@k, NDCG@k (relevant = shares a label) and the classifier's Hamming loss (HL).")
     p.add_argument("model", help="ONNX model exported by `rsir export`")
     p.add_argument("dataset", help="folder per class, or a split CSV")
-    p.add_argument("--split", help="split CSV to use instead of DATASET/split.csv")
+    p.add_argument("--split", help="split CSV (path,class,split) or multi-label table (path,labels[,split] CSV, "
+                                   "or JSON) to use instead of DATASET/split.csv")
+    p.add_argument("--bigearthnet", action="store_true",
+                   help="DATASET is a folder of BigEarthNet patches (bands named by the model's rsir.bands)")
     p.add_argument("--split-seed", type=int, default=42, help="seed of the generated split (default: %(default)s)")
     p.add_argument("--queries", default="test", help="query split (default: %(default)s)")
     p.add_argument("--database", default="train", help="database split (default: %(default)s)")
@@ -133,12 +138,19 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .datasets import load_folder, load_split_csv
     from .evaluate import evaluate, per_class_table, plot_pr, plot_tsne, results_table, write_report
 
+    from .multilabel_data import is_label_table, load_bigearthnet, load_label_table
+
     info = Encoder(args.model).info
     bands = [b if isinstance(b, int) else i + 1 for i, b in enumerate(info.bands)]
     splits = tuple(dict.fromkeys([args.queries, args.database]))
     cache = args.cache_dir or None
-    if args.split or os.path.isfile(args.dataset):
-        sets = load_split_csv(args.split or args.dataset, bands, info.input_size, cache, splits)
+    table = args.split or args.dataset
+    if os.path.isfile(table) and is_label_table(table):
+        sets = load_label_table(table, bands, info.input_size, cache, args.split_seed, splits)
+    elif args.split or os.path.isfile(args.dataset):
+        sets = load_split_csv(table, bands, info.input_size, cache, splits)
+    elif args.bigearthnet:
+        sets = load_bigearthnet(args.dataset, [str(b) for b in info.bands], info.input_size, args.split_seed, splits)
     else:
         sets = load_folder(args.dataset, bands, info.input_size, cache, args.split_seed, splits)
     queries, database = sets[args.queries], sets[args.database]
@@ -162,9 +174,13 @@ def _run_eval(args: argparse.Namespace) -> int:
                                             "queries": args.queries, "database": args.database})
         plot_pr(results, os.path.join(args.out, "pr.png"), f"PR curves, {title}")
         emb, _ = Encoder(args.model, threads=args.threads, batch_size=256).encode(queries.pixels)
-        plot_tsne(emb, queries.labels, queries.class_names, os.path.join(args.out, "tsne.png"),
-                  f"t-SNE of {args.queries} embeddings, {title}")
+        colour = queries.labels.argmax(axis=1) if queries.multi_label else queries.labels  # first label
+        plot_tsne(emb, colour, queries.class_names, os.path.join(args.out, "tsne.png"),
+                  f"t-SNE of {args.queries} embeddings, {title}"
+                  + (" (colour: first label)" if queries.multi_label else ""))
         print(f"\nwrote {args.out}/results.json, results.md, pr.png, tsne.png")
+    for key, value in results[0].extra.items():
+        print(f"{key} = {value:.2f}")
     print(f"\nmAP@{k} = {results[0].map_k:.2f}")
     return 0
 
@@ -197,4 +213,38 @@ def _run_split(args: argparse.Namespace) -> int:
     counts = Counter(r["split"] for r in rows)
     print(f"wrote {out}: {len({r['class'] for r in rows})} classes, {counts['train']} train / {counts['val']} val / "
           f"{counts['test']} test")
+    return 0
+
+
+def mosaics_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register `rsir mosaics`."""
+    p = subparsers.add_parser(
+        "mosaics", help="make a multi-label dataset of 2x2 mosaics from a single-label split CSV (EuroSAT)",
+        description="Each mosaic holds four patches of 1..--max-classes distinct classes drawn from one split of "
+                    "SPLIT_CSV; its label set is those classes. Writes OUT/<split>/NNNNNN.png and OUT/labels.csv "
+                    "(path,labels,split), the table `rsir train` (data.kind = label_table) and `rsir eval` read.")
+    p.add_argument("split_csv", help="single-label split CSV (path,class,split), e.g. ../shared/data/eurosat_rgb/split.csv")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--train", type=int, default=8000, help="mosaics from the train split (default: %(default)s)")
+    p.add_argument("--val", type=int, default=1000, help="mosaics from the val split (default: %(default)s)")
+    p.add_argument("--test", type=int, default=2000, help="mosaics from the test split (default: %(default)s)")
+    p.add_argument("--max-classes", type=int, default=3, help="most distinct classes per mosaic (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
+    p.set_defaults(func=_run_mosaics)
+
+
+def _run_mosaics(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .multilabel_data import make_eurosat_mosaics
+
+    if not os.path.isfile(args.split_csv):
+        raise RsirError(f"{args.split_csv}: no such split CSV")
+    if not 1 <= args.max_classes <= 4:
+        raise RsirError(f"--max-classes must be 1 to 4 (a mosaic has four cells), got {args.max_classes}")
+    counts = {s: n for s, n in (("train", args.train), ("val", args.val), ("test", args.test)) if n > 0}
+    with tqdm(total=sum(counts.values()), unit="mosaic") as bar:
+        table = make_eurosat_mosaics(args.split_csv, args.out, counts, args.seed, args.max_classes,
+                                     progress=lambda done, total: bar.update(1))
+    print(f"wrote {table}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return 0

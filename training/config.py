@@ -16,15 +16,17 @@ from core.errors import RsirError
 from .augment import AugmentConfig
 
 LOSSES = ("contrastive", "triplet-batch-hard", "triplet-semi-hard", "normalized-softmax", "nca",
-          "snca", "snca-ce", "rotation-snca", "milan", "snca-hash")
+          "snca", "snca-ce", "rotation-snca", "milan", "snca-hash", "sndl", "sndl-bce", "bce")
 HASH_LOSSES = ("milan", "snca-hash")  # need model.hash_bits
+MULTI_LABEL_ONLY = ("sndl", "sndl-bce", "bce")  # need multi-label data
+DATA_KINDS = ("folder", "split_csv", "label_table", "bigearthnet", "index")
 
 
 @dataclass
 class DataConfig:
-    kind: str = "folder"  # folder | split_csv | index
-    root: str = ""  # dataset folder, split CSV or index folder
-    bands: list = field(default_factory=lambda: [1, 2, 3])
+    kind: str = "folder"  # folder | split_csv | label_table | bigearthnet | index
+    root: str = ""  # dataset folder, split CSV, multi-label table (CSV/JSON), BigEarthNet folder or index folder
+    bands: list = field(default_factory=lambda: [1, 2, 3])  # 1-based indices; BigEarthNet: names ("B04", "VV")
     input_size: int = 64
     scale: float = 255.0  # raw values / scale, then the model's mean/std
     split_seed: int = 42
@@ -140,8 +142,8 @@ def parse_config(values: dict, path: str = "<config>") -> TrainConfig:
 
 
 def _check(cfg: TrainConfig, path: str) -> None:
-    if cfg.data.kind not in ("folder", "split_csv", "index"):
-        raise RsirError(f"{path}: data.kind must be folder, split_csv or index, got {cfg.data.kind!r}")
+    if cfg.data.kind not in DATA_KINDS:
+        raise RsirError(f"{path}: data.kind must be one of {', '.join(DATA_KINDS)}, got {cfg.data.kind!r}")
     if not cfg.data.root:
         raise RsirError(f"{path}: data.root is required (the dataset folder, split CSV or index folder)")
     if cfg.data.kind == "index" and not cfg.data.labels:

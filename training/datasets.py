@@ -29,15 +29,20 @@ from .splits import make_split, read_split
 
 @dataclass
 class ImageSet:
-    """Raw pixels with integer labels; `class_names[label]` names a class, `ids` names each sample."""
+    """Raw pixels with labels: (N,) class indices (`class_names[label]`), or for multi-label sets a (N, C) 0/1
+    matrix (training/multilabel_data.py); `ids` names each sample."""
 
     pixels: np.ndarray  # (N, C, S, S) uint8/uint16/float32
-    labels: np.ndarray  # (N,) int64
+    labels: np.ndarray  # (N,) int64, or (N, classes) uint8
     class_names: list[str]
     ids: list[str]
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.ndim == 2
 
     def subset(self, idx) -> ImageSet:
         idx = np.asarray(idx, dtype=np.int64)

@@ -14,7 +14,7 @@ import numpy as np
 
 from core.encoder import Encoder, l2_normalise
 from core.fileio import atomic_path, write_json
-from core.metrics import average_precision_at_k
+from core.metrics import average_precision_at_k, hamming_loss, ndcg_at_k, weighted_average_precision
 
 from .datasets import ImageSet
 
@@ -28,10 +28,11 @@ class MethodResult:
     precision: dict[int, float]
     per_class_ap: dict[str, float]
     pr: tuple[np.ndarray, np.ndarray] = field(repr=False, default=None)
+    extra: dict[str, float] = field(default_factory=dict)  # multi-label: WMAP@k, NDCG@k, HL
 
     def row(self) -> dict:
         return {"method": self.name, "kind": self.kind, "bits": self.bits, "map": self.map_k,
-                "precision": self.precision, "per_class_ap": self.per_class_ap}
+                "precision": self.precision, "per_class_ap": self.per_class_ap, **self.extra}
 
 
 def _pm1(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -39,33 +40,53 @@ def _pm1(codes: np.ndarray, bits: int) -> np.ndarray:
     return np.unpackbits(codes, axis=1)[:, :bits].astype(np.float32) * 2 - 1
 
 
+def _shared_matrix(q_y: np.ndarray, db_y: np.ndarray) -> np.ndarray:
+    """(nq, n) labels shared by each query and database item: 0/1 for class indices, counts for multi-hot rows."""
+    if q_y.ndim == 2:
+        return np.asarray(q_y, np.int32) @ np.asarray(db_y, np.int32).T
+    return (db_y[None, :] == q_y[:, None]).astype(np.int32)
+
+
 def rank(q: np.ndarray, db: np.ndarray, q_y: np.ndarray, db_y: np.ndarray, k: int, pr_points: int = 200,
          chunk: int = 256):
-    """(top-k relevance (nq, k), mean precision and recall at `pr_points` ranks spread over the database).
-    Ties (common in Hamming space) break by database order, as faiss's flat indexes do."""
+    """Exact ranking of the whole database for every query: (shared labels of the top k (nq, k), the best
+    possible top-k shared counts (nq, k), relevant items per query, mean precision and recall at `pr_points`
+    ranks spread over the database). Relevant = shares a label (single-label: same class). Ties (common in
+    Hamming space) break by database order, as faiss's flat indexes do."""
     n = len(db)
     marks = np.unique(np.geomspace(1, n, pr_points).astype(np.int64)) - 1
-    rel_k, prec, rec = [], np.zeros(len(marks)), np.zeros(len(marks))
-    n_rel = np.bincount(db_y, minlength=int(max(db_y.max(), q_y.max())) + 1)
+    top, ideal, n_rel = [], [], []
+    prec, rec = np.zeros(len(marks)), np.zeros(len(marks))
     for i in range(0, len(q), chunk):
         scores = q[i:i + chunk] @ db.T
         order = np.argsort(-scores, axis=1, kind="stable")
-        rel = db_y[order] == q_y[i:i + chunk, None]
-        rel_k.append(rel[:, :k])
-        hits = np.cumsum(rel, axis=1)[:, marks]
+        shared = _shared_matrix(q_y[i:i + chunk], db_y)
+        ranked = np.take_along_axis(shared, order, axis=1)
+        top.append(ranked[:, :k])
+        ideal.append(-np.sort(-shared, axis=1)[:, :k])
+        rel_count = (shared > 0).sum(axis=1)
+        n_rel.append(rel_count)
+        hits = np.cumsum(ranked > 0, axis=1)[:, marks]
         prec += (hits / (marks + 1)).sum(axis=0)
-        rec += (hits / np.maximum(n_rel[q_y[i:i + chunk]], 1)[:, None]).sum(axis=0)
-    return np.concatenate(rel_k), prec / len(q), rec / len(q)
+        rec += (hits / np.maximum(rel_count, 1)[:, None]).sum(axis=0)
+    return np.concatenate(top), np.concatenate(ideal), np.concatenate(n_rel), prec / len(q), rec / len(q)
 
 
 def score(name: str, kind: str, bits: int, q: np.ndarray, db: np.ndarray, q_y: np.ndarray, db_y: np.ndarray,
           class_names: list[str], k: int) -> MethodResult:
-    rel, prec, rec = rank(q, db, q_y, db_y, k)
-    n_rel = np.bincount(db_y, minlength=len(class_names))[q_y]
+    """mAP@k, P@k and per-class AP (a class's queries: those carrying it); for multi-label sets also WMAP@k and
+    NDCG@k (core/metrics.py)."""
+    shared, ideal, n_rel, prec, rec = rank(q, db, q_y, db_y, k)
+    rel = shared > 0
     ap = average_precision_at_k(rel, n_rel, k)
-    per_class = {c: float(100 * ap[q_y == i].mean()) for i, c in enumerate(class_names) if (q_y == i).any()}
+    members = q_y.astype(bool) if q_y.ndim == 2 else q_y[:, None] == np.arange(len(class_names))[None, :]
+    per_class = {c: float(100 * ap[members[:, i]].mean()) for i, c in enumerate(class_names) if members[:, i].any()}
     p_at = {p: float(100 * rel[:, :p].mean()) for p in sorted({1, 10, 50, 100, k}) if p <= k}
-    return MethodResult(name, kind, bits, float(100 * ap.mean()), p_at, per_class, (prec, rec))
+    extra = {}
+    if q_y.ndim == 2:
+        extra[f"WMAP@{k}"] = float(100 * weighted_average_precision(shared, n_rel, k).mean())
+        extra[f"NDCG@{k}"] = float(100 * ndcg_at_k(shared, ideal, k).mean())
+    return MethodResult(name, kind, bits, float(100 * ap.mean()), p_at, per_class, (prec, rec), extra)
 
 
 def imagenet_features(images: np.ndarray, scale: float, batch: int = 256) -> np.ndarray:
@@ -131,6 +152,11 @@ def evaluate(model_path: str, queries: ImageSet, database: ImageSet, k: int = 10
     results = [score(f"{label} (float {info.embedding_dim}-d)", "float", 0, q_e, db_e, q_y, db_y, classes, k),
                score(f"{label} (hash {bits} bits)", "hash", bits, _pm1(q_c, bits), _pm1(db_c, bits),
                      q_y, db_y, classes, k)]
+    if q_y.ndim == 2 and "class_logits" in info.outputs:
+        if info.class_names != classes:
+            log(f"Hamming loss skipped: the model's classes {info.class_names} are not the dataset's {classes}")
+        else:  # sigmoid > 0.5 <=> logit > 0
+            results[0].extra["HL"] = 100 * hamming_loss(enc.class_logits(queries.pixels) > 0, q_y)
     if not baselines:
         return results
     features = {}
@@ -148,15 +174,20 @@ def evaluate(model_path: str, queries: ImageSet, database: ImageSet, k: int = 10
         features[f"{label} features +"] = (db_e, q_e)
     for prefix, (db_f, q_f) in features.items():
         for b in baseline_bits:
-            for name, (db_b, q_b) in baseline_codes(db_f, q_f, b, db_y).items():
+            supervised = db_y if db_y.ndim == 1 else None  # KSLSH learns from single labels
+            for name, (db_b, q_b) in baseline_codes(db_f, q_f, b, supervised).items():
                 results.append(score(f"{prefix} {name}", "hash", b, q_b, db_b, q_y, db_y, classes, k))
     return results
 
 
 def results_table(results: list[MethodResult], k: int) -> str:
-    head = f"| method | mAP@{k} | P@1 | P@10 | P@{k} |\n|---|---|---|---|---|"
-    lines = [f"| {r.name} | {r.map_k:.2f} | {r.precision.get(1, float('nan')):.2f} | "
-             f"{r.precision.get(10, float('nan')):.2f} | {r.precision.get(k, float('nan')):.2f} |" for r in results]
+    extras = list(dict.fromkeys(key for r in results for key in r.extra))  # multi-label columns
+    head = (f"| method | mAP@{k} | " + "".join(f"{e} | " for e in extras) + f"P@1 | P@10 | P@{k} |\n|---|---|---|---|---|"
+            + "---|" * len(extras))
+    lines = [f"| {r.name} | {r.map_k:.2f} | " + "".join(f"{r.extra[e]:.2f} | " if e in r.extra else "- | "
+                                                     for e in extras)
+             + f"{r.precision.get(1, float('nan')):.2f} | {r.precision.get(10, float('nan')):.2f} | "
+               f"{r.precision.get(k, float('nan')):.2f} |" for r in results]
     return "\n".join([head] + lines)
 
 

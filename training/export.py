@@ -33,10 +33,12 @@ class ExportSpec:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def _metadata(net, spec: ExportSpec, embedding_dim: int, code_bits: int) -> dict[str, str]:
+def _metadata(net, spec: ExportSpec, embedding_dim: int, code_bits: int, names: list[str]) -> dict[str, str]:
     outputs = {"embedding": "embedding"}
     if code_bits:
         outputs["code"] = "hash_logits"
+    if "class_logits" in names:
+        outputs["class_logits"] = "class_logits"
     config_json = json.dumps(spec.train_config or {}, sort_keys=True)
     meta = {
         "rsir.format": FORMAT_VERSION,
@@ -89,9 +91,9 @@ def export_onnx(net: torch.nn.Module, spec: ExportSpec, out_path: str, opset: in
     with torch.no_grad():
         ref = net(dummy)
     ref = ref if isinstance(ref, tuple) else (ref,)
+    names = list(getattr(net, "output_names", ["embedding", "hash_logits"][: len(ref)]))
     embedding_dim = int(ref[0].shape[1])
-    code_bits = int(ref[1].shape[1]) if len(ref) > 1 else 0
-    names = ["embedding", "hash_logits"][: len(ref)]
+    code_bits = int(ref[names.index("hash_logits")].shape[1]) if "hash_logits" in names else 0
 
     out_dir = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(out_dir, exist_ok=True)
@@ -104,7 +106,7 @@ def export_onnx(net: torch.nn.Module, spec: ExportSpec, out_path: str, opset: in
                               dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, external_data=False,
                               verbose=False)
         model = onnx.load(tmp)
-        meta = _metadata(net, spec, embedding_dim, code_bits)
+        meta = _metadata(net, spec, embedding_dim, code_bits, names)
         del model.metadata_props[:]
         for key, value in meta.items():
             entry = model.metadata_props.add()
@@ -145,13 +147,15 @@ def export_checkpoint(checkpoint_path: str, out_path: str) -> dict[str, str]:
 
     ckpt = checkpoint.load(checkpoint_path)
     cfg = checkpoint.config_of(ckpt)
-    net = checkpoint.model_from_checkpoint(ckpt).retrieval_net()
+    multi = bool(ckpt.get("multi_label", False))
+    # multi-label models also export their classifier: its per-label scores are the query's predicted labels
+    net = checkpoint.model_from_checkpoint(ckpt).retrieval_net(with_classifier=multi)
     spec = ExportSpec(
         bands=list(cfg.data.bands), input_size=cfg.data.input_size, scale=cfg.data.scale,
         mean=list(ckpt["mean"]), std=list(ckpt["std"]), method=cfg.loss.name, class_names=list(ckpt["class_names"]),
         train_config=ckpt["config"],
         extra={"rsir.backbone": cfg.model.backbone, "rsir.train_config_sha256": ckpt["config_sha256"],
-               "rsir.train_epoch": str(ckpt["epoch"]),
+               "rsir.train_epoch": str(ckpt["epoch"]), "rsir.label_kind": "multi" if multi else "single",
                "rsir.val_map100": f"{ckpt.get('val_map100', ckpt.get('best_map', float('nan'))):.3f}"},
     )
     return export_onnx(net, spec, out_path)

@@ -1,8 +1,8 @@
 """Metric-learning losses for retrieval.
 
 Standard losses and miners come from pytorch-metric-learning (`standard_loss`); written here are the ones it
-lacks: SNCA with a memory bank (Wu et al. 2018; momentum-encoder bank as in Kang et al. 2020), SNCA-CE, and the
-rotation term of rotation-invariant embedding (Kang et al. 2021).
+lacks: SNCA with a memory bank (Wu et al. 2018; momentum-encoder bank as in Kang et al. 2020), SNCA-CE, the
+rotation term of rotation-invariant embedding (Kang et al. 2021) and its multi-label form SNDL (Kang et al. 2020).
 """
 from __future__ import annotations
 
@@ -67,12 +67,45 @@ def snca_ce_loss(embeddings: torch.Tensor, logits: torch.Tensor, labels: torch.T
     return snca_loss(embeddings, indices, bank, sigma) + ce_weight * F.cross_entropy(logits, labels)
 
 
+def sndl_weights(query_labels: torch.Tensor, bank_labels: torch.Tensor) -> torch.Tensor:
+    """SNDL's neighbour weights (Kang et al., TGRS 2020, GRN): w_ij = share of the C label positions on which the
+    multi-hot vectors of i and j agree, (y_i' . y_j' + C) / (2C) with y' = 2y - 1. 1 for equal label sets, growing
+    with every shared label (and every shared absence)."""
+    q = query_labels.float() * 2 - 1
+    b = bank_labels.float() * 2 - 1
+    c = q.shape[1]
+    return (q @ b.t() + c) / (2 * c)
+
+
+def sndl_loss(embeddings: torch.Tensor, indices: torch.Tensor, bank: MemoryBank, sigma: float = 0.05) -> torch.Tensor:
+    """SNDL: SNCA's p_ij over the memory bank (k != i), loss = mean_i -log sum_{j != i} w_ij p_ij with the
+    multi-label weights of `sndl_weights` (bank.labels is the (N, C) multi-hot matrix)."""
+    sims = embeddings @ bank.memory.t() / sigma
+    rows = torch.arange(len(indices), device=sims.device)
+    sims = sims.clone()
+    sims[rows, indices] = float("-inf")
+    log_p = sims - torch.logsumexp(sims, dim=1, keepdim=True)
+    w = sndl_weights(bank.labels[indices], bank.labels)
+    w[rows, indices] = 0.0
+    return -torch.logsumexp(log_p + torch.log(w.clamp_min(1e-12)), dim=1).mean()
+
+
 def rotation_loss(rotated_embeddings: torch.Tensor, indices: torch.Tensor, bank: MemoryBank,
                   sigma: float = 0.05) -> torch.Tensor:
     """Rotation term: each rotated copy must pick out its own image's memory slot among all others,
     -log exp(r_i . m_i / sigma) / sum_k exp(r_i . m_k / sigma), averaged (pulls rotations onto the original)."""
     sims = rotated_embeddings @ bank.memory.t() / sigma
     return F.cross_entropy(sims, indices)
+
+
+def multilabel_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Pair indices (a1, p, a2, n) of a batch of multi-hot labels for pytorch-metric-learning's pair losses:
+    positive = the two images share at least one label, negative = they share none."""
+    shared = labels.float() @ labels.float().t()
+    upper = torch.triu(torch.ones_like(shared, dtype=torch.bool), diagonal=1)
+    a1, p = torch.nonzero(upper & (shared > 0), as_tuple=True)
+    a2, n = torch.nonzero(upper & (shared == 0), as_tuple=True)
+    return a1, p, a2, n
 
 
 def quantization_loss(codes: torch.Tensor) -> torch.Tensor:

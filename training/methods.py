@@ -14,13 +14,23 @@ from .losses import (
     MemoryBank,
     bit_balance_loss,
     momentum_update,
+    multilabel_pairs,
     quantization_loss,
     rotation_loss,
     snca_loss,
+    sndl_loss,
     standard_loss,
 )
 
-BANK_METHODS = ("snca", "snca-ce", "rotation-snca", "snca-hash")
+BANK_METHODS = ("snca", "snca-ce", "rotation-snca", "snca-hash", "sndl", "sndl-bce")
+MULTI_LABEL_METHODS = ("contrastive", "bce", "sndl", "sndl-bce")  # train on (N, C) multi-hot labels
+
+
+def classification_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for class indices; binary cross-entropy per label for multi-hot rows (multi-label)."""
+    if y.ndim == 2:
+        return F.binary_cross_entropy_with_logits(logits, y.float())
+    return F.cross_entropy(logits, y)
 
 
 class PMLMethod:
@@ -51,6 +61,9 @@ class PMLMethod:
 
     def loss(self, model, x, y, idx) -> tuple[torch.Tensor, dict]:
         emb = model(x).emb
+        if y.ndim == 2:  # multi-label: pairs by shared labels (only pair losses take them)
+            loss = self.loss_fn(emb, None, multilabel_pairs(y))
+            return loss, {"loss": loss.item()}
         pairs = self.miner(emb, y) if self.miner is not None else None
         loss = self.loss_fn(emb, y, pairs)
         return loss, {"loss": loss.item()}
@@ -69,11 +82,13 @@ class BankMethod:
     """SNCA over a memory bank of every training embedding, written by a momentum (EMA) encoder
     (Wu et al. 2018; Kang et al. 2020); optionally + cross-entropy (SNCA-CE), + the rotation term
     (rotation-invariant embedding, Kang et al. 2021), or + cross-entropy + quantisation on relaxed hash codes
-    (quantised SNCA hashing in the manner of CDNE, Kang et al., JSTARS 2020)."""
+    (quantised SNCA hashing in the manner of CDNE, Kang et al., JSTARS 2020). With multi-hot labels: SNDL
+    (+ binary cross-entropy: SNDL-BCE, Kang et al., TGRS 2020)."""
 
     def __init__(self, cfg: LossConfig, labels: torch.Tensor, embedding_dim: int, seed: int):
         self.cfg = cfg
-        self.ce_weight = cfg.ce_weight if cfg.name in ("snca-ce", "snca-hash") else 0.0
+        self.neighbour_loss = sndl_loss if cfg.name.startswith("sndl") else snca_loss
+        self.ce_weight = cfg.ce_weight if cfg.name in ("snca-ce", "snca-hash", "sndl-bce") else 0.0
         self.quant_weight = cfg.quant_weight if cfg.name == "snca-hash" else 0.0
         self.rotation_weight = cfg.rotation_weight if cfg.name == "rotation-snca" else 0.0
         self.needs_classifier = self.ce_weight > 0
@@ -98,14 +113,14 @@ class BankMethod:
     def loss(self, model, x, y, idx) -> tuple[torch.Tensor, dict]:
         out = model(x)
         emb, logits = out.emb, out.logits
-        snca = snca_loss(emb, idx, self.bank, self.cfg.sigma)
-        total, stats = snca, {"snca": snca.item()}
+        snca = self.neighbour_loss(emb, idx, self.bank, self.cfg.sigma)
+        total, stats = snca, {self.neighbour_loss.__name__[:-5]: snca.item()}
         if self.quant_weight:
             q, b = quantization_loss(out.codes), bit_balance_loss(out.codes)
             total = total + self.quant_weight * q + self.cfg.balance_weight * b
             stats["quant"], stats["balance"] = q.item(), b.item()
         if self.ce_weight:
-            ce = F.cross_entropy(logits, y)
+            ce = classification_loss(logits, y)
             total = total + self.ce_weight * ce
             stats["ce"] = ce.item()
         if self.rotation_weight:
@@ -170,7 +185,41 @@ class MiLANMethod:
         pass
 
 
+class ClassifierMethod:
+    """BCE alone (multi-label classification on the embedding's cosine classifier): the baseline SNDL is
+    compared with; retrieval then ranks by the embedding the classifier reads."""
+
+    needs_classifier = True
+
+    def __init__(self, cfg: LossConfig):
+        self.cfg = cfg
+
+    def parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def to(self, device) -> ClassifierMethod:
+        return self
+
+    def prepare(self, model, embed_all=None) -> None:
+        pass
+
+    def loss(self, model, x, y, idx) -> tuple[torch.Tensor, dict]:
+        loss = classification_loss(model(x).logits, y)
+        return loss, {"loss": loss.item()}
+
+    def after_step(self, model, x, idx) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 def make_method(cfg: LossConfig, labels: torch.Tensor, num_classes: int, embedding_dim: int, seed: int):
+    if cfg.name == "bce":
+        return ClassifierMethod(cfg)
     if cfg.name == "milan":
         return MiLANMethod(cfg)
     if cfg.name in BANK_METHODS:

@@ -18,13 +18,13 @@ from tqdm import tqdm
 
 from core.errors import Cancelled, RsirError
 from core.fileio import write_json
-from core.metrics import map_at_k, relevance
+from core.metrics import map_at_k, relevance, shares_a_label
 
 from . import checkpoint
 from .augment import augment
-from .config import TrainConfig
+from .config import MULTI_LABEL_ONLY, TrainConfig
 from .datasets import ImageSet, load_folder, load_index_tiles, load_split_csv, split_image_set
-from .methods import make_method
+from .methods import MULTI_LABEL_METHODS, make_method
 from .models.factory import TrainNet, build_backbone, default_normalisation
 
 LOG_FIELDS = ["epoch", "loss", "val_map100", "lr", "seconds", "best"]
@@ -53,6 +53,14 @@ def load_data(cfg: TrainConfig, progress=None) -> dict[str, ImageSet]:
         return load_folder(d.root, d.bands, d.input_size, d.cache_dir or None, d.split_seed, progress=progress)
     if d.kind == "split_csv":
         return load_split_csv(d.root, d.bands, d.input_size, d.cache_dir or None, progress=progress)
+    if d.kind == "label_table":
+        from .multilabel_data import load_label_table
+
+        return load_label_table(d.root, d.bands, d.input_size, d.cache_dir or None, d.split_seed, progress=progress)
+    if d.kind == "bigearthnet":
+        from .multilabel_data import load_bigearthnet
+
+        return load_bigearthnet(d.root, [str(b) for b in d.bands], d.input_size, d.split_seed)
     return split_image_set(load_index_tiles(d.root, d.labels, d.label_field, d.input_size, progress),
                            d.split_seed)
 
@@ -85,12 +93,17 @@ class _Batches:
 
 
 def validation_map(model, val: _Batches, train: _Batches, k: int = 100) -> float:
-    """mAP@k (min(k, R) normalisation), queries = val, database = train, as the test protocol."""
+    """mAP@k (min(k, R) normalisation), queries = val, database = train, as the test protocol; multi-label:
+    relevant = shares at least one label."""
     q = val.embed_all(model)
     db = train.embed_all(model)
     k = min(k, len(db))
     ids = torch.topk(q @ db.t(), k, dim=1).indices.cpu().numpy()
     q_y, db_y = val.labels.numpy(), train.labels.numpy()
+    if q_y.ndim == 2:
+        rel = shares_a_label(q_y, db_y, ids)
+        n_rel = ((q_y.astype(np.float32) @ db_y.T.astype(np.float32)) > 0).sum(axis=1)
+        return 100 * map_at_k(rel, n_rel, k)
     n_rel = np.bincount(db_y, minlength=int(max(db_y.max(), q_y.max())) + 1)[q_y]
     return 100 * map_at_k(relevance(q_y, db_y, ids), n_rel, k)
 
@@ -137,6 +150,12 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
     mean, std = default_normalisation(cfg.model.backbone, cfg.model.pretrained, channels)
     mean, std = cfg.model.mean or mean, cfg.model.std or std
     classes = train_set.class_names
+    if train_set.multi_label and cfg.loss.name not in MULTI_LABEL_METHODS:
+        raise RsirError(f"{cfg.source}: {cfg.data.root} is multi-label; loss.name must be one of "
+                        f"{', '.join(MULTI_LABEL_METHODS)} (got {cfg.loss.name!r})")
+    if not train_set.multi_label and cfg.loss.name in MULTI_LABEL_ONLY:
+        raise RsirError(f"{cfg.source}: loss {cfg.loss.name!r} needs multi-label data (data.kind = label_table "
+                        f"or bigearthnet); {cfg.data.root} has one class per image")
 
     labels = torch.from_numpy(train_set.labels)
     dim = cfg.model.hash_bits or cfg.model.embedding_dim  # a hash head's relaxed code is the embedding
@@ -146,7 +165,8 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
         backbone = build_backbone(cfg.model.backbone, cfg.model.pretrained and resume is None, channels)
     except ValueError as exc:
         raise RsirError(f"{cfg.source}: {exc}") from None
-    model = TrainNet(backbone, cfg.model.embedding_dim, n_cls, cfg.model.hash_bits).to(device)
+    model = TrainNet(backbone, cfg.model.embedding_dim, n_cls, cfg.model.hash_bits,
+                     multi_label=train_set.multi_label).to(device)
     method.to(device)
     train_b = _Batches(train_set, cfg.data.scale, mean, std, device)
     val_b = _Batches(val_set, cfg.data.scale, mean, std, device) if val_set is not None and len(val_set) else None
@@ -180,7 +200,8 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
         write_json(os.path.join(out, "config.json"), cfg.to_dict())
 
     common = {"config": cfg.to_dict(), "config_sha256": cfg.sha256(), "config_source": cfg.source,
-              "class_names": classes, "mean": list(mean), "std": list(std), "num_classifier_classes": n_cls}
+              "class_names": classes, "mean": list(mean), "std": list(std), "num_classifier_classes": n_cls,
+              "multi_label": train_set.multi_label}
     model.train()
     for epoch in range(start_epoch, cfg.optim.epochs):
         t0 = time.perf_counter()

@@ -57,7 +57,8 @@ class TrainNet(nn.Module):
     With `hash_bits`, a hash head replaces the embedding head: the embedding is then the normalised relaxed code
     (its float view), and the export carries the hash logits whose signs are the codes."""
 
-    def __init__(self, backbone: nn.Module, embedding_dim: int, num_classes: int = 0, hash_bits: int = 0):
+    def __init__(self, backbone: nn.Module, embedding_dim: int, num_classes: int = 0, hash_bits: int = 0,
+                 multi_label: bool = False):
         super().__init__()
         self.backbone = backbone
         self.hash_head = HashHead(backbone.num_features, hash_bits) if hash_bits else None
@@ -66,7 +67,7 @@ class TrainNet(nn.Module):
             embedding_dim = hash_bits
         else:
             self.embed_head = EmbeddingHead(backbone.num_features, embedding_dim)
-        self.classifier = CosineClassifier(embedding_dim, num_classes) if num_classes else None
+        self.classifier = CosineClassifier(embedding_dim, num_classes, bias=multi_label) if num_classes else None
 
     def forward(self, x: torch.Tensor) -> Outputs:
         feats = self.backbone.features(x)
@@ -77,5 +78,6 @@ class TrainNet(nn.Module):
             codes, emb = None, self.embed_head(feats)
         return Outputs(emb, self.classifier(emb) if self.classifier is not None else None, codes)
 
-    def retrieval_net(self) -> RetrievalNet:
-        return RetrievalNet(self.backbone, embed_head=self.embed_head, hash_head=self.hash_head)
+    def retrieval_net(self, with_classifier: bool = False) -> RetrievalNet:
+        return RetrievalNet(self.backbone, embed_head=self.embed_head, hash_head=self.hash_head,
+                            classifier=self.classifier if with_classifier else None)

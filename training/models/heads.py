@@ -18,15 +18,19 @@ class EmbeddingHead(nn.Module):
 
 
 class CosineClassifier(nn.Module):
-    """Class logits = scale * cos(embedding, class weight): works on the unit-norm embedding directly."""
+    """Class logits = scale * cos(embedding, class weight): works on the unit-norm embedding directly.
+    With `bias` (multi-label, one sigmoid per label) each label also learns its own threshold: without it every
+    label would switch at cos = 0."""
 
-    def __init__(self, dim: int, num_classes: int, scale: float = 16.0):
+    def __init__(self, dim: int, num_classes: int, scale: float = 16.0, bias: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(num_classes, dim) * 0.01)
+        self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
         self.scale = scale
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        return self.scale * emb @ F.normalize(self.weight, dim=1).t()
+        logits = self.scale * emb @ F.normalize(self.weight, dim=1).t()
+        return logits if self.bias is None else logits + self.bias
 
 
 class HashHead(nn.Module):

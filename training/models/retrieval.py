@@ -12,22 +12,28 @@ class RetrievalNet(nn.Module):
     `forward` returns the outputs named by `output_names`, in that order.
     """
 
-    def __init__(self, backbone: nn.Module, embed_head: nn.Module | None = None, hash_head: nn.Module | None = None):
+    def __init__(self, backbone: nn.Module, embed_head: nn.Module | None = None, hash_head: nn.Module | None = None,
+                 classifier: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.embed_head = embed_head if embed_head is not None else nn.Identity()
         self.hash_head = hash_head
+        self.classifier = classifier  # on the embedding: class logits (softmax, or sigmoid per label)
 
     @property
     def output_names(self) -> list[str]:
-        return ["embedding"] + (["hash_logits"] if self.hash_head is not None else [])
+        return (["embedding"] + (["hash_logits"] if self.hash_head is not None else [])
+                + (["class_logits"] if self.classifier is not None else []))
 
     def forward(self, x: torch.Tensor):
         feats = self.backbone.features(x)
         emb = self.embed_head(feats)
-        if self.hash_head is None:
-            return emb
-        return emb, self.hash_head(feats)
+        out = [emb]
+        if self.hash_head is not None:
+            out.append(self.hash_head(feats))
+        if self.classifier is not None:
+            out.append(self.classifier(emb))
+        return out[0] if len(out) == 1 else tuple(out)
 
 
 class LSHHead(nn.Module):
