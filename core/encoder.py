@@ -48,6 +48,12 @@ class ModelInfo:
         return "code" in self.outputs
 
     @property
+    def shared_space(self) -> str:
+        """Id of the common embedding space of a cross-modal model set (`rsir.shared_space`; "" for others): an
+        index built with one member can be searched with a query encoded by another."""
+        return self.metadata.get("rsir.shared_space", "")
+
+    @property
     def multi_label(self) -> bool:
         """Trained on label sets (`rsir.label_kind` = multi): class scores are independent sigmoids."""
         return self.metadata.get("rsir.label_kind") == "multi"

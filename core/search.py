@@ -54,6 +54,9 @@ def query_from_tile(index: Index, tile_id: int) -> Query:
 
 
 def _query_bands_and_scale(index: Index, encoder: Encoder, raster_path: str, ds, bands, scale) -> tuple[list, float]:
+    if index.is_cross_modal(encoder.info):  # the index's bands and scale are the other modality's
+        chosen = resolve_bands(ds, bands or encoder.info.bands, raster_path)
+        return chosen, float(scale or encoder.info.scale)
     entry = index.source_entry(raster_path)
     tiling = index.manifest["tiling"]
     wanted = bands or tiling.get("bands") or encoder.info.bands
@@ -87,7 +90,8 @@ def query_from_array(index: Index, encoder: Encoder, pixels: np.ndarray, scale: 
     if arr.shape[0] != encoder.info.channels:
         raise RsirError(f"{description}: has {arr.shape[0]} band(s), the model needs {encoder.info.channels}")
     raw = resample_array(arr, encoder.info.input_size, description)
-    emb, code = encoder.encode(raw[None], scale=scale or index.manifest["tiling"].get("scale") or encoder.info.scale)
+    own_scale = None if index.is_cross_modal(encoder.info) else index.manifest["tiling"].get("scale")
+    emb, code = encoder.encode(raw[None], scale=scale or own_scale or encoder.info.scale)
     return Query("image", description, emb[0], code[0], pixels=raw)
 
 

@@ -37,7 +37,12 @@ def _run_train(args: argparse.Namespace) -> int:
         cfg.optim.epochs = args.epochs
     if args.device:
         cfg.optim.device = args.device
-    result = train(cfg, restart=args.restart, quiet=args.quiet)
+    if cfg.data.kind == "paired":
+        from .crossmodal_trainer import train_crossmodal
+
+        result = train_crossmodal(cfg, restart=args.restart, quiet=args.quiet)
+    else:
+        result = train(cfg, restart=args.restart, quiet=args.quiet)
     print(f"trained {result.epochs_run} epoch(s) in {result.seconds:.0f} s; best val mAP@100 "
           f"{result.best_map:.2f} -> {result.best_checkpoint}")
     if args.export:
@@ -60,14 +65,23 @@ def export_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, default=64, help="--pretrained: input side in pixels (default: %(default)s)")
     p.add_argument("--scale", type=float, default=255.0,
                    help="--pretrained: raw values are divided by this before normalisation (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output .onnx path")
+    p.add_argument("--out", required=True, help="output .onnx path (a cross-modal checkpoint writes one file per "
+                                                "modality: OUT-<modality>.onnx)")
     p.add_argument("--int8", metavar="ONNX", help="also write an int8-weight copy here (check it with rsir eval)")
     p.set_defaults(func=_run_export)
 
 
 def _export_checkpoint(path: str, out: str) -> None:
-    from .export import export_checkpoint
+    from . import checkpoint
+    from .export import crossmodal_paths, export_checkpoint, export_crossmodal_checkpoint
 
+    if checkpoint.load(path).get("kind") == "crossmodal":
+        metas = export_crossmodal_checkpoint(path, out)
+        paths = crossmodal_paths(out, list(metas))
+        for m, meta in metas.items():
+            print(f"wrote {paths[m]}: {m} encoder ({meta['rsir.method']}, bands {meta['rsir.bands']}, "
+                  f"{meta['rsir.embedding_dim']}-d, shared space {meta['rsir.shared_space'][:12]})")
+        return
     meta = export_checkpoint(path, out)
     print(f"wrote {out}: {meta['rsir.method']} on {meta['rsir.backbone']}, embedding {meta['rsir.embedding_dim']}-d, "
           f"input {meta['rsir.input_size']} px, {len(json.loads(meta['rsir.class_names']))} classes, "
@@ -247,4 +261,61 @@ def _run_mosaics(args: argparse.Namespace) -> int:
         table = make_eurosat_mosaics(args.split_csv, args.out, counts, args.seed, args.max_classes,
                                      progress=lambda done, total: bar.update(1))
     print(f"wrote {table}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 0
+
+
+def eval_pairs_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register `rsir eval-pairs`."""
+    p = subparsers.add_parser(
+        "eval-pairs", help="cross-modal mAP@k (A->B, B->A) of exported encoders on the paired tiles of a config",
+        description="Cut the paired tiles of CONFIG's [data] (data.kind = paired), encode each modality with its "
+                    "ONNX encoder through core/ and rank in all four directions: A->B and B->A (cross-modal) next "
+                    "to A->A and B->B (uni-modal). Labelled pairs: queries = --queries split, database = train, "
+                    "relevant = same class. Unlabelled pairs: queries and database = the --queries split, the "
+                    "relevant item is the query's own partner.")
+    p.add_argument("config", help="the training config whose [data] cuts the pairs")
+    p.add_argument("models", nargs=2, help="the two exported encoders (any order; matched by rsir.modality)")
+    p.add_argument("--queries", default="test", help="query split (default: %(default)s)")
+    p.add_argument("-k", type=int, default=100, help="mAP@k cut-off (default: %(default)s)")
+    p.add_argument("--out", help="folder for results.json and results.md")
+    p.add_argument("--threads", type=int, help="onnxruntime threads")
+    p.set_defaults(func=_run_eval_pairs)
+
+
+def _run_eval_pairs(args: argparse.Namespace) -> int:
+    from core.encoder import Encoder
+
+    from .config import load_config
+    from .crossmodal_trainer import cross_modal_results, load_pairs
+    from .evaluate import results_table, write_report
+
+    cfg = load_config(args.config)
+    if cfg.data.kind != "paired":
+        raise RsirError(f"{args.config}: data.kind must be paired, got {cfg.data.kind!r}")
+    encoders = {}
+    for path in args.models:
+        enc = Encoder(path, threads=args.threads, batch_size=256)
+        encoders[enc.info.modality] = enc
+    mods = [cfg.data.modality, cfg.data.modality_b]
+    if sorted(encoders) != sorted(mods):
+        raise RsirError(f"the models are {sorted(encoders)} encoders; {args.config} pairs {mods}")
+    if encoders[mods[0]].info.shared_space != encoders[mods[1]].info.shared_space:
+        raise RsirError(f"{args.models[0]} and {args.models[1]}: not exported from the same cross-modal model "
+                        "(rsir.shared_space differs)")
+    sets = load_pairs(cfg)
+    queries = sets[args.queries]
+    database = sets["train"] if queries.labelled else queries
+    pix = {mods[0]: lambda s: s.a, mods[1]: lambda s: s.b}
+    emb = {m: (encoders[m].encode(pix[m](queries))[0], encoders[m].encode(pix[m](database))[0]) for m in mods}
+    k = min(args.k, len(database))
+    results = cross_modal_results(emb, queries.labels, database.labels, queries.class_names, k)
+    print(f"\n{len(queries)} {args.queries} pairs -> {len(database)} "
+          f"{'train pairs (same class relevant)' if queries.labelled else 'the same pairs (partner relevant)'}\n")
+    print(results_table(results, k))
+    if args.out:
+        write_report(results, args.out, k, {"models": [os.path.abspath(m) for m in args.models],
+                                            "config": os.path.abspath(args.config), "queries": args.queries})
+        print(f"\nwrote {args.out}/results.json, results.md")
+    for r in results[:2]:
+        print(f"mAP@{k} ({r.name}) = {r.map_k:.2f}")
     return 0

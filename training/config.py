@@ -16,10 +16,12 @@ from core.errors import RsirError
 from .augment import AugmentConfig
 
 LOSSES = ("contrastive", "triplet-batch-hard", "triplet-semi-hard", "normalized-softmax", "nca",
-          "snca", "snca-ce", "rotation-snca", "milan", "snca-hash", "sndl", "sndl-bce", "bce")
+          "snca", "snca-ce", "rotation-snca", "milan", "snca-hash", "sndl", "sndl-bce", "bce",
+          "crossmodal-supervised", "crossmodal-ssl")
+CROSS_MODAL_LOSSES = ("crossmodal-supervised", "crossmodal-ssl")  # need data.kind = paired
 HASH_LOSSES = ("milan", "snca-hash")  # need model.hash_bits
 MULTI_LABEL_ONLY = ("sndl", "sndl-bce", "bce")  # need multi-label data
-DATA_KINDS = ("folder", "split_csv", "label_table", "bigearthnet", "index")
+DATA_KINDS = ("folder", "split_csv", "label_table", "bigearthnet", "index", "paired")
 
 
 @dataclass
@@ -33,6 +35,14 @@ class DataConfig:
     labels: str = ""  # kind = index: vector file of labelled polygons
     label_field: str = "class"
     cache_dir: str = ""  # decoded images as .npz; "" = no cache
+    # kind = paired (cross-modal): root = raster A, root_b = raster B (co-registered; rasters or band-stack specs)
+    root_b: str = ""
+    bands_b: list = field(default_factory=list)
+    scale_b: float = 255.0
+    modality: str = "optical"
+    modality_b: str = "sar"
+    tile: int = 64  # tile side in raster A pixels (read at input_size)
+    stride: int = 0  # 0 = tile (no overlap)
 
 
 @dataclass
@@ -57,6 +67,12 @@ class LossConfig:
     temperature: float = 0.05  # normalized softmax
     quant_weight: float = 0.1  # hashing: push relaxed codes towards +-1
     balance_weight: float = 0.1  # hashing: each bit +1 on half of the batch
+    # cross-modal (training/crossmodal.py); temperature above is their t
+    triplet_weight: float = 1.0
+    pairwise_weight: float = 0.2  # a supporting term: at 1.0 it slowed the triplet term's alignment in our runs
+    infonce_weight: float = 1.0
+    angular_weight: float = 1.0
+    intra_weight: float = 0.5
 
 
 @dataclass
@@ -137,6 +153,7 @@ def parse_config(values: dict, path: str = "<config>") -> TrainConfig:
     cfg.out_dir = resolve(cfg.out_dir)
     cfg.data.root, cfg.data.labels, cfg.data.cache_dir = (resolve(cfg.data.root), resolve(cfg.data.labels),
                                                           resolve(cfg.data.cache_dir))
+    cfg.data.root_b = resolve(cfg.data.root_b)
     _check(cfg, path)
     return cfg
 
@@ -150,6 +167,15 @@ def _check(cfg: TrainConfig, path: str) -> None:
         raise RsirError(f"{path}: data.kind = index needs data.labels (a vector file of labelled polygons)")
     if cfg.loss.name not in LOSSES:
         raise RsirError(f"{path}: loss.name {cfg.loss.name!r} is not one of {', '.join(LOSSES)}")
+    if (cfg.data.kind == "paired") != (cfg.loss.name in CROSS_MODAL_LOSSES):
+        raise RsirError(f"{path}: data.kind = paired goes with loss.name {' or '.join(CROSS_MODAL_LOSSES)} "
+                        f"(got kind {cfg.data.kind!r}, loss {cfg.loss.name!r})")
+    if cfg.data.kind == "paired":
+        if not cfg.data.root_b or not cfg.data.bands_b:
+            raise RsirError(f"{path}: data.kind = paired needs data.root_b (raster B) and data.bands_b")
+        if cfg.data.modality == cfg.data.modality_b:
+            raise RsirError(f"{path}: data.modality and data.modality_b must differ (e.g. optical and sar), "
+                            f"both are {cfg.data.modality!r}")
     for key, value in (("optim.epochs", cfg.optim.epochs), ("optim.batch_size", cfg.optim.batch_size),
                        ("model.embedding_dim", cfg.model.embedding_dim), ("data.input_size", cfg.data.input_size)):
         if value <= 0:

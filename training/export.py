@@ -159,3 +159,43 @@ def export_checkpoint(checkpoint_path: str, out_path: str) -> dict[str, str]:
                "rsir.val_map100": f"{ckpt.get('val_map100', ckpt.get('best_map', float('nan'))):.3f}"},
     )
     return export_onnx(net, spec, out_path)
+
+
+def crossmodal_paths(out_path: str, modalities: list[str]) -> dict[str, str]:
+    """`models/pair.onnx` -> {"optical": "models/pair-optical.onnx", "sar": "models/pair-sar.onnx"}."""
+    stem = out_path[:-5] if out_path.lower().endswith(".onnx") else out_path
+    return {m: f"{stem}-{m}.onnx" for m in modalities}
+
+
+def export_crossmodal_checkpoint(checkpoint_path: str, out_path: str) -> dict[str, dict[str, str]]:
+    """Export each modality's encoder of a cross-modal checkpoint to its own ONNX file (`crossmodal_paths`).
+    Both carry `rsir.modality`, the same `rsir.shared_space` (a hash of the trained weights of the pair) and
+    `rsir.modalities`, so core/ accepts a query encoded by one against an index built with the other."""
+    from . import checkpoint
+    from .crossmodal_trainer import model_from_crossmodal_checkpoint
+
+    ckpt = checkpoint.load(checkpoint_path)
+    if ckpt.get("kind") != "crossmodal":
+        raise ValueError(f"{checkpoint_path}: not a cross-modal checkpoint")
+    cfg = checkpoint.config_of(ckpt)
+    model = model_from_crossmodal_checkpoint(ckpt)
+    digest = hashlib.sha256()
+    for key, value in sorted(ckpt["model"].items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().numpy().tobytes())
+    space = digest.hexdigest()[:32]
+    d = cfg.data
+    bands = {d.modality: list(d.bands), d.modality_b: list(d.bands_b)}
+    scales = {d.modality: d.scale, d.modality_b: d.scale_b}
+    metas = {}
+    for m, path in crossmodal_paths(out_path, ckpt["modalities"]).items():
+        mean, std = ckpt["norm"][m]
+        spec = ExportSpec(
+            bands=bands[m], input_size=d.input_size, scale=scales[m], mean=mean, std=std, method=cfg.loss.name,
+            modality=m, class_names=list(ckpt["class_names"]), train_config=ckpt["config"],
+            extra={"rsir.backbone": cfg.model.backbone, "rsir.train_config_sha256": ckpt["config_sha256"],
+                   "rsir.train_epoch": str(ckpt["epoch"]), "rsir.shared_space": space,
+                   "rsir.modalities": json.dumps(ckpt["modalities"]),
+                   "rsir.val_map100": f"{ckpt.get('val_map100', ckpt.get('best_map', float('nan'))):.3f}"})
+        metas[m] = export_onnx(model.nets[m].retrieval_net(), spec, path)
+    return metas

@@ -89,10 +89,21 @@ class Index:
         return next((s for s in self.sources if s["path"] == path), None)
 
     def check_model(self, info: ModelInfo) -> None:
-        """RsirError unless `info` is the model this index was built with."""
-        if info.sha256 != self.model["sha256"]:
-            raise RsirError(f"{info.path}: is not the model index {self.dir} was built with ({self.model['path']}, "
-                            f"sha256 {self.model['sha256'][:12]} vs {info.sha256[:12]})")
+        """RsirError unless `info` is the model this index was built with, or another modality's encoder of the
+        same cross-modal shared space (its queries land in the index's embedding space)."""
+        if info.sha256 == self.model["sha256"]:
+            return
+        own = self.model_info
+        if own.shared_space and info.shared_space == own.shared_space:
+            return
+        hint = (f"; a cross-modal query needs an encoder of its shared space {own.shared_space[:12]} "
+                f"(the index is {own.modality})" if own.shared_space else "")
+        raise RsirError(f"{info.path}: is not the model index {self.dir} was built with ({self.model['path']}, "
+                        f"sha256 {self.model['sha256'][:12]} vs {info.sha256[:12]}){hint}")
+
+    def is_cross_modal(self, info: ModelInfo) -> bool:
+        """True when `info` is an accepted encoder other than the index's own (a query from another modality)."""
+        return info.sha256 != self.model["sha256"]
 
     # -- vectors --------------------------------------------------------------------------------------------
     def _check_ids(self, ids) -> np.ndarray:

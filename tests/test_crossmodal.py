@@ -1,0 +1,224 @@
+"""Cross-modal retrieval on tiny co-registered rasters where each tile's partner is known: paired tiles cut at
+the same footprint, the loss terms against their formulas, both training families ranking the partner first in
+both directions, per-modality ONNX export, and core/ searching an index of one modality with a box drawn on the
+other."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.encoder import Encoder
+from core.errors import RsirError
+from core.index.builder import BuildOptions, build_index
+from core.index.reader import Index
+from core.search import query_from_box, search
+from tests.rasters import ORIGIN, tile_pattern, write_raster
+from training.config import parse_config
+from training.crossmodal import (
+    cross_modal_infonce,
+    inter_modal_pairwise_loss,
+    intra_modal_neighbour_loss,
+    tuple_angular_loss,
+)
+from training.paired_data import cut_paired_tiles
+
+GRID, TILE = 6, 32  # raster A: 6 x 6 tiles of 32 px at 10 m; raster B: the same ground at 20 m, 2 px margin
+PAD = 2
+
+
+def _optical() -> np.ndarray:
+    img = np.zeros((3, GRID * TILE, GRID * TILE), np.uint8)
+    for r in range(GRID):
+        for c in range(GRID):
+            img[:, r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE] = tile_pattern(7000 + r * GRID + c, TILE)
+    return img
+
+
+def _radar(optical: np.ndarray) -> np.ndarray:
+    """A 2-band 'SAR-like' image of the same ground at half the resolution: inverted brightness and a
+    band-ratio texture, nothing a model could match by copying pixel values."""
+    a = optical.astype(np.float32)
+    half = a.reshape(3, a.shape[1] // 2, 2, a.shape[2] // 2, 2).mean(axis=(2, 4))
+    b1 = 255 - half.mean(axis=0)
+    b2 = 127 + 100 * (half[0] - half[2]) / (half[0] + half[2] + 1)
+    out = np.stack([b1, b2])
+    return np.pad(out, ((0, 0), (PAD, PAD), (PAD, PAD)), mode="edge").astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[str, str]:
+    base = tmp_path_factory.mktemp("pair")
+    opt = _optical()
+    a = write_raster(str(base / "optical.tif"), opt)
+    b = write_raster(str(base / "sar.tif"), _radar(opt), origin=(ORIGIN[0] - PAD * 20, ORIGIN[1] + PAD * 20), gsd=20.0)
+    return a, b
+
+
+def test_paired_tiles_cover_the_same_ground(pair, tmp_path):
+    a, b = pair
+    pairs = cut_paired_tiles(a, b, [1, 2, 3], [1, 2], TILE, 16)
+    assert len(pairs) == GRID * GRID and not pairs.labelled
+    radar = _radar(_optical())
+    for n, tid in enumerate(pairs.ids):
+        x, y = (int(v) for v in tid.split(","))
+        want = radar[:, PAD + y // 2:PAD + y // 2 + 16, PAD + x // 2:PAD + x // 2 + 16]
+        assert np.allclose(pairs.b[n], want, atol=1e-3)  # B's window is the same ground, read at 16 px
+
+    # labels from a polygon layer: the west half is "water", the east half "field"
+    from osgeo import ogr, osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32618)
+    vec = str(tmp_path / "labels.gpkg")
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(vec)
+    layer = ds.CreateLayer("labels", srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+    half = GRID * TILE * 10 / 2
+    for name, x0 in (("water", ORIGIN[0]), ("field", ORIGIN[0] + half)):
+        f = ogr.Feature(layer.GetLayerDefn())
+        f.SetField("class", name)
+        f.SetGeometry(ogr.CreateGeometryFromWkt(
+            f"POLYGON(({x0} {ORIGIN[1]},{x0 + half} {ORIGIN[1]},{x0 + half} {ORIGIN[1] - 2 * half},"
+            f"{x0} {ORIGIN[1] - 2 * half},{x0} {ORIGIN[1]}))"))
+        layer.CreateFeature(f)
+    ds = None
+    labelled = cut_paired_tiles(a, b, [1, 2, 3], [1, 2], TILE, 16, labels=vec)
+    assert labelled.class_names == ["field", "water"]
+    for n, tid in enumerate(labelled.ids):
+        assert labelled.class_names[labelled.labels[n]] == ("water" if int(tid.split(",")[0]) < GRID * TILE / 2
+                                                             else "field")
+    elsewhere = write_raster(str(tmp_path / "elsewhere.tif"), np.zeros((2, 50, 50), np.float32),
+                             origin=(ORIGIN[0] + 100_000, ORIGIN[1]), gsd=20.0)
+    with pytest.raises(RsirError, match="no tile of 32 px lies wholly inside both rasters"):
+        cut_paired_tiles(a, elsewhere, [1, 2, 3], [1, 2], TILE, 16)
+
+
+def test_cross_modal_loss_terms_equal_their_formulas():
+    za = F.normalize(torch.tensor([[1.0, 0.2, 0.0], [0.1, 1.0, 0.0], [0.0, 0.3, 1.0]]), dim=1)
+    zb = F.normalize(torch.tensor([[0.9, 0.0, 0.1], [0.0, 1.0, 0.4], [0.2, 0.0, 1.0]]), dim=1)
+    t = 0.5
+    s = (za @ zb.t()).tolist()
+    ab = -sum(math.log(math.exp(s[i][i] / t) / sum(math.exp(s[i][j] / t) for j in range(3))) for i in range(3)) / 3
+    ba = -sum(math.log(math.exp(s[i][i] / t) / sum(math.exp(s[j][i] / t) for j in range(3))) for i in range(3)) / 3
+    assert float(cross_modal_infonce(za, zb, t)) == pytest.approx((ab + ba) / 2, rel=1e-5)
+    assert float(tuple_angular_loss(za, zb)) == pytest.approx(sum(math.acos(s[i][i]) for i in range(3)) / 3 / math.pi,
+                                                              rel=1e-4)
+    aa = (za @ za.t()).tolist()
+    total = 0.0
+    for i in range(3):
+        others = [j for j in range(3) if j != i]
+        nn_ = max(others, key=lambda j: aa[i][j])
+        total += -math.log(math.exp(aa[i][nn_] / t) / sum(math.exp(aa[i][j] / t) for j in others))
+    assert float(intra_modal_neighbour_loss(za, t)) == pytest.approx(total / 3, rel=1e-5)
+    labels = torch.tensor([0, 0, 1])
+    pos, neg = [], []
+    for i in range(3):
+        for j in range(3):
+            theta = s[i][j] * 3 / 2  # D / 2 * cos, D = 3
+            same = (labels[i] == labels[j]).item()
+            (pos if same else neg).append(math.log(1 + math.exp(theta)) - same * theta)
+    assert float(inter_modal_pairwise_loss(za, zb, labels)) == pytest.approx(
+        sum(pos) / len(pos) + sum(neg) / len(neg), rel=1e-5)
+
+
+def _cfg(a: str, b: str, out: str, loss: str, epochs: int, lr: float = 0.003, temperature: float = 0.2):
+    return parse_config({
+        "out_dir": out, "seed": 0,
+        "data": {"kind": "paired", "root": a, "root_b": b, "bands": [1, 2, 3], "bands_b": [1, 2], "scale_b": 255.0,
+                 "modality": "optical", "modality_b": "sar", "tile": TILE, "input_size": 16},
+        "model": {"backbone": "tiny", "pretrained": False, "embedding_dim": 16},
+        "loss": {"name": loss, "temperature": temperature},
+        "optim": {"epochs": epochs, "batch_size": 8, "lr": lr, "threads": 1},
+        "augment": {"jitter": 0.0},
+    })
+
+
+def _partner_rank1(za: np.ndarray, zb: np.ndarray) -> tuple[float, float]:
+    s = za @ zb.T
+    n = np.arange(len(za))
+    return float((s.argmax(axis=1) == n).mean()), float((s.argmax(axis=0) == n).mean())
+
+
+@pytest.fixture(scope="module")
+def ssl_models(pair, tmp_path_factory) -> tuple[dict, str]:
+    from training.crossmodal_trainer import train_crossmodal
+    from training.export import crossmodal_paths, export_crossmodal_checkpoint
+
+    base = tmp_path_factory.mktemp("xm")
+    cfg = _cfg(*pair, str(base / "ssl"), "crossmodal-ssl", epochs=150)  # 25 pairs: 3 steps an epoch
+    train_crossmodal(cfg, quiet=True)
+    metas = export_crossmodal_checkpoint(str(base / "ssl" / "last.pt"), str(base / "pair.onnx"))
+    return metas, crossmodal_paths(str(base / "pair.onnx"), ["optical", "sar"])
+
+
+def test_self_supervised_pair_ranks_partners_first_in_both_directions(pair, ssl_models):
+    from training.crossmodal_trainer import load_pairs
+
+    metas, paths = ssl_models
+    assert metas["optical"]["rsir.shared_space"] == metas["sar"]["rsir.shared_space"]
+    assert metas["optical"]["rsir.modality"] == "optical" and metas["sar"]["rsir.modality"] == "sar"
+    assert metas["sar"]["rsir.bands"] == "[1, 2]"
+    cfg = _cfg(*pair, "unused", "crossmodal-ssl", 1)
+    train = load_pairs(cfg)["train"]
+    za, _ = Encoder(paths["optical"], threads=1).encode(train.a)
+    zb, _ = Encoder(paths["sar"], threads=1).encode(train.b)
+    assert _partner_rank1(za, zb) == (1.0, 1.0)
+
+
+def test_supervised_cross_modal_hashing_ranks_partners_first(pair, tmp_path):
+    from training.crossmodal_trainer import load_pairs, model_from_crossmodal_checkpoint, train_crossmodal
+    from training import checkpoint
+
+    cfg = _cfg(*pair, str(tmp_path / "sup"), "crossmodal-supervised", epochs=150, lr=0.005, temperature=0.1)
+    cfg.model.hash_bits = 16
+    train_crossmodal(cfg, quiet=True)
+    model = model_from_crossmodal_checkpoint(checkpoint.load(str(tmp_path / "sup" / "last.pt")))
+    train = load_pairs(cfg)["train"]
+    with torch.no_grad():
+        xa = (torch.from_numpy(train.a).float() / 255 - 0.5) / 0.25
+        xb = (torch.from_numpy(train.b).float() / 255 - 0.5) / 0.25
+        oa, ob = model(xa, xb)
+    ca, cb = torch.sign(oa.codes).numpy(), torch.sign(ob.codes).numpy()
+    assert _partner_rank1(oa.emb.numpy(), ob.emb.numpy()) == (1.0, 1.0)
+    hamming = (16 - ca @ cb.T) / 2  # the partner's code is the nearest in Hamming space too
+    assert (np.diag(hamming)[:, None] <= hamming).all(axis=1).mean() >= 0.8
+
+
+def test_index_of_one_modality_searched_with_a_box_on_the_other(pair, ssl_models, tmp_path):
+    from training.crossmodal_trainer import load_pairs
+
+    a, _ = pair
+    _, paths = ssl_models
+    radar = _radar(_optical())[:, PAD:-PAD, PAD:-PAD]  # the same SAR image without the margin: the index grid
+    sar = write_raster(str(tmp_path / "sar.tif"), radar, gsd=20.0)  # then falls on the training footprints
+    out = str(tmp_path / "sar-index")
+    build_index([sar], paths["sar"], out, BuildOptions(tile=16, stride=16, threads=1))
+    index = Index(out)
+    assert index.n == GRID * GRID and index.model_info.modality == "sar"
+    enc_opt = Encoder(paths["optical"], threads=1)
+    train_ids = load_pairs(_cfg(*pair, "unused", "crossmodal-ssl", 1))["train"].ids
+    for tid in train_ids[:8]:
+        x, y = (int(v) for v in tid.split(","))
+        x0, y1 = ORIGIN[0] + x * 10, ORIGIN[1] - y * 10
+        query = query_from_box(index, enc_opt, a, (x0, y1 - TILE * 10, x0 + TILE * 10, y1))
+        assert query.pixels.shape == (3, 16, 16)  # read with the optical encoder's own bands
+        top = search(index, query, k=1)[0]
+        assert (top.x, top.y) == (x // 2, y // 2)  # the SAR tile over the same ground
+    other = str(tmp_path / "other.onnx")
+    _unrelated_model(other)
+    with pytest.raises(RsirError, match="cross-modal query needs an encoder of its shared space"):
+        query_from_box(index, Encoder(other, threads=1), a, (ORIGIN[0], ORIGIN[1] - 320, ORIGIN[0] + 320, ORIGIN[1]))
+
+
+def _unrelated_model(path: str) -> None:
+    from training.export import ExportSpec, export_onnx
+    from training.models.factory import TrainNet
+    from training.models.tiny import TinyConvNet
+
+    net = TrainNet(TinyConvNet(3, seed=1), 16).retrieval_net()
+    export_onnx(net, ExportSpec([1, 2, 3], 16, 255.0, [0.5] * 3, [0.25] * 3, "tiny"), path)

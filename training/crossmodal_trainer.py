@@ -1,0 +1,197 @@
+"""`rsir train` for data.kind = paired: trains both modality encoders of a CrossModalNet together.
+
+Same guarantees as trainer.py (seeded order and augmentation per epoch, exact resume from last.pt, log.csv,
+best.pt by validation mAP) with the validation metric the mean of the two cross-modal directions. Both tiles of
+a pair get the same flips and rotations (the footprint stays aligned)."""
+from __future__ import annotations
+
+import csv
+import os
+import random
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.errors import Cancelled, RsirError
+from core.fileio import write_json
+
+from . import checkpoint
+from .augment import augment
+from .config import TrainConfig
+from .crossmodal import CrossModalMethod, CrossModalNet
+from .datasets import ImageSet
+from .evaluate import score
+from .models.factory import TrainNet, build_backbone, default_normalisation
+from .paired_data import PairedSet, cut_paired_tiles, split_pairs
+from .trainer import LOG_FIELDS, TrainResult, _Batches, _lr_lambda, pick_device
+
+
+def load_pairs(cfg: TrainConfig) -> dict[str, PairedSet]:
+    d = cfg.data
+    pairs = cut_paired_tiles(d.root, d.root_b, d.bands, d.bands_b, d.tile, d.input_size, d.stride or d.tile,
+                             labels=d.labels, label_field=d.label_field)
+    return split_pairs(pairs, d.split_seed)
+
+
+def modality_sets(pairs: PairedSet) -> tuple[ImageSet, ImageSet]:
+    return (ImageSet(pairs.a, pairs.labels, pairs.class_names, pairs.ids),
+            ImageSet(pairs.b, pairs.labels, pairs.class_names, pairs.ids))
+
+
+def cross_modal_results(emb: dict[str, tuple[np.ndarray, np.ndarray]], q_y: np.ndarray, db_y: np.ndarray,
+                        class_names: list[str], k: int) -> list:
+    """Scores of every direction X -> Y over modalities X, Y: `emb[m]` = (query embeddings, database embeddings)
+    of modality m. Uni-modal directions are the reference the cross-modal ones are read against."""
+    mods = list(emb)
+    names = class_names or [str(i) for i in range(int(max(q_y.max(), db_y.max())) + 1)]
+    out = []
+    for src in mods:
+        for dst in mods:
+            out.append(score(f"{src} -> {dst}", "float", 0, emb[src][0], emb[dst][1], q_y, db_y, names, k))
+    order = [f"{mods[0]} -> {mods[1]}", f"{mods[1]} -> {mods[0]}", f"{mods[0]} -> {mods[0]}", f"{mods[1]} -> {mods[1]}"]
+    return sorted(out, key=lambda r: order.index(r.name))
+
+
+def _directions(model: CrossModalNet, batches: dict, queries: str, database: str, labelled: bool, k: int = 100):
+    mods = model.modalities
+    emb = {m: (batches[queries][m].embed_all(model.nets[m]).cpu().numpy(),
+               batches[database][m].embed_all(model.nets[m]).cpu().numpy()) for m in mods}
+    q_y = batches[queries][mods[0]].labels.numpy()
+    db_y = batches[database][mods[0]].labels.numpy()
+    k = min(k, len(db_y))
+    return cross_modal_results(emb, q_y, db_y, [], k)
+
+
+def train_crossmodal(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_stop=None) -> TrainResult:
+    """Train (or resume) a cross-modal run in cfg.out_dir."""
+    t_start = time.perf_counter()
+    out = cfg.out_dir
+    last_path, best_path, log_path = (os.path.join(out, n) for n in ("last.pt", "best.pt", "log.csv"))
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.optim.threads:
+        torch.set_num_threads(cfg.optim.threads)
+    device = pick_device(cfg.optim.device)
+    resume = None
+    if os.path.exists(last_path) and not restart:
+        resume = checkpoint.load(last_path)
+        if resume["config_sha256"] != cfg.sha256():
+            raise RsirError(f"{out}: holds a run of a different config ({resume['config_source']}); use another "
+                            "out_dir, or --restart to overwrite it")
+    sets = load_pairs(cfg)
+    train_set = sets["train"]
+    if len(train_set) < cfg.optim.batch_size:
+        raise RsirError(f"{cfg.data.root}: only {len(train_set)} training pairs, fewer than one batch "
+                        f"({cfg.optim.batch_size}); lower optim.batch_size or data.tile")
+    d = cfg.data
+    mods = [d.modality, d.modality_b]
+    channels = {d.modality: len(d.bands), d.modality_b: len(d.bands_b)}
+    scales = {d.modality: d.scale, d.modality_b: d.scale_b}
+    norm = {}
+    for m in mods:
+        mean, std = default_normalisation(cfg.model.backbone, cfg.model.pretrained, channels[m])
+        norm[m] = (cfg.model.mean or mean, cfg.model.std or std) if m == d.modality else (mean, std)
+    method = CrossModalMethod(cfg.loss)
+    n_cls = len(train_set.class_names) if method.needs_classifier and train_set.labelled else 0
+    nets = {}
+    for m in mods:
+        try:
+            backbone = build_backbone(cfg.model.backbone, cfg.model.pretrained and resume is None, channels[m])
+        except ValueError as exc:
+            raise RsirError(f"{cfg.source}: {exc}") from None
+        nets[m] = TrainNet(backbone, cfg.model.embedding_dim, n_cls, cfg.model.hash_bits)
+    model = CrossModalNet(nets).to(device)
+    batches = {}
+    for split, pairs in sets.items():
+        if len(pairs):
+            a_set, b_set = modality_sets(pairs)
+            batches[split] = {m: _Batches(s, scales[m], *norm[m], device) for m, s in zip(mods, (a_set, b_set))}
+    labelled = train_set.labelled
+    val_q, val_db = ("val", "train") if labelled else ("val", "val")
+
+    backbone_lr = cfg.optim.backbone_lr or cfg.optim.lr
+    backbone_params = [p for m in mods for p in model.nets[m].backbone.parameters()]
+    ids = {id(p) for p in backbone_params}
+    head_params = [p for p in model.parameters() if id(p) not in ids]
+    opt = torch.optim.AdamW([{"params": backbone_params, "lr": backbone_lr},
+                             {"params": head_params, "lr": cfg.optim.lr}], weight_decay=cfg.optim.weight_decay)
+    steps_per_epoch = len(train_set) // cfg.optim.batch_size
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(steps_per_epoch * cfg.optim.epochs, max(1, int(cfg.optim.warmup_epochs * steps_per_epoch))))
+    start_epoch, best_map = 0, -1.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        torch.set_rng_state(resume["torch_rng"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        start_epoch, best_map = resume["epoch"], resume["best_map"]
+    else:
+        os.makedirs(out, exist_ok=True)
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerow(LOG_FIELDS)
+        write_json(os.path.join(out, "config.json"), cfg.to_dict())
+    common = {"config": cfg.to_dict(), "config_sha256": cfg.sha256(), "config_source": cfg.source,
+              "kind": "crossmodal", "modalities": mods, "class_names": train_set.class_names,
+              "norm": {m: [list(norm[m][0]), list(norm[m][1])] for m in mods}, "num_classifier_classes": n_cls}
+    labels = torch.from_numpy(train_set.labels)
+    model.train()
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        order = torch.randperm(len(train_set), generator=gen)
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
+                   disable=True if quiet else None, leave=False)
+        for step in bar:
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped during epoch {epoch + 1}; rerun the same command to resume")
+            idx = order[step * cfg.optim.batch_size:(step + 1) * cfg.optim.batch_size]
+            state = gen.get_state()  # the same draws for both modalities: identical flips and rotations
+            xa = batches["train"][mods[0]].get(idx, cfg.augment, gen)
+            gen_b = torch.Generator().manual_seed(0)
+            gen_b.set_state(state)
+            xb = batches["train"][mods[1]].get(idx, cfg.augment, gen_b)
+            loss, stats = method.loss(model, xa, xb, labels[idx].to(device))
+            if not torch.isfinite(loss):
+                raise RsirError(f"loss became {float(loss)} at epoch {epoch + 1} step {step}; lower optim.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(stats["loss"])
+            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
+        bar.close()
+        val_map = float("nan")
+        if "val" in batches:
+            res = _directions(model, batches, val_q, val_db, labelled)
+            val_map = (res[0].map_k + res[1].map_k) / 2
+        improved = "val" not in batches or val_map > best_map
+        if improved:
+            best_map = val_map if "val" in batches else best_map
+            checkpoint.save(best_path, {**common, "model": model.state_dict(), "epoch": epoch + 1, "val_map100": val_map})
+        checkpoint.save(last_path, {**common, "model": model.state_dict(), "epoch": epoch + 1, "best_map": best_map,
+                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                    "torch_rng": torch.get_rng_state()})
+        secs = time.perf_counter() - t0
+        with open(log_path, "a", newline="") as f:
+            csv.writer(f).writerow([epoch + 1, f"{np.mean(losses):.5f}", f"{val_map:.3f}",
+                                    f"{sched.get_last_lr()[-1]:.3e}", f"{secs:.1f}", int(improved)])
+        if not quiet:
+            print(f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {np.mean(losses):.4f}  val cross-modal mAP@100 "
+                  f"{val_map:.2f}{'  (best)' if improved else ''}  {secs:.0f} s")
+    return TrainResult(best_path, last_path, best_map, cfg.optim.epochs - start_epoch, time.perf_counter() - t_start)
+
+
+def model_from_crossmodal_checkpoint(ckpt: dict) -> CrossModalNet:
+    """Rebuild the trained pair of encoders (every weight comes from the checkpoint)."""
+    cfg = checkpoint.config_of(ckpt)
+    d = cfg.data
+    channels = {d.modality: len(d.bands), d.modality_b: len(d.bands_b)}
+    nets = {m: TrainNet(build_backbone(cfg.model.backbone, False, channels[m]), cfg.model.embedding_dim,
+                        ckpt["num_classifier_classes"], cfg.model.hash_bits) for m in ckpt["modalities"]}
+    model = CrossModalNet(nets)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
