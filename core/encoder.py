@@ -64,7 +64,7 @@ class ModelInfo:
         return self.code_bits if self.has_hash else self.embedding_dim
 
     @classmethod
-    def from_metadata(cls, path: str, sha256: str, meta: dict) -> "ModelInfo":
+    def from_metadata(cls, path: str, sha256: str, meta: dict) -> ModelInfo:
         missing = [k for k in REQUIRED_KEYS if k not in meta]
         if missing:
             raise RsirError(f"{path}: ONNX model lacks rsir metadata {missing}; export it with `rsir export`")

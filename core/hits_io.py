@@ -41,5 +41,5 @@ def write_hits_gpkg(path: str, query: Query, hits: list[Hit]) -> str:
                 feat.SetGeometry(ogr.CreateGeometryFromWkt(hit.footprint_wkt))
             layer.CreateFeature(feat)
         layer.CommitTransaction()
-        ds = None  # noqa: F841 - flush and close before the rename
+        ds = None
     return path

@@ -5,7 +5,6 @@ other."""
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -171,8 +170,8 @@ def test_self_supervised_pair_ranks_partners_first_in_both_directions(pair, ssl_
 
 
 def test_supervised_cross_modal_hashing_ranks_partners_first(pair, tmp_path):
-    from training.crossmodal_trainer import load_pairs, model_from_crossmodal_checkpoint, train_crossmodal
     from training import checkpoint
+    from training.crossmodal_trainer import load_pairs, model_from_crossmodal_checkpoint, train_crossmodal
 
     cfg = _cfg(*pair, str(tmp_path / "sup"), "crossmodal-supervised", epochs=150, lr=0.005, temperature=0.1)
     cfg.model.hash_bits = 16

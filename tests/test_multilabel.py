@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import RsirError
-from core.metrics import hamming_loss, ndcg_at_k, shares_a_label, shared_labels, weighted_average_precision
+from core.metrics import hamming_loss, ndcg_at_k, shared_labels, shares_a_label, weighted_average_precision
 from tests.rasters import class_image, write_class_folder, write_raster
 from training.losses import MemoryBank, multilabel_pairs, sndl_loss, sndl_weights
 from training.multilabel_data import (

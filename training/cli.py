@@ -151,7 +151,6 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from .datasets import load_folder, load_split_csv
     from .evaluate import evaluate, per_class_table, plot_pr, plot_tsne, results_table, write_report
-
     from .multilabel_data import is_label_table, load_bigearthnet, load_label_table
 
     info = Encoder(args.model).info

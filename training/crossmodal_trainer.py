@@ -18,7 +18,6 @@ from core.errors import Cancelled, RsirError
 from core.fileio import write_json
 
 from . import checkpoint
-from .augment import augment
 from .config import TrainConfig
 from .crossmodal import CrossModalMethod, CrossModalNet
 from .datasets import ImageSet
