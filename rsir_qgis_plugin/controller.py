@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from .engine import encoder as core_encoder
-from .engine import errors, heatmap, reader, search
+from .engine import errors, heatmap, modality, reader, search
 
 
 @dataclass
@@ -21,6 +21,7 @@ class SearchRequest:
     tile_rasters: int = 5           # top hits added as raster layers (VRT windows)
     heatmap: bool = False
     device: str = "auto"
+    query_modality: str = "auto"    # which encoder reads a box/image query; auto: by the raster's band count
 
 
 @dataclass
@@ -52,15 +53,40 @@ class RetrievalSession:
 
     def __init__(self, index_dir: str):
         self.index = reader.Index(index_dir)
-        self._encoders: dict[str, object] = {}
+        self._encoders: dict[tuple[str, str], object] = {}
+        own = self.index.model_info
+        # cross-modal indexes: the other modalities' encoders exported beside the index's model
+        self.modality_models = (modality.modality_models(own) if os.path.exists(own.path)
+                                else {own.modality: own.path})
 
-    def encoder(self, device: str = "auto"):
-        if device not in self._encoders:
-            model = self.index.model["path"]
+    @property
+    def modalities(self) -> list[str]:
+        """Query modalities this index can be searched with: its own first."""
+        own = self.index.model_info.modality
+        return [own] + sorted(m for m in self.modality_models if m != own)
+
+    def encoder(self, device: str = "auto", which: str | None = None):
+        which = which or self.index.model_info.modality
+        if (device, which) not in self._encoders:
+            model = self.modality_models.get(which, "")
             if not os.path.exists(model):
-                raise errors.RsirError(f"{model}: the model this index was built with is not there any more")
-            self._encoders[device] = core_encoder.Encoder(model, device=device)
-        return self._encoders[device]
+                raise errors.RsirError(f"{model or which}: the {which} encoder of this index is not there "
+                                       f"(any more)")
+            self._encoders[(device, which)] = core_encoder.Encoder(model, device=device)
+        return self._encoders[(device, which)]
+
+    def query_modality(self, raster: str, req: SearchRequest) -> str:
+        """The modality of a query raster: the user's choice, else detected from its band count."""
+        if len(self.modality_models) == 1 and req.query_modality in ("auto", self.index.model_info.modality):
+            return self.index.model_info.modality
+        from osgeo import gdal
+
+        ds = gdal.OpenEx(raster, gdal.OF_RASTER)
+        if ds is None:
+            raise errors.RsirError(f"{raster}: GDAL cannot open it as a raster")
+        infos = {m: self.encoder(req.device, m).info for m in self.modality_models}
+        return modality.pick_query_modality(self.index.model_info, infos, ds.RasterCount, req.query_modality,
+                                            os.path.basename(raster))
 
     def summary(self) -> dict:
         m = self.index.manifest
@@ -79,7 +105,8 @@ class RetrievalSession:
     # -- queries ------------------------------------------------------------------------------------------
     def search_box(self, raster: str, box: tuple[float, float, float, float], box_crs: str,
                    req: SearchRequest) -> SearchResult:
-        query = search.query_from_box(self.index, self.encoder(req.device), raster, box, box_crs)
+        enc = self.encoder(req.device, self.query_modality(raster, req))
+        query = search.query_from_box(self.index, enc, raster, box, box_crs)
         return self._finish(query, req, raster)
 
     def search_tile(self, tile_id: int, req: SearchRequest) -> SearchResult:
@@ -87,7 +114,7 @@ class RetrievalSession:
         return self._finish(query, req, self.index.tile(tile_id).source)
 
     def search_image(self, path: str, req: SearchRequest) -> SearchResult:
-        query = search.query_from_image(self.index, self.encoder(req.device), path)
+        query = search.query_from_image(self.index, self.encoder(req.device, self.query_modality(path, req)), path)
         in_index = self.index.source_entry(path) is not None
         return self._finish(query, req, path if in_index else None)
 

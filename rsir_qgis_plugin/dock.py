@@ -59,6 +59,11 @@ class RsirDock(QDockWidget):
         self.radius_spin.setValue(8)
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto"] + encoder.available_devices())
+        self.modality_combo = QComboBox()  # filled per index: auto + the modalities it can be queried with
+        self.modality_combo.addItem("auto")
+        self.modality_combo.setToolTip("Which encoder reads a box or image query. auto: the query raster's band "
+                                       "count picks it (a SAR layer over an optical index uses the SAR encoder "
+                                       "of the same cross-modal model).")
         self.tiles_spin = QSpinBox()
         self.tiles_spin.setRange(0, 100)
         self.tiles_spin.setValue(5)
@@ -72,6 +77,7 @@ class RsirDock(QDockWidget):
         opts.addRow("Search", self.mode_combo)
         opts.addRow(radius_row)
         opts.addRow("Tiles as layers", self.tiles_spin)
+        opts.addRow("Query modality", self.modality_combo)
         opts.addRow("Device", self.device_combo)
         opts.addRow(self.heat_check)
         root.addLayout(opts)
@@ -136,7 +142,11 @@ class RsirDock(QDockWidget):
             self.info.setText("No index open.")
             self._error(str(exc))
             return False
-        self.info.setText(self.session.describe())
+        mods = self.session.modalities
+        self.info.setText(self.session.describe() + (f"; cross-modal: queries from {', '.join(mods)}"
+                                                     if len(mods) > 1 else ""))
+        self.modality_combo.clear()
+        self.modality_combo.addItems(["auto"] + mods)
         if self.index_widget.filePath() != path:
             self.index_widget.blockSignals(True)
             self.index_widget.setFilePath(path)
@@ -147,7 +157,8 @@ class RsirDock(QDockWidget):
         return SearchRequest(k=self.k_spin.value(), mode="hash" if self.mode_combo.currentIndex() else "float",
                              radius=self.radius_spin.value() if self.radius_check.isChecked() else None,
                              tile_rasters=self.tiles_spin.value(), heatmap=self.heat_check.isChecked(),
-                             device=self.device_combo.currentText())
+                             device=self.device_combo.currentText(),
+                             query_modality=self.modality_combo.currentText() or "auto")
 
     def on_box(self, rect) -> None:
         layer = self.raster_combo.currentLayer()

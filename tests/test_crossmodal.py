@@ -221,3 +221,53 @@ def _unrelated_model(path: str) -> None:
 
     net = TrainNet(TinyConvNet(3, seed=1), 16).retrieval_net()
     export_onnx(net, ExportSpec([1, 2, 3], 16, 255.0, [0.5] * 3, [0.25] * 3, "tiny"), path)
+
+
+@pytest.fixture()
+def sar_index(pair, ssl_models, tmp_path) -> str:
+    _, paths = ssl_models
+    radar = _radar(_optical())[:, PAD:-PAD, PAD:-PAD]
+    sar = write_raster(str(tmp_path / "sar_grid.tif"), radar, gsd=20.0)
+    out = str(tmp_path / "sar-index-plugin")
+    build_index([sar], paths["sar"], out, BuildOptions(tile=16, stride=16, threads=1))
+    return out
+
+
+def test_plugin_box_on_an_optical_layer_searches_the_sar_index(pair, sar_index, qgis_iface, qgis_new_project):
+    from qgis.core import QgsProject, QgsRasterLayer, QgsRectangle
+    from qgis.PyQt import sip
+
+    from rsir_qgis_plugin.controller import RetrievalSession, SearchRequest
+    from rsir_qgis_plugin.dock import RsirDock
+    from training.crossmodal_trainer import load_pairs
+
+    a, _ = pair
+    session = RetrievalSession(sar_index)
+    assert session.modalities == ["sar", "optical"]
+    assert session.query_modality(a, SearchRequest()) == "optical"  # 3 bands: the optical encoder
+    assert session.query_modality(sar_index + "/../sar_grid.tif", SearchRequest()) == "sar"
+    with pytest.raises(RsirError, match="no lidar encoder"):
+        session.query_modality(a, SearchRequest(query_modality="lidar"))
+
+    dock = RsirDock(qgis_iface)
+    try:
+        layer = QgsRasterLayer(a, "optical")
+        QgsProject.instance().addMapLayer(layer)
+        qgis_iface.mapCanvas().setDestinationCrs(layer.crs())
+        assert dock.open_index(sar_index) and "cross-modal: queries from sar, optical" in dock.info.text()
+        assert [dock.modality_combo.itemText(i) for i in range(dock.modality_combo.count())] == [
+            "auto", "sar", "optical"]
+        dock.raster_combo.setLayer(layer)
+        dock.k_spin.setValue(3)
+        dock.tiles_spin.setValue(0)
+        x, y = (int(v) for v in load_pairs(_cfg(*pair, "unused", "crossmodal-ssl", 1))["train"].ids[0].split(","))
+        x0, y1 = ORIGIN[0] + x * 10, ORIGIN[1] - y * 10
+        dock.box_tool.set_box(QgsRectangle(x0, y1 - TILE * 10, x0 + TILE * 10, y1))
+        hits = dock.last_result.hits
+        assert (hits[0].x, hits[0].y) == (x // 2, y // 2)  # the SAR tile under the box drawn on the optical layer
+        hits_layer = dock.last_group.children()[1].layer()
+        assert hits_layer.featureCount() == 3
+    finally:
+        dock._activate(None)
+        for obj in (dock.box_tool, dock.pick_tool, dock):
+            sip.delete(obj)

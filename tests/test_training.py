@@ -17,7 +17,7 @@ from core.search import query_from_image, search
 from tests.rasters import write_class_folder
 from training.checkpoint import load as load_checkpoint
 from training.checkpoint import model_from_checkpoint
-from training.config import HASH_LOSSES, LOSSES, MULTI_LABEL_ONLY, load_config, parse_config
+from training.config import CROSS_MODAL_LOSSES, HASH_LOSSES, LOSSES, MULTI_LABEL_ONLY, load_config, parse_config
 from training.datasets import load_folder, load_index_tiles
 from training.export import check_onnx_parity, export_checkpoint
 from training.trainer import train
@@ -98,7 +98,7 @@ def test_exported_model_matches_torch_and_retrieves_its_training_images(trained,
         assert hits[0].source == path or hits[0].score == pytest.approx(1.0, abs=1e-3)
 
 
-@pytest.mark.parametrize("loss", [name for name in LOSSES if name not in MULTI_LABEL_ONLY])
+@pytest.mark.parametrize("loss", [name for name in LOSSES if name not in MULTI_LABEL_ONLY + CROSS_MODAL_LOSSES])
 def test_every_loss_trains_one_epoch(loss, class_folder, tmp_path):
     out = str(tmp_path / loss)
     result = train(_cfg(class_folder, out, loss=loss, epochs=1), quiet=True)
