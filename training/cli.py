@@ -150,7 +150,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from core.encoder import Encoder
 
     from .datasets import load_folder, load_split_csv
-    from .evaluate import evaluate, per_class_table, plot_pr, plot_tsne, results_table, write_report
+    from .evaluate import evaluate, format_extra, per_class_table, plot_pr, plot_tsne, results_table, write_report
     from .multilabel_data import is_label_table, load_bigearthnet, load_label_table
 
     info = Encoder(args.model).info
@@ -193,7 +193,7 @@ def _run_eval(args: argparse.Namespace) -> int:
                   + (" (colour: first label)" if queries.multi_label else ""))
         print(f"\nwrote {args.out}/results.json, results.md, pr.png, tsne.png")
     for key, value in results[0].extra.items():
-        print(f"{key} = {value:.2f}")
+        print(f"{key} = {format_extra(key, value)}")
     print(f"\nmAP@{k} = {results[0].map_k:.2f}")
     return 0
 

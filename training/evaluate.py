@@ -84,7 +84,8 @@ def score(name: str, kind: str, bits: int, q: np.ndarray, db: np.ndarray, q_y: n
     p_at = {p: float(100 * rel[:, :p].mean()) for p in sorted({1, 10, 50, 100, k}) if p <= k}
     extra = {}
     if q_y.ndim == 2:
-        extra[f"WMAP@{k}"] = float(100 * weighted_average_precision(shared, n_rel, k).mean())
+        # WMAP is in shared labels (ACG counts them), so it can exceed 1: reported as is, not as a percentage
+        extra[f"WMAP@{k}"] = float(weighted_average_precision(shared, n_rel, k).mean())
         extra[f"NDCG@{k}"] = float(100 * ndcg_at_k(shared, ideal, k).mean())
     return MethodResult(name, kind, bits, float(100 * ap.mean()), p_at, per_class, (prec, rec), extra)
 
@@ -180,11 +181,16 @@ def evaluate(model_path: str, queries: ImageSet, database: ImageSet, k: int = 10
     return results
 
 
+def format_extra(key: str, value: float) -> str:
+    """WMAP (in shared labels) with 3 decimals; NDCG and HL are percentages."""
+    return f"{value:.3f}" if key.startswith("WMAP") else f"{value:.2f}"
+
+
 def results_table(results: list[MethodResult], k: int) -> str:
     extras = list(dict.fromkeys(key for r in results for key in r.extra))  # multi-label columns
     head = (f"| method | mAP@{k} | " + "".join(f"{e} | " for e in extras) + f"P@1 | P@10 | P@{k} |\n|---|---|---|---|---|"
             + "---|" * len(extras))
-    lines = [f"| {r.name} | {r.map_k:.2f} | " + "".join(f"{r.extra[e]:.2f} | " if e in r.extra else "- | "
+    lines = [f"| {r.name} | {r.map_k:.2f} | " + "".join(f"{format_extra(e, r.extra[e])} | " if e in r.extra else "- | "
                                                      for e in extras)
              + f"{r.precision.get(1, float('nan')):.2f} | {r.precision.get(10, float('nan')):.2f} | "
                f"{r.precision.get(k, float('nan')):.2f} |" for r in results]

@@ -1,0 +1,14 @@
+#!/bin/sh
+# Cross-modal results of docs/results.md: train each config, export one encoder per modality to
+# models/crossmodal/<name>-<modality>.onnx, and score all four directions on the test pairs with rsir eval-pairs.
+set -e
+cd "$(dirname "$0")/../.."
+for name in ${RUNS:-gefolki-s1s2-ssl gefolki-s1s2-supervised s2-rgb-nirswir-ssl s2-rgb-nirswir-supervised}; do
+    cfg="configs/crossmodal/$name.toml"
+    if [ -z "$(ls models/crossmodal/$name-*.onnx 2>/dev/null)" ]; then
+        echo "== train $name"
+        .venv/bin/rsir train "$cfg" --export "models/crossmodal/$name.onnx" -q
+    fi
+    echo "== eval $name"
+    .venv/bin/rsir eval-pairs "$cfg" models/crossmodal/$name-*.onnx --out "runs/crossmodal/eval-$name" --threads 2
+done
