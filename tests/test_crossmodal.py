@@ -169,6 +169,47 @@ def test_self_supervised_pair_ranks_partners_first_in_both_directions(pair, ssl_
     assert _partner_rank1(za, zb) == (1.0, 1.0)
 
 
+def test_eval_pairs_scores_both_directions_next_to_the_untrained_baseline(pair, ssl_models, tmp_path, capsys):
+    import json
+
+    from core.cli import main
+
+    a, b = pair
+    _, paths = ssl_models
+    cfg = tmp_path / "pair.toml"
+    cfg.write_text(f"""out_dir = "unused"
+[data]
+kind = "paired"
+root = "{a}"
+root_b = "{b}"
+bands = [1, 2, 3]
+bands_b = [1, 2]
+scale_b = 255.0
+modality = "optical"
+modality_b = "sar"
+tile = {TILE}
+input_size = 16
+[model]
+backbone = "tiny"
+pretrained = false
+embedding_dim = 16
+[loss]
+name = "crossmodal-ssl"
+""")
+    out = tmp_path / "report"
+    assert main(["eval-pairs", str(cfg), paths["sar"], paths["optical"], "--queries", "train", "-k", "10",
+                 "--out", str(out), "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "25 train pairs -> 25 the same pairs (partner relevant)" in printed
+    rows = {r["method"]: r for r in json.load(open(out / "results.json"))["results"]}
+    # unlabelled: the uni-modal directions would find the query itself, so only the two cross-modal ones are scored
+    assert list(rows) == ["optical -> sar", "sar -> optical", "ImageNet Lite0 (untrained): optical -> sar",
+                          "ImageNet Lite0 (untrained): sar -> optical"]
+    assert rows["optical -> sar"]["map"] == rows["sar -> optical"]["map"] == 100.0  # partners ranked first
+    assert rows["ImageNet Lite0 (untrained): optical -> sar"]["map"] < 60
+    assert "mAP@10 (optical -> sar) = 100.00" in printed
+
+
 def test_supervised_cross_modal_hashing_ranks_partners_first(pair, tmp_path):
     from training import checkpoint
     from training.crossmodal_trainer import load_pairs, model_from_crossmodal_checkpoint, train_crossmodal

@@ -278,6 +278,8 @@ def eval_pairs_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=100, help="mAP@k cut-off (default: %(default)s)")
     p.add_argument("--out", help="folder for results.json and results.md")
     p.add_argument("--threads", type=int, help="onnxruntime threads")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the untrained baseline (ImageNet Lite0 features of both modalities, cosine)")
     p.set_defaults(func=_run_eval_pairs)
 
 
@@ -285,7 +287,7 @@ def _run_eval_pairs(args: argparse.Namespace) -> int:
     from core.encoder import Encoder
 
     from .config import load_config
-    from .crossmodal_trainer import cross_modal_results, load_pairs
+    from .crossmodal_trainer import cross_modal_results, imagenet_pair_features, load_pairs
     from .evaluate import results_table, write_report
 
     cfg = load_config(args.config)
@@ -308,6 +310,15 @@ def _run_eval_pairs(args: argparse.Namespace) -> int:
     emb = {m: (encoders[m].encode(pix[m](queries))[0], encoders[m].encode(pix[m](database))[0]) for m in mods}
     k = min(args.k, len(database))
     results = cross_modal_results(emb, queries.labels, database.labels, queries.class_names, k)
+    if not queries.labelled:  # a query's own tile is its only relevant item: uni-modal would score itself
+        results = results[:2]
+    if not args.no_baselines:
+        # same channels and scale as each encoder reads, through the untrained ImageNet network of both
+        base = {m: tuple(imagenet_pair_features(pix[m](s), encoders[m].info.scale) for s in (queries, database))
+                for m in mods}
+        for r in cross_modal_results(base, queries.labels, database.labels, queries.class_names, k)[:2]:
+            r.name = f"ImageNet Lite0 (untrained): {r.name}"
+            results.append(r)
     print(f"\n{len(queries)} {args.queries} pairs -> {len(database)} "
           f"{'train pairs (same class relevant)' if queries.labelled else 'the same pairs (partner relevant)'}\n")
     print(results_table(results, k))

@@ -26,7 +26,7 @@ DATA_KINDS = ("folder", "split_csv", "label_table", "bigearthnet", "index", "pai
 
 @dataclass
 class DataConfig:
-    kind: str = "folder"  # folder | split_csv | label_table | bigearthnet | index
+    kind: str = "folder"  # folder | split_csv | label_table | bigearthnet | index | paired
     root: str = ""  # dataset folder, split CSV, multi-label table (CSV/JSON), BigEarthNet folder or index folder
     bands: list = field(default_factory=lambda: [1, 2, 3])  # 1-based indices; BigEarthNet: names ("B04", "VV")
     input_size: int = 64

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from core.encoder import l2_normalise
 from core.errors import Cancelled, RsirError
 from core.fileio import write_json
 
@@ -21,7 +22,7 @@ from . import checkpoint
 from .config import TrainConfig
 from .crossmodal import CrossModalMethod, CrossModalNet
 from .datasets import ImageSet
-from .evaluate import score
+from .evaluate import imagenet_features, score
 from .models.factory import TrainNet, build_backbone, default_normalisation
 from .paired_data import PairedSet, cut_paired_tiles, split_pairs
 from .trainer import LOG_FIELDS, TrainResult, _Batches, _lr_lambda, pick_device
@@ -51,6 +52,15 @@ def cross_modal_results(emb: dict[str, tuple[np.ndarray, np.ndarray]], q_y: np.n
             out.append(score(f"{src} -> {dst}", "float", 0, emb[src][0], emb[dst][1], q_y, db_y, names, k))
     order = [f"{mods[0]} -> {mods[1]}", f"{mods[1]} -> {mods[0]}", f"{mods[0]} -> {mods[0]}", f"{mods[1]} -> {mods[1]}"]
     return sorted(out, key=lambda r: order.index(r.name))
+
+
+def imagenet_pair_features(pixels: np.ndarray, scale: float) -> np.ndarray:
+    """Untrained ImageNet Lite0 features of one modality's tiles, L2-normalised: the cross-modal baseline.
+    Bands beyond three are dropped and fewer are completed by repeating them (SAR VV, VH -> VV, VH, VV), since the
+    ImageNet network takes three."""
+    c = pixels.shape[1]
+    rgb = pixels[:, [i % c for i in range(3)]]
+    return l2_normalise(imagenet_features(rgb, scale))
 
 
 def _directions(model: CrossModalNet, batches: dict, queries: str, database: str, labelled: bool, k: int = 100):
