@@ -96,8 +96,9 @@ def test_label_tables_csv_and_json_read_real_images(tmp_path):
     assert len(everything) == 10
 
     js = tmp_path / "labels.json"
-    js.write_text(json.dumps([{"path": f"img/{os.path.basename(p)}", "labels": ls, "split": "train" if i < 8 else "test"}
-                              for i, (p, ls) in enumerate(zip(paths, labels))]))
+    rows = [{"path": f"img/{os.path.basename(p)}", "labels": ls, "split": "train" if i < 8 else "test"}
+            for i, (p, ls) in enumerate(zip(paths, labels))]
+    js.write_text(json.dumps(rows))
     sets = load_label_table(str(js), [1, 2, 3], 8)
     assert len(sets["train"]) == 8 and len(sets["test"]) == 2 and len(sets["val"]) == 0
 

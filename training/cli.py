@@ -62,7 +62,8 @@ def export_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", choices=["efficientnet_lite0"],
                    help="export ImageNet features with a fixed LSH head instead of a checkpoint")
     p.add_argument("--bits", type=int, default=64, help="--pretrained: code length in bits (default: %(default)s)")
-    p.add_argument("--input-size", type=int, default=64, help="--pretrained: input side in pixels (default: %(default)s)")
+    p.add_argument("--input-size", type=int, default=64,
+                   help="--pretrained: input side in pixels (default: %(default)s)")
     p.add_argument("--scale", type=float, default=255.0,
                    help="--pretrained: raw values are divided by this before normalisation (default: %(default)s)")
     p.add_argument("--out", required=True, help="output .onnx path (a cross-modal checkpoint writes one file per "
@@ -236,7 +237,8 @@ def mosaics_command(subparsers: argparse._SubParsersAction) -> None:
         description="Each mosaic holds four patches of 1..--max-classes distinct classes drawn from one split of "
                     "SPLIT_CSV; its label set is those classes. Writes OUT/<split>/NNNNNN.png and OUT/labels.csv "
                     "(path,labels,split), the table `rsir train` (data.kind = label_table) and `rsir eval` read.")
-    p.add_argument("split_csv", help="single-label split CSV (path,class,split), e.g. ../shared/data/eurosat_rgb/split.csv")
+    p.add_argument("split_csv",
+                   help="single-label split CSV (path,class,split), e.g. ../shared/data/eurosat_rgb/split.csv")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--train", type=int, default=8000, help="mosaics from the train split (default: %(default)s)")
     p.add_argument("--val", type=int, default=1000, help="mosaics from the val split (default: %(default)s)")

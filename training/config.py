@@ -183,7 +183,8 @@ def _check(cfg: TrainConfig, path: str) -> None:
     if cfg.loss.name in HASH_LOSSES and cfg.model.hash_bits <= 0:
         raise RsirError(f"{path}: loss.name {cfg.loss.name!r} trains hash codes: set model.hash_bits (e.g. 64)")
     if cfg.model.hash_bits < 0 or cfg.model.hash_bits % 8:
-        raise RsirError(f"{path}: model.hash_bits must be a multiple of 8 (0 = no hash head), got {cfg.model.hash_bits}")
+        raise RsirError(f"{path}: model.hash_bits must be a multiple of 8 (0 = no hash head), "
+                        f"got {cfg.model.hash_bits}")
     if cfg.optim.batch_size < 2:
         raise RsirError(f"{path}: optim.batch_size must be at least 2 for metric learning")
     if not 0 <= cfg.loss.momentum < 1:

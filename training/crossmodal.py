@@ -127,7 +127,8 @@ class CrossModalMethod:
         else:
             terms["infonce"] = (c.infonce_weight, cross_modal_infonce(za, zb, t))
             terms["angular"] = (c.angular_weight, tuple_angular_loss(za, zb))
-            terms["intra"] = (c.intra_weight, (intra_modal_neighbour_loss(za, t) + intra_modal_neighbour_loss(zb, t)) / 2)
+            intra = (intra_modal_neighbour_loss(za, t) + intra_modal_neighbour_loss(zb, t)) / 2
+            terms["intra"] = (c.intra_weight, intra)
         if oa.codes is not None:
             codes = torch.cat([oa.codes, ob.codes])
             terms["quant"] = (c.quant_weight, quantization_loss(codes))

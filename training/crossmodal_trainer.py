@@ -180,7 +180,8 @@ def train_crossmodal(cfg: TrainConfig, restart: bool = False, quiet: bool = Fals
         improved = "val" not in batches or val_map > best_map
         if improved:
             best_map = val_map if "val" in batches else best_map
-            checkpoint.save(best_path, {**common, "model": model.state_dict(), "epoch": epoch + 1, "val_map100": val_map})
+            checkpoint.save(best_path, {**common, "model": model.state_dict(), "epoch": epoch + 1,
+                                        "val_map100": val_map})
         checkpoint.save(last_path, {**common, "model": model.state_dict(), "epoch": epoch + 1, "best_map": best_map,
                                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                     "torch_rng": torch.get_rng_state()})

@@ -188,7 +188,8 @@ def format_extra(key: str, value: float) -> str:
 
 def results_table(results: list[MethodResult], k: int) -> str:
     extras = list(dict.fromkeys(key for r in results for key in r.extra))  # multi-label columns
-    head = (f"| method | mAP@{k} | " + "".join(f"{e} | " for e in extras) + f"P@1 | P@10 | P@{k} |\n|---|---|---|---|---|"
+    head = (f"| method | mAP@{k} | " + "".join(f"{e} | " for e in extras)
+            + f"P@1 | P@10 | P@{k} |\n|---|---|---|---|---|"
             + "---|" * len(extras))
     lines = [f"| {r.name} | {r.map_k:.2f} | " + "".join(f"{format_extra(e, r.extra[e])} | " if e in r.extra else "- | "
                                                      for e in extras)
