@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 import time
 
 import numpy as np
@@ -25,7 +24,7 @@ from .datasets import ImageSet
 from .evaluate import imagenet_features, score
 from .models.factory import TrainNet, build_backbone, default_normalisation
 from .paired_data import PairedSet, cut_paired_tiles, split_pairs
-from .trainer import LOG_FIELDS, TrainResult, _Batches, _lr_lambda, pick_device
+from .trainer import LOG_FIELDS, TrainResult, _Batches, _lr_lambda, run_paths, start_run
 
 
 def load_pairs(cfg: TrainConfig) -> dict[str, PairedSet]:
@@ -77,19 +76,8 @@ def train_crossmodal(cfg: TrainConfig, restart: bool = False, quiet: bool = Fals
     """Train (or resume) a cross-modal run in cfg.out_dir."""
     t_start = time.perf_counter()
     out = cfg.out_dir
-    last_path, best_path, log_path = (os.path.join(out, n) for n in ("last.pt", "best.pt", "log.csv"))
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    if cfg.optim.threads:
-        torch.set_num_threads(cfg.optim.threads)
-    device = pick_device(cfg.optim.device)
-    resume = None
-    if os.path.exists(last_path) and not restart:
-        resume = checkpoint.load(last_path)
-        if resume["config_sha256"] != cfg.sha256():
-            raise RsirError(f"{out}: holds a run of a different config ({resume['config_source']}); use another "
-                            "out_dir, or --restart to overwrite it")
+    last_path, best_path, log_path = run_paths(out)
+    device, resume = start_run(cfg, restart)
     sets = load_pairs(cfg)
     train_set = sets["train"]
     if len(train_set) < cfg.optim.batch_size:

@@ -146,11 +146,34 @@ class BankMethod:
         self.rot_gen.set_state(state["rot_gen"])
 
 
-class MiLANMethod:
-    """MiLAN (Roy et al., GRSL 2020): triplet loss on the relaxed codes (semi-hard mining) + push-to-binary
-    (quantisation) + bit balance."""
+class StatelessMethod:
+    """The trainer's method protocol for losses with no state of their own (no parameters, memory or momentum
+    encoder): everything but `loss` is a no-op."""
 
     needs_classifier = False
+
+    def parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def to(self, device) -> StatelessMethod:
+        return self
+
+    def prepare(self, model, embed_all=None) -> None:
+        pass
+
+    def after_step(self, model, x, idx) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class MiLANMethod(StatelessMethod):
+    """MiLAN (Roy et al., GRSL 2020): triplet loss on the relaxed codes (semi-hard mining) + push-to-binary
+    (quantisation) + bit balance."""
 
     def __init__(self, cfg: LossConfig):
         from pytorch_metric_learning import losses, miners
@@ -159,15 +182,6 @@ class MiLANMethod:
         self.loss_fn = losses.TripletMarginLoss(margin=cfg.margin)
         self.miner = miners.TripletMarginMiner(margin=cfg.margin, type_of_triplets="semihard")
 
-    def parameters(self) -> list[nn.Parameter]:
-        return []
-
-    def to(self, device) -> MiLANMethod:
-        return self
-
-    def prepare(self, model, embed_all=None) -> None:
-        pass
-
     def loss(self, model, x, y, idx) -> tuple[torch.Tensor, dict]:
         out = model(x)
         triplet = self.loss_fn(out.emb, y, self.miner(out.emb, y))
@@ -175,17 +189,8 @@ class MiLANMethod:
         total = triplet + self.cfg.quant_weight * q + self.cfg.balance_weight * b
         return total, {"triplet": triplet.item(), "quant": q.item(), "balance": b.item(), "loss": total.item()}
 
-    def after_step(self, model, x, idx) -> None:
-        pass
 
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-class ClassifierMethod:
+class ClassifierMethod(StatelessMethod):
     """BCE alone (multi-label classification on the embedding's cosine classifier): the baseline SNDL is
     compared with; retrieval then ranks by the embedding the classifier reads."""
 
@@ -194,27 +199,9 @@ class ClassifierMethod:
     def __init__(self, cfg: LossConfig):
         self.cfg = cfg
 
-    def parameters(self) -> list[nn.Parameter]:
-        return []
-
-    def to(self, device) -> ClassifierMethod:
-        return self
-
-    def prepare(self, model, embed_all=None) -> None:
-        pass
-
     def loss(self, model, x, y, idx) -> tuple[torch.Tensor, dict]:
         loss = classification_loss(model(x).logits, y)
         return loss, {"loss": loss.item()}
-
-    def after_step(self, model, x, idx) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 def make_method(cfg: LossConfig, labels: torch.Tensor, num_classes: int, embedding_dim: int, seed: int):

@@ -117,26 +117,36 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return f
 
 
-def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_stop=None) -> TrainResult:
-    """Train (or resume) the run in `cfg.out_dir`. `should_stop()` is polled between batches; on True the
-    epoch in progress is dropped and Cancelled raised (the last finished epoch is kept in last.pt)."""
-    t_start = time.perf_counter()
-    out = cfg.out_dir
-    last_path, best_path = os.path.join(out, "last.pt"), os.path.join(out, "best.pt")
-    log_path = os.path.join(out, "log.csv")
+def run_paths(out_dir: str) -> tuple[str, str, str]:
+    """last.pt, best.pt and log.csv of a run folder."""
+    return tuple(os.path.join(out_dir, n) for n in ("last.pt", "best.pt", "log.csv"))
+
+
+def start_run(cfg: TrainConfig, restart: bool) -> tuple[torch.device, dict | None]:
+    """Seed every generator, set the thread count, pick the device and load last.pt to resume from, refusing a
+    run folder that holds another config's run (unless `restart`)."""
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     if cfg.optim.threads:
         torch.set_num_threads(cfg.optim.threads)
-    device = pick_device(cfg.optim.device)
-
+    last_path = run_paths(cfg.out_dir)[0]
     resume = None
     if os.path.exists(last_path) and not restart:
         resume = checkpoint.load(last_path)
         if resume["config_sha256"] != cfg.sha256():
-            raise RsirError(f"{out}: holds a run of a different config ({resume['config_source']}); use another "
-                            "out_dir, or --restart to overwrite it")
+            raise RsirError(f"{cfg.out_dir}: holds a run of a different config ({resume['config_source']}); use "
+                            "another out_dir, or --restart to overwrite it")
+    return pick_device(cfg.optim.device), resume
+
+
+def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_stop=None) -> TrainResult:
+    """Train (or resume) the run in `cfg.out_dir`. `should_stop()` is polled between batches; on True the
+    epoch in progress is dropped and Cancelled raised (the last finished epoch is kept in last.pt)."""
+    t_start = time.perf_counter()
+    out = cfg.out_dir
+    last_path, best_path, log_path = run_paths(out)
+    device, resume = start_run(cfg, restart)
 
     bar = None if quiet else tqdm(desc="loading data", unit="img", leave=False)
     sets = load_data(cfg, progress=None if bar is None else lambda d, t: (setattr(bar, "total", t), bar.update(1)))
