@@ -24,7 +24,7 @@ from .datasets import ImageSet
 from .evaluate import imagenet_features, score
 from .models.factory import TrainNet, build_backbone, default_normalisation
 from .paired_data import PairedSet, cut_paired_tiles, split_pairs
-from .trainer import LOG_FIELDS, TrainResult, _Batches, _lr_lambda, run_paths, start_run
+from .trainer import LOG_FIELDS, TrainResult, _Batches, _lr_lambda, end_epoch, run_paths, start_run
 
 
 def load_pairs(cfg: TrainConfig) -> dict[str, PairedSet]:
@@ -165,18 +165,8 @@ def train_crossmodal(cfg: TrainConfig, restart: bool = False, quiet: bool = Fals
         if "val" in batches:
             res = _directions(model, batches, val_q, val_db, labelled)
             val_map = (res[0].map_k + res[1].map_k) / 2
-        improved = "val" not in batches or val_map > best_map
-        if improved:
-            best_map = val_map if "val" in batches else best_map
-            checkpoint.save(best_path, {**common, "model": model.state_dict(), "epoch": epoch + 1,
-                                        "val_map100": val_map})
-        checkpoint.save(last_path, {**common, "model": model.state_dict(), "epoch": epoch + 1, "best_map": best_map,
-                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                    "torch_rng": torch.get_rng_state()})
-        secs = time.perf_counter() - t0
-        with open(log_path, "a", newline="") as f:
-            csv.writer(f).writerow([epoch + 1, f"{np.mean(losses):.5f}", f"{val_map:.3f}",
-                                    f"{sched.get_last_lr()[-1]:.3e}", f"{secs:.1f}", int(improved)])
+        best_map, improved, secs = end_epoch((last_path, best_path, log_path), common, model, opt, sched, epoch,
+                                             losses, val_map, best_map, t0)
         if not quiet:
             print(f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {np.mean(losses):.4f}  val cross-modal mAP@100 "
                   f"{val_map:.2f}{'  (best)' if improved else ''}  {secs:.0f} s")

@@ -140,6 +140,27 @@ def start_run(cfg: TrainConfig, restart: bool) -> tuple[torch.device, dict | Non
     return pick_device(cfg.optim.device), resume
 
 
+def end_epoch(paths: tuple[str, str, str], common: dict, model, opt, sched, epoch: int, losses: list[float],
+              val_map: float, best_map: float, t0: float, extra: dict | None = None) -> tuple[float, bool, float]:
+    """Save best.pt when the validation mAP improved (every epoch when there is no validation set: val_map NaN),
+    then last.pt (with the optimiser, schedule, RNG and `extra` state to resume from) and the log row.
+    Returns (best mAP so far, improved, epoch seconds)."""
+    last_path, best_path, log_path = paths
+    has_val = not math.isnan(val_map)
+    improved = not has_val or val_map > best_map
+    if improved:
+        best_map = val_map if has_val else best_map
+        checkpoint.save(best_path, {**common, "model": model.state_dict(), "epoch": epoch + 1, "val_map100": val_map})
+    checkpoint.save(last_path, {**common, "model": model.state_dict(), "epoch": epoch + 1, "best_map": best_map,
+                                **(extra or {}), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                "torch_rng": torch.get_rng_state()})
+    secs = time.perf_counter() - t0
+    with open(log_path, "a", newline="") as f:
+        csv.writer(f).writerow([epoch + 1, f"{np.mean(losses):.5f}", f"{val_map:.3f}",
+                                f"{sched.get_last_lr()[-1]:.3e}", f"{secs:.1f}", int(improved)])
+    return best_map, improved, secs
+
+
 def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_stop=None) -> TrainResult:
     """Train (or resume) the run in `cfg.out_dir`. `should_stop()` is polled between batches; on True the
     epoch in progress is dropped and Cancelled raised (the last finished epoch is kept in last.pt)."""
@@ -238,19 +259,8 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
             bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
         bar.close()
         val_map = validation_map(model, val_b, train_b) if val_b is not None else float("nan")
-        improved = val_b is None or val_map > best_map
-        if improved:
-            best_map = val_map if val_b is not None else best_map
-            checkpoint.save(best_path, {**common, "model": model.state_dict(), "epoch": epoch + 1,
-                                        "val_map100": val_map})
-        checkpoint.save(last_path, {**common, "model": model.state_dict(), "epoch": epoch + 1,
-                                    "best_map": best_map, "method": method.state_dict(),
-                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                    "torch_rng": torch.get_rng_state()})
-        secs = time.perf_counter() - t0
-        with open(log_path, "a", newline="") as f:
-            csv.writer(f).writerow([epoch + 1, f"{np.mean(losses):.5f}", f"{val_map:.3f}",
-                                    f"{sched.get_last_lr()[-1]:.3e}", f"{secs:.1f}", int(improved)])
+        best_map, improved, secs = end_epoch((last_path, best_path, log_path), common, model, opt, sched, epoch,
+                                             losses, val_map, best_map, t0, {"method": method.state_dict()})
         if not quiet:
             print(f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {np.mean(losses):.4f}  val mAP@100 {val_map:.2f}"
                   f"{'  (best)' if improved else ''}  {secs:.0f} s")
