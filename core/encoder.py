@@ -110,6 +110,24 @@ def _providers(device: str) -> list[str]:
     return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in have else []) + ["CPUExecutionProvider"]
 
 
+def open_session(model_path: str, opts, providers: list[str]):
+    """An onnxruntime session, or RsirError naming the file when it is not a readable ONNX model."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(model_path, sess_options=opts, providers=providers)
+    except RsirError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own exception types for non-ONNX files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RsirError(f"{model_path}: not a valid ONNX model ({first[:200]})") from None
+
+
+def info_of_session(model_path: str, session) -> ModelInfo:
+    """The rsir metadata of an open session's model."""
+    return ModelInfo.from_metadata(model_path, sha256_file(model_path), session.get_modelmeta().custom_metadata_map)
+
+
 class Encoder:
     """Batched ONNX inference: raw pixels (N, C, H, W) -> normalised embeddings and packed codes."""
 
@@ -122,15 +140,8 @@ class Encoder:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(model_path, sess_options=opts, providers=_providers(device))
-        except RsirError:
-            raise
-        except Exception as exc:  # onnxruntime raises its own exception types for non-ONNX files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RsirError(f"{model_path}: not a valid ONNX model ({first[:200]})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.info = ModelInfo.from_metadata(model_path, sha256_file(model_path), meta)
+        self.session = open_session(model_path, opts, _providers(device))
+        self.info = info_of_session(model_path, self.session)
         names = {o.name for o in self.session.get_outputs()}
         for role, name in self.info.outputs.items():
             if name not in names:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import glob
 import os
 
-from .encoder import ModelInfo
+from .encoder import ModelInfo, info_of_session, open_session
 from .errors import RsirError
-from .fileio import sha256_file
 
 
 def read_model_info(path: str) -> ModelInfo:
@@ -20,17 +19,12 @@ def read_model_info(path: str) -> ModelInfo:
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    try:
-        meta = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"]
-                                    ).get_modelmeta().custom_metadata_map
-    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types for unreadable files
-        raise RsirError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:200]})") from None
-    return ModelInfo.from_metadata(path, sha256_file(path), meta)
+    return info_of_session(path, open_session(path, opts, ["CPUExecutionProvider"]))
 
 
-def modality_models(model: ModelInfo) -> dict[str, str]:
-    """{modality: model path} of the encoders sharing `model`'s space found beside it (itself included)."""
-    found = {model.modality: model.path}
+def modality_models(model: ModelInfo) -> dict[str, ModelInfo]:
+    """{modality: model} of the encoders sharing `model`'s space found beside it (itself included)."""
+    found = {model.modality: model}
     if not model.shared_space:
         return found
     for path in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(model.path)), "*.onnx"))):
@@ -41,7 +35,7 @@ def modality_models(model: ModelInfo) -> dict[str, str]:
         except RsirError:
             continue  # an unrelated or broken file in the same folder is not ours to judge
         if info.shared_space == model.shared_space and info.modality not in found:
-            found[info.modality] = path
+            found[info.modality] = info
     return found
 
 

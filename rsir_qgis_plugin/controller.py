@@ -56,8 +56,7 @@ class RetrievalSession:
         self._encoders: dict[tuple[str, str], object] = {}
         own = self.index.model_info
         # cross-modal indexes: the other modalities' encoders exported beside the index's model
-        self.modality_models = (modality.modality_models(own) if os.path.exists(own.path)
-                                else {own.modality: own.path})
+        self.modality_models = modality.modality_models(own) if os.path.exists(own.path) else {own.modality: own}
 
     @property
     def modalities(self) -> list[str]:
@@ -68,7 +67,8 @@ class RetrievalSession:
     def encoder(self, device: str = "auto", which: str | None = None):
         which = which or self.index.model_info.modality
         if (device, which) not in self._encoders:
-            model = self.modality_models.get(which, "")
+            info = self.modality_models.get(which)
+            model = info.path if info else ""
             if not os.path.exists(model):
                 raise errors.RsirError(f"{model or which}: the {which} encoder of this index is not there "
                                        f"(any more)")
@@ -84,9 +84,8 @@ class RetrievalSession:
         ds = gdal.OpenEx(raster, gdal.OF_RASTER)
         if ds is None:
             raise errors.RsirError(f"{raster}: GDAL cannot open it as a raster")
-        infos = {m: self.encoder(req.device, m).info for m in self.modality_models}
-        return modality.pick_query_modality(self.index.model_info, infos, ds.RasterCount, req.query_modality,
-                                            os.path.basename(raster))
+        return modality.pick_query_modality(self.index.model_info, self.modality_models, ds.RasterCount,
+                                            req.query_modality, os.path.basename(raster))
 
     def summary(self) -> dict:
         m = self.index.manifest
