@@ -270,10 +270,10 @@ def eval_pairs_command(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval-pairs", help="cross-modal mAP@k (A->B, B->A) of exported encoders on the paired tiles of a config",
         description="Cut the paired tiles of CONFIG's [data] (data.kind = paired), encode each modality with its "
-                    "ONNX encoder through core/ and rank in all four directions: A->B and B->A (cross-modal) next "
-                    "to A->A and B->B (uni-modal). Labelled pairs: queries = --queries split, database = train, "
-                    "relevant = same class. Unlabelled pairs: queries and database = the --queries split, the "
-                    "relevant item is the query's own partner.")
+                    "ONNX encoder through core/ and rank A->B and B->A (cross-modal), next to the untrained "
+                    "ImageNet features of both. Labelled pairs: queries = --queries split, database = train, "
+                    "relevant = same class, and A->A and B->B (uni-modal) as well. Unlabelled pairs: queries and "
+                    "database = the --queries split, the relevant item is the query's own partner.")
     p.add_argument("config", help="the training config whose [data] cuts the pairs")
     p.add_argument("models", nargs=2, help="the two exported encoders (any order; matched by rsir.modality)")
     p.add_argument("--queries", default="test", help="query split (default: %(default)s)")
@@ -311,14 +311,14 @@ def _run_eval_pairs(args: argparse.Namespace) -> int:
     pix = {mods[0]: lambda s: s.a, mods[1]: lambda s: s.b}
     emb = {m: (encoders[m].encode(pix[m](queries))[0], encoders[m].encode(pix[m](database))[0]) for m in mods}
     k = min(args.k, len(database))
-    results = cross_modal_results(emb, queries.labels, database.labels, queries.class_names, k)
-    if not queries.labelled:  # a query's own tile is its only relevant item: uni-modal would score itself
-        results = results[:2]
+    # unlabelled, a query's own tile is its only relevant item: uni-modal search would score the query itself
+    results = cross_modal_results(emb, queries.labels, database.labels, queries.class_names, k,
+                                  uni_modal=queries.labelled)
     if not args.no_baselines:
         # same channels and scale as each encoder reads, through the untrained ImageNet network of both
         base = {m: tuple(imagenet_pair_features(pix[m](s), encoders[m].info.scale) for s in (queries, database))
                 for m in mods}
-        for r in cross_modal_results(base, queries.labels, database.labels, queries.class_names, k)[:2]:
+        for r in cross_modal_results(base, queries.labels, database.labels, queries.class_names, k):
             r.name = f"ImageNet Lite0 (untrained): {r.name}"
             results.append(r)
     print(f"\n{len(queries)} {args.queries} pairs -> {len(database)} "

@@ -40,17 +40,15 @@ def modality_sets(pairs: PairedSet) -> tuple[ImageSet, ImageSet]:
 
 
 def cross_modal_results(emb: dict[str, tuple[np.ndarray, np.ndarray]], q_y: np.ndarray, db_y: np.ndarray,
-                        class_names: list[str], k: int) -> list:
-    """Scores of every direction X -> Y over modalities X, Y: `emb[m]` = (query embeddings, database embeddings)
-    of modality m. Uni-modal directions are the reference the cross-modal ones are read against."""
-    mods = list(emb)
+                        class_names: list[str], k: int, uni_modal: bool = False) -> list:
+    """Scores of A -> B and B -> A over the two modalities (and with `uni_modal`, A -> A and B -> B after them,
+    the reference the cross-modal ones are read against): `emb[m]` = (query embeddings, database embeddings)
+    of modality m."""
+    a, b = emb
     names = class_names or [str(i) for i in range(int(max(q_y.max(), db_y.max())) + 1)]
-    out = []
-    for src in mods:
-        for dst in mods:
-            out.append(score(f"{src} -> {dst}", "float", 0, emb[src][0], emb[dst][1], q_y, db_y, names, k))
-    order = [f"{mods[0]} -> {mods[1]}", f"{mods[1]} -> {mods[0]}", f"{mods[0]} -> {mods[0]}", f"{mods[1]} -> {mods[1]}"]
-    return sorted(out, key=lambda r: order.index(r.name))
+    directions = [(a, b), (b, a)] + ([(a, a), (b, b)] if uni_modal else [])
+    return [score(f"{src} -> {dst}", "float", 0, emb[src][0], emb[dst][1], q_y, db_y, names, k)
+            for src, dst in directions]
 
 
 def imagenet_pair_features(pixels: np.ndarray, scale: float) -> np.ndarray:
@@ -62,7 +60,7 @@ def imagenet_pair_features(pixels: np.ndarray, scale: float) -> np.ndarray:
     return l2_normalise(imagenet_features(rgb, scale))
 
 
-def _directions(model: CrossModalNet, batches: dict, queries: str, database: str, labelled: bool, k: int = 100):
+def _directions(model: CrossModalNet, batches: dict, queries: str, database: str, k: int = 100):
     mods = model.modalities
     emb = {m: (batches[queries][m].embed_all(model.nets[m]).cpu().numpy(),
                batches[database][m].embed_all(model.nets[m]).cpu().numpy()) for m in mods}
@@ -163,7 +161,7 @@ def train_crossmodal(cfg: TrainConfig, restart: bool = False, quiet: bool = Fals
         bar.close()
         val_map = float("nan")
         if "val" in batches:
-            res = _directions(model, batches, val_q, val_db, labelled)
+            res = _directions(model, batches, val_q, val_db)
             val_map = (res[0].map_k + res[1].map_k) / 2
         best_map, improved, secs = end_epoch((last_path, best_path, log_path), common, model, opt, sched, epoch,
                                              losses, val_map, best_map, t0)

@@ -50,9 +50,9 @@ def _shared_matrix(q_y: np.ndarray, db_y: np.ndarray) -> np.ndarray:
 def rank(q: np.ndarray, db: np.ndarray, q_y: np.ndarray, db_y: np.ndarray, k: int, pr_points: int = 200,
          chunk: int = 256):
     """Exact ranking of the whole database for every query: (shared labels of the top k (nq, k), the best
-    possible top-k shared counts (nq, k), relevant items per query, mean precision and recall at `pr_points`
-    ranks spread over the database). Relevant = shares a label (single-label: same class). Ties (common in
-    Hamming space) break by database order, as faiss's flat indexes do."""
+    possible top-k shared counts (nq, k; multi-label only, else None), relevant items per query, mean precision
+    and recall at `pr_points` ranks spread over the database). Relevant = shares a label (single-label: same
+    class). Ties (common in Hamming space) break by database order, as faiss's flat indexes do."""
     n = len(db)
     marks = np.unique(np.geomspace(1, n, pr_points).astype(np.int64)) - 1
     top, ideal, n_rel = [], [], []
@@ -63,13 +63,15 @@ def rank(q: np.ndarray, db: np.ndarray, q_y: np.ndarray, db_y: np.ndarray, k: in
         shared = _shared_matrix(q_y[i:i + chunk], db_y)
         ranked = np.take_along_axis(shared, order, axis=1)
         top.append(ranked[:, :k])
-        ideal.append(-np.sort(-shared, axis=1)[:, :k])
+        if q_y.ndim == 2:  # NDCG's ideal ranking: only multi-label counts vary
+            ideal.append(-np.sort(-shared, axis=1)[:, :k])
         rel_count = (shared > 0).sum(axis=1)
         n_rel.append(rel_count)
         hits = np.cumsum(ranked > 0, axis=1)[:, marks]
         prec += (hits / (marks + 1)).sum(axis=0)
         rec += (hits / np.maximum(rel_count, 1)[:, None]).sum(axis=0)
-    return np.concatenate(top), np.concatenate(ideal), np.concatenate(n_rel), prec / len(q), rec / len(q)
+    return (np.concatenate(top), np.concatenate(ideal) if ideal else None, np.concatenate(n_rel), prec / len(q),
+            rec / len(q))
 
 
 def score(name: str, kind: str, bits: int, q: np.ndarray, db: np.ndarray, q_y: np.ndarray, db_y: np.ndarray,
