@@ -24,7 +24,7 @@ from core.archive.sources import SourceSpec, open_source
 from core.archive.tiling import TileWindow
 from core.errors import RsirError
 
-from .splits import make_split, read_split
+from .splits import make_split, read_split, shuffled_split
 
 
 @dataclass
@@ -200,15 +200,10 @@ def load_index_tiles(index_dir: str, vector_path: str, field: str, size: int | N
 
 def split_image_set(data: ImageSet, seed: int = 42, train: float = 0.7, val: float = 0.1) -> dict[str, ImageSet]:
     """The per-class 70/10/20 protocol of `splits.py`, applied to an in-memory set (ids sorted, then shuffled)."""
-    import random
-
     out = {"train": [], "val": [], "test": []}
     for c in range(len(data.class_names)):
-        members = sorted(np.flatnonzero(data.labels == c), key=lambda i: data.ids[i])
-        random.Random(seed).shuffle(members)
-        n_train, n_val = int(len(members) * train), int(len(members) * val)
-        out["train"] += members[:n_train]
-        out["val"] += members[n_train:n_train + n_val]
-        out["test"] += members[n_train + n_val:]
+        members = np.flatnonzero(data.labels == c).tolist()
+        for split, part in shuffled_split(members, seed, train, val, key=lambda i: data.ids[i]).items():
+            out[split] += part
     return {k: data.subset(sorted(v)) for k, v in out.items()}
 

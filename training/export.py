@@ -141,6 +141,14 @@ def check_onnx_parity(net: torch.nn.Module, onnx_path: str, channels: int, input
     return worst
 
 
+def _trained_metadata(ckpt: dict, cfg) -> dict[str, str]:
+    """The metadata every model exported from a training checkpoint carries: backbone, config hash, epoch and its
+    validation mAP."""
+    return {"rsir.backbone": cfg.model.backbone, "rsir.train_config_sha256": ckpt["config_sha256"],
+            "rsir.train_epoch": str(ckpt["epoch"]),
+            "rsir.val_map100": f"{ckpt.get('val_map100', ckpt.get('best_map', float('nan'))):.3f}"}
+
+
 def export_checkpoint(checkpoint_path: str, out_path: str) -> dict[str, str]:
     """Export a `rsir train` checkpoint (best.pt or last.pt): its embedding, with the metadata core/ needs."""
     from . import checkpoint
@@ -154,9 +162,7 @@ def export_checkpoint(checkpoint_path: str, out_path: str) -> dict[str, str]:
         bands=list(cfg.data.bands), input_size=cfg.data.input_size, scale=cfg.data.scale,
         mean=list(ckpt["mean"]), std=list(ckpt["std"]), method=cfg.loss.name, class_names=list(ckpt["class_names"]),
         train_config=ckpt["config"],
-        extra={"rsir.backbone": cfg.model.backbone, "rsir.train_config_sha256": ckpt["config_sha256"],
-               "rsir.train_epoch": str(ckpt["epoch"]), "rsir.label_kind": "multi" if multi else "single",
-               "rsir.val_map100": f"{ckpt.get('val_map100', ckpt.get('best_map', float('nan'))):.3f}"},
+        extra={**_trained_metadata(ckpt, cfg), "rsir.label_kind": "multi" if multi else "single"},
     )
     return export_onnx(net, spec, out_path)
 
@@ -193,9 +199,7 @@ def export_crossmodal_checkpoint(checkpoint_path: str, out_path: str) -> dict[st
         spec = ExportSpec(
             bands=bands[m], input_size=d.input_size, scale=scales[m], mean=mean, std=std, method=cfg.loss.name,
             modality=m, class_names=list(ckpt["class_names"]), train_config=ckpt["config"],
-            extra={"rsir.backbone": cfg.model.backbone, "rsir.train_config_sha256": ckpt["config_sha256"],
-                   "rsir.train_epoch": str(ckpt["epoch"]), "rsir.shared_space": space,
-                   "rsir.modalities": json.dumps(ckpt["modalities"]),
-                   "rsir.val_map100": f"{ckpt.get('val_map100', ckpt.get('best_map', float('nan'))):.3f}"})
+            extra={**_trained_metadata(ckpt, cfg), "rsir.shared_space": space,
+                   "rsir.modalities": json.dumps(ckpt["modalities"])})
         metas[m] = export_onnx(model.nets[m].retrieval_net(), spec, path)
     return metas

@@ -47,14 +47,21 @@ class MemoryBank(nn.Module):
         self.memory[indices] = F.normalize(mixed, dim=1)
 
 
-def snca_loss(embeddings: torch.Tensor, indices: torch.Tensor, bank: MemoryBank, sigma: float = 0.05) -> torch.Tensor:
-    """SNCA: p_ij = exp(s_ij / sigma) / sum_{k != i} exp(s_ik / sigma) over the memory bank;
-    loss = mean_i -log sum_{j != i, y_j = y_i} p_ij."""
+def _bank_log_p(embeddings: torch.Tensor, indices: torch.Tensor, bank: MemoryBank,
+                sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p_ij over the memory bank with p_ij = exp(s_ij / sigma) / sum_{k != i} exp(s_ik / sigma), the batch's
+    row numbers); each image's own slot has p = 0."""
     sims = embeddings @ bank.memory.t() / sigma
     rows = torch.arange(len(indices), device=sims.device)
     sims = sims.clone()
     sims[rows, indices] = float("-inf")  # k != i
-    log_p = sims - torch.logsumexp(sims, dim=1, keepdim=True)
+    return sims - torch.logsumexp(sims, dim=1, keepdim=True), rows
+
+
+def snca_loss(embeddings: torch.Tensor, indices: torch.Tensor, bank: MemoryBank, sigma: float = 0.05) -> torch.Tensor:
+    """SNCA: p_ij = exp(s_ij / sigma) / sum_{k != i} exp(s_ik / sigma) over the memory bank;
+    loss = mean_i -log sum_{j != i, y_j = y_i} p_ij."""
+    log_p, rows = _bank_log_p(embeddings, indices, bank, sigma)
     same = bank.labels[None, :] == bank.labels[indices][:, None]
     same[rows, indices] = False
     log_p_same = torch.logsumexp(log_p.masked_fill(~same, float("-inf")), dim=1)
@@ -80,11 +87,7 @@ def sndl_weights(query_labels: torch.Tensor, bank_labels: torch.Tensor) -> torch
 def sndl_loss(embeddings: torch.Tensor, indices: torch.Tensor, bank: MemoryBank, sigma: float = 0.05) -> torch.Tensor:
     """SNDL: SNCA's p_ij over the memory bank (k != i), loss = mean_i -log sum_{j != i} w_ij p_ij with the
     multi-label weights of `sndl_weights` (bank.labels is the (N, C) multi-hot matrix)."""
-    sims = embeddings @ bank.memory.t() / sigma
-    rows = torch.arange(len(indices), device=sims.device)
-    sims = sims.clone()
-    sims[rows, indices] = float("-inf")
-    log_p = sims - torch.logsumexp(sims, dim=1, keepdim=True)
+    log_p, rows = _bank_log_p(embeddings, indices, bank, sigma)
     w = sndl_weights(bank.labels[indices], bank.labels)
     w[rows, indices] = 0.0
     return -torch.logsumexp(log_p + torch.log(w.clamp_min(1e-12)), dim=1).mean()

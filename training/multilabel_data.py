@@ -22,6 +22,7 @@ import numpy as np
 from core.errors import RsirError
 
 from .datasets import ImageSet, _compact, _read_images
+from .splits import shuffled_split
 
 LABEL_SEPARATOR = ";"
 SPLITS = ("train", "val", "test")
@@ -38,11 +39,10 @@ def multi_hot(label_sets: list[list[str]], class_names: list[str]) -> np.ndarray
 
 def assign_splits(rows: list[dict], seed: int = 42, train: float = 0.7, val: float = 0.1) -> None:
     """Give rows without a `split` one: sorted by path, shuffled with `seed`, first 70 % train, next 10 % val."""
-    todo = sorted((r for r in rows if not r.get("split")), key=lambda r: r["path"])
-    random.Random(seed).shuffle(todo)
-    n_train, n_val = int(len(todo) * train), int(len(todo) * val)
-    for i, r in enumerate(todo):
-        r["split"] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+    todo = [r for r in rows if not r.get("split")]
+    for split, part in shuffled_split(todo, seed, train, val, key=lambda r: r["path"]).items():
+        for r in part:
+            r["split"] = split
 
 
 def read_label_table(path: str) -> list[dict]:

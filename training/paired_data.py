@@ -6,7 +6,6 @@ Tiles with nodata in either raster are skipped. With a vector label layer, a pai
 polygon covering the tile centre; without one, each pair is its own class (instance-level supervision)."""
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +17,7 @@ from core.archive.tiling import TileWindow, grid_windows
 from core.errors import RsirError
 
 from .datasets import _compact
+from .splits import shuffled_split
 
 
 @dataclass
@@ -129,8 +129,5 @@ def cut_paired_tiles(raster_a: str, raster_b: str, bands_a: list, bands_b: list,
 
 def split_pairs(data: PairedSet, seed: int = 42, train: float = 0.7, val: float = 0.1) -> dict[str, PairedSet]:
     """Random 70/10/20 split of the pairs (ids sorted, shuffled with `seed`)."""
-    order = sorted(range(len(data)), key=lambda i: data.ids[i])
-    random.Random(seed).shuffle(order)
-    n_train, n_val = int(len(order) * train), int(len(order) * val)
-    parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    parts = shuffled_split(list(range(len(data))), seed, train, val, key=lambda i: data.ids[i])
     return {k: data.subset(sorted(v)) for k, v in parts.items()}

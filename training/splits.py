@@ -10,16 +10,22 @@ import random
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 
+def shuffled_split(items: list, seed: int = 42, train: float = 0.7, val: float = 0.1, key=None) -> dict[str, list]:
+    """The protocol's step for one group: items sorted (by `key`), shuffled with random.Random(seed), first 70 %
+    train, next 10 % val, the rest test."""
+    order = sorted(items, key=key)
+    random.Random(seed).shuffle(order)
+    n_train, n_val = int(len(order) * train), int(len(order) * val)
+    return {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+
+
 def make_split(root: str, seed: int = 42, train: float = 0.7, val: float = 0.1) -> list[dict]:
     """Rows {"path", "class", "split"} for every image of every class folder under `root`."""
     rows = []
     for cls in sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))):
-        names = sorted(n for n in os.listdir(os.path.join(root, cls)) if n.lower().endswith(IMAGE_EXTENSIONS))
-        random.Random(seed).shuffle(names)
-        n_train, n_val = int(len(names) * train), int(len(names) * val)
-        for i, name in enumerate(names):
-            split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
-            rows.append({"path": f"{cls}/{name}", "class": cls, "split": split})
+        names = [n for n in os.listdir(os.path.join(root, cls)) if n.lower().endswith(IMAGE_EXTENSIONS)]
+        for split, part in shuffled_split(names, seed, train, val).items():
+            rows += [{"path": f"{cls}/{name}", "class": cls, "split": split} for name in part]
     if not rows:
         raise ValueError(f"{root}: no class folders with images")
     return rows
