@@ -51,6 +51,6 @@ def similarity_heatmap(index: Index, query_embedding: np.ndarray, source_path: s
         band.SetNoDataValue(NODATA)
         band.SetDescription("cosine similarity to the query")
         band.WriteArray(grid)
-        ds = None
+        ds = None  # close before the rename
     best = np.unravel_index(np.argmax(np.where(count > 0, grid, -np.inf)), grid.shape)
     return out_path, float(grid[best]), (int(best[1] * cell), int(best[0] * cell))

@@ -41,5 +41,5 @@ def write_hits_gpkg(path: str, query: Query, hits: list[Hit]) -> str:
                 feat.SetGeometry(ogr.CreateGeometryFromWkt(hit.footprint_wkt))
             layer.CreateFeature(feat)
         layer.CommitTransaction()
-        ds = None
+        ds = None  # flush and close before the rename
     return path

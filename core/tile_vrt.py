@@ -14,5 +14,5 @@ def write_tile_vrt(source: str, kind: str, bands: list[int], x: int, y: int, w: 
         out = gdal.Translate(tmp, ds, format="VRT", srcWin=[x, y, w, h], bandList=list(bands))
         if out is None:
             raise RuntimeError(f"{source}: could not write a VRT window ({gdal.GetLastErrorMsg()})")
-        out = None
+        out = None  # flush
     return out_path
