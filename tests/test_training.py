@@ -15,11 +15,12 @@ from core.index.builder import BuildOptions, build_index
 from core.index.reader import Index
 from core.search import query_from_image, search
 from tests.rasters import write_class_folder
+from training.checkpoint import init_weights, model_from_checkpoint
 from training.checkpoint import load as load_checkpoint
-from training.checkpoint import model_from_checkpoint
 from training.config import CROSS_MODAL_LOSSES, HASH_LOSSES, LOSSES, MULTI_LABEL_ONLY, load_config, parse_config
 from training.datasets import load_folder, load_index_tiles
 from training.export import check_onnx_parity, export_checkpoint
+from training.models.factory import TrainNet, build_backbone
 from training.trainer import train
 
 
@@ -194,3 +195,29 @@ def test_index_tiles_take_the_label_of_the_polygon_under_their_centre(twin_raste
     assert data.pixels.shape[1:] == (3, enc.info.input_size, enc.info.input_size)
     with pytest.raises(RsirError, match="no field 'kind'"):
         load_index_tiles(index_dir, path, "kind")
+
+
+def test_init_from_starts_a_hash_model_from_a_trained_float_model(trained, class_folder, tmp_path):
+    best = os.path.join(trained, "best.pt")
+    src = load_checkpoint(best)
+    net = TrainNet(build_backbone("tiny", False, 3), 16, 0, hash_bits=16)
+    fresh = init_weights(net, src, best)
+    assert sorted({k.split(".")[0] for k in fresh}) == ["embed_head", "hash_head"]  # all the backbone is taken
+    for key, value in net.state_dict().items():
+        if key.startswith("backbone."):
+            assert torch.equal(value, src["model"][key]), key
+
+    cfg = _cfg(class_folder, str(tmp_path / "ft"), loss="milan", epochs=1, lr=1e-4)
+    cfg.model.init_from = best
+    tuned = train(cfg, quiet=True)
+    ft = load_checkpoint(tuned.last_checkpoint)
+    for key, value in src["model"].items():  # lr 1e-4 for one epoch: the trained backbone moved only a little
+        if key.startswith("backbone.") and value.is_floating_point():
+            assert torch.allclose(ft["model"][key], value, atol=0.05), key
+    assert ft["mean"] == src["mean"] and ft["std"] == src["std"]
+    assert tuned.best_map > 90
+
+    cfg.data.bands = [1, 2]
+    cfg.out_dir = str(tmp_path / "bad")
+    with pytest.raises(RsirError, match=r"best\.pt: model\.init_from is a tiny on 3 bands; .* on 2"):
+        train(cfg, quiet=True)

@@ -100,3 +100,38 @@ def test_split_command_writes_the_protocol_split(tmp_path, capsys):
     assert read_split(os.path.join(root, "split.csv")) == make_split(root, seed=42)
     code, _, err = run(capsys, "split", tmp_path / "missing")
     assert code == 1 and "missing: no such dataset folder" in err
+
+
+def test_int8_export_is_calibrated_on_training_images_and_keeps_the_embeddings(tmp_path, capsys):
+    import onnx
+
+    from core.encoder import Encoder
+    from training.datasets import load_folder
+
+    write_class_folder(str(tmp_path / "data"), n_classes=3, per_class=14, size=32)
+    cfg = tmp_path / "snca.toml"
+    cfg.write_text(CONFIG.format(loss="snca"))
+    assert run(capsys, "train", cfg, "-q")[0] == 0
+    model, q = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
+    code, out, err = run(capsys, "export", tmp_path / "run" / "best.pt", "--out", model, "--int8", q,
+                         "--calibration", "20")
+    assert code == 0, err
+    assert f"wrote {q}: int8 weights and activations (onnxruntime static QDQ, per channel, calibrated on 20 " \
+           "images)" in out
+    graph = onnx.load(str(q))
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.graph.initializer)  # int8 conv weights
+    meta_f = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
+    meta_q = {p.key: p.value for p in graph.metadata_props}
+    assert {k: v for k, v in meta_q.items() if k != "rsir.quantization"} == meta_f  # core/ reads it alike
+
+    images = load_folder(str(tmp_path / "data"), [1, 2, 3], 32)["test"].pixels
+    emb_f, _ = Encoder(str(model), threads=1).encode(images)
+    emb_q, _ = Encoder(str(q), threads=1).encode(images)
+    assert np.sum(emb_f * emb_q, axis=1).min() > 0.98
+    assert np.array_equal(np.argsort(-emb_f @ emb_f.T, axis=1)[:, 1], np.argsort(-emb_q @ emb_f.T, axis=1)[:, 1])
+
+    code, _, err = run(capsys, "export", "--pretrained", "efficientnet_lite0", "--out", tmp_path / "p.onnx",
+                       "--int8", tmp_path / "p8.onnx")
+    assert code == 1 and "add --calibration 0" in err and not os.path.exists(tmp_path / "p.onnx")

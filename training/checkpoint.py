@@ -46,3 +46,29 @@ def model_from_checkpoint(ckpt: dict) -> TrainNet:
                    multi_label=bool(ckpt.get("multi_label", False)))
     net.load_state_dict(ckpt["model"])
     return net.eval()
+
+
+def init_source(cfg: TrainConfig) -> dict | None:
+    """The checkpoint named by `model.init_from` (None when unset), checked against `cfg`: the same backbone and
+    band count, or the weights could not fit; the same normalisation is the caller's to adopt."""
+    path = cfg.model.init_from
+    if not path:
+        return None
+    ckpt = load(path)
+    src = config_of(ckpt)
+    if src.model.backbone != cfg.model.backbone or len(src.data.bands) != len(cfg.data.bands):
+        raise RsirError(f"{path}: model.init_from is a {src.model.backbone} on {len(src.data.bands)} bands; "
+                        f"{cfg.source} trains a {cfg.model.backbone} on {len(cfg.data.bands)}")
+    return ckpt
+
+
+def init_weights(model: TrainNet, ckpt: dict, path: str = "<checkpoint>") -> list[str]:
+    """Copy every tensor of `ckpt`'s model whose name and shape match into `model` (the backbone always; heads
+    when the new run has the same ones); returns the names of the tensors left as built."""
+    own = model.state_dict()
+    taken = {k: v for k, v in ckpt["model"].items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in taken]
+    if any(k.startswith("backbone.") for k in missing):
+        raise RsirError(f"{path}: its backbone weights do not fit this model (e.g. {', '.join(missing[:3])})")
+    model.load_state_dict(taken, strict=False)
+    return missing

@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 
+import numpy as np
+
 from core.errors import RsirError
 
 
@@ -68,7 +70,11 @@ def export_command(subparsers: argparse._SubParsersAction) -> None:
                    help="--pretrained: raw values are divided by this before normalisation (default: %(default)s)")
     p.add_argument("--out", required=True, help="output .onnx path (a cross-modal checkpoint writes one file per "
                                                 "modality: OUT-<modality>.onnx)")
-    p.add_argument("--int8", metavar="ONNX", help="also write an int8-weight copy here (check it with rsir eval)")
+    p.add_argument("--int8", metavar="ONNX", help="also write an int8 copy here (check it with rsir eval)")
+    p.add_argument("--calibration", type=int, default=256, metavar="N",
+                   help="--int8: calibrate activation ranges on N images of the checkpoint's training split "
+                        "(static quantisation, faster on CPU); 0 = weights only (dynamic), the only choice with "
+                        "--pretrained (default: %(default)s)")
     p.set_defaults(func=_run_export)
 
 
@@ -89,9 +95,26 @@ def _export_checkpoint(path: str, out: str) -> None:
           f"val mAP@100 {meta['rsir.val_map100']}")
 
 
+def _calibration_images(checkpoint_path: str, n: int) -> np.ndarray:
+    """`n` random images (seed 0) of the training split the checkpoint was trained on."""
+    from . import checkpoint
+    from .trainer import load_data
+
+    train = load_data(checkpoint.config_of(checkpoint.load(checkpoint_path)))["train"]
+    pick = np.random.default_rng(0).choice(len(train), min(n, len(train)), replace=False)
+    return train.pixels[np.sort(pick)]
+
+
 def _run_export(args: argparse.Namespace) -> int:
     if bool(args.checkpoint) == bool(args.pretrained):
         raise RsirError("give either a CHECKPOINT or --pretrained efficientnet_lite0")
+    if args.int8 and args.checkpoint:
+        from . import checkpoint
+
+        if checkpoint.load(args.checkpoint).get("kind") == "crossmodal":
+            raise RsirError(f"{args.checkpoint}: --int8 is for single-model exports, not cross-modal encoders")
+    if args.int8 and args.pretrained and args.calibration:
+        raise RsirError("--pretrained has no training images to calibrate on: add --calibration 0 (weights only)")
     if args.checkpoint:
         _export_checkpoint(args.checkpoint, args.out)
     else:
@@ -99,8 +122,9 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.int8:
         from .quantize import quantize_int8
 
-        quantize_int8(args.out, args.int8)
-        print(f"wrote {args.int8}: int8 weights, {os.path.getsize(args.int8) / 1e6:.1f} MB "
+        images = _calibration_images(args.checkpoint, args.calibration) if args.calibration > 0 else None
+        meta = quantize_int8(args.out, args.int8, images)
+        print(f"wrote {args.int8}: {meta['rsir.quantization']}, {os.path.getsize(args.int8) / 1e6:.1f} MB "
               f"(float: {os.path.getsize(args.out) / 1e6:.1f} MB)")
     return 0
 

@@ -52,6 +52,8 @@ class ModelConfig:
     embedding_dim: int = 128
     classifier: bool = False  # a cosine classifier head (forced on by losses that need it)
     hash_bits: int = 0  # K > 0: a hash head (tanh-relaxed in training, sign bits at export) replaces the embedding
+    init_from: str = ""  # a training checkpoint (best.pt) to start from instead of ImageNet: its backbone, and the
+    # heads whose shapes match (fine-tune a trained float model into a hash model, or continue a run)
     mean: list = field(default_factory=list)  # default: the backbone's
     std: list = field(default_factory=list)
 
@@ -154,6 +156,7 @@ def parse_config(values: dict, path: str = "<config>") -> TrainConfig:
     cfg.data.root, cfg.data.labels, cfg.data.cache_dir = (resolve(cfg.data.root), resolve(cfg.data.labels),
                                                           resolve(cfg.data.cache_dir))
     cfg.data.root_b = resolve(cfg.data.root_b)
+    cfg.model.init_from = resolve(cfg.model.init_from)
     _check(cfg, path)
     return cfg
 
@@ -189,6 +192,8 @@ def _check(cfg: TrainConfig, path: str) -> None:
         raise RsirError(f"{path}: optim.batch_size must be at least 2 for metric learning")
     if not 0 <= cfg.loss.momentum < 1:
         raise RsirError(f"{path}: loss.momentum must be in [0, 1), got {cfg.loss.momentum}")
+    if cfg.model.init_from and cfg.data.kind == "paired":
+        raise RsirError(f"{path}: model.init_from is not supported for paired (cross-modal) training")
     n = len(cfg.data.bands)
     for key in ("mean", "std"):
         v = getattr(cfg.model, key)

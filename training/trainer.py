@@ -178,7 +178,9 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
         raise RsirError(f"{cfg.data.root}: only {len(train_set)} training images, fewer than one batch "
                         f"({cfg.optim.batch_size}); lower optim.batch_size")
     channels = len(cfg.data.bands)
-    mean, std = default_normalisation(cfg.model.backbone, cfg.model.pretrained, channels)
+    init = checkpoint.init_source(cfg) if resume is None else None
+    mean, std = ((init["mean"], init["std"]) if init is not None
+                 else default_normalisation(cfg.model.backbone, cfg.model.pretrained, channels))
     mean, std = cfg.model.mean or mean, cfg.model.std or std
     classes = train_set.class_names
     if train_set.multi_label and cfg.loss.name not in MULTI_LABEL_METHODS:
@@ -193,11 +195,18 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
     method = make_method(cfg.loss, labels, len(classes), dim, cfg.seed)
     n_cls = len(classes) if (cfg.model.classifier or method.needs_classifier) else 0
     try:
-        backbone = build_backbone(cfg.model.backbone, cfg.model.pretrained and resume is None, channels)
+        backbone = build_backbone(cfg.model.backbone, cfg.model.pretrained and resume is None and init is None,
+                                  channels)
     except ValueError as exc:
         raise RsirError(f"{cfg.source}: {exc}") from None
     model = TrainNet(backbone, cfg.model.embedding_dim, n_cls, cfg.model.hash_bits,
-                     multi_label=train_set.multi_label).to(device)
+                     multi_label=train_set.multi_label)
+    if init is not None:
+        fresh = checkpoint.init_weights(model, init, cfg.model.init_from)
+        if not quiet:
+            print(f"started from {cfg.model.init_from} (epoch {init.get('epoch')}); new: "
+                  f"{', '.join(sorted({k.rsplit('.', 1)[0] for k in fresh})) or 'nothing'}")
+    model = model.to(device)
     method.to(device)
     train_b = _Batches(train_set, cfg.data.scale, mean, std, device)
     val_b = _Batches(val_set, cfg.data.scale, mean, std, device) if val_set is not None and len(val_set) else None
