@@ -5,17 +5,13 @@ best.pt by validation mAP) with the validation metric the mean of the two cross-
 a pair get the same flips and rotations (the footprint stays aligned)."""
 from __future__ import annotations
 
-import csv
-import os
 import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from core.encoder import l2_normalise
-from core.errors import Cancelled, RsirError
-from core.fileio import write_json
+from core.errors import RsirError
 
 from . import checkpoint
 from .config import TrainConfig
@@ -24,7 +20,7 @@ from .datasets import ImageSet
 from .evaluate import imagenet_features, score
 from .models.factory import TrainNet, build_backbone, default_normalisation
 from .paired_data import PairedSet, cut_paired_tiles, split_pairs
-from .trainer import LOG_FIELDS, TrainResult, _Batches, _lr_lambda, end_epoch, run_paths, start_run
+from .trainer import TrainResult, _Batches, end_epoch, make_optimiser, restore_or_begin, run_epoch, run_paths, start_run
 
 
 def load_pairs(cfg: TrainConfig) -> dict[str, PairedSet]:
@@ -107,58 +103,29 @@ def train_crossmodal(cfg: TrainConfig, restart: bool = False, quiet: bool = Fals
     labelled = train_set.labelled
     val_q, val_db = ("val", "train") if labelled else ("val", "val")
 
-    backbone_lr = cfg.optim.backbone_lr or cfg.optim.lr
     backbone_params = [p for m in mods for p in model.nets[m].backbone.parameters()]
     ids = {id(p) for p in backbone_params}
     head_params = [p for p in model.parameters() if id(p) not in ids]
-    opt = torch.optim.AdamW([{"params": backbone_params, "lr": backbone_lr},
-                             {"params": head_params, "lr": cfg.optim.lr}], weight_decay=cfg.optim.weight_decay)
-    steps_per_epoch = len(train_set) // cfg.optim.batch_size
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _lr_lambda(steps_per_epoch * cfg.optim.epochs, max(1, int(cfg.optim.warmup_epochs * steps_per_epoch))))
-    start_epoch, best_map = 0, -1.0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        torch.set_rng_state(resume["torch_rng"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        start_epoch, best_map = resume["epoch"], resume["best_map"]
-    else:
-        os.makedirs(out, exist_ok=True)
-        with open(log_path, "w", newline="") as f:
-            csv.writer(f).writerow(LOG_FIELDS)
-        write_json(os.path.join(out, "config.json"), cfg.to_dict())
+    opt, sched = make_optimiser(cfg, backbone_params, head_params, len(train_set) // cfg.optim.batch_size)
+    start_epoch, best_map = restore_or_begin(cfg, resume, model, opt, sched)
     common = {"config": cfg.to_dict(), "config_sha256": cfg.sha256(), "config_source": cfg.source,
               "kind": "crossmodal", "modalities": mods, "class_names": train_set.class_names,
               "norm": {m: [list(norm[m][0]), list(norm[m][1])] for m in mods}, "num_classifier_classes": n_cls}
     labels = torch.from_numpy(train_set.labels)
     model.train()
+
+    def step(idx: torch.Tensor, gen: torch.Generator):
+        state = gen.get_state()  # the same draws for both modalities: identical flips and rotations
+        xa = batches["train"][mods[0]].get(idx, cfg.augment, gen)
+        gen_b = torch.Generator().manual_seed(0)
+        gen_b.set_state(state)
+        xb = batches["train"][mods[1]].get(idx, cfg.augment, gen_b)
+        loss, stats = method.loss(model, xa, xb, labels[idx].to(device))
+        return loss, stats, None
+
     for epoch in range(start_epoch, cfg.optim.epochs):
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        order = torch.randperm(len(train_set), generator=gen)
-        losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
-                   disable=True if quiet else None, leave=False)
-        for step in bar:
-            if should_stop is not None and should_stop():
-                raise Cancelled(f"stopped during epoch {epoch + 1}; rerun the same command to resume")
-            idx = order[step * cfg.optim.batch_size:(step + 1) * cfg.optim.batch_size]
-            state = gen.get_state()  # the same draws for both modalities: identical flips and rotations
-            xa = batches["train"][mods[0]].get(idx, cfg.augment, gen)
-            gen_b = torch.Generator().manual_seed(0)
-            gen_b.set_state(state)
-            xb = batches["train"][mods[1]].get(idx, cfg.augment, gen_b)
-            loss, stats = method.loss(model, xa, xb, labels[idx].to(device))
-            if not torch.isfinite(loss):
-                raise RsirError(f"loss became {float(loss)} at epoch {epoch + 1} step {step}; lower optim.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(stats["loss"])
-            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
-        bar.close()
+        losses = run_epoch(cfg, epoch, len(train_set), step, opt, sched, quiet, should_stop)
         val_map = float("nan")
         if "val" in batches:
             res = _directions(model, batches, val_q, val_db)

@@ -140,6 +140,63 @@ def start_run(cfg: TrainConfig, restart: bool) -> tuple[torch.device, dict | Non
     return pick_device(cfg.optim.device), resume
 
 
+def make_optimiser(cfg: TrainConfig, backbone_params: list, head_params: list, steps_per_epoch: int):
+    """AdamW with the backbone at optim.backbone_lr and the heads (and loss parameters) at optim.lr, under a
+    linear warm-up then cosine schedule stepped once per batch."""
+    opt = torch.optim.AdamW([{"params": backbone_params, "lr": cfg.optim.backbone_lr or cfg.optim.lr},
+                             {"params": head_params, "lr": cfg.optim.lr}], weight_decay=cfg.optim.weight_decay)
+    total = steps_per_epoch * cfg.optim.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(total, max(1, int(cfg.optim.warmup_epochs * steps_per_epoch))))
+    return opt, sched
+
+
+def restore_or_begin(cfg: TrainConfig, resume: dict | None, model, opt, sched) -> tuple[int, float]:
+    """Resume: load the model, optimiser, schedule and global RNG of last.pt. Fresh: create the run folder, the
+    log header and config.json. Returns (first epoch to run, best validation mAP so far)."""
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        torch.set_rng_state(resume["torch_rng"])  # drop-connect draws from the global generator
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        return resume["epoch"], resume["best_map"]
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(run_paths(cfg.out_dir)[2], "w", newline="") as f:
+        csv.writer(f).writerow(LOG_FIELDS)
+    write_json(os.path.join(cfg.out_dir, "config.json"), cfg.to_dict())
+    return 0, -1.0
+
+
+def run_epoch(cfg: TrainConfig, epoch: int, n_items: int, step, opt, sched, quiet: bool,
+              should_stop=None) -> list[float]:
+    """One epoch over `n_items` training items in a seeded order (the same on resume). `step(idx, gen)` returns
+    (loss, stats, after) for the batch `idx`, drawing augmentations from `gen`; `after()` (or None) runs after the
+    optimiser step. Returns the batch losses."""
+    gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+    order = torch.randperm(n_items, generator=gen)
+    batch = cfg.optim.batch_size
+    losses = []
+    bar = tqdm(range(n_items // batch), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
+               disable=True if quiet else None, leave=False)  # None: off when not a terminal
+    for i in bar:
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"stopped during epoch {epoch + 1}; rerun the same command to resume "
+                            f"from epoch {epoch + 1}")
+        loss, stats, after = step(order[i * batch:(i + 1) * batch], gen)
+        if not torch.isfinite(loss):
+            raise RsirError(f"loss became {float(loss)} at epoch {epoch + 1} step {i}; lower optim.lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if after is not None:
+            after()
+        losses.append(stats["loss"])
+        bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
+    bar.close()
+    return losses
+
+
 def end_epoch(paths: tuple[str, str, str], common: dict, model, opt, sched, epoch: int, losses: list[float],
               val_map: float, best_map: float, t0: float, extra: dict | None = None) -> tuple[float, bool, float]:
     """Save best.pt when the validation mAP improved (every epoch when there is no validation set: val_map NaN),
@@ -211,33 +268,22 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
     train_b = _Batches(train_set, cfg.data.scale, mean, std, device)
     val_b = _Batches(val_set, cfg.data.scale, mean, std, device) if val_set is not None and len(val_set) else None
 
-    backbone_lr = cfg.optim.backbone_lr or cfg.optim.lr
     head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
-    opt = torch.optim.AdamW([{"params": model.backbone.parameters(), "lr": backbone_lr},
-                             {"params": head_params + method.parameters(), "lr": cfg.optim.lr}],
-                            weight_decay=cfg.optim.weight_decay)
-    steps_per_epoch = len(train_set) // cfg.optim.batch_size
-    total = steps_per_epoch * cfg.optim.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _lr_lambda(total, max(1, int(cfg.optim.warmup_epochs * steps_per_epoch))))
-
-    start_epoch, best_map = 0, -1.0
+    opt, sched = make_optimiser(cfg, list(model.backbone.parameters()), head_params + method.parameters(),
+                                len(train_set) // cfg.optim.batch_size)
+    start_epoch, best_map = restore_or_begin(cfg, resume, model, opt, sched)
     if resume is not None:
-        model.load_state_dict(resume["model"])
         method.prepare(model)
         method.load_state_dict(resume["method"])
-        torch.set_rng_state(resume["torch_rng"])  # drop-connect draws from the global generator
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        start_epoch, best_map = resume["epoch"], resume["best_map"]
         if not quiet:
             print(f"resuming {out} after epoch {start_epoch} (best val mAP@100 {best_map:.2f})")
     else:
-        os.makedirs(out, exist_ok=True)
         method.prepare(model, train_b.embed_all)
-        with open(log_path, "w", newline="") as f:
-            csv.writer(f).writerow(LOG_FIELDS)
-        write_json(os.path.join(out, "config.json"), cfg.to_dict())
+
+    def step(idx: torch.Tensor, gen: torch.Generator):
+        x = train_b.get(idx, cfg.augment, gen)
+        loss, stats = method.loss(model, x, labels[idx].to(device), idx.to(device))
+        return loss, stats, lambda: method.after_step(model, x, idx.to(device))
 
     common = {"config": cfg.to_dict(), "config_sha256": cfg.sha256(), "config_source": cfg.source,
               "class_names": classes, "mean": list(mean), "std": list(std), "num_classifier_classes": n_cls,
@@ -245,28 +291,7 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
     model.train()
     for epoch in range(start_epoch, cfg.optim.epochs):
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        order = torch.randperm(len(train_set), generator=gen)
-        losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
-                   disable=True if quiet else None, leave=False)  # None: off when not a terminal
-        for step in bar:
-            if should_stop is not None and should_stop():
-                raise Cancelled(f"stopped during epoch {epoch + 1}; rerun the same command to resume "
-                                f"from epoch {epoch + 1}")
-            idx = order[step * cfg.optim.batch_size:(step + 1) * cfg.optim.batch_size]
-            x = train_b.get(idx, cfg.augment, gen)
-            loss, stats = method.loss(model, x, labels[idx].to(device), idx.to(device))
-            if not torch.isfinite(loss):
-                raise RsirError(f"loss became {float(loss)} at epoch {epoch + 1} step {step}; lower optim.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            method.after_step(model, x, idx.to(device))
-            losses.append(stats["loss"])
-            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
-        bar.close()
+        losses = run_epoch(cfg, epoch, len(train_set), step, opt, sched, quiet, should_stop)
         val_map = validation_map(model, val_b, train_b) if val_b is not None else float("nan")
         best_map, improved, secs = end_epoch((last_path, best_path, log_path), common, model, opt, sched, epoch,
                                              losses, val_map, best_map, t0, {"method": method.state_dict()})
