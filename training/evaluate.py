@@ -52,7 +52,8 @@ def rank(q: np.ndarray, db: np.ndarray, q_y: np.ndarray, db_y: np.ndarray, k: in
     """Exact ranking of the whole database for every query: (shared labels of the top k (nq, k), the best
     possible top-k shared counts (nq, k; multi-label only, else None), relevant items per query, mean precision
     and recall at `pr_points` ranks spread over the database). Relevant = shares a label (single-label: same
-    class). Ties (common in Hamming space) break by database order, as faiss's flat indexes do."""
+    class). Ties (common in Hamming space) break by database order, as faiss's flat indexes do; `score` shuffles
+    the database first so that order is random."""
     n = len(db)
     marks = np.unique(np.geomspace(1, n, pr_points).astype(np.int64)) - 1
     top, ideal, n_rel = [], [], []
@@ -78,7 +79,11 @@ def score(name: str, kind: str, bits: int, q: np.ndarray, db: np.ndarray, q_y: n
           class_names: list[str], k: int) -> MethodResult:
     """mAP@k, P@k and per-class AP (a class's queries: those carrying it); for multi-label sets also WMAP@k and
     NDCG@k (core/metrics.py)."""
-    shared, ideal, n_rel, prec, rec = rank(q, db, q_y, db_y, k)
+    # Rank a seeded shuffle of the database: ties (whole buckets of equal codes at 16-32 bits) then break in random
+    # order. In the dataset's own order (EuroSAT's folders are listed class by class) the lowest class would come
+    # first in every tie: -3 mAP@100 and P@1 55 % instead of 98 % for a 32-bit model.
+    perm = np.random.default_rng(0).permutation(len(db))
+    shared, ideal, n_rel, prec, rec = rank(q, db[perm], q_y, db_y[perm], k)
     rel = shared > 0
     ap = average_precision_at_k(rel, n_rel, k)
     members = q_y.astype(bool) if q_y.ndim == 2 else q_y[:, None] == np.arange(len(class_names))[None, :]

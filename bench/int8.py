@@ -1,0 +1,60 @@
+"""Encoder throughput of int8 copies against their float model, same input, threads and run.
+
+    .venv/bin/python bench/int8.py models/eurosat/default96.onnx models/eurosat/default96.int8.onnx \
+        models/eurosat/default96.int8-dynamic.onnx
+
+The first model is the baseline; every model goes through core/'s Encoder (preprocessing included).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.encode import best_rate  # noqa: E402
+from core.encoder import Encoder  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+", help="ONNX models of the same input size; the first is the baseline")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--images", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dataset", help="a folder per class (e.g. ../shared/data/eurosat_rgb): time and compare on "
+                                      "its test images instead of random pixels")
+    ap.add_argument("--cache-dir", default="cache/datasets", help="decoded-image cache of training/ ('' = none)")
+    args = ap.parse_args()
+
+    encoders = [Encoder(m, device="cpu", threads=args.threads) for m in args.models]
+    size, channels = encoders[0].info.input_size, encoders[0].info.channels
+    if args.dataset:
+        from training.datasets import load_folder
+
+        test = load_folder(args.dataset, list(encoders[0].info.bands), size, args.cache_dir or None)["test"].pixels
+        raw = test[np.random.default_rng(0).choice(len(test), args.images, replace=False)].astype(np.float32)
+    else:
+        raw = np.random.default_rng(0).uniform(0, 255, (args.images, channels, size, size)).astype(np.float32)
+    emb0 = encoders[0].encode(raw)[0]
+    print(f"{size}x{size} px input, {channels} bands, {args.threads} threads, best of {args.repeats}, "
+          f"{'test images of ' + args.dataset if args.dataset else 'random pixels'}; cosine = mean cosine of each "
+          f"model's embedding with the baseline's on the same {len(raw)} inputs")
+    print("| model | quantisation | MB | batch 1 (img/s) | batch 64 (img/s) | x baseline (batch 1 / 64) | cosine |")
+    print("|---|---|---|---|---|---|---|")
+    base = None
+    for path, enc in zip(args.models, encoders):
+        rates = [best_rate(lambda x: enc.encode(x), raw[:n], batch, args.repeats)
+                 for batch, n in ((1, args.images // 4), (64, args.images))]
+        base = base or rates
+        cos = float(np.mean(np.sum(enc.encode(raw)[0] * emb0, axis=1)))
+        quant = enc.session.get_modelmeta().custom_metadata_map.get("rsir.quantization", "float32").split(" (")[0]
+        print(f"| {os.path.basename(path)} | {quant} | {os.path.getsize(path) / 1e6:.1f} | {rates[0]:.0f} | "
+              f"{rates[1]:.0f} | {rates[0] / base[0]:.2f}x / {rates[1] / base[1]:.2f}x | {cos:.4f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
