@@ -143,6 +143,20 @@ def test_resume_refuses_a_different_config(class_folder, tmp_path):
     assert again.epochs_run == 1 and len(_log(out)) == 1
 
 
+def test_a_run_from_before_a_config_key_was_added_still_resumes(class_folder, tmp_path):
+    out = str(tmp_path / "run")
+    calls = iter(range(100))
+    with pytest.raises(Cancelled):  # stopped in epoch 2 of 2
+        train(_cfg(class_folder, out, epochs=2), quiet=True, should_stop=lambda: next(calls) >= 2)
+    last = os.path.join(out, "last.pt")
+    ckpt = load_checkpoint(last)
+    del ckpt["config"]["model"]["init_from"]  # as written by a version without the key
+    ckpt["config_sha256"] = "hash-of-the-older-version"
+    torch.save(ckpt, last)
+    assert train(_cfg(class_folder, out, epochs=2), quiet=True).epochs_run == 1
+    assert [r["epoch"] for r in _log(out)] == ["1", "2"]
+
+
 def test_config_errors_name_the_file_and_key(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[optim]\nepocs = 3\n')

@@ -134,7 +134,9 @@ def start_run(cfg: TrainConfig, restart: bool) -> tuple[torch.device, dict | Non
     resume = None
     if os.path.exists(last_path) and not restart:
         resume = checkpoint.load(last_path)
-        if resume["config_sha256"] != cfg.sha256():
+        # re-hash the stored config as this version reads it: keys added since then take their defaults, so a
+        # newer rsir resumes an older run of the same config
+        if checkpoint.config_of(resume).sha256() != cfg.sha256():
             raise RsirError(f"{cfg.out_dir}: holds a run of a different config ({resume['config_source']}); use "
                             "another out_dir, or --restart to overwrite it")
     return pick_device(cfg.optim.device), resume
