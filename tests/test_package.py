@@ -49,3 +49,27 @@ def test_the_default_model_ships_with_its_metadata_and_prefills_the_plugin(tmp_p
     assert os.path.getsize(path) <= 20e6
     out = str(tmp_path / "rsir_qgis_plugin.zip")
     assert "rsir_qgis_plugin/models/eurosat_rgb_lite0_triplet96.onnx" in build(out)
+
+
+def test_the_int8_default_model_ships_beside_it_and_embeds_alike():
+    import numpy as np
+
+    from core.encoder import Encoder
+    from rsir_qgis_plugin.engine import default_model_path
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "default_model")
+    float_enc = Encoder(default_model_path(), threads=1)
+    q_enc = Encoder(os.path.join(root, "int8", "eurosat_rgb_lite0_triplet96.int8.onnx"), threads=1)
+    assert q_enc.session.get_modelmeta().custom_metadata_map["rsir.quantization"].startswith(
+        "int8 weights and activations")
+    assert os.path.getsize(q_enc.info.path) < os.path.getsize(float_enc.info.path) / 3
+    # the same metadata contract: core reads, indexes and searches with it as with the float model
+    assert (q_enc.info.input_size, q_enc.info.embedding_dim, q_enc.info.class_names) == \
+        (float_enc.info.input_size, float_enc.info.embedding_dim, float_enc.info.class_names)
+    # smooth image-like inputs (blurred noise, 0-255): the int8 embedding stays close to the float one
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0, 255, (16, 3, 12, 12)).astype(np.float32)
+    raw = np.kron(raw, np.ones((1, 1, 8, 8), np.float32))
+    emb_f, _ = float_enc.encode(raw)
+    emb_q, _ = q_enc.encode(raw)
+    assert np.sum(emb_f * emb_q, axis=1).mean() > 0.97
