@@ -220,6 +220,10 @@ def test_init_from_starts_a_hash_model_from_a_trained_float_model(trained, class
     for key, value in net.state_dict().items():
         if key.startswith("backbone."):
             assert torch.equal(value, src["model"][key]), key
+    same = TrainNet(build_backbone("tiny", False, 3), 16, 4)  # a classifier of the same shape...
+    assert init_weights(same, src, best, src["class_names"]) == []  # ...is taken for the same classes
+    other = TrainNet(build_backbone("tiny", False, 3), 16, 4)
+    assert init_weights(other, src, best, ["w", "x", "y", "z"]) == ["classifier.weight"]  # not for others
 
     cfg = _cfg(class_folder, str(tmp_path / "ft"), loss="milan", epochs=1, lr=1e-4)
     cfg.model.init_from = best

@@ -62,11 +62,14 @@ def init_source(cfg: TrainConfig) -> dict | None:
     return ckpt
 
 
-def init_weights(model: TrainNet, ckpt: dict, path: str = "<checkpoint>") -> list[str]:
+def init_weights(model: TrainNet, ckpt: dict, path: str = "<checkpoint>", class_names: list | None = None) -> list[str]:
     """Copy every tensor of `ckpt`'s model whose name and shape match into `model` (the backbone always; heads
-    when the new run has the same ones); returns the names of the tensors left as built."""
+    when the new run has the same ones; the classifier only for the same `class_names`); returns the names of
+    the tensors left as built."""
     own = model.state_dict()
-    taken = {k: v for k, v in ckpt["model"].items() if k in own and own[k].shape == v.shape}
+    same_classes = class_names is None or list(class_names) == list(ckpt.get("class_names", []))
+    taken = {k: v for k, v in ckpt["model"].items() if k in own and own[k].shape == v.shape
+             and (same_classes or not k.startswith("classifier."))}
     missing = [k for k in own if k not in taken]
     if any(k.startswith("backbone.") for k in missing):
         raise RsirError(f"{path}: its backbone weights do not fit this model (e.g. {', '.join(missing[:3])})")

@@ -261,7 +261,7 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
     model = TrainNet(backbone, cfg.model.embedding_dim, n_cls, cfg.model.hash_bits,
                      multi_label=train_set.multi_label)
     if init is not None:
-        fresh = checkpoint.init_weights(model, init, cfg.model.init_from)
+        fresh = checkpoint.init_weights(model, init, cfg.model.init_from, classes)
         if not quiet:
             print(f"started from {cfg.model.init_from} (epoch {init.get('epoch')}); new: "
                   f"{', '.join(sorted({k.rsplit('.', 1)[0] for k in fresh})) or 'nothing'}")
