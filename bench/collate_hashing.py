@@ -5,7 +5,8 @@ the same model's relaxed codes in brackets); the shallow baselines (LSH, PCA-ITQ
 over a trained model's features) from BASELINES/results.json.
 
     .venv/bin/python bench/collate_hashing.py --evals runs/eurosat-hash-eval \
-        --baselines runs/eurosat-hash-eval/baselines-3ep="3 epochs" --baselines runs/eurosat-hash-eval/baselines="10 epochs"
+        --baselines runs/eurosat-hash-eval/baselines-3ep="3 epochs" \
+        --baselines runs/eurosat-hash-eval/baselines="10 epochs"
 """
 from __future__ import annotations
 

@@ -1,12 +1,13 @@
 """Search at archive scale: Hamming k-NN over 1M and 10M x 64-bit codes, cosine k-NN over 1M x 128-d floats.
 
 Hamming, per database size: the memory-scan floor (numpy reading the code table once), exact search (faiss
-IndexBinaryFlat, rsir's BFlat, alone and split into one threaded shard per thread), binary IVF at two nprobe, binary HNSW at two efSearch, and rsir's exact
-multi-index hashing k-NN over faiss hash tables (core/index/hamming.py). Exact search is reported as a ratio to
-the floor, every method as a speed-up over exact search (plain BFlat); recall = share of queries whose k-th distance is <= the
-exact k-th distance (ties are common in Hamming space, so ids are not compared). Codes cluster as a trained
-model's do (2000 centres, each bit flipped with p = 0.08; queries are database codes with 2 more bits flipped);
---uniform draws uniform random codes and vectors instead (the worst case for every sub-linear method).
+IndexBinaryFlat, rsir's BFlat, alone and split into one threaded shard per thread), binary IVF at two nprobe, binary
+HNSW at two efSearch, and rsir's exact multi-index hashing k-NN over faiss hash tables (core/index/hamming.py).
+Exact search is reported as a ratio to the floor, every method as a speed-up over exact search (plain BFlat); recall
+= share of queries whose k-th distance is <= the exact k-th distance (ties are common in Hamming space, so ids are
+not compared). Codes cluster as a trained model's do (2000 centres, each bit flipped with p = 0.08; queries are
+database codes with 2 more bits flipped); --uniform draws uniform random codes and vectors instead (the worst case
+for every sub-linear method).
 Float: rsir's float index vs exact faiss vs numpy matmul, recall = top-k id overlap.
 
     .venv/bin/python bench/search.py [--sizes 1000000,10000000] [--float-n 1000000]

@@ -31,7 +31,9 @@ class SourceSpec:
 
 
 def expand_archive(paths: list[str]) -> list[SourceSpec]:
-    """Turn the paths a user gave into sources, in a stable order. Raises RsirError if one is missing or none is found."""
+    """Turn the paths a user gave into sources, in a stable order.
+
+    Raises RsirError if one is missing or none is found."""
     specs: list[SourceSpec] = []
     for raw in paths:
         path = os.path.abspath(raw)

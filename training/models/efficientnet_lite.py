@@ -150,9 +150,9 @@ class EfficientNetLite(nn.Module):
         sigma = self._bn1.weight.detach().double().abs().clamp_min(1e-6)
         a, b = (0.0 - mu) / sigma, (6.0 - mu) / sigma
         normal = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
-        pdf = lambda t: torch.exp(normal.log_prob(t))
+        pdf_a, pdf_b = torch.exp(normal.log_prob(a)), torch.exp(normal.log_prob(b))
         cdf_a, cdf_b = normal.cdf(a), normal.cdf(b)
-        mean = mu * (cdf_b - cdf_a) + sigma * (pdf(a) - pdf(b)) + 6.0 * (1.0 - cdf_b)
+        mean = mu * (cdf_b - cdf_a) + sigma * (pdf_a - pdf_b) + 6.0 * (1.0 - cdf_b)
         return mean.float()
 
 
