@@ -42,13 +42,13 @@ def test_the_default_model_ships_with_its_metadata_and_prefills_the_plugin(tmp_p
     from rsir_qgis_plugin.engine import default_model_path
 
     path = default_model_path()
-    assert os.path.basename(path) == "eurosat_rgb_lite0_triplet96.onnx"
+    assert os.path.basename(path) == "eurosat_rgb_lite0_triplet128.onnx"
     info = Encoder(path).info
-    assert info.method == "triplet-semi-hard" and info.input_size == 96 and info.embedding_dim == 128
+    assert info.method == "triplet-semi-hard" and info.input_size == 128 and info.embedding_dim == 128
     assert len(info.class_names) == 10 and "SeaLake" in info.class_names
     assert os.path.getsize(path) <= 20e6
     out = str(tmp_path / "rsir_qgis_plugin.zip")
-    assert "rsir_qgis_plugin/models/eurosat_rgb_lite0_triplet96.onnx" in build(out)
+    assert "rsir_qgis_plugin/models/eurosat_rgb_lite0_triplet128.onnx" in build(out)
 
 
 def test_the_int8_default_model_ships_beside_it_and_embeds_alike():
@@ -59,7 +59,7 @@ def test_the_int8_default_model_ships_beside_it_and_embeds_alike():
 
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "default_model")
     float_enc = Encoder(default_model_path(), threads=1)
-    q_enc = Encoder(os.path.join(root, "int8", "eurosat_rgb_lite0_triplet96.int8.onnx"), threads=1)
+    q_enc = Encoder(os.path.join(root, "int8", "eurosat_rgb_lite0_triplet128.int8.onnx"), threads=1)
     assert q_enc.session.get_modelmeta().custom_metadata_map["rsir.quantization"].startswith(
         "int8 weights and activations")
     assert os.path.getsize(q_enc.info.path) < os.path.getsize(float_enc.info.path) / 3
@@ -68,7 +68,7 @@ def test_the_int8_default_model_ships_beside_it_and_embeds_alike():
         (float_enc.info.input_size, float_enc.info.embedding_dim, float_enc.info.class_names)
     # smooth image-like inputs (blurred noise, 0-255): the int8 embedding stays close to the float one
     rng = np.random.default_rng(0)
-    raw = rng.uniform(0, 255, (16, 3, 12, 12)).astype(np.float32)
+    raw = rng.uniform(0, 255, (16, 3, 16, 16)).astype(np.float32)
     raw = np.kron(raw, np.ones((1, 1, 8, 8), np.float32))
     emb_f, _ = float_enc.encode(raw)
     emb_q, _ = q_enc.encode(raw)

@@ -3,7 +3,7 @@
 # models/crossmodal/<name>-<modality>.onnx, and score all four directions on the test pairs with rsir eval-pairs.
 set -e
 cd "$(dirname "$0")/../.."
-for name in ${RUNS:-gefolki-s1s2-ssl gefolki-s1s2-supervised s2-rgb-nirswir-ssl s2-rgb-nirswir-supervised s2-rgb-nirswir-supervised-24}; do
+for name in ${RUNS:-gefolki-s1s2-ssl gefolki-s1s2-supervised gefolki-hr-ssl s2-rgb-nirswir-ssl s2-rgb-nirswir-supervised s2-rgb-nirswir-supervised-24}; do
     cfg="configs/crossmodal/$name.toml"
     if [ -z "$(ls models/crossmodal/$name-*.onnx 2>/dev/null)" ]; then
         echo "== train $name"
