@@ -28,13 +28,15 @@ def test_plugin_zip_is_self_contained(tmp_path):
     assert general["hasProcessingProvider"] == "yes" and general["icon"] == "icon.png"
     for key in ("name", "description", "about", "author", "email", "repository"):
         assert general[key].strip()
-    # the unzipped plugin uses its bundled core, not the checkout's; and never imports torch
-    code = ("import sys; import rsir_qgis_plugin.engine as e, rsir_qgis_plugin.controller; "
-            "print(e.search.__name__, 'torch' in sys.modules)")
+    # the unzipped plugin uses its bundled core and float model (not the checkout's, nor the int8 copy beside it);
+    # and never imports torch
+    code = ("import os, sys; import rsir_qgis_plugin.engine as e, rsir_qgis_plugin.controller; "
+            "print(e.search.__name__, 'torch' in sys.modules, os.path.relpath(e.default_model_path()))")
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "plugins"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=str(tmp_path), check=True).stdout.split()
-    assert out == ["rsir_qgis_plugin.core.search", "False"]
+    assert out == ["rsir_qgis_plugin.core.search", "False",
+                   os.path.join("plugins", "rsir_qgis_plugin", "models", "eurosat_rgb_lite0_triplet128.onnx")]
 
 
 def test_the_default_model_ships_with_its_metadata_and_prefills_the_plugin(tmp_path):
@@ -48,7 +50,9 @@ def test_the_default_model_ships_with_its_metadata_and_prefills_the_plugin(tmp_p
     assert len(info.class_names) == 10 and "SeaLake" in info.class_names
     assert os.path.getsize(path) <= 20e6
     out = str(tmp_path / "rsir_qgis_plugin.zip")
-    assert "rsir_qgis_plugin/models/eurosat_rgb_lite0_triplet128.onnx" in build(out)
+    names = build(out)
+    assert "rsir_qgis_plugin/models/eurosat_rgb_lite0_triplet128.onnx" in names
+    assert "rsir_qgis_plugin/models/int8/eurosat_rgb_lite0_triplet128.int8.onnx" in names
 
 
 def test_the_int8_default_model_ships_beside_it_and_embeds_alike():

@@ -34,8 +34,11 @@ def build(out_path: str) -> list[str]:
         for path in _files(os.path.join(ROOT, "core")):
             names.append("rsir_qgis_plugin/core/" + os.path.relpath(path, os.path.join(ROOT, "core")))
             zf.write(path, names[-1])
-        for path in sorted(glob.glob(os.path.join(ROOT, "default_model", "*.onnx"))):  # the shipped model
-            names.append("rsir_qgis_plugin/models/" + os.path.basename(path))
+        models = os.path.join(ROOT, "default_model")
+        # the shipped model and its int8 copy (in models/int8/, so default_model_path still finds the float one)
+        shipped = glob.glob(os.path.join(models, "*.onnx")) + glob.glob(os.path.join(models, "int8", "*.onnx"))
+        for path in sorted(shipped):
+            names.append("rsir_qgis_plugin/models/" + os.path.relpath(path, models).replace(os.sep, "/"))
             zf.write(path, names[-1])
         zf.write(os.path.join(ROOT, "metadata.txt"), "rsir_qgis_plugin/metadata.txt")
         names.append("rsir_qgis_plugin/metadata.txt")
