@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.augment import AugmentConfig, augment, rotate90
+from training.augment import AugmentConfig, augment, rotate90, rotate_by, rotate_pixels
 from training.models.factory import TrainNet, build_backbone
 from training.models.resnet import ResNet18
 
@@ -15,6 +15,27 @@ def test_rotate90_turns_each_image_by_its_own_count():
     out = rotate90(x, torch.tensor([1, 2]))
     assert torch.equal(out[0, 0], torch.tensor([[2.0, 5, 8], [1, 4, 7], [0, 3, 6]]))  # counter-clockwise
     assert torch.equal(out[1], x[1].flip(1).flip(2))
+
+
+def test_rotate_by_turns_each_image_by_its_own_angle():
+    x = torch.rand(3, 2, 8, 8)
+    out = rotate_by(x, torch.tensor([0.0, 90.0, 180.0]))
+    assert torch.allclose(out[0], x[0], atol=1e-5)  # sampling lands on pixel centres
+    assert torch.allclose(out[1], torch.rot90(x[1], 1, dims=(1, 2)), atol=1e-4)  # counter-clockwise, as rotate90
+    assert torch.allclose(out[2], x[2].flip(1).flip(2), atol=1e-4)
+
+
+def test_rotate_pixels_keeps_dtype_and_moves_a_dot_around_the_centre():
+    x = np.zeros((2, 1, 9, 9), np.uint16)
+    x[:, 0, 1, 4] = 1000  # three pixels above the centre (4, 4)
+    assert np.array_equal(rotate_pixels(x, 90), np.rot90(x, 1, axes=(2, 3)))  # quarter turns are exact
+    assert np.array_equal(rotate_pixels(x, -360), x)
+    turned = rotate_pixels(x, 45)
+    assert turned.dtype == np.uint16
+    row, col = np.unravel_index(turned[0, 0].argmax(), (9, 9))
+    assert (row, col) == (2, 2)  # up-left of the centre: 3 px away at 135 degrees
+    flat = np.full((1, 3, 16, 16), 77, np.uint8)
+    assert np.array_equal(rotate_pixels(flat, 37.5), flat)  # the reflected corners add nothing new
 
 
 def test_geometric_augmentation_only_permutes_pixels_and_is_reproducible():

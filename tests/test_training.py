@@ -29,13 +29,13 @@ def class_folder(tmp_path_factory) -> str:
     return write_class_folder(str(tmp_path_factory.mktemp("data") / "classes"), n_classes=4, per_class=15, size=32)
 
 
-def _cfg(root: str, out: str, loss: str = "snca-ce", epochs: int = 2, **optim):
+def _cfg(root: str, out: str, loss: str = "snca-ce", epochs: int = 2, loss_options: dict | None = None, **optim):
     hash_bits = 16 if loss in HASH_LOSSES else 0
     return parse_config({
         "out_dir": out, "seed": 0,
         "data": {"kind": "folder", "root": root, "input_size": 32},
         "model": {"backbone": "tiny", "pretrained": False, "embedding_dim": 16, "hash_bits": hash_bits},
-        "loss": {"name": loss, "momentum": 0.9, "sigma": 0.1},
+        "loss": {"name": loss, "momentum": 0.9, "sigma": 0.1, **(loss_options or {})},
         "optim": {"epochs": epochs, "batch_size": 16, "lr": 0.01, "threads": 1, **optim},
     })
 
@@ -116,16 +116,19 @@ def test_multilabel_losses_refuse_single_label_data(loss, class_folder, tmp_path
         train(_cfg(class_folder, str(tmp_path / loss), loss=loss, epochs=1), quiet=True)
 
 
-def test_resume_continues_exactly_as_an_uninterrupted_run(class_folder, tmp_path):
+@pytest.mark.parametrize("angles", ["quarter", "any"])
+def test_resume_continues_exactly_as_an_uninterrupted_run(angles, class_folder, tmp_path):
+    def cfg(out):
+        return _cfg(class_folder, out, loss="rotation-snca", epochs=2, loss_options={"rotation_angles": angles})
+
     straight = str(tmp_path / "straight")
-    train(_cfg(class_folder, straight, loss="rotation-snca", epochs=2), quiet=True)
+    train(cfg(straight), quiet=True)
     split = str(tmp_path / "split")
     calls = iter(range(100))  # 40 training images / batch 16 = 2 steps per epoch: stop at epoch 2's first step
     with pytest.raises(Cancelled, match="rerun the same command to resume from epoch 2"):
-        train(_cfg(class_folder, split, loss="rotation-snca", epochs=2), quiet=True,
-              should_stop=lambda: next(calls) >= 2)
+        train(cfg(split), quiet=True, should_stop=lambda: next(calls) >= 2)
     assert [r["epoch"] for r in _log(split)] == ["1"]
-    train(_cfg(class_folder, split, loss="rotation-snca", epochs=2), quiet=True)  # resumes after epoch 1
+    train(cfg(split), quiet=True)  # resumes after epoch 1
     a = load_checkpoint(os.path.join(straight, "last.pt"))
     b = load_checkpoint(os.path.join(split, "last.pt"))
     for key in a["model"]:
@@ -167,6 +170,9 @@ def test_config_errors_name_the_file_and_key(tmp_path):
         load_config(str(bad))
     bad.write_text('[data]\nroot = "x"\ninput_size = "64"\n')
     with pytest.raises(RsirError, match="data.input_size must be a int"):
+        load_config(str(bad))
+    bad.write_text('[data]\nroot = "x"\n[loss]\nname = "rotation-snca"\nrotation_angles = "45"\n')
+    with pytest.raises(RsirError, match="loss.rotation_angles must be quarter or any, got '45'"):
         load_config(str(bad))
     yml = tmp_path / "ok.yaml"
     yml.write_text("out_dir: runs/x\ndata:\n  root: data\n  bands: [3, 2, 1]\nloss:\n  name: nca\n")

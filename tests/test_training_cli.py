@@ -75,6 +75,15 @@ def test_train_export_eval(tmp_path, capsys):
     code, _, err = run(capsys, "eval", model, tmp_path / "data", "--cache-dir", "", "--baseline-features", "sift")
     assert code == 1 and f"{model}: unknown baseline features ['sift']" in err
 
+    turned = tmp_path / "turned"  # a full turn is the identity: the same score; 45 degrees is recorded
+    code, out, err = run(capsys, "eval", model, tmp_path / "data", "--cache-dir", "", "--no-baselines",
+                         "--rotate-queries", "360")
+    assert code == 0 and "turned 360 degrees" in out and f"mAP@27 = {m.group(2)}" in out, err
+    code, out, err = run(capsys, "eval", model, tmp_path / "data", "--cache-dir", "", "--no-baselines",
+                         "--rotate-queries", "45", "--out", turned)
+    assert code == 0 and "turned 45 degrees" in out, err
+    assert json.loads((turned / "results.json").read_text())["rotate_queries"] == 45.0
+
 
 def test_bad_training_inputs_exit_1_with_the_file_named(tmp_path, capsys):
     cfg = tmp_path / "bad.toml"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -42,3 +43,32 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.
         x = (x - mean) * draw(b, 1, 1, 1) + mean  # contrast
         x = x * draw(b, 1, 1, 1) * (1 + (draw(b, x.shape[1], 1, 1) - 1) / 2)  # brightness, per-band gain
     return x
+
+
+def rotate_by(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image of (B, C, S, S) counter-clockwise by degrees[i] about its centre: bilinear, the corners
+    filled by reflection (a tile is all there is of the scene)."""
+    theta = torch.deg2rad(degrees.to(x.device, torch.float32))
+    c, s = torch.cos(theta), torch.sin(theta)
+    zero = torch.zeros_like(c)
+    # affine_grid maps output to input coordinates (x right, y down): this matrix turns the picture CCW
+    mat = torch.stack([torch.stack([c, -s, zero], 1), torch.stack([s, c, zero], 1)], 1)
+    grid = torch.nn.functional.affine_grid(mat, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def rotate_pixels(pixels: np.ndarray, degrees: float, chunk: int = 1024) -> np.ndarray:
+    """Rotate each image of (N, C, S, S) raw pixels counter-clockwise by `degrees`, same dtype: quarter turns
+    exactly, other angles with `rotate_by` (how `rsir eval --rotate-queries` tests rotation invariance)."""
+    turns, rest = divmod(float(degrees) % 360.0, 90.0)
+    if rest == 0:
+        return np.ascontiguousarray(np.rot90(pixels, int(turns), axes=(2, 3)))
+    out = []
+    for i in range(0, len(pixels), chunk):  # bounded memory on large query sets
+        x = torch.from_numpy(pixels[i:i + chunk].astype(np.float32))
+        out.append(rotate_by(x, torch.full((len(x),), float(degrees))).numpy())
+    rotated = np.concatenate(out)
+    if np.issubdtype(pixels.dtype, np.integer):
+        info = np.iinfo(pixels.dtype)
+        rotated = np.clip(np.rint(rotated), info.min, info.max)
+    return rotated.astype(pixels.dtype)

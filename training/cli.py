@@ -3,6 +3,7 @@ entry points (pyproject.toml), so core keeps working where torch is not installe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 
@@ -165,6 +166,9 @@ def eval_command(subparsers: argparse._SubParsersAction) -> None:
                    help="features the hashing baselines encode: imagenet, model or imagenet,model "
                         "(default: %(default)s)")
     p.add_argument("--no-baselines", action="store_true", help="score the model only")
+    p.add_argument("--rotate-queries", type=float, metavar="DEGREES",
+                   help="turn every query image by this angle (counter-clockwise; corners filled by reflection) "
+                        "before encoding, to measure rotation invariance")
     p.add_argument("--out", help="folder for results.json, results.md, pr.png, tsne.png")
     p.add_argument("--cache-dir", default="cache/datasets", help="decoded-image cache ('' = none)")
     p.add_argument("--threads", type=int, help="onnxruntime threads")
@@ -195,6 +199,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     if not len(queries) or not len(database):
         raise RsirError(f"{args.dataset}: split {args.queries!r} has {len(queries)} images and "
                         f"{args.database!r} {len(database)}; both must be non-empty")
+    if args.rotate_queries:
+        from .augment import rotate_pixels
+
+        queries = dataclasses.replace(queries, pixels=rotate_pixels(queries.pixels, args.rotate_queries))
     bits = [int(b) for b in args.bits.split(",") if b.strip()]
     features = tuple(f.strip() for f in args.baseline_features.split(",") if f.strip())
     try:
@@ -203,13 +211,15 @@ def _run_eval(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise RsirError(f"{args.model}: {exc}") from None
     k = min(args.k, len(database))
-    print(f"\n{len(queries)} queries ({args.queries}) -> {len(database)} database ({args.database})\n")
+    turned = f", turned {args.rotate_queries:g} degrees" if args.rotate_queries else ""
+    print(f"\n{len(queries)} queries ({args.queries}{turned}) -> {len(database)} database ({args.database})\n")
     print(results_table(results, k))
     print("\n" + per_class_table(results[0], k))
     if args.out:
         title = f"{os.path.basename(args.model)} on {os.path.basename(os.path.normpath(args.dataset))}"
         write_report(results, args.out, k, {"model": os.path.abspath(args.model), "dataset": args.dataset,
-                                            "queries": args.queries, "database": args.database})
+                                            "queries": args.queries, "database": args.database,
+                                            "rotate_queries": args.rotate_queries or 0.0})
         plot_pr(results, os.path.join(args.out, "pr.png"), f"PR curves, {title}")
         emb, _ = Encoder(args.model, threads=args.threads, batch_size=256).encode(queries.pixels)
         colour = queries.labels.argmax(axis=1) if queries.multi_label else queries.labels  # first label

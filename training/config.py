@@ -65,6 +65,7 @@ class LossConfig:
     momentum: float = 0.999  # momentum encoder EMA (Kang et al. 2020)
     ce_weight: float = 1.0
     rotation_weight: float = 1.0
+    rotation_angles: str = "quarter"  # rotation term's copies: "quarter" turns, or "any" angle (bilinear)
     margin: float = 0.2  # triplet margin
     temperature: float = 0.05  # normalized softmax
     quant_weight: float = 0.1  # hashing: push relaxed codes towards +-1
@@ -190,6 +191,8 @@ def _check(cfg: TrainConfig, path: str) -> None:
                         f"got {cfg.model.hash_bits}")
     if cfg.optim.batch_size < 2:
         raise RsirError(f"{path}: optim.batch_size must be at least 2 for metric learning")
+    if cfg.loss.rotation_angles not in ("quarter", "any"):
+        raise RsirError(f"{path}: loss.rotation_angles must be quarter or any, got {cfg.loss.rotation_angles!r}")
     if not 0 <= cfg.loss.momentum < 1:
         raise RsirError(f"{path}: loss.momentum must be in [0, 1), got {cfg.loss.momentum}")
     if cfg.model.init_from and cfg.data.kind == "paired":

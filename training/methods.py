@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import rotate90
+from .augment import rotate90, rotate_by
 from .config import LossConfig
 from .losses import (
     MemoryBank,
@@ -124,8 +124,11 @@ class BankMethod:
             total = total + self.ce_weight * ce
             stats["ce"] = ce.item()
         if self.rotation_weight:
-            turns = torch.randint(1, 4, (len(x),), generator=self.rot_gen).to(x.device)
-            rot = model(rotate90(x, turns)).emb
+            if self.cfg.rotation_angles == "any":  # arbitrary angles: invariance beyond the rot90 augmentation
+                rot = model(rotate_by(x, 360 * torch.rand(len(x), generator=self.rot_gen))).emb
+            else:
+                turns = torch.randint(1, 4, (len(x),), generator=self.rot_gen).to(x.device)
+                rot = model(rotate90(x, turns)).emb
             r = rotation_loss(rot, idx, self.bank, self.cfg.sigma)
             total = total + self.rotation_weight * r
             stats["rotation"] = r.item()
