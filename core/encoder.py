@@ -15,6 +15,7 @@ from .errors import RsirError
 from .fileio import sha256_file
 
 CONTRACT_VERSION = "1"
+INVARIANCE_VIEWS = {"none": 1, "rot4": 4, "d4": 8}  # rsir.invariance -> views per input inside the graph
 REQUIRED_KEYS = ("rsir.format", "rsir.model_type", "rsir.outputs", "rsir.bands", "rsir.input_size", "rsir.scale",
                  "rsir.mean", "rsir.std", "rsir.embedding_dim")
 
@@ -59,6 +60,12 @@ class ModelInfo:
         return self.metadata.get("rsir.label_kind") == "multi"
 
     @property
+    def views(self) -> int:
+        """How many views of each input the model runs inside its graph (`rsir.invariance`: rot4 = 4 quarter
+        turns, d4 = those and their mirror images = 8; 1 for other models)."""
+        return INVARIANCE_VIEWS.get(self.metadata.get("rsir.invariance", "none"), 1)
+
+    @property
     def effective_code_bits(self) -> int:
         """Bits of the binary codes core stores: the hash output's, or one per embedding dimension."""
         return self.code_bits if self.has_hash else self.embedding_dim
@@ -84,6 +91,9 @@ class ModelInfo:
             )
         except (ValueError, TypeError) as exc:
             raise RsirError(f"{path}: malformed rsir metadata ({exc})") from None
+        if meta.get("rsir.invariance", "none") not in INVARIANCE_VIEWS:
+            raise RsirError(f"{path}: unknown rsir.invariance {meta['rsir.invariance']!r} "
+                            f"(this rsir reads {sorted(INVARIANCE_VIEWS)})")
         if not (len(info.mean) == len(info.std) == info.channels):
             raise RsirError(f"{path}: rsir.mean/rsir.std need one value per band in rsir.bands ({info.channels})")
         return info
@@ -146,7 +156,8 @@ class Encoder:
         for role, name in self.info.outputs.items():
             if name not in names:
                 raise RsirError(f"{model_path}: rsir.outputs names {role} output {name!r}, which the graph lacks")
-        self.batch_size = batch_size
+        # a model that averages over 8 views runs 8x the batch inside: keep the peak memory of a plain model
+        self.batch_size = max(1, batch_size // self.info.views)
         self.input_name = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
         self._mean = np.asarray(self.info.mean, np.float32)[None, :, None, None]

@@ -90,7 +90,9 @@ class RetrievalSession:
     def summary(self) -> dict:
         m = self.index.manifest
         meta = m["model"]["metadata"]
-        return {"model": os.path.basename(m["model"]["path"]), "method": meta.get("rsir.method", ""),
+        method = meta.get("rsir.method", "") + (f", averaged over {meta['rsir.invariance']}"
+                                                 if "rsir.invariance" in meta else "")
+        return {"model": os.path.basename(m["model"]["path"]), "method": method,
                 "tile": m["tiling"]["tile"], "stride": m["tiling"]["stride"], "tiles": m["counts"]["tiles"],
                 "crs": sorted({s["crs"] or "(none)" for s in m["sources"]}), "code_bits": m["code_bits"],
                 "has_hash": m["code_source"] == "hash", "sources": len(m["sources"])}

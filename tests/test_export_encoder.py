@@ -93,7 +93,10 @@ def test_model_info_rejects_bad_metadata():
             "rsir.bands": "[1, 2]", "rsir.input_size": "32", "rsir.scale": "255", "rsir.mean": "[0.5, 0.5]",
             "rsir.std": "[0.2, 0.2]", "rsir.embedding_dim": "8"}
     info = ModelInfo.from_metadata("m.onnx", "0" * 64, good)
-    assert (info.channels, info.has_hash, info.effective_code_bits) == (2, False, 8)
+    assert (info.channels, info.has_hash, info.effective_code_bits, info.views) == (2, False, 8, 1)
+    assert ModelInfo.from_metadata("m.onnx", "", {**good, "rsir.invariance": "d4"}).views == 8
+    with pytest.raises(RsirError, match="m.onnx: unknown rsir.invariance 'd8'"):
+        ModelInfo.from_metadata("m.onnx", "", {**good, "rsir.invariance": "d8"})
     with pytest.raises(RsirError, match="m.onnx: rsir metadata format 2 is not supported"):
         ModelInfo.from_metadata("m.onnx", "", {**good, "rsir.format": "2"})
     with pytest.raises(RsirError, match="one value per band"):

@@ -71,6 +71,10 @@ def export_command(subparsers: argparse._SubParsersAction) -> None:
                    help="--pretrained: raw values are divided by this before normalisation (default: %(default)s)")
     p.add_argument("--out", required=True, help="output .onnx path (a cross-modal checkpoint writes one file per "
                                                 "modality: OUT-<modality>.onnx)")
+    p.add_argument("--invariance", choices=["none", "rot4", "d4"], default="none",
+                   help="average the outputs over the input's 4 quarter turns (rot4) or those and their mirror "
+                        "images (d4) inside the model: tiles and their rotated/flipped copies get the same "
+                        "embedding and code, at 4x / 8x the encoding time (default: %(default)s)")
     p.add_argument("--int8", metavar="ONNX", help="also write an int8 copy here (check it with rsir eval)")
     p.add_argument("--calibration", type=int, default=256, metavar="N",
                    help="--int8: calibrate activation ranges on N images of the checkpoint's training split "
@@ -79,21 +83,24 @@ def export_command(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_export)
 
 
-def _export_checkpoint(path: str, out: str) -> None:
+def _export_checkpoint(path: str, out: str, invariance: str = "none") -> None:
     from . import checkpoint
     from .export import crossmodal_paths, export_checkpoint, export_crossmodal_checkpoint
 
     if checkpoint.load(path).get("kind") == "crossmodal":
+        if invariance != "none":
+            raise RsirError(f"{path}: --invariance is for single-model exports, not cross-modal encoders")
         metas = export_crossmodal_checkpoint(path, out)
         paths = crossmodal_paths(out, list(metas))
         for m, meta in metas.items():
             print(f"wrote {paths[m]}: {m} encoder ({meta['rsir.method']}, bands {meta['rsir.bands']}, "
                   f"{meta['rsir.embedding_dim']}-d, shared space {meta['rsir.shared_space'][:12]})")
         return
-    meta = export_checkpoint(path, out)
+    meta = export_checkpoint(path, out, invariance)
     print(f"wrote {out}: {meta['rsir.method']} on {meta['rsir.backbone']}, embedding {meta['rsir.embedding_dim']}-d, "
           f"input {meta['rsir.input_size']} px, {len(json.loads(meta['rsir.class_names']))} classes, "
-          f"val mAP@100 {meta['rsir.val_map100']}")
+          f"val mAP@100 {meta['rsir.val_map100']}"
+          + (f", averaged over {meta['rsir.invariance']}" if "rsir.invariance" in meta else ""))
 
 
 def _calibration_images(checkpoint_path: str, n: int) -> np.ndarray:
@@ -116,8 +123,10 @@ def _run_export(args: argparse.Namespace) -> int:
             raise RsirError(f"{args.checkpoint}: --int8 is for single-model exports, not cross-modal encoders")
     if args.int8 and args.pretrained and args.calibration:
         raise RsirError("--pretrained has no training images to calibrate on: add --calibration 0 (weights only)")
+    if args.invariance != "none" and args.pretrained:
+        raise RsirError("--invariance applies to trained checkpoints, not --pretrained")
     if args.checkpoint:
-        _export_checkpoint(args.checkpoint, args.out)
+        _export_checkpoint(args.checkpoint, args.out, args.invariance)
     else:
         _export_pretrained(args)
     if args.int8:

@@ -149,20 +149,27 @@ def _trained_metadata(ckpt: dict, cfg) -> dict[str, str]:
             "rsir.val_map100": f"{ckpt.get('val_map100', ckpt.get('best_map', float('nan'))):.3f}"}
 
 
-def export_checkpoint(checkpoint_path: str, out_path: str) -> dict[str, str]:
-    """Export a `rsir train` checkpoint (best.pt or last.pt): its embedding, with the metadata core/ needs."""
+def export_checkpoint(checkpoint_path: str, out_path: str, invariance: str = "none") -> dict[str, str]:
+    """Export a `rsir train` checkpoint (best.pt or last.pt): its embedding, with the metadata core/ needs.
+
+    `invariance` "rot4" / "d4" averages the outputs over the input's quarter turns (and mirror images) inside the
+    exported graph (training/models/invariant.py): orientation-invariant, at 4x / 8x the encoding cost."""
     from . import checkpoint
+    from .models.invariant import GroupAveraged
 
     ckpt = checkpoint.load(checkpoint_path)
     cfg = checkpoint.config_of(ckpt)
     multi = bool(ckpt.get("multi_label", False))
     # multi-label models also export their classifier: its per-label scores are the query's predicted labels
     net = checkpoint.model_from_checkpoint(ckpt).retrieval_net(with_classifier=multi)
+    if invariance != "none":
+        net = GroupAveraged(net, invariance)
     spec = ExportSpec(
         bands=list(cfg.data.bands), input_size=cfg.data.input_size, scale=cfg.data.scale,
         mean=list(ckpt["mean"]), std=list(ckpt["std"]), method=cfg.loss.name, class_names=list(ckpt["class_names"]),
         train_config=ckpt["config"],
-        extra={**_trained_metadata(ckpt, cfg), "rsir.label_kind": "multi" if multi else "single"},
+        extra={**_trained_metadata(ckpt, cfg), "rsir.label_kind": "multi" if multi else "single",
+               **({"rsir.invariance": invariance} if invariance != "none" else {})},
     )
     return export_onnx(net, spec, out_path)
 
