@@ -35,8 +35,9 @@ def build(out_path: str) -> list[str]:
             names.append("rsir_qgis_plugin/core/" + os.path.relpath(path, os.path.join(ROOT, "core")))
             zf.write(path, names[-1])
         models = os.path.join(ROOT, "default_model")
-        # the shipped model and its int8 copy (in models/int8/, so default_model_path still finds the float one)
-        shipped = glob.glob(os.path.join(models, "*.onnx")) + glob.glob(os.path.join(models, "int8", "*.onnx"))
+        # the shipped model, its int8 copy and the fast model without view averaging (in models/int8/ and
+        # models/fast/, so default_model_path still finds the default one)
+        shipped = [p for sub in ("", "int8", "fast") for p in glob.glob(os.path.join(models, sub, "*.onnx"))]
         for path in sorted(shipped):
             names.append("rsir_qgis_plugin/models/" + os.path.relpath(path, models).replace(os.sep, "/"))
             zf.write(path, names[-1])
