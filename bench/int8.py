@@ -1,4 +1,4 @@
-"""Encoder throughput of int8 copies against their float model, same input, threads and run.
+"""Encoder throughput of models and their int8 copies against a baseline model, same images, threads and run.
 
     .venv/bin/python bench/int8.py models/eurosat/default96.onnx models/eurosat/default96.int8.onnx \
         models/eurosat/default96.int8-dynamic.onnx
@@ -20,7 +20,7 @@ from core.encoder import Encoder  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="+", help="ONNX models of the same input size; the first is the baseline")
+    ap.add_argument("models", nargs="+", help="ONNX models; the first is the baseline")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
@@ -30,29 +30,47 @@ def main() -> int:
     args = ap.parse_args()
 
     encoders = [Encoder(m, device="cpu", threads=args.threads) for m in args.models]
-    size, channels = encoders[0].info.input_size, encoders[0].info.channels
-    if args.dataset:
-        from training.datasets import load_folder
+    pick = np.random.default_rng(0)
+    chosen: dict = {}
 
-        test = load_folder(args.dataset, list(encoders[0].info.bands), size, args.cache_dir or None)["test"].pixels
-        raw = test[np.random.default_rng(0).choice(len(test), args.images, replace=False)].astype(np.float32)
-    else:
-        raw = np.random.default_rng(0).uniform(0, 255, (args.images, channels, size, size)).astype(np.float32)
-    emb0 = encoders[0].encode(raw)[0]
-    print(f"{size}x{size} px input, {channels} bands, {args.threads} threads, best of {args.repeats}, "
-          f"{'test images of ' + args.dataset if args.dataset else 'random pixels'}; cosine = mean cosine of each "
-          f"model's embedding with the baseline's on the same {len(raw)} inputs")
-    print("| model | quantisation | MB | batch 1 (img/s) | batch 64 (img/s) | x baseline (batch 1 / 64) | cosine |")
-    print("|---|---|---|---|---|---|---|")
+    def inputs(info) -> np.ndarray:
+        """The same images for every model, read at that model's input size (as the tiler reads tiles)."""
+        size = info.input_size
+        if size not in chosen:
+            if args.dataset:
+                from training.datasets import load_folder
+
+                test = load_folder(args.dataset, list(info.bands), size, args.cache_dir or None)["test"].pixels
+                if "rows" not in chosen:
+                    chosen["rows"] = pick.choice(len(test), args.images, replace=False)
+                chosen[size] = test[chosen["rows"]].astype(np.float32)
+            else:
+                chosen[size] = pick.uniform(0, 255, (args.images, info.channels, size, size)).astype(np.float32)
+        return chosen[size]
+
+    base_info = encoders[0].info
+    emb0 = encoders[0].encode(inputs(base_info))[0]
+    print(f"{args.threads} threads, best of {args.repeats}, "
+          f"{'test images of ' + args.dataset if args.dataset else 'random pixels'} at each model's input size; "
+          f"cosine = mean cosine of each model's embedding with the baseline's on the same {args.images} inputs "
+          f"(only for copies of the baseline's checkpoint)")
+    print("| model | px | views | quantisation | MB | batch 1 (img/s) | batch 64 (img/s) | x baseline (batch 1 / 64) "
+          "| cosine |")
+    print("|---|---|---|---|---|---|---|---|---|")
     base = None
     for path, enc in zip(args.models, encoders):
+        raw = inputs(enc.info)
         rates = [best_rate(lambda x: enc.encode(x), raw[:n], batch, args.repeats)
                  for batch, n in ((1, args.images // 4), (64, args.images))]
         base = base or rates
-        cos = float(np.mean(np.sum(enc.encode(raw)[0] * emb0, axis=1)))
-        quant = enc.session.get_modelmeta().custom_metadata_map.get("rsir.quantization", "float32").split(" (")[0]
-        print(f"| {os.path.basename(path)} | {quant} | {os.path.getsize(path) / 1e6:.1f} | {rates[0]:.0f} | "
-              f"{rates[1]:.0f} | {rates[0] / base[0]:.2f}x / {rates[1] / base[1]:.2f}x | {cos:.4f} |")
+        meta = enc.session.get_modelmeta().custom_metadata_map
+        same = (meta.get("rsir.train_config_sha256") == base_info.metadata.get("rsir.train_config_sha256")
+                and enc.info.input_size == base_info.input_size)
+        cos = f"{float(np.mean(np.sum(enc.encode(raw)[0] * emb0, axis=1))):.4f}" if same else "-"
+        quant = meta.get("rsir.quantization", "float32").split(" (")[0]
+        print(f"| {os.path.basename(path)} | {enc.info.input_size} | {enc.info.views} | {quant} | "
+              f"{os.path.getsize(path) / 1e6:.1f} | {rates[0]:.0f} | {rates[1]:.0f} | "
+              f"{rates[0] / base[0]:.2f}x / {rates[1] / base[1]:.2f}x | {cos} |")
     return 0
 
 

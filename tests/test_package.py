@@ -36,7 +36,7 @@ def test_plugin_zip_is_self_contained(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=str(tmp_path), check=True).stdout.split()
     assert out == ["rsir_qgis_plugin.core.search", "False",
-                   os.path.join("plugins", "rsir_qgis_plugin", "models", "eurosat_rgb_lite0_triplet128_rot4.onnx")]
+                   os.path.join("plugins", "rsir_qgis_plugin", "models", "eurosat_rgb_lite0_milan128_rot4.onnx")]
 
 
 def test_the_default_model_ships_with_its_metadata_and_prefills_the_plugin(tmp_path):
@@ -44,17 +44,17 @@ def test_the_default_model_ships_with_its_metadata_and_prefills_the_plugin(tmp_p
     from rsir_qgis_plugin.engine import default_model_path
 
     path = default_model_path()
-    assert os.path.basename(path) == "eurosat_rgb_lite0_triplet128_rot4.onnx"
+    assert os.path.basename(path) == "eurosat_rgb_lite0_milan128_rot4.onnx"
     info = Encoder(path).info
-    assert info.method == "triplet-semi-hard" and info.input_size == 128 and info.embedding_dim == 128
+    assert info.method == "milan" and info.input_size == 96 and info.embedding_dim == 128 and info.code_bits == 128
     assert info.views == 4 and info.metadata["rsir.invariance"] == "rot4"
     assert len(info.class_names) == 10 and "SeaLake" in info.class_names
     assert os.path.getsize(path) <= 20e6
     out = str(tmp_path / "rsir_qgis_plugin.zip")
     names = build(out)
-    assert {"rsir_qgis_plugin/models/eurosat_rgb_lite0_triplet128_rot4.onnx",
-            "rsir_qgis_plugin/models/int8/eurosat_rgb_lite0_triplet128_rot4.int8.onnx",
-            "rsir_qgis_plugin/models/fast/eurosat_rgb_lite0_triplet128.int8.onnx"} <= set(names)
+    assert {"rsir_qgis_plugin/models/eurosat_rgb_lite0_milan128_rot4.onnx",
+            "rsir_qgis_plugin/models/int8/eurosat_rgb_lite0_milan128_rot4.int8.onnx",
+            "rsir_qgis_plugin/models/fast/eurosat_rgb_lite0_milan128.int8.onnx"} <= set(names)
 
 
 def test_the_int8_default_model_ships_beside_it_and_embeds_alike():
@@ -65,7 +65,7 @@ def test_the_int8_default_model_ships_beside_it_and_embeds_alike():
 
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "default_model")
     float_enc = Encoder(default_model_path(), threads=1)
-    q_enc = Encoder(os.path.join(root, "int8", "eurosat_rgb_lite0_triplet128_rot4.int8.onnx"), threads=1)
+    q_enc = Encoder(os.path.join(root, "int8", "eurosat_rgb_lite0_milan128_rot4.int8.onnx"), threads=1)
     assert q_enc.session.get_modelmeta().custom_metadata_map["rsir.quantization"].startswith(
         "int8 weights and activations")
     assert os.path.getsize(q_enc.info.path) < os.path.getsize(float_enc.info.path) / 3
@@ -74,17 +74,21 @@ def test_the_int8_default_model_ships_beside_it_and_embeds_alike():
         (float_enc.info.input_size, float_enc.info.embedding_dim, float_enc.info.class_names)
     # smooth image-like inputs (blurred noise, 0-255): the int8 embedding stays close to the float one
     rng = np.random.default_rng(0)
+    cell = float_enc.info.input_size // 16
     raw = rng.uniform(0, 255, (16, 3, 16, 16)).astype(np.float32)
-    raw = np.kron(raw, np.ones((1, 1, 8, 8), np.float32))
+    raw = np.kron(raw, np.ones((1, 1, cell, cell), np.float32))
     emb_f, _ = float_enc.encode(raw)
     emb_q, _ = q_enc.encode(raw)
     assert np.sum(emb_f * emb_q, axis=1).mean() > 0.97
     assert q_enc.info.views == 4  # the int8 copy averages over quarter turns too
-    np.testing.assert_allclose(q_enc.encode(np.ascontiguousarray(np.rot90(raw, 1, axes=(2, 3))))[0], emb_q,
-                               atol=1e-4)
+    emb_turned, codes_turned = q_enc.encode(np.ascontiguousarray(np.rot90(raw, 1, axes=(2, 3))))
+    np.testing.assert_allclose(emb_turned, emb_q, atol=1e-4)
+    # the same codes but for the odd bit whose logit is within int8 rounding of zero on these synthetic tiles
+    flipped = np.unpackbits(codes_turned ^ q_enc.encode(raw)[1], axis=1).sum(axis=1)
+    assert flipped.max() <= 2 and flipped.sum() <= 4
 
     # the fast model: the same checkpoint, int8, without view averaging (4x faster): close, but not invariant
-    fast = Encoder(os.path.join(root, "fast", "eurosat_rgb_lite0_triplet128.int8.onnx"), threads=1)
+    fast = Encoder(os.path.join(root, "fast", "eurosat_rgb_lite0_milan128.int8.onnx"), threads=1)
     assert fast.info.views == 1 and "rsir.invariance" not in fast.info.metadata
     emb_fast, _ = fast.encode(raw)
     turned, _ = fast.encode(np.ascontiguousarray(np.rot90(raw, 1, axes=(2, 3))))
