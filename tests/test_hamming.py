@@ -70,16 +70,34 @@ def test_flat_knn_distances_equal_brute_force(codes):
         assert (d_all[i] == d).all()
 
 
-def test_scan_knn_over_chunks_and_short_tables(codes, monkeypatch):
-    monkeypatch.setattr(hamming, "SCAN_CHUNK", 1000)  # four chunks
-    q = codes[42]
-    d_all = _brute(codes, q)
-    dist, ids = hamming.scan_knn(codes, q, 30)
-    want = np.lexsort((np.arange(len(codes)), d_all))[:30]
-    assert dist.tolist() == d_all[want].tolist()
-    assert ids[0] == 42 and dist[0] == 0
-    dist, ids = hamming.scan_knn(codes[:5], q, 8)  # fewer codes than k: padded with -1
-    assert ids.tolist()[5:] == [-1, -1, -1] and sorted(ids[:5].tolist()) == [0, 1, 2, 3, 4]
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_scan_knn_in_shards_equals_brute_force_ties_by_id(codes, threads, monkeypatch, tmp_path):
+    monkeypatch.setattr(hamming, "SHARD_MIN", 100)  # several shards even on a small table
+    short = np.ascontiguousarray(codes[:, :2])  # 16-bit codes: many ties at every distance
+    on_disk = np.memmap(tmp_path / "codes.u8", np.uint8, "w+", shape=short.shape)
+    on_disk[:] = short
+    rng = np.random.default_rng(3)
+    queries = np.concatenate([short[[42, 7]], rng.integers(0, 256, (4, 2), dtype=np.uint8)])
+    for table in (short, on_disk):
+        dist, ids = hamming.scan_knn(table, queries, 30, threads=threads)
+        assert dist.shape == ids.shape == (6, 30)
+        for q, d, i in zip(queries, dist, ids):
+            d_all = _brute(short, q)
+            want = np.lexsort((np.arange(len(short)), d_all))[:30]
+            assert i.tolist() == want.tolist()  # the same ids, in (distance, id) order
+            assert d.tolist() == d_all[want].tolist()
+    dist, ids = hamming.scan_knn(codes[:5], codes[42], 8, threads=threads)  # fewer codes than k: padded with -1
+    assert ids[0].tolist()[5:] == [-1, -1, -1] and sorted(ids[0, :5].tolist()) == [0, 1, 2, 3, 4]
+    assert dist[0].tolist()[5:] == [-1, -1, -1]
+
+
+def test_flat_codes_is_the_index_table_and_search_uses_it(codes):
+    index = build_binary_index(codes, 64, "BFlat")
+    view = hamming.flat_codes(index)
+    assert view.shape == codes.shape and (view == codes).all()
+    assert hamming.flat_codes(build_binary_index(codes[:0], 64, "BFlat")).shape == (0, 8)
+    dist, ids = hamming.scan_knn(view, codes[[3, 900]], 5)
+    assert ids[:, 0].tolist() == [3, 900] and dist[:, 0].tolist() == [0, 0]
 
 
 def test_exact_flips_pigeonhole():

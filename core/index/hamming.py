@@ -7,12 +7,16 @@ radius k-NN of multi-index hashing (Norouzi, Punjani & Fleet, CVPR 2012) on top 
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from math import comb
 
 import faiss
 import numpy as np
 
-SCAN_CHUNK = 1 << 20  # codes per temporary flat index in a scan (8 MB at 64 bits)
+SCAN_CHUNK = 1 << 20  # codes per temporary flat index in a range scan (8 MB at 64 bits)
+# Below this many codes per thread a k-NN scan stays on the calling thread: handing work to a pool costs more
+# than it saves (docs/benchmarks.md).
+SHARD_MIN = 1 << 17
 
 
 def hash_tables(index) -> tuple[int, int] | None:
@@ -106,15 +110,64 @@ def range_search(index, codes: np.ndarray, query: np.ndarray, radius: int) -> tu
     return dist[order].astype(np.int32), ids[order].astype(np.int64)
 
 
-def scan_knn(codes: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest rows of `codes` (may be a memmap) to one query, chunk by chunk; (distances, ids)."""
-    query = np.ascontiguousarray(query, np.uint8).reshape(1, -1)
-    dists, ids = [], []
-    for start, flat in _flat_chunks(codes):
-        d, i = flat.search(query, min(k, flat.ntotal))
-        dists.append(d[0])
-        ids.append(i[0] + start)
-    return _top(np.concatenate(dists), np.concatenate(ids), k)
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A pool whose workers each run faiss on one OpenMP thread: they already split the work between them, and
+    a team per worker would put two spinning threads on every core."""
+    if threads not in _pools:
+        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="rsir-hamming",
+                                             initializer=faiss.omp_set_num_threads, initargs=(1,))
+    return _pools[threads]
+
+
+def flat_codes(index: faiss.IndexBinaryFlat) -> np.ndarray:
+    """The packed codes a flat binary index holds, as an (ntotal, code_size) view of its memory (no copy)."""
+    n, size = int(index.ntotal), int(index.code_size)
+    if n == 0:
+        return np.zeros((0, size), np.uint8)
+    return faiss.rev_swig_ptr(index.xb.data(), n * size).reshape(n, size)
+
+
+def _shard_knn(part: np.ndarray, queries: np.ndarray, k: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """k-NN within one shard of a code table whose first row has id `start`."""
+    dist, ids = faiss.knn_hamming(queries, np.ascontiguousarray(part, np.uint8), min(k, len(part)))
+    return dist, ids + start
+
+
+def scan_threads(n: int, threads: int | None = None) -> int:
+    """Threads `scan_knn` splits n codes over: all of faiss's (or `threads`), fewer on small tables."""
+    return max(1, min(threads or faiss.omp_get_max_threads(), n // SHARD_MIN))
+
+
+def scan_knn(codes: np.ndarray, queries: np.ndarray, k: int, threads: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest rows of `codes` (n x bytes; an array, a memmap or `flat_codes`) to each query, read in
+    place: (distances, ids), each (nq, k), ties broken by id, -1 ids where fewer than k codes exist.
+
+    faiss parallelises a scan over queries, so one query runs on one core at ~2.5x the memory-read floor; here
+    the table is cut into one contiguous shard per thread and each thread scans its own (faiss.knn_hamming
+    over a view), which brings one query to the floor on this 2-core machine (docs/benchmarks.md)."""
+    queries = np.ascontiguousarray(queries, np.uint8).reshape(-1, codes.shape[1])
+    n = len(codes)
+    threads = scan_threads(n, threads)
+    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
+    if threads == 1:
+        found = [_shard_knn(codes, queries, k, 0)] if n else []
+    else:
+        pool = _pool(threads)
+        jobs = [pool.submit(_shard_knn, codes[a:b], queries, k, int(a)) for a, b in zip(bounds[:-1], bounds[1:])]
+        found = [job.result() for job in jobs]
+    dist = np.full((len(queries), k), -1, np.int32)
+    ids = np.full((len(queries), k), -1, np.int64)
+    if found:
+        d = np.concatenate([f[0] for f in found], axis=1)
+        i = np.concatenate([f[1] for f in found], axis=1)
+        order = np.lexsort((i, d), axis=-1)[:, :k]
+        dist[:, :order.shape[1]] = np.take_along_axis(d, order, axis=1)
+        ids[:, :order.shape[1]] = np.take_along_axis(i, order, axis=1)
+    return dist, ids
 
 
 def mih_knn(index, codes: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,17 +184,17 @@ def mih_knn(index, codes: np.ndarray, query: np.ndarray, k: int) -> tuple[np.nda
         # the largest radius these flips answer exactly; every smaller radius comes with it
         radius = bits if flips == b else min(bits, flips if nhash == 1 else (flips + 1) * nhash - 1)
         spent += probe_cost(index, flips)
-        if spent >= index.ntotal / 2:  # rounds repeat earlier probes: stop while a scan still pays off
+        # rounds repeat earlier probes: stop while a scan still pays off. Not divided by the scan's threads: that
+        # halves the budget and sent clustered queries to the scan 2.5x slower (4.2 vs 1.7 ms at 10M, benchmarks.md)
+        if spent >= index.ntotal / 2:
             break
         index.nflip = flips
         _, dist, ids = index.range_search(query, radius + 1)
         if len(ids) >= k_eff:
             return _top(dist, ids, k)
     flat = _storage(index)
-    if flat is not None:
-        d, i = flat.search(query, k_eff)
-        return _top(d[0], i[0], k)
-    return scan_knn(codes, query, k)
+    dist, ids = scan_knn(codes if flat is None else flat_codes(flat), query, k)
+    return dist[0], ids[0]
 
 
 def mih_search(index, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

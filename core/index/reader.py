@@ -5,6 +5,7 @@ import json
 import os
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 from osgeo import ogr
 
@@ -126,8 +127,6 @@ class Index:
     @property
     def float_index(self):
         if self._float is None:
-            import faiss
-
             self._float = faiss.read_index(layout.path(self.dir, layout.FLOAT_INDEX))
             self._check_ntotal(self._float, layout.FLOAT_INDEX)
         return self._float
@@ -135,8 +134,6 @@ class Index:
     @property
     def binary_index(self):
         if self._binary is None:
-            import faiss
-
             self._binary = faiss.read_index_binary(layout.path(self.dir, layout.BINARY_INDEX))
             self._check_ntotal(self._binary, layout.BINARY_INDEX)
         return self._binary
@@ -154,13 +151,15 @@ class Index:
         return index.search(np.ascontiguousarray(queries, np.float32), min(k, self.n))
 
     def search_hamming(self, codes: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(Hamming distances, tile ids), each (nq, k). Exact for flat and hash (multi-index hashing) indexes;
-        IVF and HNSW are approximate, their effort set by `nprobe`."""
+        """(Hamming distances, tile ids), each (nq, k), ties broken by id. Exact for flat and hash (multi-index
+        hashing) indexes; IVF and HNSW are approximate, their effort set by `nprobe`."""
         index = self.binary_index
         codes = np.ascontiguousarray(codes, np.uint8).reshape(-1, self.code_bytes)
         k = min(k, self.n)
         if hamming.hash_tables(index) is not None:
             return hamming.mih_search(index, self._codes, codes, k)
+        if isinstance(index, faiss.IndexBinaryFlat):  # one shard per core: a single query uses them all
+            return hamming.scan_knn(hamming.flat_codes(index), codes, k)
         if nprobe:
             set_nprobe(index, nprobe)
         return index.search(codes, k)
