@@ -1,4 +1,5 @@
-"""Search at archive scale: Hamming k-NN over 1M and 10M x 64-bit codes, cosine k-NN over 1M x 128-d floats.
+"""Search at archive scale: Hamming k-NN over 1M and 10M x 64-bit codes (--bits), cosine k-NN over 1M x 128-d
+floats.
 
 Hamming, per database size: the memory-scan floor (numpy reading the code table once, on one thread and split
 over --threads threads), exact search (faiss's IndexBinaryFlat search, and rsir's scan of the same table in one
@@ -90,7 +91,7 @@ def index_mb(index) -> float:
 
 def hamming_rows(n: int, args, rng) -> list[tuple]:
     """One table block for `n` codes: (method, build s, MB, single ms, batched ms, recall)."""
-    k, bits = args.k, 64
+    k, bits = args.k, args.bits
     codes = (rng.integers(0, 256, (n, bits // 8), dtype=np.uint8) if args.uniform
              else clustered_codes(rng, n, bits))
     queries = (rng.integers(0, 256, (args.queries, bits // 8), dtype=np.uint8) if args.uniform
@@ -118,10 +119,11 @@ def hamming_rows(n: int, args, rng) -> list[tuple]:
         batched = ms_per_query(search, queries, False)
         rows.append((name, build_s, index_mb(index), single, batched, recall(*search(queries))))
 
-    default = default_binary_factory(n)
+    default = default_binary_factory(n, bits)
     timed("exact: faiss BFlat search", flat, build, lambda q: flat.search(q, k))
     table = hamming.flat_codes(flat)
-    timed(f"exact: rsir scan of BFlat, {args.threads} shards{' (rsir default)' if default == 'BFlat' else ''}",
+    mark = " (rsir default)" if default == "BFlat" else ""
+    timed(f"exact: rsir scan of BFlat, {hamming.scan_threads(n, args.threads)} shards{mark}",
           flat, build, lambda q: hamming.scan_knn(table, q, k, threads=args.threads))
 
     if n <= args.ivf_max_n:
@@ -157,7 +159,8 @@ def hamming_rows(n: int, args, rng) -> list[tuple]:
 def print_hamming(n: int, rows: list[tuple], args) -> None:
     floor, floor_n = rows[0][3], rows[1][3]
     exact = next(r for r in rows if r[0].startswith("exact"))
-    print(f"\nHamming, {n:,} x 64-bit codes ({'uniform' if args.uniform else 'clustered'}), {args.queries} queries, "
+    kind = "uniform" if args.uniform else "clustered"
+    print(f"\nHamming, {n:,} x {args.bits}-bit codes ({kind}), {args.queries} queries, "
           f"k={args.k}, {args.threads} threads")
     print("| method | build s | memory MB | ms/query (one at a time) | ms/query (batch) | x floor (one at a time) "
           f"| x {args.threads}-thread floor (one at a time) | x floor (batch) | speed-up vs faiss flat (one at a time) "
@@ -217,6 +220,7 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--single", type=int, default=20, help="queries timed one at a time")
     ap.add_argument("-k", type=int, default=20)
+    ap.add_argument("--bits", type=int, default=64, help="code length (a multiple of 64)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mih", default="auto,BHash4x16",
                     help="hash factories for multi-index hashing, comma-separated; auto = rsir's choice for the size")
