@@ -31,22 +31,24 @@ def main() -> int:
 
     encoders = [Encoder(m, device="cpu", threads=args.threads) for m in args.models]
     pick = np.random.default_rng(0)
-    chosen: dict = {}
+    by_size: dict[int, np.ndarray] = {}
+    rows = None  # the test images picked, the same at every size
 
     def inputs(info) -> np.ndarray:
         """The same images for every model, read at that model's input size (as the tiler reads tiles)."""
+        nonlocal rows
         size = info.input_size
-        if size not in chosen:
+        if size not in by_size:
             if args.dataset:
                 from training.datasets import load_folder
 
                 test = load_folder(args.dataset, list(info.bands), size, args.cache_dir or None)["test"].pixels
-                if "rows" not in chosen:
-                    chosen["rows"] = pick.choice(len(test), args.images, replace=False)
-                chosen[size] = test[chosen["rows"]].astype(np.float32)
+                if rows is None:
+                    rows = pick.choice(len(test), args.images, replace=False)
+                by_size[size] = test[rows].astype(np.float32)
             else:
-                chosen[size] = pick.uniform(0, 255, (args.images, info.channels, size, size)).astype(np.float32)
-        return chosen[size]
+                by_size[size] = pick.uniform(0, 255, (args.images, info.channels, size, size)).astype(np.float32)
+        return by_size[size]
 
     base_info = encoders[0].info
     emb0 = encoders[0].encode(inputs(base_info))[0]

@@ -153,22 +153,16 @@ def scan_knn(codes: np.ndarray, queries: np.ndarray, k: int, threads: int | None
     queries = np.ascontiguousarray(queries, np.uint8).reshape(-1, codes.shape[1])
     n = len(codes)
     threads = scan_threads(n, threads)
-    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
-    if threads == 1:
-        found = [_shard_knn(codes, queries, k, 0)] if n else []
+    if n == 0:
+        found = [(np.zeros((len(queries), 0), np.int32), np.zeros((len(queries), 0), np.int64))]
+    elif threads == 1:
+        found = [_shard_knn(codes, queries, k, 0)]
     else:
+        bounds = np.linspace(0, n, threads + 1).astype(np.int64)
         pool = _pool(threads)
         jobs = [pool.submit(_shard_knn, codes[a:b], queries, k, int(a)) for a, b in zip(bounds[:-1], bounds[1:])]
         found = [job.result() for job in jobs]
-    dist = np.full((len(queries), k), -1, np.int32)
-    ids = np.full((len(queries), k), -1, np.int64)
-    if found:
-        d = np.concatenate([f[0] for f in found], axis=1)
-        i = np.concatenate([f[1] for f in found], axis=1)
-        order = np.lexsort((i, d), axis=-1)[:, :k]
-        dist[:, :order.shape[1]] = np.take_along_axis(d, order, axis=1)
-        ids[:, :order.shape[1]] = np.take_along_axis(i, order, axis=1)
-    return dist, ids
+    return _top(np.concatenate([d for d, _ in found], axis=1), np.concatenate([i for _, i in found], axis=1), k)
 
 
 def mih_knn(index, codes: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -205,8 +199,10 @@ def mih_search(index, codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[n
 
 
 def _top(dist: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((ids, dist))[:k]
-    d = np.full(k, -1, np.int32)
-    i = np.full(k, -1, np.int64)
-    d[:len(order)], i[:len(order)] = dist[order], ids[order]
+    """The k smallest distances of each row (or of a 1-D array), ties broken by id, padded with -1."""
+    order = np.lexsort((ids, dist), axis=-1)[..., :k]
+    d = np.full(dist.shape[:-1] + (k,), -1, np.int32)
+    i = np.full(ids.shape[:-1] + (k,), -1, np.int64)
+    m = order.shape[-1]
+    d[..., :m], i[..., :m] = np.take_along_axis(dist, order, -1), np.take_along_axis(ids, order, -1)
     return d, i
