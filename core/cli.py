@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hash", action="store_true", help="rank by Hamming distance of the binary codes")
     p.add_argument("--radius", type=int, default=None, help="with --hash: every tile within this Hamming distance")
     p.add_argument("--nprobe", type=int, default=None, help="inverted lists visited per query (IVF indexes)")
+    p.add_argument("--expand", type=int, default=0, metavar="N",
+                   help="query expansion: search again with the query moved towards its N nearest tiles (0: off; "
+                        "keep N below the number of matches you expect, docs/results.md)")
     p.add_argument("--out", default=None, help="write hits (and the query box) to this GeoPackage")
     p.add_argument("--png", default=None, help="write a PNG mosaic of the query and its top hits")
     _common_encoder_args(p)
@@ -156,6 +159,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .archive.sources import parse_band_list
     from .encoder import Encoder
     from .index.reader import Index
+    from .expansion import expand_query
     from .search import query_from_box, query_from_image, query_from_tile, search
 
     index = Index(args.index)
@@ -174,8 +178,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             if not args.raster:
                 raise RsirError("--bbox needs --raster: the raster (or band-stack spec) to read the box from")
             query = query_from_box(index, encoder, args.raster, args.bbox, args.crs, bands, args.scale)
-    hits = search(index, query, k=args.k, mode="hash" if args.hash else "float", radius=args.radius,
-                  nprobe=args.nprobe)
+    mode = "hash" if args.hash else "float"
+    query = expand_query(index, query, args.expand, mode, args.nprobe)
+    hits = search(index, query, k=args.k, mode=mode, radius=args.radius, nprobe=args.nprobe)
     for warning in query.warnings:
         print(f"rsir search: warning: {warning}", file=sys.stderr)
     print(f"query: {query.description}  ({'Hamming' if args.hash else 'cosine'} search, {index.n} tiles)")

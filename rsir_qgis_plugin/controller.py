@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from .engine import encoder as core_encoder
-from .engine import errors, heatmap, modality, reader, search
+from .engine import errors, expansion, heatmap, modality, reader, search
 
 
 @dataclass
@@ -22,6 +22,7 @@ class SearchRequest:
     heatmap: bool = False
     device: str = "auto"
     query_modality: str = "auto"    # which encoder reads a box/image query; auto: by the raster's band count
+    expand: int = 0                 # query expansion with this many nearest tiles; 0: off
 
 
 @dataclass
@@ -138,6 +139,7 @@ class RetrievalSession:
         return None if best is None else int(best[1])
 
     def _finish(self, query, req: SearchRequest, raster: str | None):
+        query = expansion.expand_query(self.index, query, req.expand, req.mode)
         hits = search.search(self.index, query, k=req.k, mode=req.mode)
         radius_hits = []
         if req.radius is not None:

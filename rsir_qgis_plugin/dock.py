@@ -67,6 +67,12 @@ class RsirDock(QDockWidget):
         self.tiles_spin = QSpinBox()
         self.tiles_spin.setRange(0, 100)
         self.tiles_spin.setValue(5)
+        self.expand_spin = QSpinBox()
+        self.expand_spin.setRange(0, 1000)
+        self.expand_spin.setSpecialValueText("off")
+        self.expand_spin.setToolTip("Search again with the query moved towards its N nearest tiles. Finds more "
+                                    "of a common land cover; keep N below the number of matches you expect, "
+                                    "or a rare one drifts to its neighbours' class.")
         self.heat_check = QCheckBox("Similarity heat map over the query raster")
         radius_row = QHBoxLayout()
         radius_row.addWidget(self.radius_check)
@@ -76,6 +82,7 @@ class RsirDock(QDockWidget):
         opts.addRow("Hits (k)", self.k_spin)
         opts.addRow("Search", self.mode_combo)
         opts.addRow(radius_row)
+        opts.addRow("Query expansion", self.expand_spin)
         opts.addRow("Tiles as layers", self.tiles_spin)
         opts.addRow("Query modality", self.modality_combo)
         opts.addRow("Device", self.device_combo)
@@ -158,7 +165,8 @@ class RsirDock(QDockWidget):
                              radius=self.radius_spin.value() if self.radius_check.isChecked() else None,
                              tile_rasters=self.tiles_spin.value(), heatmap=self.heat_check.isChecked(),
                              device=self.device_combo.currentText(),
-                             query_modality=self.modality_combo.currentText() or "auto")
+                             query_modality=self.modality_combo.currentText() or "auto",
+                             expand=self.expand_spin.value())
 
     def on_box(self, rect) -> None:
         layer = self.raster_combo.currentLayer()

@@ -70,12 +70,14 @@ class _Base(QgsProcessingAlgorithm):
     def _search_params(self) -> None:
         self.addParameter(QgsProcessingParameterNumber("K", "Number of hits", defaultValue=20, minValue=1))
         self.addParameter(QgsProcessingParameterBoolean("HASH", "Hash (Hamming) search", defaultValue=False))
+        self.addParameter(QgsProcessingParameterNumber("EXPAND", "Query expansion: nearest tiles (0 = off)",
+                                                       defaultValue=0, minValue=0))
         self.addParameter(QgsProcessingParameterFeatureSink("OUTPUT", "Hits", QgsProcessing.TypeVectorPolygon))
 
     def _request(self, parameters, context) -> SearchRequest:
         return SearchRequest(k=self.parameterAsInt(parameters, "K", context),
                              mode="hash" if self.parameterAsBool(parameters, "HASH", context) else "float",
-                             tile_rasters=0)
+                             tile_rasters=0, expand=self.parameterAsInt(parameters, "EXPAND", context))
 
 
 class BuildIndex(_Base):

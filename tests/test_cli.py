@@ -54,6 +54,9 @@ def test_search_by_tile_and_hash(cli_index, capsys):
     assert code == 0 and stdout.splitlines()[2].split()[:4] == ["1", "14", "1.0000", "0"]
     code, stdout, _ = run(capsys, "search", cli_index, "--tile", 0, "--hash", "--radius", "0")
     assert code == 0 and [line.split()[1] for line in stdout.splitlines()[2:]] == ["14"]
+    code, stdout, _ = run(capsys, "search", cli_index, "--tile", 0, "-k", "1", "--expand", "1")  # with its copy
+    assert code == 0 and "expanded with its 1 nearest tiles" in stdout.splitlines()[0]
+    assert stdout.splitlines()[2].split()[:3] == ["1", "14", "1.0000"]
 
 
 def _assert_error(capsys, argv, *fragments, no_dir=None):

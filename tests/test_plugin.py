@@ -105,6 +105,16 @@ def test_more_like_this_and_image_queries(dock, indexed, twin_raster, tmp_path, 
     from qgis.core import QgsPointXY
     dock.pick_tool.picked.emit(QgsPointXY(ORIGIN[0] + 320, ORIGIN[1] - 320))
     assert dock.last_result.query.tile_id == 0 and dock.last_result.hits[0].tile_id == 14
+    plain = [h.tile_id for h in dock.last_result.hits]
+    dock.expand_spin.setValue(3)  # query expansion: the hits of the moved query, its description says so
+    dock.pick_tool.picked.emit(QgsPointXY(ORIGIN[0] + 320, ORIGIN[1] - 320))
+    assert "expanded with its 3 nearest tiles" in dock.last_result.query.description
+    from core.expansion import expand_query
+    from core.search import query_from_tile, search
+    index = dock.session.index
+    want = search(index, expand_query(index, query_from_tile(index, 0), 3), k=len(plain))
+    assert [h.tile_id for h in dock.last_result.hits] == [h.tile_id for h in want] != plain
+    dock.expand_spin.setValue(0)
     img = write_raster(str(tmp_path / "q.tif"), gdal.Open(twin_raster).ReadAsArray(0, 0, 64, 64), epsg=None)
     result = dock.search_image(img)
     assert {h.tile_id for h in result.hits[:2]} == {0, 14}
@@ -215,6 +225,10 @@ def test_processing_algorithms(tmp_path, twin_raster, tiny_model, qgis_processin
         res = processing.run("rsir:searchbyimage", {"INDEX": out, "IMAGE": img, "K": 2, "HASH": True,
                                                     "OUTPUT": "memory:"})
         assert {f["tile_id"] for f in res["OUTPUT"].getFeatures()} == {0, 14}
+        # expanded with its nearest tile, a copy of itself, the query keeps its code: the same two hits
+        res = processing.run("rsir:searchbyimage", {"INDEX": out, "IMAGE": img, "K": 2, "HASH": True, "EXPAND": 1,
+                                                    "OUTPUT": "memory:"})
+        assert {(f["tile_id"], f["hamming"]) for f in res["OUTPUT"].getFeatures()} == {(0, 0), (14, 0)}
         heat = str(tmp_path / "heat.tif")
         processing.run("rsir:similarityheatmap", {"INDEX": out, "RASTER": layer, "EXTENT": extent, "OUTPUT": heat})
         arr = gdal.Open(heat).ReadAsArray()

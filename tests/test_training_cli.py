@@ -83,6 +83,13 @@ def test_train_export_eval(tmp_path, capsys):
                          "--rotate-queries", "45", "--out", turned)
     assert code == 0 and "turned 45 degrees" in out, err
     assert json.loads((turned / "results.json").read_text())["rotate_queries"] == 45.0
+    expanded = tmp_path / "expanded"
+    code, out, err = run(capsys, "eval", model, tmp_path / "data", "--cache-dir", "", "--no-baselines",
+                         "--expand", "3", "--out", expanded)
+    assert code == 0, err
+    results = json.loads((expanded / "results.json").read_text())
+    assert results["expand"] == 3 and [r["method"] for r in results["results"]] == [
+        "triplet-batch-hard (float 16-d, query expansion 3)", "triplet-batch-hard (hash 16 bits, query expansion 3)"]
 
 
 def test_bad_training_inputs_exit_1_with_the_file_named(tmp_path, capsys):

@@ -178,6 +178,9 @@ def eval_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rotate-queries", type=float, metavar="DEGREES",
                    help="turn every query image by this angle (counter-clockwise; corners filled by reflection) "
                         "before encoding, to measure rotation invariance")
+    p.add_argument("--expand", type=int, default=0, metavar="N",
+                   help="score the model with query expansion over its N nearest database items, as "
+                        "`rsir search --expand N` (default: off)")
     p.add_argument("--out", help="folder for results.json, results.md, pr.png, tsne.png")
     p.add_argument("--cache-dir", default="cache/datasets", help="decoded-image cache ('' = none)")
     p.add_argument("--threads", type=int, help="onnxruntime threads")
@@ -216,7 +219,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     features = tuple(f.strip() for f in args.baseline_features.split(",") if f.strip())
     try:
         results = evaluate(args.model, queries, database, args.k, not args.no_baselines, bits, args.threads,
-                           baseline_features=features)
+                           baseline_features=features, expand=args.expand)
     except ValueError as exc:
         raise RsirError(f"{args.model}: {exc}") from None
     k = min(args.k, len(database))
@@ -228,7 +231,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         title = f"{os.path.basename(args.model)} on {os.path.basename(os.path.normpath(args.dataset))}"
         write_report(results, args.out, k, {"model": os.path.abspath(args.model), "dataset": args.dataset,
                                             "queries": args.queries, "database": args.database,
-                                            "rotate_queries": args.rotate_queries or 0.0})
+                                            "rotate_queries": args.rotate_queries or 0.0,
+                                            "expand": args.expand})
         plot_pr(results, os.path.join(args.out, "pr.png"), f"PR curves, {title}")
         emb, _ = Encoder(args.model, threads=args.threads, batch_size=256).encode(queries.pixels)
         colour = queries.labels.argmax(axis=1) if queries.multi_label else queries.labels  # first label

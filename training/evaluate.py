@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.encoder import Encoder, l2_normalise
+from core.expansion import expand_codes, expand_embeddings
 from core.fileio import atomic_path, write_json
 from core.metrics import average_precision_at_k, hamming_loss, ndcg_at_k, weighted_average_precision
 
@@ -97,6 +98,26 @@ def score(name: str, kind: str, bits: int, q: np.ndarray, db: np.ndarray, q_y: n
     return MethodResult(name, kind, bits, float(100 * ap.mean()), p_at, per_class, (prec, rec), extra)
 
 
+def nearest(q: np.ndarray, db: np.ndarray, n: int, chunk: int = 256) -> np.ndarray:
+    """Indices (nq, n) of each query's n highest-scoring database rows by dot product, ties broken in the seeded
+    random order `score` ranks in."""
+    perm = np.random.default_rng(0).permutation(len(db))
+    shuffled = db[perm]
+    out = [np.argsort(-(q[i:i + chunk] @ shuffled.T), axis=1, kind="stable")[:, :n] for i in range(0, len(q), chunk)]
+    return perm[np.concatenate(out)]
+
+
+def expand_query_set(q_e: np.ndarray, q_c: np.ndarray, db_e: np.ndarray, db_c: np.ndarray, n: int, bits: int,
+                     chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Query expansion as `rsir search --expand n` does it (core/expansion.py): embeddings from their n nearest
+    database embeddings (cosine), codes from their n nearest database codes (Hamming)."""
+    near_f = nearest(q_e, db_e, n)
+    near_h = nearest(_pm1(q_c, bits), _pm1(db_c, bits), n)
+    e = [expand_embeddings(q_e[i:i + chunk], db_e[near_f[i:i + chunk]]) for i in range(0, len(q_e), chunk)]
+    c = [expand_codes(q_c[i:i + chunk], db_c[near_h[i:i + chunk]]) for i in range(0, len(q_c), chunk)]
+    return np.concatenate(e), np.concatenate(c)
+
+
 def imagenet_features(images: np.ndarray, scale: float, batch: int = 256) -> np.ndarray:
     """Pooled ImageNet EfficientNet-Lite0 features (1280-d) of RGB pixels, the untrained baseline."""
     import torch
@@ -136,10 +157,11 @@ BASELINE_FEATURES = ("imagenet", "model")
 
 def evaluate(model_path: str, queries: ImageSet, database: ImageSet, k: int = 100, baselines: bool = True,
              baseline_bits=(32, 64), threads: int | None = None, log=print,
-             baseline_features=("imagenet",)) -> list[MethodResult]:
+             baseline_features=("imagenet",), expand: int = 0) -> list[MethodResult]:
     """Score the model (float and its sign codes) and, with `baselines`, shallow hashing (LSH, PCA-ITQ, KSLSH)
     of the untrained ImageNet features ("imagenet", plus their cosine ranking) and/or of the model's own float
-    embeddings ("model")."""
+    embeddings ("model"). `expand` > 0: the model's queries are expanded with that many nearest database items
+    first (the baselines are not)."""
     enc = Encoder(model_path, threads=threads, batch_size=256)
     info = enc.info
     if database.pixels.shape[1:] != (info.channels, info.input_size, info.input_size):
@@ -157,8 +179,13 @@ def evaluate(model_path: str, queries: ImageSet, database: ImageSet, k: int = 10
         f"in {time.perf_counter() - t0:.1f} s")
     bits = info.effective_code_bits
     label = info.method or "model"
-    results = [score(f"{label} (float {info.embedding_dim}-d)", "float", 0, q_e, db_e, q_y, db_y, classes, k),
-               score(f"{label} (hash {bits} bits)", "hash", bits, _pm1(q_c, bits), _pm1(db_c, bits),
+    q_ex, q_cx, qe_note = q_e, q_c, ""
+    if expand:
+        q_ex, q_cx = expand_query_set(q_e, q_c, db_e, db_c, expand, bits)
+        qe_note = f", query expansion {expand}"
+    results = [score(f"{label} (float {info.embedding_dim}-d{qe_note})", "float", 0, q_ex, db_e, q_y, db_y,
+                     classes, k),
+               score(f"{label} (hash {bits} bits{qe_note})", "hash", bits, _pm1(q_cx, bits), _pm1(db_c, bits),
                      q_y, db_y, classes, k)]
     if q_y.ndim == 2 and "class_logits" in info.outputs:
         if info.class_names != classes:
