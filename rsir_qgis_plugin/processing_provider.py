@@ -10,7 +10,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureSink,
 
 
 from .controller import RetrievalSession, SearchRequest
-from .engine import builder, default_model_path, errors, heatmap, search
+from .engine import builder, default_model_path, errors, expansion, heatmap, search
 from .layers import HIT_FIELDS, hit_attributes
 
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
@@ -32,6 +32,11 @@ def _session(alg, parameters, context) -> RetrievalSession:
         return RetrievalSession(alg.parameterAsFile(parameters, "INDEX", context))
     except errors.RsirError as exc:
         raise QgsProcessingException(str(exc)) from None
+
+
+def _expand_param() -> QgsProcessingParameterNumber:
+    return QgsProcessingParameterNumber("EXPAND", "Query expansion: nearest tiles (0 = off)", defaultValue=0,
+                                        minValue=0)
 
 
 class _Base(QgsProcessingAlgorithm):
@@ -70,8 +75,7 @@ class _Base(QgsProcessingAlgorithm):
     def _search_params(self) -> None:
         self.addParameter(QgsProcessingParameterNumber("K", "Number of hits", defaultValue=20, minValue=1))
         self.addParameter(QgsProcessingParameterBoolean("HASH", "Hash (Hamming) search", defaultValue=False))
-        self.addParameter(QgsProcessingParameterNumber("EXPAND", "Query expansion: nearest tiles (0 = off)",
-                                                       defaultValue=0, minValue=0))
+        self.addParameter(_expand_param())
         self.addParameter(QgsProcessingParameterFeatureSink("OUTPUT", "Hits", QgsProcessing.TypeVectorPolygon))
 
     def _request(self, parameters, context) -> SearchRequest:
@@ -161,6 +165,7 @@ class SimilarityHeatmap(_Base):
         self.addParameter(_index_param())
         self.addParameter(QgsProcessingParameterRasterLayer("RASTER", "Indexed raster"))
         self.addParameter(QgsProcessingParameterExtent("EXTENT", "Query extent"))
+        self.addParameter(_expand_param())
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Heat map"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -173,6 +178,7 @@ class SimilarityHeatmap(_Base):
             query = search.query_from_box(session.index, session.encoder(), raster.source(),
                                           (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()),
                                           crs.toWkt())
+            query = expansion.expand_query(session.index, query, self.parameterAsInt(parameters, "EXPAND", context))
             _, best, _ = heatmap.similarity_heatmap(session.index, query.embedding, raster.source(), out)
         except errors.RsirError as exc:
             raise QgsProcessingException(str(exc)) from None

@@ -233,6 +233,10 @@ def test_processing_algorithms(tmp_path, twin_raster, tiny_model, qgis_processin
         processing.run("rsir:similarityheatmap", {"INDEX": out, "RASTER": layer, "EXTENT": extent, "OUTPUT": heat})
         arr = gdal.Open(heat).ReadAsArray()
         assert np.unravel_index(np.argmax(arr), arr.shape) in {(0, 0), (3, 2)}
+        heat1 = str(tmp_path / "heat1.tif")  # expanded with a copy of itself: the same query, the same map
+        processing.run("rsir:similarityheatmap", {"INDEX": out, "RASTER": layer, "EXTENT": extent, "EXPAND": 1,
+                                                  "OUTPUT": heat1})
+        np.testing.assert_allclose(gdal.Open(heat1).ReadAsArray(), arr, atol=2e-3)
         from qgis.core import QgsProcessingException
         with pytest.raises(QgsProcessingException, match="not an rsir index"):
             processing.run("rsir:searchbyimage", {"INDEX": str(tmp_path), "IMAGE": img, "K": 2, "HASH": False,
