@@ -158,8 +158,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from .archive.sources import parse_band_list
     from .encoder import Encoder
-    from .index.reader import Index
     from .expansion import expand_query
+    from .index.reader import Index
     from .search import query_from_box, query_from_image, query_from_tile, search
 
     index = Index(args.index)

@@ -16,6 +16,7 @@ import dataclasses
 import numpy as np
 
 from .errors import RsirError
+from .search import nearest_ids
 
 DEFAULT_ALPHA = 3.0
 
@@ -50,14 +51,7 @@ def expand_query(index, query, n: int, mode: str = "float", nprobe: int | None =
         raise RsirError(f"query expansion needs n >= 0 neighbours, got {n}")
     if n == 0:
         return query
-    own = 1 if query.tile_id is not None else 0
-    if mode == "float":
-        _, ids = index.search_float(query.embedding[None], n + own, nprobe)
-    elif mode == "hash":
-        _, ids = index.search_hamming(query.code[None], n + own, nprobe)
-    else:
-        raise RsirError(f"unknown search mode {mode!r}; use float or hash")
-    ids = [int(i) for i in ids[0] if i >= 0 and i != query.tile_id][:n]
+    ids = nearest_ids(index, query, n, mode, nprobe)
     if not ids:
         return query
     emb = expand_embeddings(query.embedding[None], index.embeddings(ids)[None], alpha)[0]

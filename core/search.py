@@ -159,32 +159,38 @@ def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[floa
                  footprint_wkt=geo.ExportToWkt() if geo else None, pixels=raw, warnings=warnings)
 
 
+def nearest_ids(index: Index, query: Query, k: int, mode: str = "float", nprobe: int | None = None,
+                exclude_query_tile: bool = True) -> list[int]:
+    """Ids of the k nearest tiles to `query` by `mode` ("float": cosine, "hash": Hamming), nearest first; a tile
+    query's own tile is left out unless `exclude_query_tile` is False."""
+    extra = 1 if exclude_query_tile and query.tile_id is not None else 0
+    if mode == "float":
+        _, ids = index.search_float(query.embedding[None], k + extra, nprobe)
+    elif mode == "hash":
+        _, ids = index.search_hamming(query.code[None], k + extra, nprobe)
+    else:
+        raise RsirError(f"unknown search mode {mode!r}; use float or hash")
+    return [int(i) for i in ids[0] if i >= 0 and not (extra and i == query.tile_id)][:k]
+
+
 def search(index: Index, query: Query, k: int = 20, mode: str = "float", radius: int | None = None,
            exclude_query_tile: bool = True, nprobe: int | None = None, max_radius_hits: int = 100_000) -> list[Hit]:
     """Rank tiles for `query`. `mode` "float" (cosine) or "hash" (Hamming). With `radius` (hash mode), return
     every tile within that Hamming distance (up to `max_radius_hits`), else the k nearest."""
     if k <= 0:
         raise RsirError(f"k must be positive, got {k}")
-    extra = 1 if exclude_query_tile and query.tile_id is not None else 0
-    if mode == "float":
-        if radius is not None:
-            raise RsirError("a Hamming radius needs hash search (--hash)")
-        scores, ids = index.search_float(query.embedding[None], k + extra, nprobe)
-        ids = ids[0]
+    if radius is None:
+        ids = nearest_ids(index, query, k, mode, nprobe, exclude_query_tile)
+    elif mode == "float":
+        raise RsirError("a Hamming radius needs hash search (--hash)")
     elif mode == "hash":
-        if radius is not None:
-            if radius < 0:
-                raise RsirError(f"Hamming radius must be >= 0, got {radius}")
-            _, ids = index.range_hamming(query.code, radius)
-            ids = ids[:max_radius_hits + extra]
-        else:
-            _, ids = index.search_hamming(query.code[None], k + extra, nprobe)
-            ids = ids[0]
+        if radius < 0:
+            raise RsirError(f"Hamming radius must be >= 0, got {radius}")
+        extra = 1 if exclude_query_tile and query.tile_id is not None else 0
+        _, found = index.range_hamming(query.code, radius)
+        ids = [int(i) for i in found[:max_radius_hits + extra] if i >= 0 and not (extra and i == query.tile_id)]
     else:
         raise RsirError(f"unknown search mode {mode!r}; use float or hash")
-    ids = [int(i) for i in ids if i >= 0 and not (extra and i == query.tile_id)]
-    if radius is None:
-        ids = ids[:k]
     if not ids:
         return []
     scores = index.embeddings(ids) @ query.embedding
