@@ -312,6 +312,51 @@ def _run_mosaics(args: argparse.Namespace) -> int:
     return 0
 
 
+def spectral_labels_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register `rsir spectral-labels`."""
+    p = subparsers.add_parser(
+        "spectral-labels", help="a rule-based land-cover label layer (water / vegetation / bare) per tile of a scene",
+        description="Classify each pixel by NDWI (water) and NDVI (dense vegetation, sparse vegetation, bare or "
+                    "built), and write one square per tile of the --tile grid (from the raster's origin, as "
+                    "`rsir train` cuts it) whose majority class covers --min-share of it: a label layer "
+                    "(data.labels, field `class`) for scenes without a land-cover map. Mixed tiles get none.")
+    p.add_argument("raster", help="raster or band-stack spec (.json) holding the green, red and NIR bands")
+    p.add_argument("--bands", required=True,
+                   help="green, red and near-infrared band: names or 1-based numbers, e.g. B03,B04,B08")
+    p.add_argument("--tile", type=int, required=True, help="tile side in pixels of the raster (data.tile)")
+    p.add_argument("--min-share", type=float, default=0.6,
+                   help="least share of a tile's pixels its class must cover (default: %(default)s)")
+    p.add_argument("--water-ndwi", type=float, default=0.0, help="water above this NDWI (default: %(default)s)")
+    p.add_argument("--dense-ndvi", type=float, default=0.5,
+                   help="dense vegetation above this NDVI (default: %(default)s)")
+    p.add_argument("--sparse-ndvi", type=float, default=0.2,
+                   help="sparse vegetation above this NDVI, bare or built below (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output GeoPackage (layer `labels`, fields class, share)")
+    p.set_defaults(func=_run_spectral_labels)
+
+
+def _run_spectral_labels(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from core.archive.sources import parse_band_list
+
+    from .spectral_labels import SpectralRules, write_spectral_labels
+
+    if args.tile < 1:
+        raise RsirError(f"--tile must be at least 1 px, got {args.tile}")
+    rules = SpectralRules(args.water_ndwi, args.dense_ndvi, args.sparse_ndvi)
+    with tqdm(unit="tile") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(1)
+
+        counts = write_spectral_labels(args.raster, parse_band_list(args.bands), args.out, args.tile,
+                                       args.min_share, rules, progress)
+    print(f"wrote {args.out}: {sum(counts.values())} labelled tiles (" +
+          ", ".join(f"{c} {n}" for c, n in counts.items()) + ")")
+    return 0
+
+
 def eval_pairs_command(subparsers: argparse._SubParsersAction) -> None:
     """Register `rsir eval-pairs`."""
     p = subparsers.add_parser(
@@ -365,7 +410,8 @@ def _run_eval_pairs(args: argparse.Namespace) -> int:
         # same channels and scale as each encoder reads, through the untrained ImageNet network of both
         base = {m: tuple(imagenet_pair_features(pix[m](s), encoders[m].info.scale) for s in (queries, database))
                 for m in mods}
-        for r in cross_modal_results(base, queries.labels, database.labels, queries.class_names, k):
+        for r in cross_modal_results(base, queries.labels, database.labels, queries.class_names, k,
+                                     uni_modal=queries.labelled):
             r.name = f"ImageNet Lite0 (untrained): {r.name}"
             results.append(r)
     print(f"\n{len(queries)} {args.queries} pairs -> {len(database)} "

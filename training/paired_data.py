@@ -43,10 +43,11 @@ class PairedSet:
         return PairedSet(self.a[idx], self.b[idx], labels, self.class_names, [self.ids[i] for i in idx])
 
 
-def _open(path: str) -> tuple[gdal.Dataset, str]:
+def open_georeferenced(path: str, purpose: str = "paired tiles") -> tuple[gdal.Dataset, str]:
+    """A raster or band-stack spec (not a patch folder) opened with GDAL, and the path its errors should name."""
     spec = expand_archive([path])[0]
     if spec.kind == "patch":
-        raise RsirError(f"{path}: paired tiles need a georeferenced raster or band-stack spec, not a patch folder")
+        raise RsirError(f"{path}: is a patch folder; {purpose} need a georeferenced raster or band-stack spec")
     return open_source(SourceSpec(spec.path, spec.kind)), spec.path
 
 
@@ -80,8 +81,8 @@ def cut_paired_tiles(raster_a: str, raster_b: str, bands_a: list, bands_b: list,
                      stride: int | None = None, max_invalid: float = 0.0, labels: str = "",
                      label_field: str = "class") -> PairedSet:
     """Pairs of (A, B) tiles of `tile` px of raster A (and the same ground window of B), both read at `size` px."""
-    ds_a, path_a = _open(raster_a)
-    ds_b, path_b = _open(raster_b)
+    ds_a, path_a = open_georeferenced(raster_a)
+    ds_b, path_b = open_georeferenced(raster_b)
     wkt_a, wkt_b = ds_a.GetProjection(), ds_b.GetProjection()
     if not wkt_a or not wkt_b:
         raise RsirError(f"{raster_a if not wkt_a else raster_b}: has no CRS; paired tiles need georeferenced rasters")

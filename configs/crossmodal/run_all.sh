@@ -3,7 +3,9 @@
 # models/crossmodal/<name>-<modality>.onnx, and score all four directions on the test pairs with rsir eval-pairs.
 set -e
 cd "$(dirname "$0")/../.."
-for name in ${RUNS:-gefolki-s1s2-ssl gefolki-s1s2-supervised gefolki-hr-ssl s2-rgb-nirswir-ssl s2-rgb-nirswir-supervised s2-rgb-nirswir-supervised-24}; do
+labels=runs/crossmodal/s2-spectral-labels.gpkg   # the labelled configs' rule-based land-cover layer
+[ -f $labels ] || .venv/bin/rsir spectral-labels demo/s2_green_red_nir.json --bands B03,B04,B08 --tile 32 --out $labels
+for name in ${RUNS:-gefolki-s1s2-ssl gefolki-s1s2-supervised gefolki-hr-ssl s2-rgb-nirswir-ssl s2-rgb-nirswir-supervised s2-rgb-nirswir-supervised-24 s2-rgb-nirswir-labelled-supervised s2-rgb-nirswir-labelled-ssl}; do
     cfg="configs/crossmodal/$name.toml"
     if [ -z "$(ls models/crossmodal/$name-*.onnx 2>/dev/null)" ]; then
         echo "== train $name"
