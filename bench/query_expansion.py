@@ -19,13 +19,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core.encoder import Encoder  # noqa: E402
 from training.datasets import load_folder  # noqa: E402
-from training.evaluate import _pm1, expand_query_set, score  # noqa: E402
+from training.evaluate import pm1, expand_query_set, score  # noqa: E402
 
 
 def _scores(q_e, q_c, q_y, db_e, db_c, db_y, n, bits, names) -> tuple:
     e, c = (q_e, q_c) if n == 0 else expand_query_set(q_e, q_c, db_e, db_c, n, bits)
     f = score("float", "float", 0, e, db_e, q_y, db_y, names, 100)
-    h = score("hash", "hash", bits, _pm1(c, bits), _pm1(db_c, bits), q_y, db_y, names, 100)
+    h = score("hash", "hash", bits, pm1(c, bits), pm1(db_c, bits), q_y, db_y, names, 100)
     return f.map_k, f.precision[1], h.map_k, h.precision[1]
 
 

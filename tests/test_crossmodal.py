@@ -137,6 +137,30 @@ def _cfg(a: str, b: str, out: str, loss: str, epochs: int, lr: float = 0.003, te
     })
 
 
+def _pair_toml(a: str, b: str, path) -> str:
+    """The [data] of `_cfg` as a TOML file, for `rsir eval-pairs`."""
+    path.write_text(f"""out_dir = "unused"
+[data]
+kind = "paired"
+root = "{a}"
+root_b = "{b}"
+bands = [1, 2, 3]
+bands_b = [1, 2]
+scale_b = 255.0
+modality = "optical"
+modality_b = "sar"
+tile = {TILE}
+input_size = 16
+[model]
+backbone = "tiny"
+pretrained = false
+embedding_dim = 16
+[loss]
+name = "crossmodal-ssl"
+""")
+    return str(path)
+
+
 def _partner_rank1(za: np.ndarray, zb: np.ndarray) -> tuple[float, float]:
     s = za @ zb.T
     n = np.arange(len(za))
@@ -176,26 +200,7 @@ def test_eval_pairs_scores_both_directions_next_to_the_untrained_baseline(pair, 
 
     a, b = pair
     _, paths = ssl_models
-    cfg = tmp_path / "pair.toml"
-    cfg.write_text(f"""out_dir = "unused"
-[data]
-kind = "paired"
-root = "{a}"
-root_b = "{b}"
-bands = [1, 2, 3]
-bands_b = [1, 2]
-scale_b = 255.0
-modality = "optical"
-modality_b = "sar"
-tile = {TILE}
-input_size = 16
-[model]
-backbone = "tiny"
-pretrained = false
-embedding_dim = 16
-[loss]
-name = "crossmodal-ssl"
-""")
+    cfg = _pair_toml(a, b, tmp_path / "pair.toml")
     out = tmp_path / "report"
     assert main(["eval-pairs", str(cfg), paths["sar"], paths["optical"], "--queries", "train", "-k", "10",
                  "--out", str(out), "--threads", "1"]) == 0
@@ -230,6 +235,29 @@ def test_supervised_cross_modal_hashing_ranks_partners_first(pair, tmp_path):
     assert _partner_rank1(oa.emb.numpy(), ob.emb.numpy()) == (1.0, 1.0)
     hamming = (16 - ca @ cb.T) / 2  # the partner's code is the nearest in Hamming space too
     assert (np.diag(hamming)[:, None] <= hamming).all(axis=1).mean() >= 0.8
+
+    # rsir eval-pairs scores a hashing model's codes by Hamming distance as well, through the exported encoders
+    import json
+
+    from core.cli import main
+    from training.evaluate import score
+    from training.export import crossmodal_paths, export_crossmodal_checkpoint
+
+    export_crossmodal_checkpoint(str(tmp_path / "sup" / "last.pt"), str(tmp_path / "sup.onnx"))
+    paths = crossmodal_paths(str(tmp_path / "sup.onnx"), ["optical", "sar"])
+    out = tmp_path / "report"
+    assert main(["eval-pairs", _pair_toml(*pair, tmp_path / "pair.toml"), paths["optical"], paths["sar"],
+                 "--queries", "train", "-k", "10", "--out", str(out), "--threads", "1", "--no-baselines"]) == 0
+    rows = {r["method"]: r for r in json.load(open(out / "results.json"))["results"]}
+    assert list(rows) == ["optical -> sar", "sar -> optical", "optical -> sar (Hamming, 16 bits)",
+                          "sar -> optical (Hamming, 16 bits)"]
+    assert rows["optical -> sar"]["map"] == rows["sar -> optical"]["map"] == 100.0
+    ids = np.arange(len(ca))  # unlabelled: each pair is its own class
+    for (src, dst), (q, db) in {("optical", "sar"): (ca, cb), ("sar", "optical"): (cb, ca)}.items():
+        row = rows[f"{src} -> {dst} (Hamming, 16 bits)"]
+        assert row["kind"] == "hash" and row["bits"] == 16
+        want = score("", "hash", 16, q, db, ids, ids, [str(i) for i in ids], 10)  # the torch model's signs
+        assert row["map"] == pytest.approx(want.map_k, abs=1e-6)
 
 
 def test_index_of_one_modality_searched_with_a_box_on_the_other(pair, ssl_models, tmp_path):

@@ -382,7 +382,7 @@ def _run_eval_pairs(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .crossmodal_trainer import cross_modal_results, imagenet_pair_features, load_pairs
-    from .evaluate import results_table, write_report
+    from .evaluate import pm1, results_table, write_report
 
     cfg = load_config(args.config)
     if cfg.data.kind != "paired":
@@ -401,11 +401,19 @@ def _run_eval_pairs(args: argparse.Namespace) -> int:
     queries = sets[args.queries]
     database = sets["train"] if queries.labelled else queries
     pix = {mods[0]: lambda s: s.a, mods[1]: lambda s: s.b}
-    emb = {m: (encoders[m].encode(pix[m](queries))[0], encoders[m].encode(pix[m](database))[0]) for m in mods}
+    encoded = {m: (encoders[m].encode(pix[m](queries)), encoders[m].encode(pix[m](database))) for m in mods}
     k = min(args.k, len(database))
     # unlabelled, a query's own tile is its only relevant item: uni-modal search would score the query itself
-    results = cross_modal_results(emb, queries.labels, database.labels, queries.class_names, k,
-                                  uni_modal=queries.labelled)
+    results = cross_modal_results({m: (q[0], db[0]) for m, (q, db) in encoded.items()}, queries.labels,
+                                  database.labels, queries.class_names, k, uni_modal=queries.labelled)
+    if all(encoders[m].info.has_hash for m in mods):
+        # hashing models: the binary index ranks by Hamming distance of the codes, so score that too
+        bits = encoders[mods[0]].info.code_bits
+        codes = {m: (pm1(q[1], bits), pm1(db[1], bits)) for m, (q, db) in encoded.items()}
+        for r in cross_modal_results(codes, queries.labels, database.labels, queries.class_names, k,
+                                     uni_modal=queries.labelled, bits=bits):
+            r.name = f"{r.name} (Hamming, {bits} bits)"
+            results.append(r)
     if not args.no_baselines:
         # same channels and scale as each encoder reads, through the untrained ImageNet network of both
         base = {m: tuple(imagenet_pair_features(pix[m](s), encoders[m].info.scale) for s in (queries, database))

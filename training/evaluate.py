@@ -36,7 +36,7 @@ class MethodResult:
                 "precision": self.precision, "per_class_ap": self.per_class_ap, **self.extra}
 
 
-def _pm1(codes: np.ndarray, bits: int) -> np.ndarray:
+def pm1(codes: np.ndarray, bits: int) -> np.ndarray:
     """Packed codes -> +-1 float vectors (dot product = bits - 2 * Hamming distance)."""
     return np.unpackbits(codes, axis=1)[:, :bits].astype(np.float32) * 2 - 1
 
@@ -118,7 +118,7 @@ def expand_query_set(q_e: np.ndarray, q_c: np.ndarray, db_e: np.ndarray, db_c: n
     """Query expansion as `rsir search --expand n` does it (core/expansion.py): embeddings from their n nearest
     database embeddings (cosine), codes from their n nearest database codes (Hamming)."""
     near_f = nearest(q_e, db_e, n)
-    near_h = nearest(_pm1(q_c, bits), _pm1(db_c, bits), n)
+    near_h = nearest(pm1(q_c, bits), pm1(db_c, bits), n)
     e = [expand_embeddings(q_e[i:i + chunk], db_e[near_f[i:i + chunk]]) for i in range(0, len(q_e), chunk)]
     c = [expand_codes(q_c[i:i + chunk], db_c[near_h[i:i + chunk]]) for i in range(0, len(q_c), chunk)]
     return np.concatenate(e), np.concatenate(c)
@@ -151,10 +151,10 @@ def baseline_codes(db_f: np.ndarray, q_f: np.ndarray, bits: int, db_y: np.ndarra
         if name.startswith("PCA") and bits > db_f.shape[1]:
             continue  # PCA cannot give more dimensions than the features have
         db_c, q_c = fn(db_f, db_f, q_f, bits=bits)
-        out[name] = (_pm1(db_c, bits), _pm1(q_c, bits))
+        out[name] = (pm1(db_c, bits), pm1(q_c, bits))
     if db_y is not None:
         kslsh = KSLSH(bits).fit(db_f, db_y)
-        out[f"KSLSH-{bits}"] = (_pm1(kslsh.encode(db_f), bits), _pm1(kslsh.encode(q_f), bits))
+        out[f"KSLSH-{bits}"] = (pm1(kslsh.encode(db_f), bits), pm1(kslsh.encode(q_f), bits))
     return out
 
 
@@ -191,7 +191,7 @@ def evaluate(model_path: str, queries: ImageSet, database: ImageSet, k: int = 10
         qe_note = f", query expansion {expand}"
     results = [score(f"{label} (float {info.embedding_dim}-d{qe_note})", "float", 0, q_ex, db_e, q_y, db_y,
                      classes, k),
-               score(f"{label} (hash {bits} bits{qe_note})", "hash", bits, _pm1(q_cx, bits), _pm1(db_c, bits),
+               score(f"{label} (hash {bits} bits{qe_note})", "hash", bits, pm1(q_cx, bits), pm1(db_c, bits),
                      q_y, db_y, classes, k)]
     if q_y.ndim == 2 and "class_logits" in info.outputs:
         if info.class_names != classes:
