@@ -11,8 +11,9 @@ from core.errors import RsirError
 from tests.rasters import GSD, ORIGIN, write_raster
 from training.paired_data import cut_paired_tiles
 from training.spectral_labels import (
-    CLASSES,
+    NDVI_CLASSES,
     NODATA,
+    RGB_CLASSES,
     SpectralRules,
     pixel_classes,
     tile_class,
@@ -34,6 +35,21 @@ def test_pixel_rules_match_the_indices():
     assert pixel_classes(g, r, n, SpectralRules(water_ndwi=0.6, dense_ndvi=0.3)).tolist()[:3] == [3, 1, 1]
     valid = np.array([True, False, True, True, True])
     assert pixel_classes(g, r, n, valid=valid).tolist() == [0, NODATA, 2, 3, NODATA]
+
+
+def test_rgb_rules_use_green_share_and_brightness():
+    # (red, green, blue) 8-bit: forest (dark green), meadow (light green), bare field, and the nodata pixel
+    r, g, b = (np.array(v, np.uint8) for v in zip((60, 90, 50), (150, 200, 110), (200, 180, 150), (0, 0, 0)))
+    # green shares 0.45, 0.43, 0.34; brightness 67/255 = 0.26, 153/255 = 0.60, 0.69
+    rgb = SpectralRules(kind="rgb")
+    assert [RGB_CLASSES[c] for c in pixel_classes(r, g, b, rgb)[:3]] == ["dark_vegetation", "light_vegetation",
+                                                                      "non_vegetation"]
+    assert pixel_classes(r, g, b, rgb)[3] == NODATA
+    assert pixel_classes(r, g, b, SpectralRules(kind="rgb", dark=0.65)).tolist()[:2] == [0, 0]  # both "dark" now
+    assert pixel_classes(r, g, b, SpectralRules(kind="rgb", green_share=0.44)).tolist()[:2] == [0, 2]
+    # 16-bit data: the brightness threshold is a fraction of the scale
+    assert pixel_classes(r * 257.0, g * 257.0, b * 257.0, SpectralRules(kind="rgb", scale=65535)).tolist()[:3] == \
+        [0, 1, 2]
 
 
 def test_tile_majority_needs_its_share():
@@ -82,7 +98,18 @@ def test_label_layer_has_one_square_per_pure_tile_and_trains_paired_tiles(tmp_pa
     named = {tid: pairs.class_names[y] for tid, y in zip(pairs.ids, pairs.labels)}
     assert named == {"0,0": "water", f"{T},0": "dense_vegetation", f"{2 * T},0": "sparse_vegetation",
                      f"0,{T}": "bare_or_built"}
-    assert set(pairs.class_names) <= set(CLASSES)
+    assert set(pairs.class_names) <= set(NDVI_CLASSES)
+
+    # --rules rgb reads the bands as red, green, blue: the pure tiles get the class their colours give
+    main(["spectral-labels", scene, "--rules", "rgb", "--bands", "B04,B03,B08", "--tile", str(T), "--scale", "10000",
+          "--out", out])
+    vec = ogr.Open(out)
+    classes = sorted(f.GetField("class") for f in vec.GetLayer(0))
+    vec = None
+    # water (600, 900, 300): green share 0.5, dark -> dark vegetation (a rule set without NIR cannot tell);
+    # dense (400, 800, 3600) and bare (2000, 1500, 2400): green share 0.17 / 0.25 -> non-vegetation;
+    # sparse (1000, 900, 2000): 0.23 -> non-vegetation
+    assert classes == ["dark_vegetation"] + ["non_vegetation"] * 3
 
 
 def test_bad_input_names_the_problem(tmp_path, capsys):
@@ -99,5 +126,7 @@ def test_bad_input_names_the_problem(tmp_path, capsys):
         assert main(["spectral-labels", raster, "--bands", bands, "--tile", str(T), "--out", out, *extra]) != 0
         assert message in capsys.readouterr().err
     assert not (tmp_path / "labels.gpkg").exists()
+    assert main(["spectral-labels", scene, "--rules", "rgb", "--bands", "1,2", "--tile", str(T), "--out", out]) != 0
+    assert "give three bands (red, green, blue)" in capsys.readouterr().err
     with pytest.raises(RsirError, match="three bands"):  # the library raises what the CLI prints
         write_spectral_labels(scene, [1, 2], out, T)

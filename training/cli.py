@@ -316,21 +316,33 @@ def spectral_labels_command(subparsers: argparse._SubParsersAction) -> None:
     """Register `rsir spectral-labels`."""
     p = subparsers.add_parser(
         "spectral-labels", help="a rule-based land-cover label layer (water / vegetation / bare) per tile of a scene",
-        description="Classify each pixel by NDWI (water) and NDVI (dense vegetation, sparse vegetation, bare or "
-                    "built), and write one square per tile of the --tile grid (from the raster's origin, as "
-                    "`rsir train` cuts it) whose majority class covers --min-share of it: a label layer "
-                    "(data.labels, field `class`) for scenes without a land-cover map. Mixed tiles get none.")
-    p.add_argument("raster", help="raster or band-stack spec (.json) holding the green, red and NIR bands")
+        description="Classify each pixel by rules on its bands and write one square per tile of the --tile grid "
+                    "(from the raster's origin, as `rsir train` cuts it) whose majority class covers --min-share of "
+                    "it: a label layer (data.labels, field `class`) for scenes without a land-cover map. Mixed "
+                    "tiles get none. --rules ndvi (green, red, NIR bands): water by NDWI, then dense vegetation, "
+                    "sparse vegetation, bare or built by NDVI. --rules rgb (red, green, blue; orthophotos): "
+                    "vegetation by the green share G/(R+G+B), split into dark and light by brightness, else "
+                    "non-vegetation.")
+    p.add_argument("raster", help="raster or band-stack spec (.json) holding the rule set's bands")
     p.add_argument("--bands", required=True,
-                   help="green, red and near-infrared band: names or 1-based numbers, e.g. B03,B04,B08")
+                   help="the three bands, names or 1-based numbers: ndvi: green,red,NIR (e.g. B03,B04,B08); "
+                        "rgb: red,green,blue (e.g. 1,2,3)")
+    p.add_argument("--rules", choices=["ndvi", "rgb"], default="ndvi", help="rule set (default: %(default)s)")
     p.add_argument("--tile", type=int, required=True, help="tile side in pixels of the raster (data.tile)")
     p.add_argument("--min-share", type=float, default=0.6,
                    help="least share of a tile's pixels its class must cover (default: %(default)s)")
-    p.add_argument("--water-ndwi", type=float, default=0.0, help="water above this NDWI (default: %(default)s)")
+    p.add_argument("--water-ndwi", type=float, default=0.0, help="ndvi: water above this NDWI (default: %(default)s)")
     p.add_argument("--dense-ndvi", type=float, default=0.5,
-                   help="dense vegetation above this NDVI (default: %(default)s)")
+                   help="ndvi: dense vegetation above this NDVI (default: %(default)s)")
     p.add_argument("--sparse-ndvi", type=float, default=0.2,
-                   help="sparse vegetation above this NDVI, bare or built below (default: %(default)s)")
+                   help="ndvi: sparse vegetation above this NDVI, bare or built below (default: %(default)s)")
+    p.add_argument("--green-share", type=float, default=0.37,
+                   help="rgb: vegetation where G/(R+G+B) exceeds this (default: %(default)s)")
+    p.add_argument("--dark", type=float, default=0.49,
+                   help="rgb: dark vegetation below this mean brightness, as a fraction of --scale "
+                        "(default: %(default)s)")
+    p.add_argument("--scale", type=float, default=255.0,
+                   help="rgb: the raw value of full brightness (default: %(default)s)")
     p.add_argument("--out", required=True, help="output GeoPackage (layer `labels`, fields class, share)")
     p.set_defaults(func=_run_spectral_labels)
 
@@ -344,7 +356,8 @@ def _run_spectral_labels(args: argparse.Namespace) -> int:
 
     if args.tile < 1:
         raise RsirError(f"--tile must be at least 1 px, got {args.tile}")
-    rules = SpectralRules(args.water_ndwi, args.dense_ndvi, args.sparse_ndvi)
+    rules = SpectralRules(args.rules, args.water_ndwi, args.dense_ndvi, args.sparse_ndvi, args.green_share,
+                          args.dark, args.scale)
     with tqdm(unit="tile") as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
