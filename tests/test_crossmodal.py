@@ -209,8 +209,10 @@ def test_eval_pairs_scores_both_directions_next_to_the_untrained_baseline(pair, 
     rows = {r["method"]: r for r in json.load(open(out / "results.json"))["results"]}
     # unlabelled: the uni-modal directions would find the query itself, so only the two cross-modal ones are scored
     assert list(rows) == ["optical -> sar", "sar -> optical", "ImageNet Lite0 (untrained): optical -> sar",
-                          "ImageNet Lite0 (untrained): sar -> optical"]
+                          "ImageNet Lite0 (untrained): sar -> optical", "chance (random ranking)"]
     assert rows["optical -> sar"]["map"] == rows["sar -> optical"]["map"] == 100.0  # partners ranked first
+    # a random ranking finds the partner in the top 10 of 25 with probability 0.4: expected mAP@10 about 11.7
+    assert 2 < rows["chance (random ranking)"]["map"] < 30
     assert rows["ImageNet Lite0 (untrained): optical -> sar"]["map"] < 60
     assert "mAP@10 (optical -> sar) = 100.00" in printed
 

@@ -435,6 +435,12 @@ def _run_eval_pairs(args: argparse.Namespace) -> int:
                                      uni_modal=queries.labelled):
             r.name = f"ImageNet Lite0 (untrained): {r.name}"
             results.append(r)
+        # the floor to read the rest against: with unbalanced classes it is far from 1 / classes
+        rng = np.random.default_rng(0)
+        noise = {m: (rng.normal(size=(len(queries), 16)), rng.normal(size=(len(database), 16))) for m in mods}
+        chance = cross_modal_results(noise, queries.labels, database.labels, queries.class_names, k)[0]
+        chance.name = "chance (random ranking)"
+        results.append(chance)
     print(f"\n{len(queries)} {args.queries} pairs -> {len(database)} "
           f"{'train pairs (same class relevant)' if queries.labelled else 'the same pairs (partner relevant)'}\n")
     print(results_table(results, k))
