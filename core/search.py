@@ -159,18 +159,46 @@ def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[floa
                  footprint_wkt=geo.ExportToWkt() if geo else None, pixels=raw, warnings=warnings)
 
 
+# Most tiles read to order one Hamming shell (the tiles at one distance) by cosine similarity; a larger shell is
+# ordered only as far as the candidates fetched reach.
+TIE_SHELL_MAX = 50_000
+
+
+def hamming_ids(index: Index, query: Query, n: int, nprobe: int | None = None) -> np.ndarray:
+    """Ids of the n nearest tiles by Hamming distance, tiles at equal distance ordered by the cosine similarity of
+    their embeddings. Codes of a trained hashing model tie a lot (whole classes share a code), and faiss orders
+    ties by tile id, which is where the tile lies in the archive, not how similar it is. For exact indexes the
+    whole shell at the n-th distance is fetched (up to TIE_SHELL_MAX tiles), so the n kept are the most similar
+    of every tile at that distance; approximate indexes (IVF, HNSW) order the candidates they return."""
+    want = min(index.n, max(4 * n, n + 64))
+    dist, ids = index.search_hamming(query.code[None], want, nprobe)
+    keep = ids[0] >= 0
+    dist, ids = dist[0][keep], ids[0][keep]
+    if not len(ids):
+        return ids
+    last = int(dist[min(n, len(dist)) - 1])
+    if len(ids) == want < index.n and int(dist[-1]) == last and index.hamming_exact:
+        # the shell at the n-th distance may go on past the candidates: fetch it whole if it is not too large
+        shell_dist, shell_ids = index.range_hamming(query.code, last)
+        if len(shell_ids) <= TIE_SHELL_MAX:
+            dist, ids = shell_dist, shell_ids
+    cosine = index.embeddings(ids) @ query.embedding
+    return ids[np.lexsort((-cosine, dist))][:n]
+
+
 def nearest_ids(index: Index, query: Query, k: int, mode: str = "float", nprobe: int | None = None,
                 exclude_query_tile: bool = True) -> list[int]:
-    """Ids of the k nearest tiles to `query` by `mode` ("float": cosine, "hash": Hamming), nearest first; a tile
-    query's own tile is left out unless `exclude_query_tile` is False."""
+    """Ids of the k nearest tiles to `query` by `mode` ("float": cosine, "hash": Hamming, ties by cosine),
+    nearest first; a tile query's own tile is left out unless `exclude_query_tile` is False."""
     extra = 1 if exclude_query_tile and query.tile_id is not None else 0
     if mode == "float":
         _, ids = index.search_float(query.embedding[None], k + extra, nprobe)
+        ids = ids[0]
     elif mode == "hash":
-        _, ids = index.search_hamming(query.code[None], k + extra, nprobe)
+        ids = hamming_ids(index, query, k + extra, nprobe)
     else:
         raise RsirError(f"unknown search mode {mode!r}; use float or hash")
-    return [int(i) for i in ids[0] if i >= 0 and not (extra and i == query.tile_id)][:k]
+    return [int(i) for i in ids if i >= 0 and not (extra and i == query.tile_id)][:k]
 
 
 def search(index: Index, query: Query, k: int = 20, mode: str = "float", radius: int | None = None,

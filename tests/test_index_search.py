@@ -203,3 +203,33 @@ def test_hash_and_graph_binary_indexes_search_like_flat(tmp_path, twin_raster, t
             d, ids = other.search_hamming(q.code[None], 10)
             assert ids[0].tolist() == np.lexsort((np.arange(flat.n), all_d))[:10].tolist()
             assert d[0].tolist() == np.sort(all_d)[:10].tolist()
+
+
+@pytest.mark.parametrize("factory", [None, "BHash2x4", "BIVF2"])
+def test_hash_ties_are_ordered_by_cosine(tmp_path, twin_raster, factory):
+    """8-bit codes of a random tiny model: the 256 tiles share 6 codes. Hamming k-NN keeps the tiles of each
+    distance shell that are most similar by embedding, not the lowest ids, even when the shell at the k-th distance
+    runs past the candidates the binary index returns (exact indexes); IVF orders the candidates it finds."""
+    from core.search import nearest_ids
+    from tests.conftest import export_tiny
+
+    model = export_tiny(str(tmp_path / "m8.onnx"), bits=8)
+    out = str(tmp_path / "idx")
+    build_index([twin_raster], model, out, BuildOptions(tile=16, binary_factory=factory))
+    index = Index(out)
+    everything = np.arange(index.n)
+    for tile in (0, 77, 255):
+        q = query_from_tile(index, tile)
+        dist = index.hamming(q.code, everything).astype(int)
+        cosine = index.embeddings(everything) @ q.embedding
+        order = [int(i) for i in np.lexsort((-cosine, dist)) if i != tile]
+        hits = search(index, q, k=10, mode="hash")
+        got = [h.tile_id for h in hits]
+        assert [h.hamming for h in hits] == sorted(h.hamming for h in hits)
+        for a, b in zip(hits, hits[1:]):  # within a shell, by cosine
+            assert a.hamming < b.hamming or a.score >= b.score
+        if factory != "BIVF2":
+            assert got == order[:10]
+            if tile == 0:  # its shell at distance 0 holds more tiles than the 11 + 64 candidates fetched first
+                assert (dist == dist[order[9]]).sum() > 11 + 64
+            assert nearest_ids(index, q, 30, "hash") == order[:30]

@@ -51,7 +51,7 @@ def open_georeferenced(path: str, purpose: str = "paired tiles") -> tuple[gdal.D
     return open_source(SourceSpec(spec.path, spec.kind)), spec.path
 
 
-def _label_lookup(vector_path: str, field: str, wkt: str):
+def label_lookup(vector_path: str, field: str, wkt: str):
     vec = ogr.Open(vector_path)
     if vec is None:
         raise RsirError(f"{vector_path}: not a vector file OGR can open")
@@ -93,7 +93,7 @@ def cut_paired_tiles(raster_a: str, raster_b: str, bands_a: list, bands_b: list,
     gt_a, inv_b = ds_a.GetGeoTransform(), gdal.InvGeoTransform(ds_b.GetGeoTransform())
     keep = None
     if labels:
-        keep, label_at = _label_lookup(labels, label_field, wkt_a)
+        keep, label_at = label_lookup(labels, label_field, wkt_a)
     a_tiles, b_tiles, names, ids = [], [], [], []
     for win in grid_windows(ds_a.RasterXSize, ds_a.RasterYSize, tile, stride or tile):
         corners = [gdal.ApplyGeoTransform(gt_a, win.x + dx, win.y + dy) for dx in (0, win.w) for dy in (0, win.h)]

@@ -164,6 +164,12 @@ class Index:
             set_nprobe(index, nprobe)
         return index.search(codes, k)
 
+    @property
+    def hamming_exact(self) -> bool:
+        """Whether search_hamming is exact (flat scan, multi-index hashing) rather than approximate (IVF, HNSW)."""
+        index = self.binary_index
+        return hamming.hash_tables(index) is not None or isinstance(index, faiss.IndexBinaryFlat)
+
     def range_hamming(self, code: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
         """All tiles within Hamming distance <= radius of one code, sorted by distance then id; exact with
         every index type."""
