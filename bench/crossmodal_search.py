@@ -40,6 +40,7 @@ def main() -> int:
     ap.add_argument("--queries", default="test", help="split whose A tiles are the query boxes (default: %(default)s)")
     ap.add_argument("-k", type=int, default=10, help="hits per query (default: %(default)s)")
     ap.add_argument("--mode", choices=["float", "hash"], default="hash", help="search mode (default: %(default)s)")
+    ap.add_argument("--rerank", type=int, default=0, help="hash mode: re-rank this many candidates by cosine")
     ap.add_argument("--max-invalid", type=float, default=0.5,
                     help="index tiles with up to this share of nodata, as `rsir index` (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=2)
@@ -66,7 +67,8 @@ def main() -> int:
             xa, ya = gdal.ApplyGeoTransform(gt_a, x0, y0)
             xb, yb = gdal.ApplyGeoTransform(gt_a, x0 + d.tile, y0 + d.tile)
             bbox = (min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb))
-            hits = search(index, query_from_box(index, enc_a, d.root, bbox), args.k, args.mode)
+            hits = search(index, query_from_box(index, enc_a, d.root, bbox), args.k, args.mode,
+                          rerank=args.rerank)
             if label_at:
                 want = queries.class_names[y]
                 found = [label_at(*gdal.ApplyGeoTransform(gt_b, h.x + h.w / 2, h.y + h.h / 2)) for h in hits]
@@ -77,7 +79,8 @@ def main() -> int:
                 first.append(bool(own and own[0]))
                 in_top.append(any(own))
     print(f"\n{os.path.basename(args.config)}: {len(queries)} {args.queries} boxes on {os.path.basename(d.root)} -> "
-          f"index of {report.total_tiles} tiles of {os.path.basename(d.root_b)}, {args.mode} search, k = {args.k}\n")
+          f"index of {report.total_tiles} tiles of {os.path.basename(d.root_b)}, {args.mode} search"
+          f"{f' re-ranking {args.rerank}' if args.rerank else ''}, k = {args.k}\n")
     if label_at:
         same = np.array(same, dtype=float)
         labelled = np.array([[f is not None for f in row] for row in found_all])

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=20, help="number of hits")
     p.add_argument("--hash", action="store_true", help="rank by Hamming distance of the binary codes")
     p.add_argument("--radius", type=int, default=None, help="with --hash: every tile within this Hamming distance")
+    p.add_argument("--rerank", type=int, default=0, metavar="R",
+                   help="with --hash: rank the R nearest by Hamming distance again by cosine similarity (0: off; "
+                        "float-search quality at hash-search cost, docs/results.md)")
     p.add_argument("--nprobe", type=int, default=None, help="inverted lists visited per query (IVF indexes)")
     p.add_argument("--expand", type=int, default=0, metavar="N",
                    help="query expansion: search again with the query moved towards its N nearest tiles (0: off; "
@@ -180,10 +183,13 @@ def cmd_search(args: argparse.Namespace) -> int:
             query = query_from_box(index, encoder, args.raster, args.bbox, args.crs, bands, args.scale)
     mode = "hash" if args.hash else "float"
     query = expand_query(index, query, args.expand, mode, args.nprobe)
-    hits = search(index, query, k=args.k, mode=mode, radius=args.radius, nprobe=args.nprobe)
+    if args.rerank and not args.hash:
+        raise RsirError("--rerank re-ranks hash search candidates: add --hash")
+    hits = search(index, query, k=args.k, mode=mode, radius=args.radius, nprobe=args.nprobe, rerank=args.rerank)
     for warning in query.warnings:
         print(f"rsir search: warning: {warning}", file=sys.stderr)
-    print(f"query: {query.description}  ({'Hamming' if args.hash else 'cosine'} search, {index.n} tiles)")
+    how = "cosine" if not args.hash else f"Hamming, top {args.rerank} re-ranked by cosine" if args.rerank else "Hamming"
+    print(f"query: {query.description}  ({how} search, {index.n} tiles)")
     print(f"{'rank':>4} {'tile':>7} {'score':>7} {'hamming':>7}  {'label':<20} {'x':>6} {'y':>6}  source")
     for h in hits:
         print(f"{h.rank:>4} {h.tile_id:>7} {h.score:7.4f} {h.hamming:>7}  {h.label[:20]:<20} {h.x:>6} {h.y:>6}  "

@@ -187,28 +187,40 @@ def hamming_ids(index: Index, query: Query, n: int, nprobe: int | None = None) -
 
 
 def nearest_ids(index: Index, query: Query, k: int, mode: str = "float", nprobe: int | None = None,
-                exclude_query_tile: bool = True) -> list[int]:
+                exclude_query_tile: bool = True, rerank: int = 0) -> list[int]:
     """Ids of the k nearest tiles to `query` by `mode` ("float": cosine, "hash": Hamming, ties by cosine),
-    nearest first; a tile query's own tile is left out unless `exclude_query_tile` is False."""
+    nearest first; a tile query's own tile is left out unless `exclude_query_tile` is False. With `rerank` R
+    (hash mode), the R nearest by Hamming distance are ranked again by cosine similarity: hash search finds the
+    candidates at archive scale, the embeddings order them."""
+    if rerank < 0:
+        raise RsirError(f"re-ranking needs a positive number of candidates, got {rerank}")
     extra = 1 if exclude_query_tile and query.tile_id is not None else 0
     if mode == "float":
+        if rerank:
+            raise RsirError("re-ranking by cosine applies to hash search (--hash); float search is ranked by it")
         _, ids = index.search_float(query.embedding[None], k + extra, nprobe)
         ids = ids[0]
     elif mode == "hash":
-        ids = hamming_ids(index, query, k + extra, nprobe)
+        ids = hamming_ids(index, query, max(k, rerank) + extra, nprobe)
+        if rerank:
+            ids = ids[np.argsort(-(index.embeddings(ids) @ query.embedding), kind="stable")]
     else:
         raise RsirError(f"unknown search mode {mode!r}; use float or hash")
     return [int(i) for i in ids if i >= 0 and not (extra and i == query.tile_id)][:k]
 
 
 def search(index: Index, query: Query, k: int = 20, mode: str = "float", radius: int | None = None,
-           exclude_query_tile: bool = True, nprobe: int | None = None, max_radius_hits: int = 100_000) -> list[Hit]:
-    """Rank tiles for `query`. `mode` "float" (cosine) or "hash" (Hamming). With `radius` (hash mode), return
-    every tile within that Hamming distance (up to `max_radius_hits`), else the k nearest."""
+           exclude_query_tile: bool = True, nprobe: int | None = None, max_radius_hits: int = 100_000,
+           rerank: int = 0) -> list[Hit]:
+    """Rank tiles for `query`. `mode` "float" (cosine) or "hash" (Hamming; with `rerank` R, its R nearest ranked
+    again by cosine). With `radius` (hash mode), return every tile within that Hamming distance (up to
+    `max_radius_hits`), else the k nearest."""
     if k <= 0:
         raise RsirError(f"k must be positive, got {k}")
     if radius is None:
-        ids = nearest_ids(index, query, k, mode, nprobe, exclude_query_tile)
+        ids = nearest_ids(index, query, k, mode, nprobe, exclude_query_tile, rerank)
+    elif rerank:
+        raise RsirError("a Hamming radius returns every tile within it; re-ranking applies to the k nearest")
     elif mode == "float":
         raise RsirError("a Hamming radius needs hash search (--hash)")
     elif mode == "hash":

@@ -23,6 +23,7 @@ class SearchRequest:
     device: str = "auto"
     query_modality: str = "auto"    # which encoder reads a box/image query; auto: by the raster's band count
     expand: int = 0                 # query expansion with this many nearest tiles; 0: off
+    rerank: int = 0                 # hash mode: re-rank this many Hamming candidates by cosine; 0: off
 
 
 @dataclass
@@ -140,7 +141,7 @@ class RetrievalSession:
 
     def _finish(self, query, req: SearchRequest, raster: str | None):
         query = expansion.expand_query(self.index, query, req.expand, req.mode)
-        hits = search.search(self.index, query, k=req.k, mode=req.mode)
+        hits = search.search(self.index, query, k=req.k, mode=req.mode, rerank=req.rerank if req.mode == "hash" else 0)
         radius_hits = []
         if req.radius is not None:
             radius_hits = search.search(self.index, query, k=req.k, mode="hash", radius=req.radius)

@@ -73,6 +73,14 @@ class RsirDock(QDockWidget):
         self.expand_spin.setToolTip("Search again with the query moved towards its N nearest tiles. Finds more "
                                     "of a common land cover; keep N below the number of matches you expect, "
                                     "or a rare one drifts to its neighbours' class.")
+        self.rerank_spin = QSpinBox()
+        self.rerank_spin.setRange(0, 100_000)
+        self.rerank_spin.setSpecialValueText("off")
+        self.rerank_spin.setToolTip("Hash search: rank this many nearest tiles by Hamming distance again by cosine "
+                                    "similarity. Near float-search quality at hash-search cost; helps most "
+                                    "across sensors.")
+        self.mode_combo.currentIndexChanged.connect(lambda i: self.rerank_spin.setEnabled(i == 1))
+        self.rerank_spin.setEnabled(False)
         self.heat_check = QCheckBox("Similarity heat map over the query raster")
         radius_row = QHBoxLayout()
         radius_row.addWidget(self.radius_check)
@@ -82,6 +90,7 @@ class RsirDock(QDockWidget):
         opts.addRow("Hits (k)", self.k_spin)
         opts.addRow("Search", self.mode_combo)
         opts.addRow(radius_row)
+        opts.addRow("Re-rank by cosine", self.rerank_spin)
         opts.addRow("Query expansion", self.expand_spin)
         opts.addRow("Tiles as layers", self.tiles_spin)
         opts.addRow("Query modality", self.modality_combo)
@@ -166,7 +175,7 @@ class RsirDock(QDockWidget):
                              tile_rasters=self.tiles_spin.value(), heatmap=self.heat_check.isChecked(),
                              device=self.device_combo.currentText(),
                              query_modality=self.modality_combo.currentText() or "auto",
-                             expand=self.expand_spin.value())
+                             expand=self.expand_spin.value(), rerank=self.rerank_spin.value())
 
     def on_box(self, rect) -> None:
         layer = self.raster_combo.currentLayer()

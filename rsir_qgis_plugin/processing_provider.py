@@ -75,13 +75,16 @@ class _Base(QgsProcessingAlgorithm):
     def _search_params(self) -> None:
         self.addParameter(QgsProcessingParameterNumber("K", "Number of hits", defaultValue=20, minValue=1))
         self.addParameter(QgsProcessingParameterBoolean("HASH", "Hash (Hamming) search", defaultValue=False))
+        self.addParameter(QgsProcessingParameterNumber("RERANK", "Hash search: re-rank this many nearest by cosine "
+                                                       "(0 = off)", defaultValue=0, minValue=0))
         self.addParameter(_expand_param())
         self.addParameter(QgsProcessingParameterFeatureSink("OUTPUT", "Hits", QgsProcessing.TypeVectorPolygon))
 
     def _request(self, parameters, context) -> SearchRequest:
         return SearchRequest(k=self.parameterAsInt(parameters, "K", context),
                              mode="hash" if self.parameterAsBool(parameters, "HASH", context) else "float",
-                             tile_rasters=0, expand=self.parameterAsInt(parameters, "EXPAND", context))
+                             tile_rasters=0, expand=self.parameterAsInt(parameters, "EXPAND", context),
+                             rerank=self.parameterAsInt(parameters, "RERANK", context))
 
 
 class BuildIndex(_Base):

@@ -57,6 +57,11 @@ def test_search_by_tile_and_hash(cli_index, capsys):
     code, stdout, _ = run(capsys, "search", cli_index, "--tile", 0, "-k", "1", "--expand", "1")  # with its copy
     assert code == 0 and "expanded with its 1 nearest tiles" in stdout.splitlines()[0]
     assert stdout.splitlines()[2].split()[:3] == ["1", "14", "1.0000"]
+    code, stdout, _ = run(capsys, "search", cli_index, "--tile", 0, "--hash", "-k", "3", "--rerank", "8")
+    assert code == 0 and "Hamming, top 8 re-ranked by cosine" in stdout.splitlines()[0]
+    scores = [float(line.split()[2]) for line in stdout.splitlines()[2:]]
+    assert len(scores) == 3 and scores[0] == 1.0 and all(a >= b - 1e-4 for a, b in zip(scores, scores[1:]))
+    _assert_error(capsys, ["search", cli_index, "--tile", 0, "--rerank", "8"], "--rerank re-ranks hash search")
 
 
 def _assert_error(capsys, argv, *fragments, no_dir=None):

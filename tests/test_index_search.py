@@ -233,3 +233,34 @@ def test_hash_ties_are_ordered_by_cosine(tmp_path, twin_raster, factory):
             if tile == 0:  # its shell at distance 0 holds more tiles than the 11 + 64 candidates fetched first
                 assert (dist == dist[order[9]]).sum() > 11 + 64
             assert nearest_ids(index, q, 30, "hash") == order[:30]
+
+
+def test_hash_search_reranked_by_cosine(tmp_path, twin_raster):
+    """--rerank R: the R nearest by Hamming distance (ties by cosine), ranked again by cosine similarity."""
+    from core.errors import RsirError
+    from tests.conftest import export_tiny
+
+    model = export_tiny(str(tmp_path / "m8.onnx"), bits=8)
+    out = str(tmp_path / "idx")
+    build_index([twin_raster], model, out, BuildOptions(tile=16))
+    index = Index(out)
+    everything = np.arange(index.n)
+    differ = 0
+    for tile in range(0, index.n, 5):
+        q = query_from_tile(index, tile)
+        dist = index.hamming(q.code, everything).astype(int)
+        cosine = index.embeddings(everything) @ q.embedding
+        by_hamming = [int(i) for i in np.lexsort((-cosine, dist)) if i != tile]
+        for rerank in (10, 40, 120):
+            want = sorted(by_hamming[:rerank], key=lambda i: -cosine[i])[:10]
+            hits = search(index, q, k=10, mode="hash", rerank=rerank)
+            assert [h.tile_id for h in hits] == want
+            assert all(a.score >= b.score - 1e-6 for a, b in zip(hits, hits[1:]))  # float32 dot products
+        differ += want != by_hamming[:10]
+    # a pool beyond the nearest Hamming shells reaches tiles that plain hash search ranks lower
+    assert differ >= 5
+    for kwargs, message in [({"mode": "float", "rerank": 5}, "applies to hash search"),
+                            ({"mode": "hash", "rerank": 5, "radius": 2}, "re-ranking applies to the k nearest"),
+                            ({"mode": "hash", "rerank": -1}, "positive number")]:
+        with pytest.raises(RsirError, match=message):
+            search(index, q, k=10, **kwargs)

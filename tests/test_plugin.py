@@ -115,6 +115,16 @@ def test_more_like_this_and_image_queries(dock, indexed, twin_raster, tmp_path, 
     want = search(index, expand_query(index, query_from_tile(index, 0), 3), k=len(plain))
     assert [h.tile_id for h in dock.last_result.hits] == [h.tile_id for h in want] != plain
     dock.expand_spin.setValue(0)
+    assert not dock.rerank_spin.isEnabled()  # re-ranking is a hash-search option
+    dock.mode_combo.setCurrentIndex(1)
+    dock.rerank_spin.setValue(6)
+    dock.pick_tool.picked.emit(QgsPointXY(ORIGIN[0] + 320, ORIGIN[1] - 320))
+    want = search(index, query_from_tile(index, 0), k=len(plain), mode="hash", rerank=6)
+    assert [h.tile_id for h in dock.last_result.hits] == [h.tile_id for h in want]
+    scores = [h.score for h in dock.last_result.hits]
+    assert all(a >= b - 1e-6 for a, b in zip(scores, scores[1:]))
+    dock.rerank_spin.setValue(0)
+    dock.mode_combo.setCurrentIndex(0)
     img = write_raster(str(tmp_path / "q.tif"), gdal.Open(twin_raster).ReadAsArray(0, 0, 64, 64), epsg=None)
     result = dock.search_image(img)
     assert {h.tile_id for h in result.hits[:2]} == {0, 14}
@@ -229,6 +239,11 @@ def test_processing_algorithms(tmp_path, twin_raster, tiny_model, qgis_processin
         res = processing.run("rsir:searchbyimage", {"INDEX": out, "IMAGE": img, "K": 2, "HASH": True, "EXPAND": 1,
                                                     "OUTPUT": "memory:"})
         assert {(f["tile_id"], f["hamming"]) for f in res["OUTPUT"].getFeatures()} == {(0, 0), (14, 0)}
+        res = processing.run("rsir:searchbyextent", {"INDEX": out, "RASTER": layer, "EXTENT": extent, "K": 4,
+                                                     "HASH": True, "RERANK": 10, "OUTPUT": "memory:"})
+        ranked = sorted(res["OUTPUT"].getFeatures(), key=lambda f: f["rank"])
+        assert all(a["score"] >= b["score"] - 1e-6 for a, b in zip(ranked, ranked[1:]))
+        assert {ranked[0]["tile_id"], ranked[1]["tile_id"]} == {0, 14}
         heat = str(tmp_path / "heat.tif")
         processing.run("rsir:similarityheatmap", {"INDEX": out, "RASTER": layer, "EXTENT": extent, "OUTPUT": heat})
         arr = gdal.Open(heat).ReadAsArray()
