@@ -18,6 +18,15 @@ WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
 COLUMNS = ("rank", "tile", "score", "hamming", "label", "source")
 
 
+def _off_spin(maximum: int, tooltip: str) -> QSpinBox:
+    """A count option whose 0 reads "off"."""
+    spin = QSpinBox()
+    spin.setRange(0, maximum)
+    spin.setSpecialValueText("off")
+    spin.setToolTip(tooltip)
+    return spin
+
+
 class RsirDock(QDockWidget):
     def __init__(self, iface, parent=None):
         super().__init__("RSIR image retrieval", parent)
@@ -67,18 +76,12 @@ class RsirDock(QDockWidget):
         self.tiles_spin = QSpinBox()
         self.tiles_spin.setRange(0, 100)
         self.tiles_spin.setValue(5)
-        self.expand_spin = QSpinBox()
-        self.expand_spin.setRange(0, 1000)
-        self.expand_spin.setSpecialValueText("off")
-        self.expand_spin.setToolTip("Search again with the query moved towards its N nearest tiles. Finds more "
-                                    "of a common land cover; keep N below the number of matches you expect, "
-                                    "or a rare one drifts to its neighbours' class.")
-        self.rerank_spin = QSpinBox()
-        self.rerank_spin.setRange(0, 100_000)
-        self.rerank_spin.setSpecialValueText("off")
-        self.rerank_spin.setToolTip("Hash search: rank this many nearest tiles by Hamming distance again by cosine "
-                                    "similarity. Near float-search quality at hash-search cost; helps most "
-                                    "across sensors.")
+        self.expand_spin = _off_spin(1000, "Search again with the query moved towards its N nearest tiles. Finds "
+                                     "more of a common land cover; keep N below the number of matches you expect, "
+                                     "or a rare one drifts to its neighbours' class.")
+        self.rerank_spin = _off_spin(100_000, "Hash search: rank this many nearest tiles by Hamming distance again by "
+                                     "cosine similarity. Near float-search quality at hash-search cost; helps "
+                                     "most across sensors.")
         self.mode_combo.currentIndexChanged.connect(lambda i: self.rerank_spin.setEnabled(i == 1))
         self.rerank_spin.setEnabled(False)
         self.heat_check = QCheckBox("Similarity heat map over the query raster")
