@@ -122,7 +122,8 @@ def test_bad_input_names_the_problem(tmp_path, capsys):
             (scene, "B03,B04,B8A", [], "scene.tif: has no band named 'B8A'"),
             (scene, "B03,B04", [], "give three bands (green, red, near infrared)"),
             (scene, "1,2,3", ["--min-share", "0"], "min_share must be in (0, 1]"),
-            (str(folder), "1,2,3", [], "patches: is a patch folder")]:
+            (str(folder), "1,2,3", [], "patches: is a patch folder"),
+            (str(folder / "a.tif"), "1,2,3", [], "a.tif: has no CRS")]:
         assert main(["spectral-labels", raster, "--bands", bands, "--tile", str(T), "--out", out, *extra]) != 0
         assert message in capsys.readouterr().err
     assert not (tmp_path / "labels.gpkg").exists()

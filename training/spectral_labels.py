@@ -101,6 +101,8 @@ def write_spectral_labels(raster: str, bands: list, out_path: str, tile: int, mi
     if len(bands) != 3:
         raise RsirError(f"{raster}: give three bands ({rules.band_roles}), got {bands}")
     ds, path = open_georeferenced(raster, "spectral labels")
+    if not ds.GetProjection():
+        raise RsirError(f"{raster}: has no CRS; a label layer must be georeferenced to label the tiles cut from it")
     chosen = resolve_bands(ds, bands, raster)
     nodata = [ds.GetRasterBand(b).GetNoDataValue() for b in chosen]
     gt = ds.GetGeoTransform()
