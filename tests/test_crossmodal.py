@@ -58,23 +58,13 @@ def pair(tmp_path_factory) -> tuple[str, str]:
     return a, b
 
 
-def test_paired_tiles_cover_the_same_ground(pair, tmp_path):
-    a, b = pair
-    pairs = cut_paired_tiles(a, b, [1, 2, 3], [1, 2], TILE, 16)
-    assert len(pairs) == GRID * GRID and not pairs.labelled
-    radar = _radar(_optical())
-    for n, tid in enumerate(pairs.ids):
-        x, y = (int(v) for v in tid.split(","))
-        want = radar[:, PAD + y // 2:PAD + y // 2 + 16, PAD + x // 2:PAD + x // 2 + 16]
-        assert np.allclose(pairs.b[n], want, atol=1e-3)  # B's window is the same ground, read at 16 px
-
-    # labels from a polygon layer: the west half is "water", the east half "field"
+def _west_east_labels(path) -> str:
+    """A label layer over the pair: the west half "water", the east half "field"."""
     from osgeo import ogr, osr
 
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(32618)
-    vec = str(tmp_path / "labels.gpkg")
-    ds = ogr.GetDriverByName("GPKG").CreateDataSource(vec)
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
     layer = ds.CreateLayer("labels", srs, ogr.wkbPolygon)
     layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
     half = GRID * TILE * 10 / 2
@@ -86,6 +76,21 @@ def test_paired_tiles_cover_the_same_ground(pair, tmp_path):
             f"{x0} {ORIGIN[1] - 2 * half},{x0} {ORIGIN[1]}))"))
         layer.CreateFeature(f)
     ds = None
+    return str(path)
+
+
+def test_paired_tiles_cover_the_same_ground(pair, tmp_path):
+    a, b = pair
+    pairs = cut_paired_tiles(a, b, [1, 2, 3], [1, 2], TILE, 16)
+    assert len(pairs) == GRID * GRID and not pairs.labelled
+    radar = _radar(_optical())
+    for n, tid in enumerate(pairs.ids):
+        x, y = (int(v) for v in tid.split(","))
+        want = radar[:, PAD + y // 2:PAD + y // 2 + 16, PAD + x // 2:PAD + x // 2 + 16]
+        assert np.allclose(pairs.b[n], want, atol=1e-3)  # B's window is the same ground, read at 16 px
+
+    # labels from a polygon layer: the west half is "water", the east half "field"
+    vec = _west_east_labels(tmp_path / "labels.gpkg")
     labelled = cut_paired_tiles(a, b, [1, 2, 3], [1, 2], TILE, 16, labels=vec)
     assert labelled.class_names == ["field", "water"]
     for n, tid in enumerate(labelled.ids):
@@ -137,7 +142,7 @@ def _cfg(a: str, b: str, out: str, loss: str, epochs: int, lr: float = 0.003, te
     })
 
 
-def _pair_toml(a: str, b: str, path) -> str:
+def _pair_toml(a: str, b: str, path, labels: str = "") -> str:
     """The [data] of `_cfg` as a TOML file, for `rsir eval-pairs`."""
     path.write_text(f"""out_dir = "unused"
 [data]
@@ -149,6 +154,7 @@ bands_b = [1, 2]
 scale_b = 255.0
 modality = "optical"
 modality_b = "sar"
+labels = "{labels}"
 tile = {TILE}
 input_size = 16
 [model]
@@ -215,6 +221,41 @@ def test_eval_pairs_scores_both_directions_next_to_the_untrained_baseline(pair, 
     assert 2 < rows["chance (random ranking)"]["map"] < 30
     assert rows["ImageNet Lite0 (untrained): optical -> sar"]["map"] < 60
     assert "mAP@10 (optical -> sar) = 100.00" in printed
+
+
+def test_eval_pairs_with_labels_scores_all_four_directions_by_class(pair, ssl_models, tmp_path, capsys):
+    import json
+
+    from core.cli import main
+    from core.encoder import Encoder
+    from training.config import load_config
+    from training.crossmodal_trainer import load_pairs
+    from training.evaluate import score
+
+    a, b = pair
+    _, paths = ssl_models
+    cfg = _pair_toml(a, b, tmp_path / "pair.toml", labels=_west_east_labels(tmp_path / "labels.gpkg"))
+    out = tmp_path / "report"
+    assert main(["eval-pairs", cfg, paths["optical"], paths["sar"], "-k", "5", "--out", str(out),
+                 "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    sets = load_pairs(load_config(cfg))
+    q, db = sets["test"], sets["train"]
+    assert f"{len(q)} test pairs -> {len(db)} train pairs (same class relevant)" in printed
+    rows = {r["method"]: r for r in json.load(open(out / "results.json"))["results"]}
+    directions = ["optical -> sar", "sar -> optical", "optical -> optical", "sar -> sar"]
+    assert list(rows) == (directions + [f"ImageNet Lite0 (untrained): {d}" for d in directions]
+                          + ["chance (random ranking)"])
+    enc = {m: Encoder(paths[m], threads=1) for m in ("optical", "sar")}
+    emb = {"optical": (enc["optical"].encode(q.a)[0], enc["optical"].encode(db.a)[0]),
+           "sar": (enc["sar"].encode(q.b)[0], enc["sar"].encode(db.b)[0])}
+    for d in directions:  # each direction: the query modality's test tiles against the other's training tiles
+        src, dst = d.split(" -> ")
+        want = score(d, "float", 0, emb[src][0], emb[dst][1], q.labels, db.labels, q.class_names, 5)
+        assert rows[d]["map"] == pytest.approx(want.map_k, abs=1e-6)
+        assert set(rows[d]["per_class_ap"]) == {"field", "water"}
+        assert rows[d]["class-mean AP@5"] == pytest.approx(np.mean(list(want.per_class_ap.values())), abs=1e-6)
+    assert "class-mean AP@5" in printed
 
 
 def test_supervised_cross_modal_hashing_ranks_partners_first(pair, tmp_path):

@@ -39,12 +39,17 @@ def cross_modal_results(emb: dict[str, tuple[np.ndarray, np.ndarray]], q_y: np.n
                         class_names: list[str], k: int, uni_modal: bool = False, bits: int = 0) -> list:
     """Scores of A -> B and B -> A over the two modalities (and with `uni_modal`, A -> A and B -> B after them,
     the reference the cross-modal ones are read against): `emb[m]` = (query embeddings, database embeddings)
-    of modality m; with `bits`, +-1 codes of that length ranked by Hamming distance."""
+    of modality m; with `bits`, +-1 codes of that length ranked by Hamming distance. Labelled (`class_names`):
+    each result also carries the mean of its per-class APs."""
     a, b = emb
     names = class_names or [str(i) for i in range(int(max(q_y.max(), db_y.max())) + 1)]
     directions = [(a, b), (b, a)] + ([(a, a), (b, b)] if uni_modal else [])
-    return [score(f"{src} -> {dst}", "hash" if bits else "float", bits, emb[src][0], emb[dst][1], q_y, db_y, names, k)
-            for src, dst in directions]
+    results = [score(f"{src} -> {dst}", "hash" if bits else "float", bits, emb[src][0], emb[dst][1], q_y, db_y,
+                     names, k) for src, dst in directions]
+    if class_names:  # by class: the mean of the per-class APs, which a dominant class does not decide
+        for r in results:
+            r.extra[f"class-mean AP@{k}"] = float(np.mean(list(r.per_class_ap.values())))
+    return results
 
 
 def imagenet_pair_features(pixels: np.ndarray, scale: float) -> np.ndarray:
