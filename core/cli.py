@@ -163,7 +163,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .encoder import Encoder
     from .expansion import expand_query
     from .index.reader import Index
-    from .search import query_from_box, query_from_image, query_from_tile, search
+    from .search import query_from_box, query_from_image, query_from_tile, ranking_name, search
 
     index = Index(args.index)
     bands = parse_band_list(args.bands)
@@ -188,8 +188,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     hits = search(index, query, k=args.k, mode=mode, radius=args.radius, nprobe=args.nprobe, rerank=args.rerank)
     for warning in query.warnings:
         print(f"rsir search: warning: {warning}", file=sys.stderr)
-    how = "cosine" if not args.hash else f"Hamming, top {args.rerank} re-ranked by cosine" if args.rerank else "Hamming"
-    print(f"query: {query.description}  ({how} search, {index.n} tiles)")
+    print(f"query: {query.description}  ({ranking_name(mode, args.rerank)} search, {index.n} tiles)")
     print(f"{'rank':>4} {'tile':>7} {'score':>7} {'hamming':>7}  {'label':<20} {'x':>6} {'y':>6}  source")
     for h in hits:
         print(f"{h.rank:>4} {h.tile_id:>7} {h.score:7.4f} {h.hamming:>7}  {h.label[:20]:<20} {h.x:>6} {h.y:>6}  "

@@ -209,6 +209,13 @@ def nearest_ids(index: Index, query: Query, k: int, mode: str = "float", nprobe:
     return [int(i) for i in ids if i >= 0 and not (extra and i == query.tile_id)][:k]
 
 
+def ranking_name(mode: str, rerank: int = 0) -> str:
+    """How hits were ranked, in words, for listings and layer names."""
+    if mode != "hash":
+        return "cosine"
+    return f"Hamming, top {rerank} re-ranked by cosine" if rerank else "Hamming"
+
+
 def search(index: Index, query: Query, k: int = 20, mode: str = "float", radius: int | None = None,
            exclude_query_tile: bool = True, nprobe: int | None = None, max_radius_hits: int = 100_000,
            rerank: int = 0) -> list[Hit]:

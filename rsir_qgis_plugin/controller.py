@@ -37,10 +37,11 @@ class SearchResult:
     raster: str | None = None       # raster the query was read from (box queries)
     tile_rasters: int = 5
     warnings: list[str] = field(default_factory=list)
+    ranking: str = "cosine"         # how the hits were ranked (core.search.ranking_name)
 
     @property
     def title(self) -> str:
-        return f"{_dt.datetime.now():%H:%M:%S} {self.query.description}"
+        return f"{_dt.datetime.now():%H:%M:%S} {self.query.description} ({self.ranking})"
 
 
 def results_folder() -> str:
@@ -141,12 +142,14 @@ class RetrievalSession:
 
     def _finish(self, query, req: SearchRequest, raster: str | None):
         query = expansion.expand_query(self.index, query, req.expand, req.mode)
-        hits = search.search(self.index, query, k=req.k, mode=req.mode, rerank=req.rerank if req.mode == "hash" else 0)
+        rerank = req.rerank if req.mode == "hash" else 0
+        hits = search.search(self.index, query, k=req.k, mode=req.mode, rerank=rerank)
         radius_hits = []
         if req.radius is not None:
             radius_hits = search.search(self.index, query, k=req.k, mode="hash", radius=req.radius)
         result = SearchResult(query, hits, radius_hits, results_dir=results_folder(), raster=raster,
-                              tile_rasters=req.tile_rasters, warnings=list(query.warnings))
+                              tile_rasters=req.tile_rasters, warnings=list(query.warnings),
+                              ranking=search.ranking_name(req.mode, rerank))
         if req.heatmap:
             if raster is None:
                 raise errors.RsirError("a heat map needs a query raster that is in the index")

@@ -62,6 +62,7 @@ def test_box_search_builds_the_layer_group(dock, indexed, twin_raster, qgis_ifac
     assert not _critical(qgis_iface)
     result, group = dock.last_result, dock.last_group
     assert group.name().startswith("RSIR ") and group.parent() == QgsProject.instance().layerTreeRoot()
+    assert group.name().endswith("(cosine)")  # how the hits were ranked
     names = [child.name() for child in group.children()]
     assert names[:3] == ["query", "hits", "hash results (Hamming radius)"]
     assert names[3].startswith("#1 tile ") and names[4].startswith("#2 tile ") and names[5] == "similarity heat map"
@@ -123,6 +124,7 @@ def test_more_like_this_and_image_queries(dock, indexed, twin_raster, tmp_path, 
     assert [h.tile_id for h in dock.last_result.hits] == [h.tile_id for h in want]
     scores = [h.score for h in dock.last_result.hits]
     assert all(a >= b - 1e-6 for a, b in zip(scores, scores[1:]))
+    assert dock.last_group.name().endswith("(Hamming, top 6 re-ranked by cosine)")
     dock.rerank_spin.setValue(0)
     dock.mode_combo.setCurrentIndex(0)
     img = write_raster(str(tmp_path / "q.tif"), gdal.Open(twin_raster).ReadAsArray(0, 0, 64, 64), epsg=None)
