@@ -166,16 +166,23 @@ TIE_SHELL_MAX = 50_000
 
 def hamming_ids(index: Index, query: Query, n: int, nprobe: int | None = None) -> np.ndarray:
     """Ids of the n nearest tiles by Hamming distance, tiles at equal distance ordered by the cosine similarity of
-    their embeddings. Codes of a trained hashing model tie a lot (whole classes share a code), and faiss orders
-    ties by tile id, which is where the tile lies in the archive, not how similar it is. For exact indexes the
-    whole shell at the n-th distance is fetched (up to TIE_SHELL_MAX tiles), so the n kept are the most similar
-    of every tile at that distance; approximate indexes (IVF, HNSW) order the candidates they return."""
+    their embeddings (see _hamming_ranked)."""
+    return _hamming_ranked(index, query, n, nprobe)[0]
+
+
+def _hamming_ranked(index: Index, query: Query, n: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, cosine similarities) of the n nearest tiles by Hamming distance, tiles at equal distance ordered by
+    the cosine similarity of their embeddings. Codes of a trained hashing model tie a lot (whole classes share a
+    code), and faiss orders ties by tile id, which is where the tile lies in the archive, not how similar it is.
+    For exact indexes the whole shell at the n-th distance is fetched (up to TIE_SHELL_MAX tiles), so the n kept
+    are the most similar of every tile at that distance; approximate indexes (IVF, HNSW) order the candidates
+    they return."""
     want = min(index.n, max(4 * n, n + 64))
     dist, ids = index.search_hamming(query.code[None], want, nprobe)
     keep = ids[0] >= 0
     dist, ids = dist[0][keep], ids[0][keep]
     if not len(ids):
-        return ids
+        return ids, np.zeros(0, np.float32)
     last = int(dist[min(n, len(dist)) - 1])
     if len(ids) == want < index.n and int(dist[-1]) == last and index.hamming_exact:
         # the shell at the n-th distance may go on past the candidates: fetch it whole if it is not too large
@@ -183,7 +190,8 @@ def hamming_ids(index: Index, query: Query, n: int, nprobe: int | None = None) -
         if len(shell_ids) <= TIE_SHELL_MAX:
             dist, ids = shell_dist, shell_ids
     cosine = index.embeddings(ids) @ query.embedding
-    return ids[np.lexsort((-cosine, dist))][:n]
+    order = np.lexsort((-cosine, dist))[:n]
+    return ids[order], cosine[order]
 
 
 def nearest_ids(index: Index, query: Query, k: int, mode: str = "float", nprobe: int | None = None,
@@ -201,9 +209,9 @@ def nearest_ids(index: Index, query: Query, k: int, mode: str = "float", nprobe:
         _, ids = index.search_float(query.embedding[None], k + extra, nprobe)
         ids = ids[0]
     elif mode == "hash":
-        ids = hamming_ids(index, query, max(k, rerank) + extra, nprobe)
-        if rerank:
-            ids = ids[np.argsort(-(index.embeddings(ids) @ query.embedding), kind="stable")]
+        ids, cosine = _hamming_ranked(index, query, max(k, rerank) + extra, nprobe)
+        if rerank:  # the candidates' similarities are already at hand
+            ids = ids[np.argsort(-cosine, kind="stable")]
     else:
         raise RsirError(f"unknown search mode {mode!r}; use float or hash")
     return [int(i) for i in ids if i >= 0 and not (extra and i == query.tile_id)][:k]
