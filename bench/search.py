@@ -3,7 +3,8 @@ floats.
 
 Hamming, per database size: the memory-scan floor (numpy reading the code table once, on one thread and split
 over --threads threads), exact search (faiss's IndexBinaryFlat search, and rsir's scan of the same table in one
-shard per thread, core/index/hamming.py scan_knn, what rsir runs for BFlat indexes), binary IVF at two nprobe,
+shard per thread, core/index/hamming.py scan_knn, what rsir runs for BFlat indexes; with faiss's counting k-NN
+kernel, rsir's, and its heap kernel, the one used before), binary IVF at two nprobe,
 binary HNSW at two efSearch, and rsir's exact multi-index hashing k-NN over faiss hash tables. Times are the best
 of 3 passes. Every method is reported as a ratio to both floors and as a speed-up over faiss's flat search; recall
 = share of queries whose k-th distance is <= the exact k-th distance (ties are common in Hamming space, so ids are
@@ -123,7 +124,10 @@ def hamming_rows(n: int, args, rng) -> list[tuple]:
     timed("exact: faiss BFlat search", flat, build, lambda q: flat.search(q, k))
     table = hamming.flat_codes(flat)
     mark = " (rsir default)" if default == "BFlat" else ""
-    timed(f"exact: rsir scan of BFlat, {hamming.scan_threads(n, args.threads)} shards{mark}",
+    shards = hamming.scan_threads(n, args.threads)
+    timed(f"exact: rsir scan of BFlat, {shards} shards, faiss heap kernel (before 2026-11-30)",
+          flat, build, lambda q: hamming.scan_knn(table, q, k, threads=args.threads, variant="hc"))
+    timed(f"exact: rsir scan of BFlat, {shards} shards, counting kernel{mark}",
           flat, build, lambda q: hamming.scan_knn(table, q, k, threads=args.threads))
 
     if n <= args.ivf_max_n:

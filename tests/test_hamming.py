@@ -70,8 +70,9 @@ def test_flat_knn_distances_equal_brute_force(codes):
         assert (d_all[i] == d).all()
 
 
+@pytest.mark.parametrize("variant", ["mc", "hc"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_scan_knn_in_shards_equals_brute_force_ties_by_id(codes, threads, monkeypatch, tmp_path):
+def test_scan_knn_in_shards_equals_brute_force_ties_by_id(codes, threads, variant, monkeypatch, tmp_path):
     monkeypatch.setattr(hamming, "SHARD_MIN", 100)  # several shards even on a small table
     short = np.ascontiguousarray(codes[:, :2])  # 16-bit codes: many ties at every distance
     on_disk = np.memmap(tmp_path / "codes.u8", np.uint8, "w+", shape=short.shape)
@@ -79,16 +80,30 @@ def test_scan_knn_in_shards_equals_brute_force_ties_by_id(codes, threads, monkey
     rng = np.random.default_rng(3)
     queries = np.concatenate([short[[42, 7]], rng.integers(0, 256, (4, 2), dtype=np.uint8)])
     for table in (short, on_disk):
-        dist, ids = hamming.scan_knn(table, queries, 30, threads=threads)
+        dist, ids = hamming.scan_knn(table, queries, 30, threads=threads, variant=variant)
         assert dist.shape == ids.shape == (6, 30)
         for q, d, i in zip(queries, dist, ids):
             d_all = _brute(short, q)
             want = np.lexsort((np.arange(len(short)), d_all))[:30]
             assert i.tolist() == want.tolist()  # the same ids, in (distance, id) order
             assert d.tolist() == d_all[want].tolist()
-    dist, ids = hamming.scan_knn(codes[:5], codes[42], 8, threads=threads)  # fewer codes than k: padded with -1
+    # fewer codes than k: padded with -1
+    dist, ids = hamming.scan_knn(codes[:5], codes[42], 8, threads=threads, variant=variant)
     assert ids[0].tolist()[5:] == [-1, -1, -1] and sorted(ids[0, :5].tolist()) == [0, 1, 2, 3, 4]
     assert dist[0].tolist()[5:] == [-1, -1, -1]
+
+
+@pytest.mark.parametrize("nbytes", [3, 5, 16])
+def test_scan_knn_counting_kernel_any_code_width(nbytes):
+    """faiss's counting kernel has code-size specialisations; widths without one take its generic path."""
+    rng = np.random.default_rng(nbytes)
+    table = rng.integers(0, 256, (500, nbytes), dtype=np.uint8)
+    table[:, 1:] = 0  # only 8 bits vary: ties at every distance
+    query = rng.integers(0, 256, nbytes, dtype=np.uint8)
+    dist, ids = hamming.scan_knn(table, query, 40)
+    d_all = _brute(table, query)
+    want = np.lexsort((np.arange(len(table)), d_all))[:40]
+    assert ids[0].tolist() == want.tolist() and dist[0].tolist() == d_all[want].tolist()
 
 
 def test_flat_codes_is_the_index_table_and_search_uses_it(codes):
