@@ -230,6 +230,7 @@ def _write_png(path: str, index, query, hits) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .encoder import describe_method
     from .index.reader import Index
 
     index = Index(args.index)
@@ -240,9 +241,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"index      {index.dir}")
     print(f"tiles      {m['counts']['tiles']} indexed, {m['counts']['skipped']} skipped as nodata/empty, "
           f"from {m['counts']['sources']} source(s)")
-    print(f"model      {m['model']['path']} (sha256 {m['model']['sha256'][:12]}, {meta.get('rsir.method', '?')}, "
-          f"input {meta.get('rsir.input_size')} px, bands {meta.get('rsir.bands')}"
-          + (f", averaged over {meta['rsir.invariance']}" if "rsir.invariance" in meta else "") + ")")
+    print(f"model      {m['model']['path']} (sha256 {m['model']['sha256'][:12]}, {describe_method(meta)}, "
+          f"input {meta.get('rsir.input_size')} px, bands {meta.get('rsir.bands')})")
     print(f"vectors    {m['embedding_dim']}-d float ({m['faiss']['float']}), {m['code_bits']}-bit codes "
           f"({m['faiss']['binary']}, from {m['code_source']})")
     print(f"tiling     tile {t['tile']} px, stride {t['stride']} px" + (f", gsd {t['gsd']}" if t["gsd"] else "")

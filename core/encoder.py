@@ -200,6 +200,16 @@ class Encoder:
         return np.concatenate(out) if out else np.zeros((0, len(self.info.class_names)), np.float32)
 
 
+def describe_method(meta: dict) -> str:
+    """How a model was made, from its metadata, for listings: "milan, averaged over rot4, within-class whitened"."""
+    parts = [meta.get("rsir.method", "?")]
+    if "rsir.invariance" in meta:
+        parts.append(f"averaged over {meta['rsir.invariance']}")
+    if "rsir.whitening" in meta:
+        parts.append(f"{json.loads(meta['rsir.whitening']).get('kind', '')} whitened".strip())
+    return ", ".join(parts)
+
+
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)

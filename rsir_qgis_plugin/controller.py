@@ -93,9 +93,7 @@ class RetrievalSession:
     def summary(self) -> dict:
         m = self.index.manifest
         meta = m["model"]["metadata"]
-        method = meta.get("rsir.method", "") + (f", averaged over {meta['rsir.invariance']}"
-                                                 if "rsir.invariance" in meta else "")
-        return {"model": os.path.basename(m["model"]["path"]), "method": method,
+        return {"model": os.path.basename(m["model"]["path"]), "method": core_encoder.describe_method(meta),
                 "tile": m["tiling"]["tile"], "stride": m["tiling"]["stride"], "tiles": m["counts"]["tiles"],
                 "crs": sorted({s["crs"] or "(none)" for s in m["sources"]}), "code_bits": m["code_bits"],
                 "has_hash": m["code_source"] == "hash", "sources": len(m["sources"])}

@@ -108,9 +108,13 @@ def _calibration_images(checkpoint_path: str, n: int) -> np.ndarray:
     from . import checkpoint
     from .trainer import load_data
 
-    train = load_data(checkpoint.config_of(checkpoint.load(checkpoint_path)))["train"]
-    pick = np.random.default_rng(0).choice(len(train), min(n, len(train)), replace=False)
-    return train.pixels[np.sort(pick)]
+    return _sample_rows(load_data(checkpoint.config_of(checkpoint.load(checkpoint_path)))["train"].pixels, n)
+
+
+def _sample_rows(pixels: np.ndarray, n: int) -> np.ndarray:
+    """`n` random rows (seed 0, kept in order) of `pixels`: the calibration images of an int8 copy."""
+    pick = np.random.default_rng(0).choice(len(pixels), min(n, len(pixels)), replace=False)
+    return pixels[np.sort(pick)]
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -187,26 +191,31 @@ def eval_command(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_eval)
 
 
-def _run_eval(args: argparse.Namespace) -> int:
-    from core.encoder import Encoder
-
+def _labelled_sets(args: argparse.Namespace, info, splits) -> dict:
+    """The named splits of `args.dataset` (a folder per class, a split CSV, a multi-label table or BigEarthNet;
+    `args.split`, `args.split_seed`, `args.cache_dir`, `args.bigearthnet`), read as the model `info` wants them."""
     from .datasets import load_folder, load_split_csv
-    from .evaluate import evaluate, format_extra, per_class_table, plot_pr, plot_tsne, results_table, write_report
     from .multilabel_data import is_label_table, load_bigearthnet, load_label_table
 
-    info = Encoder(args.model).info
     bands = [b if isinstance(b, int) else i + 1 for i, b in enumerate(info.bands)]
-    splits = tuple(dict.fromkeys([args.queries, args.database]))
+    splits = tuple(dict.fromkeys(splits))
     cache = args.cache_dir or None
     table = args.split or args.dataset
     if os.path.isfile(table) and is_label_table(table):
-        sets = load_label_table(table, bands, info.input_size, cache, args.split_seed, splits)
-    elif args.split or os.path.isfile(args.dataset):
-        sets = load_split_csv(table, bands, info.input_size, cache, splits)
-    elif args.bigearthnet:
-        sets = load_bigearthnet(args.dataset, [str(b) for b in info.bands], info.input_size, args.split_seed, splits)
-    else:
-        sets = load_folder(args.dataset, bands, info.input_size, cache, args.split_seed, splits)
+        return load_label_table(table, bands, info.input_size, cache, args.split_seed, splits)
+    if args.split or os.path.isfile(args.dataset):
+        return load_split_csv(table, bands, info.input_size, cache, splits)
+    if getattr(args, "bigearthnet", False):
+        return load_bigearthnet(args.dataset, [str(b) for b in info.bands], info.input_size, args.split_seed, splits)
+    return load_folder(args.dataset, bands, info.input_size, cache, args.split_seed, splits)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from core.encoder import Encoder
+
+    from .evaluate import evaluate, format_extra, per_class_table, plot_pr, plot_tsne, results_table, write_report
+
+    sets = _labelled_sets(args, Encoder(args.model).info, (args.queries, args.database))
     queries, database = sets[args.queries], sets[args.database]
     if not len(queries) or not len(database):
         raise RsirError(f"{args.dataset}: split {args.queries!r} has {len(queries)} images and "
@@ -243,6 +252,55 @@ def _run_eval(args: argparse.Namespace) -> int:
     for key, value in results[0].extra.items():
         print(f"{key} = {format_extra(key, value)}")
     print(f"\nmAP@{k} = {results[0].map_k:.2f}")
+    return 0
+
+
+def whiten_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register `rsir whiten`."""
+    p = subparsers.add_parser(
+        "whiten", help="append within-class whitening, fitted on the labelled training split, to a model",
+        description="Encode the model's labelled training split, fit the inverse square root of the pooled "
+                    "within-class covariance of its embeddings (LDA's whitening step, every dimension kept) and "
+                    "write a copy of the model whose embedding output is whitened and renormalised. The shrinkage "
+                    "is chosen on the validation split, and nothing is written if whitening scores worse there. "
+                    "Hash codes are unchanged. Not for cross-modal encoders or multi-label data.")
+    p.add_argument("model", help="ONNX model exported by `rsir export`")
+    p.add_argument("dataset", help="the labelled dataset it was trained on: folder per class, or a split CSV")
+    p.add_argument("--split", help="split CSV (path,class,split) when DATASET is a folder without split.csv")
+    p.add_argument("--split-seed", type=int, default=42, help="seed of the generated split (default: %(default)s)")
+    p.add_argument("--fit", default="train", help="split to fit on (default: %(default)s)")
+    p.add_argument("--check", default="val", help="split that picks the shrinkage and checks the gain, against "
+                                                  "the fit split as database ('' = none; default: %(default)s)")
+    p.add_argument("--out", required=True, help="output .onnx path")
+    p.add_argument("--int8", metavar="ONNX", help="also write an int8 copy here, calibrated on the fit split")
+    p.add_argument("--force", action="store_true", help="write the model even if whitening scores worse on --check")
+    p.add_argument("--cache-dir", default="cache/datasets", help="decoded-image cache ('' = none)")
+    p.add_argument("--threads", type=int, help="onnxruntime threads")
+    p.set_defaults(func=_run_whiten)
+
+
+def _run_whiten(args: argparse.Namespace) -> int:
+    from core.encoder import Encoder
+
+    from .whitening import whiten_model
+
+    if os.path.abspath(args.out) == os.path.abspath(args.model):
+        raise RsirError(f"{args.out}: --out must differ from the model it whitens")
+    splits = (args.fit, args.check) if args.check else (args.fit,)
+    sets = _labelled_sets(args, Encoder(args.model).info, splits)
+    train, check = sets[args.fit], (sets[args.check] if args.check else None)
+    if not len(train):
+        raise RsirError(f"{args.dataset}: split {args.fit!r} is empty")
+    report = whiten_model(args.model, args.out, train, check, args.threads, args.force)
+    checked = (f"{args.check} mAP@100 {report['val_map100_before']:.2f} -> {report['val_map100_after']:.2f}"
+               if report["checked_on"] else "not checked on a validation split")
+    print(f"wrote {args.out}: within-class whitening fitted on {report['train_items']} {args.fit} items of "
+          f"{report['classes']} classes, shrinkage {report['shrinkage']:g}; {checked}")
+    if args.int8:
+        from .quantize import quantize_int8
+
+        meta = quantize_int8(args.out, args.int8, _sample_rows(train.pixels, 256))
+        print(f"wrote {args.int8}: {meta['rsir.quantization']}, {os.path.getsize(args.int8) / 1e6:.1f} MB")
     return 0
 
 

@@ -1,0 +1,170 @@
+"""Within-class whitening of a trained model's embedding, fitted on its labelled training split and appended to
+its ONNX graph.
+
+A metric-learning embedding still spreads each class more along some directions than others; whitening by the
+pooled within-class covariance of the training embeddings (the first step of LDA, keeping every dimension) makes
+those directions count less in the cosine. It is the "learned whitening" of Radenovic et al. (TPAMI 2019) with
+class labels in place of matching pairs. The result is a new ONNX model whose `embedding` output is
+normalise((normalise(e) - mean) @ P); codes and every other output are unchanged, so hash search is unaffected
+and `--rerank` / float search use the whitened embedding.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.encoder import Encoder, l2_normalise
+from core.errors import RsirError
+
+from .datasets import ImageSet
+from .evaluate import score
+
+SHRINKAGES = (0.0, 0.01, 0.1)  # tried on the validation split; without one, UNCHECKED_SHRINKAGE is used
+UNCHECKED_SHRINKAGE = 0.01
+EIGEN_FLOOR = 1e-6  # relative to the mean eigenvalue: directions with no within-class spread are not blown up
+METADATA_KEY = "rsir.whitening"
+
+
+@dataclass
+class Whitening:
+    mean: np.ndarray  # (D,) float32, subtracted from the L2-normalised embedding
+    projection: np.ndarray  # (D, D) float32, applied after centring
+    shrinkage: float
+
+    def apply(self, embeddings: np.ndarray) -> np.ndarray:
+        """What the appended graph computes, in numpy: L2-normalised whitened embeddings."""
+        return l2_normalise((l2_normalise(embeddings) - self.mean) @ self.projection)
+
+
+def fit_within_class(embeddings: np.ndarray, labels: np.ndarray, shrinkage: float = 0.0) -> Whitening:
+    """Inverse square root of the pooled within-class covariance of L2-normalised `embeddings` (N, D) with class
+    indices `labels` (N,), shrunk towards its mean eigenvalue by `shrinkage` (0..1)."""
+    if not 0.0 <= shrinkage < 1.0:
+        raise ValueError(f"shrinkage must be in [0, 1), got {shrinkage}")
+    x = l2_normalise(np.asarray(embeddings, np.float64))
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(x):
+        raise ValueError("within-class whitening needs one class index per embedding (single-label data)")
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise ValueError(f"within-class whitening needs at least 2 classes, got {len(classes)}")
+    dim = x.shape[1]
+    scatter = np.zeros((dim, dim))
+    for c in classes:
+        centred = x[labels == c] - x[labels == c].mean(axis=0)
+        scatter += centred.T @ centred
+    scatter /= len(x)
+    level = np.trace(scatter) / dim
+    scatter = (1.0 - shrinkage) * scatter + shrinkage * level * np.eye(dim)
+    values, vectors = np.linalg.eigh(scatter)
+    values = np.maximum(values, EIGEN_FLOOR * level)
+    projection = (vectors / np.sqrt(values)) @ vectors.T
+    return Whitening(x.mean(axis=0).astype(np.float32), projection.astype(np.float32), shrinkage)
+
+
+def _map100(queries: np.ndarray, q_y: np.ndarray, database: np.ndarray, db_y: np.ndarray, names: list[str]) -> float:
+    return score("float", "float", 0, queries, database, q_y, db_y, names, min(100, len(database))).map_k
+
+
+def choose(train_e: np.ndarray, train: ImageSet, val_e: np.ndarray | None, val: ImageSet | None
+           ) -> tuple[Whitening, dict]:
+    """Fit on the training embeddings; with a validation split, keep the shrinkage of SHRINKAGES that scores the
+    best val -> train mAP@100 and report it beside the unwhitened score."""
+    names = list(train.class_names)
+    if val is None or not len(val):
+        return fit_within_class(train_e, train.labels, UNCHECKED_SHRINKAGE), {"checked_on": None}
+    report = {"checked_on": "val", "val_items": len(val),
+              "val_map100_before": _map100(l2_normalise(val_e), val.labels, l2_normalise(train_e), train.labels,
+                                           names),
+              "val_map100_by_shrinkage": {}}
+    best = None
+    for s in SHRINKAGES:
+        w = fit_within_class(train_e, train.labels, s)
+        m = _map100(w.apply(val_e), val.labels, w.apply(train_e), train.labels, names)
+        report["val_map100_by_shrinkage"][str(s)] = m
+        if best is None or m > best[1]:
+            best = (w, m)
+    report["val_map100_after"] = best[1]
+    return best[0], report
+
+
+def check_gain(model_path: str, report: dict) -> None:
+    """Raise unless whitening scored better than the model on the validation split (no split: nothing to check)."""
+    if report["checked_on"] and report["val_map100_after"] <= report["val_map100_before"]:
+        raise RsirError(f"{model_path}: whitening does not help on the validation split (mAP@100 "
+                        f"{report['val_map100_before']:.2f} -> {report['val_map100_after']:.2f}); nothing written "
+                        "(--force writes it anyway)")
+
+
+def append_to_onnx(model_path: str, out_path: str, whitening: Whitening, metadata: dict[str, str]) -> None:
+    """Write `model_path` with the whitening appended to its embedding output (same output name) and `metadata`
+    added, atomically: a failed write leaves no file at `out_path`."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(model_path)
+    meta = {p.key: p.value for p in model.metadata_props}
+    name = json.loads(meta["rsir.outputs"])["embedding"]
+    raw = f"{name}_unwhitened"
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = [raw if o == name else o for o in node.output]
+        node.input[:] = [raw if i == name else i for i in node.input]
+    graph.initializer.extend([numpy_helper.from_array(whitening.mean, "rsir_whiten_mean"),
+                              numpy_helper.from_array(whitening.projection, "rsir_whiten_projection")])
+    graph.node.extend([
+        helper.make_node("LpNormalization", [raw], ["rsir_whiten_unit"], axis=1, p=2),
+        helper.make_node("Sub", ["rsir_whiten_unit", "rsir_whiten_mean"], ["rsir_whiten_centred"]),
+        helper.make_node("MatMul", ["rsir_whiten_centred", "rsir_whiten_projection"], ["rsir_whiten_projected"]),
+        helper.make_node("LpNormalization", ["rsir_whiten_projected"], [name], axis=1, p=2),
+    ])
+    meta.update(metadata)
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx.partial", dir=out_dir)
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def whiten_model(model_path: str, out_path: str, train: ImageSet, val: ImageSet | None = None,
+                 threads: int | None = None, force: bool = False) -> dict:
+    """Fit within-class whitening on `train` (the model's labelled training split) and write the whitened model.
+
+    Refuses cross-modal encoders (whitening one side of a shared space breaks it), already whitened models,
+    multi-label data, and - unless `force` - a whitening that scores worse on `val` than the model does."""
+    encoder = Encoder(model_path, threads=threads, batch_size=256)
+    info = encoder.info
+    if info.shared_space:
+        raise RsirError(f"{model_path}: a cross-modal encoder; whitening one modality would break the shared space")
+    if METADATA_KEY in info.metadata:
+        raise RsirError(f"{model_path}: already whitened ({METADATA_KEY}); whiten the model it was made from")
+    if train.multi_label:
+        raise RsirError(f"{model_path}: within-class whitening needs single-label data, the training split is "
+                        "multi-label")
+    train_e, _ = encoder.encode(train.pixels)
+    val_e = encoder.encode(val.pixels)[0] if val is not None and len(val) else None
+    try:
+        whitening, report = choose(train_e, train, val_e, val)
+    except ValueError as exc:
+        raise RsirError(f"{model_path}: {exc}") from None
+    if not force:
+        check_gain(model_path, report)
+    report.update({"kind": "within-class", "train_items": len(train), "classes": len(train.class_names),
+                   "shrinkage": whitening.shrinkage, "source_sha256": info.sha256})
+    append_to_onnx(model_path, out_path, whitening, {METADATA_KEY: json.dumps(report, sort_keys=True)})
+    return report
