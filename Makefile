@@ -12,9 +12,10 @@ RSIR    := $(VENV)/bin/rsir
 STAMP   := $(VENV)/.rsir-setup
 APT_PKGS := python3-qgis qgis-providers python3-gdal gdal-bin qgis xvfb python3-venv python3-pip
 CACHE   := cache
-# The shipped default model (EuroSAT-trained, MiLAN hashing on a semi-hard triplet model; default_model/README.md); the untrained ImageNet + LSH
+# The shipped default model (EuroSAT-trained, MiLAN hashing on a semi-hard triplet model, within-class whitened;
+# default_model/README.md); the untrained ImageNet + LSH
 # model is exported for the benchmarks.
-MODEL   := default_model/eurosat_rgb_lite0_milan128_rot4.onnx
+MODEL   := default_model/eurosat_rgb_lite0_milan128_rot4_wcw.onnx
 # One demo index per model: an index refuses a model it was not built with.
 DEMO_INDEX = $(DEMO)/index-$(notdir $(basename $(MODEL)))
 BASE_MODEL := models/efficientnet_lite0_imagenet_lsh64.onnx

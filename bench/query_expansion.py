@@ -1,7 +1,7 @@
 """Query expansion (core/expansion.py) on a labelled dataset: mAP@100 and P@1 against N, float and Hamming search,
 on the whole database and with each class cut down to a few database items (where expansion can hurt).
 
-    .venv/bin/python bench/query_expansion.py default_model/eurosat_rgb_lite0_milan128_rot4.onnx \
+    .venv/bin/python bench/query_expansion.py default_model/eurosat_rgb_lite0_milan128_rot4_wcw.onnx \
         ../shared/data/eurosat_rgb
 
 N = 0 (no expansion) is the baseline of the same run. The rare-class table cuts the database's items of one class

@@ -4,7 +4,7 @@ alone and of every combination (embeddings L2-normalised per scale, summed; hash
 The exported graph has a fixed input side; this copies it with a free side (the network is fully convolutional)
 and feeds EuroSAT's 64 px patches resampled to each scale, as `rsir eval` does at the model's own scale.
 
-    .venv/bin/python bench/scale_views.py default_model/eurosat_rgb_lite0_milan128_rot4.onnx --sizes 88,96,104
+    .venv/bin/python bench/scale_views.py default_model/eurosat_rgb_lite0_milan128_rot4_wcw.onnx --sizes 88,96,104
 """
 from __future__ import annotations
 
