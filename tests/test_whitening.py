@@ -14,7 +14,7 @@ from core.errors import RsirError
 from tests.rasters import write_class_folder
 from training.datasets import ImageSet
 from training.evaluate import score
-from training.whitening import METADATA_KEY, check_gain, choose, fit_within_class, whiten_model
+from training.whitening import METADATA_KEY, check_gain, choose, fit_itq, fit_within_class, whiten_model
 
 
 def _nuisance_set(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +95,42 @@ def test_whitened_model_equals_numpy_and_keeps_codes(tiny_model, tmp_path):
     assert not os.path.exists(tmp_path / "ww.onnx") and not os.path.exists(tmp_path / "m.onnx")
 
 
+def test_itq_codes_replace_the_hash_head(tiny_model, tmp_path):
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (80, 3, 32, 32), dtype=np.uint8)
+    labels = np.arange(80) % 3
+    train = ImageSet(pixels[:60], labels[:60], ["a", "b", "c"], [str(i) for i in range(60)])
+    val = ImageSet(pixels[60:], labels[60:], ["a", "b", "c"], [str(i) for i in range(20)])
+    out = str(tmp_path / "itq.onnx")
+    report = whiten_model(tiny_model, out, train, val, force=True, code_bits=8)
+    src, dst = Encoder(tiny_model), Encoder(out)
+    assert src.info.code_bits == 64 and dst.info.code_bits == 8 and dst.info.has_hash
+    assert report["codes"] == "pca-itq-8" and {"val_hamming_map100_before", "val_hamming_map100_after"} <= set(report)
+    e0, _ = src.encode(pixels)
+    e1, c1 = dst.encode(pixels)
+    w = fit_within_class(e0[:60], labels[:60], report["shrinkage"])
+    proj = fit_itq(w.apply(e0[:60]), 8)
+    logits = proj.logits(w.apply(e0))
+    decided = np.abs(logits) > 1e-4  # signs of logits within float rounding of zero may differ
+    assert np.array_equal(np.unpackbits(c1, axis=1)[decided], (logits > 0)[decided])
+    assert np.abs(e1 - w.apply(e0)).max() < 1e-4
+    # the ITQ projection: orthogonal columns after PCA (rotation), codes use every bit
+    gram = proj.matrix.T @ proj.matrix
+    assert np.allclose(gram, np.diag(np.diag(gram)), atol=1e-3 * gram.max())
+    bits = np.unpackbits(c1, axis=1)
+    assert ((bits.mean(axis=0) > 0.15) & (bits.mean(axis=0) < 0.85)).all()
+    # the replaced hash head is gone from the graph: no node or weight left that no output needs
+    graph = onnx.load(out).graph
+    assert [o.name for o in graph.output] == ["embedding", "hash_logits"]
+    assert not any(o.endswith("_replaced") for n in graph.node for o in n.output)
+    assert len(onnx.load(out).graph.initializer) < len(onnx.load(tiny_model).graph.initializer) + 4
+    with pytest.raises(RsirError, match="multiple of 8 up to the embedding size"):
+        whiten_model(tiny_model, str(tmp_path / "bad.onnx"), train, val, force=True, code_bits=12)
+    with pytest.raises(RsirError, match="the new codes do not help"):
+        check_gain(out, {"checked_on": "val", "val_map100_before": 1.0, "val_map100_after": 2.0,
+                         "val_hamming_map100_before": 50.0, "val_hamming_map100_after": 40.0})
+
+
 def test_cross_modal_encoders_are_refused(tiny_model, tmp_path):
     model = onnx.load(tiny_model)
     entry = model.metadata_props.add()
@@ -115,6 +151,11 @@ def test_whiten_command_writes_float_and_int8(tiny_model, tmp_path, capsys, twin
     assert "within-class whitening fitted on 27 train items of 3 classes" in printed.out
     assert "val mAP@100" in printed.out and f"wrote {int8}" in printed.out
     assert Encoder(str(int8)).info.metadata[METADATA_KEY] == Encoder(str(out)).info.metadata[METADATA_KEY]
+    itq = tmp_path / "itq.onnx"
+    code = main(["whiten", tiny_model, data, "--out", str(itq), "--itq-codes", "8", "--cache-dir", "", "--force"])
+    printed = capsys.readouterr()
+    assert code == 0 and "pca-itq-8 codes, val Hamming mAP@100 " in printed.out, printed.err
+    assert Encoder(str(itq)).info.code_bits == 8
     code = main(["whiten", tiny_model, data, "--out", tiny_model, "--cache-dir", ""])
     assert code == 1 and "--out must differ" in capsys.readouterr().err
     code = main(["whiten", tiny_model, str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.onnx")])

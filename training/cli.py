@@ -271,6 +271,10 @@ def whiten_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fit", default="train", help="split to fit on (default: %(default)s)")
     p.add_argument("--check", default="val", help="split that picks the shrinkage and checks the gain, against "
                                                   "the fit split as database ('' = none; default: %(default)s)")
+    p.add_argument("--itq-codes", type=int, default=0, metavar="BITS",
+                   help="also replace the model's codes with BITS-bit codes of the whitened embedding: PCA to BITS "
+                        "dimensions and an ITQ rotation fitted on the fit split, signs (0 = keep the model's codes; "
+                        "default: %(default)s)")
     p.add_argument("--out", required=True, help="output .onnx path")
     p.add_argument("--int8", metavar="ONNX", help="also write an int8 copy here, calibrated on the fit split")
     p.add_argument("--force", action="store_true", help="write the model even if whitening scores worse on --check")
@@ -291,9 +295,13 @@ def _run_whiten(args: argparse.Namespace) -> int:
     train, check = sets[args.fit], (sets[args.check] if args.check else None)
     if not len(train):
         raise RsirError(f"{args.dataset}: split {args.fit!r} is empty")
-    report = whiten_model(args.model, args.out, train, check, args.threads, args.force)
+    report = whiten_model(args.model, args.out, train, check, args.threads, args.force, args.itq_codes)
     checked = (f"{args.check} mAP@100 {report['val_map100_before']:.2f} -> {report['val_map100_after']:.2f}"
                if report["checked_on"] else "not checked on a validation split")
+    if "codes" in report:
+        checked += f"; {report['codes']} codes" + (
+            f", {args.check} Hamming mAP@100 {report['val_hamming_map100_before']:.2f} -> "
+            f"{report['val_hamming_map100_after']:.2f}" if report["checked_on"] else "")
     print(f"wrote {args.out}: within-class whitening fitted on {report['train_items']} {args.fit} items of "
           f"{report['classes']} classes, shrinkage {report['shrinkage']:g}; {checked}")
     if args.int8:

@@ -7,6 +7,10 @@ those directions count less in the cosine. It is the "learned whitening" of Rade
 class labels in place of matching pairs. The result is a new ONNX model whose `embedding` output is
 normalise((normalise(e) - mean) @ P); codes and every other output are unchanged, so hash search is unaffected
 and `--rerank` / float search use the whitened embedding.
+
+With `code_bits`, the model's codes are replaced too: PCA to that many dimensions and an ITQ rotation (Gong &
+Lazebnik 2011, faiss's ITQTransform) of the whitened embedding, the signs of which are the new codes - hashing by
+whitening then thresholding, as LDAHash (Strecha et al., TPAMI 2012) does with learned thresholds.
 """
 from __future__ import annotations
 
@@ -17,11 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.encoder import Encoder, l2_normalise
+from core.encoder import Encoder, l2_normalise, pack_signs
 from core.errors import RsirError
 
 from .datasets import ImageSet
-from .evaluate import score
+from .evaluate import pm1, score
 
 SHRINKAGES = (0.0, 0.01, 0.1)  # tried on the validation split; without one, UNCHECKED_SHRINKAGE is used
 UNCHECKED_SHRINKAGE = 0.01
@@ -66,6 +70,37 @@ def fit_within_class(embeddings: np.ndarray, labels: np.ndarray, shrinkage: floa
     return Whitening(x.mean(axis=0).astype(np.float32), projection.astype(np.float32), shrinkage)
 
 
+@dataclass
+class CodeProjection:
+    """Hash logits of the whitened embedding z: (z - mean) @ matrix, signs = the codes."""
+    mean: np.ndarray  # (D,) float32
+    matrix: np.ndarray  # (D, bits) float32
+
+    def logits(self, whitened: np.ndarray) -> np.ndarray:
+        return (whitened - self.mean) @ self.matrix
+
+
+def fit_itq(whitened: np.ndarray, bits: int) -> CodeProjection:
+    """PCA of the whitened training embeddings to `bits` dimensions, then the ITQ rotation (faiss ITQTransform,
+    seeded), as one affine map."""
+    import faiss
+
+    dim = whitened.shape[1]
+    if bits <= 0 or bits % 8 or bits > dim:
+        raise ValueError(f"code bits must be a positive multiple of 8 up to the embedding size {dim}, got {bits}")
+    itq = faiss.ITQTransform(dim, bits, True)
+    itq.train(np.ascontiguousarray(whitened, np.float32))
+    lin = itq.pca_then_itq
+    matrix = faiss.vector_to_array(lin.A).reshape(lin.d_out, lin.d_in).T
+    return CodeProjection(faiss.vector_to_array(itq.mean).astype(np.float32), np.ascontiguousarray(matrix, np.float32))
+
+
+def _hamming_map100(q_codes: np.ndarray, q_y: np.ndarray, db_codes: np.ndarray, db_y: np.ndarray, bits: int,
+                    names: list[str]) -> float:
+    return score("hash", "hash", bits, pm1(q_codes, bits), pm1(db_codes, bits), q_y, db_y, names,
+                 min(100, len(db_codes))).map_k
+
+
 def _map100(queries: np.ndarray, q_y: np.ndarray, database: np.ndarray, db_y: np.ndarray, names: list[str]) -> float:
     return score("float", "float", 0, queries, database, q_y, db_y, names, min(100, len(database))).map_k
 
@@ -93,27 +128,75 @@ def choose(train_e: np.ndarray, train: ImageSet, val_e: np.ndarray | None, val: 
 
 
 def check_gain(model_path: str, report: dict) -> None:
-    """Raise unless whitening scored better than the model on the validation split (no split: nothing to check)."""
-    if report["checked_on"] and report["val_map100_after"] <= report["val_map100_before"]:
-        raise RsirError(f"{model_path}: whitening does not help on the validation split (mAP@100 "
-                        f"{report['val_map100_before']:.2f} -> {report['val_map100_after']:.2f}); nothing written "
-                        "(--force writes it anyway)")
+    """Raise unless whitening (and the new codes, if any) scored better than the model on the validation split
+    (no split: nothing to check)."""
+    if not report["checked_on"]:
+        return
+    for what, key in (("whitening does", "val_map100"), ("the new codes do", "val_hamming_map100")):
+        if f"{key}_after" in report and report[f"{key}_after"] <= report[f"{key}_before"]:
+            raise RsirError(f"{model_path}: {what} not help on the validation split (mAP@100 "
+                            f"{report[f'{key}_before']:.2f} -> {report[f'{key}_after']:.2f}); nothing written "
+                            "(--force writes it anyway)")
 
 
-def append_to_onnx(model_path: str, out_path: str, whitening: Whitening, metadata: dict[str, str]) -> None:
-    """Write `model_path` with the whitening appended to its embedding output (same output name) and `metadata`
-    added, atomically: a failed write leaves no file at `out_path`."""
+def _rename(graph, old: str, new: str) -> None:
+    for node in graph.node:
+        node.output[:] = [new if o == old else o for o in node.output]
+        node.input[:] = [new if i == old else i for i in node.input]
+
+
+def _prune(graph) -> None:
+    """Drop the nodes and initializers no graph output depends on (a replaced hash head)."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(list(graph.node)):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+    if len(keep) < len(graph.node):
+        del graph.node[:]
+        graph.node.extend(reversed(keep))
+    unused = [t for t in graph.initializer if t.name not in needed]
+    for t in unused:
+        graph.initializer.remove(t)
+
+
+def _replace_codes(graph, outputs: dict, projection: CodeProjection) -> None:
+    """Point the code output at (embedding - mean) @ matrix; the model's own hash head, if any, is dropped."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    code = outputs.get("code", "hash_logits")
+    batch = graph.output[[o.name for o in graph.output].index(outputs["embedding"])].type.tensor_type.shape.dim[0]
+    if code in [o.name for o in graph.output]:
+        _rename(graph, code, f"{code}_replaced")
+        graph.output.remove(graph.output[[o.name for o in graph.output].index(code)])
+    graph.initializer.extend([numpy_helper.from_array(projection.mean, "rsir_codes_mean"),
+                              numpy_helper.from_array(projection.matrix, "rsir_codes_matrix")])
+    graph.node.extend([
+        helper.make_node("Sub", [outputs["embedding"], "rsir_codes_mean"], ["rsir_codes_centred"]),
+        helper.make_node("MatMul", ["rsir_codes_centred", "rsir_codes_matrix"], [code]),
+    ])
+    out = helper.make_tensor_value_info(code, TensorProto.FLOAT, [None, projection.matrix.shape[1]])
+    out.type.tensor_type.shape.dim[0].CopyFrom(batch)
+    graph.output.append(out)
+    outputs["code"] = code
+    _prune(graph)
+
+
+def append_to_onnx(model_path: str, out_path: str, whitening: Whitening, metadata: dict[str, str],
+                   codes: CodeProjection | None = None) -> None:
+    """Write `model_path` with the whitening appended to its embedding output (same output name), its code output
+    replaced by `codes` if given, and `metadata` added, atomically: a failed write leaves no file at `out_path`."""
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(model_path)
     meta = {p.key: p.value for p in model.metadata_props}
-    name = json.loads(meta["rsir.outputs"])["embedding"]
+    outputs = json.loads(meta["rsir.outputs"])
+    name = outputs["embedding"]
     raw = f"{name}_unwhitened"
     graph = model.graph
-    for node in graph.node:
-        node.output[:] = [raw if o == name else o for o in node.output]
-        node.input[:] = [raw if i == name else i for i in node.input]
+    _rename(graph, name, raw)
     graph.initializer.extend([numpy_helper.from_array(whitening.mean, "rsir_whiten_mean"),
                               numpy_helper.from_array(whitening.projection, "rsir_whiten_projection")])
     graph.node.extend([
@@ -122,6 +205,10 @@ def append_to_onnx(model_path: str, out_path: str, whitening: Whitening, metadat
         helper.make_node("MatMul", ["rsir_whiten_centred", "rsir_whiten_projection"], ["rsir_whiten_projected"]),
         helper.make_node("LpNormalization", ["rsir_whiten_projected"], [name], axis=1, p=2),
     ])
+    if codes is not None:
+        _replace_codes(graph, outputs, codes)
+        meta.update({"rsir.outputs": json.dumps(outputs), "rsir.code_bits": str(codes.matrix.shape[1]),
+                     "rsir.model_type": "embedding+hash"})
     meta.update(metadata)
     del model.metadata_props[:]
     for key, value in meta.items():
@@ -142,11 +229,12 @@ def append_to_onnx(model_path: str, out_path: str, whitening: Whitening, metadat
 
 
 def whiten_model(model_path: str, out_path: str, train: ImageSet, val: ImageSet | None = None,
-                 threads: int | None = None, force: bool = False) -> dict:
-    """Fit within-class whitening on `train` (the model's labelled training split) and write the whitened model.
+                 threads: int | None = None, force: bool = False, code_bits: int = 0) -> dict:
+    """Fit within-class whitening on `train` (the model's labelled training split) and write the whitened model;
+    with `code_bits`, its codes become PCA-ITQ codes of the whitened embedding.
 
     Refuses cross-modal encoders (whitening one side of a shared space breaks it), already whitened models,
-    multi-label data, and - unless `force` - a whitening that scores worse on `val` than the model does."""
+    multi-label data, and - unless `force` - a whitening or codes that score worse on `val` than the model's."""
     encoder = Encoder(model_path, threads=threads, batch_size=256)
     info = encoder.info
     if info.shared_space:
@@ -156,15 +244,25 @@ def whiten_model(model_path: str, out_path: str, train: ImageSet, val: ImageSet 
     if train.multi_label:
         raise RsirError(f"{model_path}: within-class whitening needs single-label data, the training split is "
                         "multi-label")
-    train_e, _ = encoder.encode(train.pixels)
-    val_e = encoder.encode(val.pixels)[0] if val is not None and len(val) else None
+    train_e, train_c = encoder.encode(train.pixels)
+    val_e, val_c = encoder.encode(val.pixels) if val is not None and len(val) else (None, None)
     try:
         whitening, report = choose(train_e, train, val_e, val)
+        codes = fit_itq(whitening.apply(train_e), code_bits) if code_bits else None
     except ValueError as exc:
         raise RsirError(f"{model_path}: {exc}") from None
+    if codes is not None:
+        report["codes"] = f"pca-itq-{code_bits}"
+        if report["checked_on"]:
+            names = list(train.class_names)
+            report["val_hamming_map100_before"] = _hamming_map100(val_c, val.labels, train_c, train.labels,
+                                                                  info.effective_code_bits, names)
+            report["val_hamming_map100_after"] = _hamming_map100(
+                pack_signs(codes.logits(whitening.apply(val_e))), val.labels,
+                pack_signs(codes.logits(whitening.apply(train_e))), train.labels, code_bits, names)
     if not force:
         check_gain(model_path, report)
     report.update({"kind": "within-class", "train_items": len(train), "classes": len(train.class_names),
                    "shrinkage": whitening.shrinkage, "source_sha256": info.sha256})
-    append_to_onnx(model_path, out_path, whitening, {METADATA_KEY: json.dumps(report, sort_keys=True)})
+    append_to_onnx(model_path, out_path, whitening, {METADATA_KEY: json.dumps(report, sort_keys=True)}, codes)
     return report
