@@ -263,7 +263,8 @@ def whiten_command(subparsers: argparse._SubParsersAction) -> None:
                     "within-class covariance of its embeddings (LDA's whitening step, every dimension kept) and "
                     "write a copy of the model whose embedding output is whitened and renormalised. The shrinkage "
                     "is chosen on the validation split, and nothing is written if whitening scores worse there. "
-                    "Hash codes are unchanged. Not for cross-modal encoders or multi-label data.")
+                    "Hash codes are unchanged unless --itq-codes replaces them. Not for cross-modal encoders or "
+                    "multi-label data.")
     p.add_argument("model", help="ONNX model exported by `rsir export`")
     p.add_argument("dataset", help="the labelled dataset it was trained on: folder per class, or a split CSV")
     p.add_argument("--split", help="split CSV (path,class,split) when DATASET is a folder without split.csv")
