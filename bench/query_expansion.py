@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core.encoder import Encoder  # noqa: E402
-from training.datasets import load_folder  # noqa: E402
+from training.datasets import load_folder, model_band_indices  # noqa: E402
 from training.evaluate import pm1, expand_query_set, score  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def main() -> int:
 
     enc = Encoder(args.model, batch_size=256)
     info = enc.info
-    bands = [b if isinstance(b, int) else i + 1 for i, b in enumerate(info.bands)]
+    bands = model_band_indices(info.bands)
     splits = [s.strip() for s in args.queries.split(",") if s.strip()]
     sets = load_folder(args.dataset, bands, info.input_size, args.cache_dir or None, splits=tuple(splits) + ("train",))
     db = sets["train"]

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core.encoder import Encoder, pack_signs  # noqa: E402
-from training.datasets import load_folder  # noqa: E402
+from training.datasets import load_folder, model_band_indices  # noqa: E402
 from training.evaluate import pm1, score  # noqa: E402
 from training.whitening import choose, fit_itq  # noqa: E402
 
@@ -30,7 +30,7 @@ def main() -> int:
 
     enc = Encoder(args.model, batch_size=256)
     info = enc.info
-    bands = [b if isinstance(b, int) else i + 1 for i, b in enumerate(info.bands)]
+    bands = model_band_indices(info.bands)
     sets = load_folder(args.dataset, bands, info.input_size, args.cache_dir or None, splits=("train", "val", "test"))
     emb = {s: enc.encode(sets[s].pixels) for s in sets}
     y = {s: sets[s].labels for s in sets}

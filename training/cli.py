@@ -194,10 +194,10 @@ def eval_command(subparsers: argparse._SubParsersAction) -> None:
 def _labelled_sets(args: argparse.Namespace, info, splits) -> dict:
     """The named splits of `args.dataset` (a folder per class, a split CSV, a multi-label table or BigEarthNet;
     `args.split`, `args.split_seed`, `args.cache_dir`, `args.bigearthnet`), read as the model `info` wants them."""
-    from .datasets import load_folder, load_split_csv
+    from .datasets import load_folder, load_split_csv, model_band_indices
     from .multilabel_data import is_label_table, load_bigearthnet, load_label_table
 
-    bands = [b if isinstance(b, int) else i + 1 for i, b in enumerate(info.bands)]
+    bands = model_band_indices(info.bands)
     splits = tuple(dict.fromkeys(splits))
     cache = args.cache_dir or None
     table = args.split or args.dataset

@@ -109,6 +109,12 @@ def load_split_csv(csv_path: str, bands: list[int], size: int, cache_dir: str | 
     return _from_rows(os.path.dirname(os.path.abspath(csv_path)), rows, bands, size, cache_dir, splits, progress)
 
 
+def model_band_indices(bands: list) -> list[int]:
+    """Bands to read from a dataset's image files for a model whose `rsir.bands` is `bands`: its 1-based indices
+    as they are, and for band names their positions (a dataset's files hold the model's bands in its order)."""
+    return [b if isinstance(b, int) else i + 1 for i, b in enumerate(bands)]
+
+
 def load_folder(root: str, bands: list[int], size: int, cache_dir: str | None = None, seed: int = 42,
                 splits=("train", "val", "test"), progress=None) -> dict[str, ImageSet]:
     """A folder per class; uses `root/split.csv` when present, else the 70/10/20 per-class split with `seed`."""
