@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .onnx_metadata import set_metadata
+
 FORMAT_VERSION = "1"
 PARITY_ATOL = 1e-4
 
@@ -107,10 +109,7 @@ def export_onnx(net: torch.nn.Module, spec: ExportSpec, out_path: str, opset: in
                               verbose=False)
         model = onnx.load(tmp)
         meta = _metadata(net, spec, embedding_dim, code_bits, names)
-        del model.metadata_props[:]
-        for key, value in meta.items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
+        set_metadata(model, meta)
         model.doc_string = f"rsir retrieval model ({spec.method})"
         onnx.checker.check_model(model)
         onnx.save(model, tmp)

@@ -13,6 +13,8 @@ import numpy as np
 
 from core.fileio import atomic_path
 
+from .onnx_metadata import set_metadata
+
 
 class _Calibration:
     """onnxruntime's CalibrationDataReader protocol over raw pixels, preprocessed as core/'s encoder does."""
@@ -51,10 +53,7 @@ def quantize_int8(onnx_in: str, onnx_out: str, calibration: np.ndarray | None = 
             meta["rsir.quantization"] = (f"int8 weights and activations (onnxruntime static QDQ, per channel, "
                                          f"calibrated on {len(calibration)} images)")
         model = onnx.load(q)
-    del model.metadata_props[:]
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_metadata(model, meta)
     with atomic_path(onnx_out) as tmp_out:
         onnx.save(model, tmp_out)
     return meta

@@ -15,17 +15,17 @@ whitening then thresholding, as LDAHash (Strecha et al., TPAMI 2012) does with l
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
 from core.encoder import Encoder, l2_normalise, pack_signs
 from core.errors import RsirError
+from core.fileio import atomic_path
 
 from .datasets import ImageSet
 from .evaluate import pm1, score
+from .onnx_metadata import set_metadata
 
 SHRINKAGES = (0.0, 0.01, 0.1)  # tried on the validation split; without one, UNCHECKED_SHRINKAGE is used
 UNCHECKED_SHRINKAGE = 0.01
@@ -210,22 +210,10 @@ def append_to_onnx(model_path: str, out_path: str, whitening: Whitening, metadat
         meta.update({"rsir.outputs": json.dumps(outputs), "rsir.code_bits": str(codes.matrix.shape[1]),
                      "rsir.model_type": "embedding+hash"})
     meta.update(metadata)
-    del model.metadata_props[:]
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_metadata(model, meta)
     onnx.checker.check_model(model)
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.partial", dir=out_dir)
-    os.close(fd)
-    try:
+    with atomic_path(out_path) as tmp:
         onnx.save(model, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def whiten_model(model_path: str, out_path: str, train: ImageSet, val: ImageSet | None = None,
@@ -248,7 +236,8 @@ def whiten_model(model_path: str, out_path: str, train: ImageSet, val: ImageSet 
     val_e, val_c = encoder.encode(val.pixels) if val is not None and len(val) else (None, None)
     try:
         whitening, report = choose(train_e, train, val_e, val)
-        codes = fit_itq(whitening.apply(train_e), code_bits) if code_bits else None
+        white_train = whitening.apply(train_e)
+        codes = fit_itq(white_train, code_bits) if code_bits else None
     except ValueError as exc:
         raise RsirError(f"{model_path}: {exc}") from None
     if codes is not None:
@@ -259,7 +248,7 @@ def whiten_model(model_path: str, out_path: str, train: ImageSet, val: ImageSet 
                                                                   info.effective_code_bits, names)
             report["val_hamming_map100_after"] = _hamming_map100(
                 pack_signs(codes.logits(whitening.apply(val_e))), val.labels,
-                pack_signs(codes.logits(whitening.apply(train_e))), train.labels, code_bits, names)
+                pack_signs(codes.logits(white_train)), train.labels, code_bits, names)
     if not force:
         check_gain(model_path, report)
     report.update({"kind": "within-class", "train_items": len(train), "classes": len(train.class_names),
