@@ -15,7 +15,7 @@ CACHE   := cache
 # The shipped default model (EuroSAT-trained, MiLAN hashing on a semi-hard triplet model, within-class whitened;
 # default_model/README.md); the untrained ImageNet + LSH
 # model is exported for the benchmarks.
-MODEL   := default_model/eurosat_rgb_lite0_milan128_rot4_wcw.onnx
+MODEL   := default_model/eurosat_rgb_lite2_milan128_rot4_wcw.onnx
 # One demo index per model: an index refuses a model it was not built with.
 DEMO_INDEX = $(DEMO)/index-$(notdir $(basename $(MODEL)))
 BASE_MODEL := models/efficientnet_lite0_imagenet_lsh64.onnx

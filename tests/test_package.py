@@ -36,7 +36,7 @@ def test_plugin_zip_is_self_contained(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=str(tmp_path), check=True).stdout.split()
     assert out == ["rsir_qgis_plugin.core.search", "False",
-                   os.path.join("plugins", "rsir_qgis_plugin", "models", "eurosat_rgb_lite0_milan128_rot4_wcw.onnx")]
+                   os.path.join("plugins", "rsir_qgis_plugin", "models", "eurosat_rgb_lite2_milan128_rot4_wcw.onnx")]
 
 
 def test_the_default_model_ships_with_its_metadata_and_prefills_the_plugin(tmp_path):
@@ -44,17 +44,17 @@ def test_the_default_model_ships_with_its_metadata_and_prefills_the_plugin(tmp_p
     from rsir_qgis_plugin.engine import default_model_path
 
     path = default_model_path()
-    assert os.path.basename(path) == "eurosat_rgb_lite0_milan128_rot4_wcw.onnx"
+    assert os.path.basename(path) == "eurosat_rgb_lite2_milan128_rot4_wcw.onnx"
     info = Encoder(path).info
     assert info.method == "milan" and info.input_size == 96 and info.embedding_dim == 128 and info.code_bits == 128
     assert info.views == 4 and info.metadata["rsir.invariance"] == "rot4"
     assert len(info.class_names) == 10 and "SeaLake" in info.class_names
-    assert os.path.getsize(path) <= 20e6
+    assert os.path.getsize(path) <= 25e6
     out = str(tmp_path / "rsir_qgis_plugin.zip")
     names = build(out)
-    assert {"rsir_qgis_plugin/models/eurosat_rgb_lite0_milan128_rot4_wcw.onnx",
-            "rsir_qgis_plugin/models/int8/eurosat_rgb_lite0_milan128_rot4_wcw.int8.onnx",
-            "rsir_qgis_plugin/models/fast/eurosat_rgb_lite0_milan128_wcw.int8.onnx"} <= set(names)
+    assert {"rsir_qgis_plugin/models/eurosat_rgb_lite2_milan128_rot4_wcw.onnx",
+            "rsir_qgis_plugin/models/int8/eurosat_rgb_lite2_milan128_rot4_wcw.int8.onnx",
+            "rsir_qgis_plugin/models/fast/eurosat_rgb_lite2_milan128_wcw.int8.onnx"} <= set(names)
 
 
 def test_the_int8_default_model_ships_beside_it_and_embeds_alike():
@@ -65,7 +65,7 @@ def test_the_int8_default_model_ships_beside_it_and_embeds_alike():
 
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "default_model")
     float_enc = Encoder(default_model_path(), threads=1)
-    q_enc = Encoder(os.path.join(root, "int8", "eurosat_rgb_lite0_milan128_rot4_wcw.int8.onnx"), threads=1)
+    q_enc = Encoder(os.path.join(root, "int8", "eurosat_rgb_lite2_milan128_rot4_wcw.int8.onnx"), threads=1)
     assert q_enc.session.get_modelmeta().custom_metadata_map["rsir.quantization"].startswith(
         "int8 weights and activations")
     assert os.path.getsize(q_enc.info.path) < os.path.getsize(float_enc.info.path) / 3
@@ -79,7 +79,9 @@ def test_the_int8_default_model_ships_beside_it_and_embeds_alike():
     raw = np.kron(raw, np.ones((1, 1, cell, cell), np.float32))
     emb_f, _ = float_enc.encode(raw)
     emb_q, _ = q_enc.encode(raw)
-    assert np.sum(emb_f * emb_q, axis=1).mean() > 0.97
+    # (0.96 here; 0.98 on 512 EuroSAT test images, where int8 costs 0.15 mAP@100: default_model/README.md)
+    assert np.sum(emb_f * emb_q, axis=1).mean() > 0.95
+    assert (np.argmax(emb_q @ emb_f.T, axis=1) == np.arange(len(raw))).all()  # each nearest its own float
     assert q_enc.info.views == 4  # the int8 copy averages over quarter turns too
     emb_turned, codes_turned = q_enc.encode(np.ascontiguousarray(np.rot90(raw, 1, axes=(2, 3))))
     np.testing.assert_allclose(emb_turned, emb_q, atol=1e-4)
@@ -88,7 +90,7 @@ def test_the_int8_default_model_ships_beside_it_and_embeds_alike():
     assert flipped.max() <= 2 and flipped.sum() <= 4
 
     # the fast model: the same checkpoint, int8, without view averaging (4x faster): close, but not invariant
-    fast = Encoder(os.path.join(root, "fast", "eurosat_rgb_lite0_milan128_wcw.int8.onnx"), threads=1)
+    fast = Encoder(os.path.join(root, "fast", "eurosat_rgb_lite2_milan128_wcw.int8.onnx"), threads=1)
     assert fast.info.views == 1 and "rsir.invariance" not in fast.info.metadata
     # all three shipped copies whiten their embedding (rsir whiten), each fitted on its own training embeddings
     assert all("rsir.whitening" in e.info.metadata for e in (float_enc, q_enc, fast))
