@@ -70,6 +70,8 @@ def main() -> int:
                 and enc.info.input_size == base_info.input_size)
         cos = f"{float(np.mean(np.sum(enc.encode(raw)[0] * emb0, axis=1))):.4f}" if same else "-"
         quant = meta.get("rsir.quantization", "float32").split(" (")[0]
+        if "rsir.weight_storage" in meta:
+            quant += f", {meta['rsir.weight_storage']} weights"
         print(f"| {os.path.basename(path)} | {enc.info.input_size} | {enc.info.views} | {quant} | "
               f"{os.path.getsize(path) / 1e6:.1f} | {rates[0]:.0f} | {rates[1]:.0f} | "
               f"{rates[0] / base[0]:.2f}x / {rates[1] / base[1]:.2f}x | {cos} |")

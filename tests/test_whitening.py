@@ -14,7 +14,8 @@ from core.errors import RsirError
 from tests.rasters import write_class_folder
 from training.datasets import ImageSet
 from training.evaluate import score
-from training.whitening import METADATA_KEY, check_gain, choose, fit_itq, fit_within_class, whiten_model
+from training.whitening import (METADATA_KEY, check_gain, choose, choose_itq, fit_itq, fit_within_class,
+                                whiten_model)
 
 
 def _nuisance_set(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +110,11 @@ def test_itq_codes_replace_the_hash_head(tiny_model, tmp_path):
     e0, _ = src.encode(pixels)
     e1, c1 = dst.encode(pixels)
     w = fit_within_class(e0[:60], labels[:60], report["shrinkage"])
-    proj = fit_itq(w.apply(e0[:60]), 8)
+    # the ITQ rotation is the best of 16 starting rotations on val
+    by_seed = report["val_hamming_map100_by_itq_seed"]
+    assert len(by_seed) == 16 and report["val_hamming_map100_after"] == by_seed[str(report["itq_seed"])] \
+        == max(by_seed.values())
+    proj = fit_itq(w.apply(e0[:60]), 8, report["itq_seed"])
     logits = proj.logits(w.apply(e0))
     decided = np.abs(logits) > 1e-4  # signs of logits within float rounding of zero may differ
     assert np.array_equal(np.unpackbits(c1, axis=1)[decided], (logits > 0)[decided])
@@ -129,6 +134,24 @@ def test_itq_codes_replace_the_hash_head(tiny_model, tmp_path):
     with pytest.raises(RsirError, match="the new codes do not help"):
         check_gain(out, {"checked_on": "val", "val_map100_before": 1.0, "val_map100_after": 2.0,
                          "val_hamming_map100_before": 50.0, "val_hamming_map100_after": 40.0})
+
+
+def test_choose_itq_keeps_the_starting_rotation_that_scores_best_on_val():
+    x, y = _nuisance_set(150, 3)
+    xv, yv = _nuisance_set(40, 4)
+    w = fit_within_class(x, y)
+    codes, report = choose_itq(w.apply(x), y, w.apply(xv), yv, 8, ["a", "b"], restarts=6)
+    by_seed = report["val_hamming_map100_by_itq_seed"]
+    assert sorted(by_seed) == [str(i) for i in range(6)]
+    assert report["val_hamming_map100_after"] == by_seed[str(report["itq_seed"])] == max(by_seed.values())
+    np.testing.assert_array_equal(codes.matrix, fit_itq(w.apply(x), 8, report["itq_seed"]).matrix)
+    # different seeds start from different rotations and end at different ones
+    assert not np.allclose(fit_itq(w.apply(x), 8, 0).matrix, fit_itq(w.apply(x), 8, 1).matrix)
+    unchecked, report = choose_itq(w.apply(x), y, None, None, 8, ["a", "b"])
+    assert report == {"itq_seed": 0}
+    np.testing.assert_array_equal(unchecked.matrix, fit_itq(w.apply(x), 8, 0).matrix)
+    with pytest.raises(ValueError, match="at least 1"):
+        choose_itq(w.apply(x), y, w.apply(xv), yv, 8, ["a", "b"], restarts=0)
 
 
 def test_cross_modal_encoders_are_refused(tiny_model, tmp_path):
@@ -152,10 +175,14 @@ def test_whiten_command_writes_float_and_int8(tiny_model, tmp_path, capsys, twin
     assert "val mAP@100" in printed.out and f"wrote {int8}" in printed.out
     assert Encoder(str(int8)).info.metadata[METADATA_KEY] == Encoder(str(out)).info.metadata[METADATA_KEY]
     itq = tmp_path / "itq.onnx"
-    code = main(["whiten", tiny_model, data, "--out", str(itq), "--itq-codes", "8", "--cache-dir", "", "--force"])
+    code = main(["whiten", tiny_model, data, "--out", str(itq), "--itq-codes", "8", "--cache-dir", "", "--force",
+                 "--half-weights"])
     printed = capsys.readouterr()
-    assert code == 0 and "pca-itq-8 codes, val Hamming mAP@100 " in printed.out, printed.err
-    assert Encoder(str(itq)).info.code_bits == 8
+    assert code == 0 and "pca-itq-8 codes (ITQ seed " in printed.out and "val Hamming mAP@100 " in printed.out, \
+        printed.err
+    # the tiny CNN's weights are below 1024 values each; the whitening and ITQ matrices are not
+    assert f"wrote {itq}: 3 weight tensors stored in float16" in printed.out
+    assert Encoder(str(itq)).info.code_bits == 8 and Encoder(str(itq)).info.metadata["rsir.weight_storage"]
     code = main(["whiten", tiny_model, data, "--out", tiny_model, "--cache-dir", ""])
     assert code == 1 and "--out must differ" in capsys.readouterr().err
     code = main(["whiten", tiny_model, str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.onnx")])

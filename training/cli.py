@@ -80,10 +80,28 @@ def export_command(subparsers: argparse._SubParsersAction) -> None:
                    help="--int8: calibrate activation ranges on N images of the checkpoint's training split "
                         "(static quantisation, faster on CPU); 0 = weights only (dynamic), the only choice with "
                         "--pretrained (default: %(default)s)")
+    _half_weights_option(p)
     p.set_defaults(func=_run_export)
 
 
-def _export_checkpoint(path: str, out: str, invariance: str = "none") -> None:
+def _half_weights_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--half-weights", action="store_true",
+                   help="store the float model's weights in float16 (half the file; it still computes in float32, "
+                        "as fast, embeddings within ~1e-5 cosine); the --int8 copy is made from float32 first")
+
+
+def _halve(paths: list[str]) -> None:
+    from .weight_storage import MIN_ELEMENTS, halve_file
+
+    for path in paths:
+        before, after, converted = halve_file(path)
+        print(f"wrote {path}: {converted} weight tensors stored in float16, {before / 1e6:.1f} -> {after / 1e6:.1f} MB"
+              if converted else f"{path}: no weight tensor to store in float16 (none has {MIN_ELEMENTS}+ values, "
+                                "or it is stored so already); left as it is")
+
+
+def _export_checkpoint(path: str, out: str, invariance: str = "none") -> list[str]:
+    """Export `path` to `out` (a cross-modal checkpoint: one file per modality); returns the files written."""
     from . import checkpoint
     from .export import crossmodal_paths, export_checkpoint, export_crossmodal_checkpoint
 
@@ -95,12 +113,13 @@ def _export_checkpoint(path: str, out: str, invariance: str = "none") -> None:
         for m, meta in metas.items():
             print(f"wrote {paths[m]}: {m} encoder ({meta['rsir.method']}, bands {meta['rsir.bands']}, "
                   f"{meta['rsir.embedding_dim']}-d, shared space {meta['rsir.shared_space'][:12]})")
-        return
+        return [paths[m] for m in metas]
     meta = export_checkpoint(path, out, invariance)
     print(f"wrote {out}: {meta['rsir.method']} on {meta['rsir.backbone']}, embedding {meta['rsir.embedding_dim']}-d, "
           f"input {meta['rsir.input_size']} px, {len(json.loads(meta['rsir.class_names']))} classes, "
           f"val mAP@100 {meta['rsir.val_map100']}"
           + (f", averaged over {meta['rsir.invariance']}" if "rsir.invariance" in meta else ""))
+    return [out]
 
 
 def _calibration_images(checkpoint_path: str, n: int) -> np.ndarray:
@@ -130,9 +149,10 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.invariance != "none" and args.pretrained:
         raise RsirError("--invariance applies to trained checkpoints, not --pretrained")
     if args.checkpoint:
-        _export_checkpoint(args.checkpoint, args.out, args.invariance)
+        written = _export_checkpoint(args.checkpoint, args.out, args.invariance)
     else:
         _export_pretrained(args)
+        written = [args.out]
     if args.int8:
         from .quantize import quantize_int8
 
@@ -140,6 +160,8 @@ def _run_export(args: argparse.Namespace) -> int:
         meta = quantize_int8(args.out, args.int8, images)
         print(f"wrote {args.int8}: {meta['rsir.quantization']}, {os.path.getsize(args.int8) / 1e6:.1f} MB "
               f"(float: {os.path.getsize(args.out) / 1e6:.1f} MB)")
+    if args.half_weights:
+        _halve(written)
     return 0
 
 
@@ -276,11 +298,15 @@ def whiten_command(subparsers: argparse._SubParsersAction) -> None:
                    help="also replace the model's codes with BITS-bit codes of the whitened embedding: PCA to BITS "
                         "dimensions and an ITQ rotation fitted on the fit split, signs (0 = keep the model's codes; "
                         "default: %(default)s)")
+    p.add_argument("--itq-restarts", type=int, default=16, metavar="N",
+                   help="--itq-codes: fit ITQ from N random starting rotations and keep the one that scores best on "
+                        "--check (default: %(default)s)")
     p.add_argument("--out", required=True, help="output .onnx path")
     p.add_argument("--int8", metavar="ONNX", help="also write an int8 copy here, calibrated on the fit split")
     p.add_argument("--force", action="store_true", help="write the model even if whitening scores worse on --check")
     p.add_argument("--cache-dir", default="cache/datasets", help="decoded-image cache ('' = none)")
     p.add_argument("--threads", type=int, help="onnxruntime threads")
+    _half_weights_option(p)
     p.set_defaults(func=_run_whiten)
 
 
@@ -296,11 +322,12 @@ def _run_whiten(args: argparse.Namespace) -> int:
     train, check = sets[args.fit], (sets[args.check] if args.check else None)
     if not len(train):
         raise RsirError(f"{args.dataset}: split {args.fit!r} is empty")
-    report = whiten_model(args.model, args.out, train, check, args.threads, args.force, args.itq_codes)
+    report = whiten_model(args.model, args.out, train, check, args.threads, args.force, args.itq_codes,
+                          args.itq_restarts)
     checked = (f"{args.check} mAP@100 {report['val_map100_before']:.2f} -> {report['val_map100_after']:.2f}"
                if report["checked_on"] else "not checked on a validation split")
     if "codes" in report:
-        checked += f"; {report['codes']} codes" + (
+        checked += f"; {report['codes']} codes (ITQ seed {report['itq_seed']})" + (
             f", {args.check} Hamming mAP@100 {report['val_hamming_map100_before']:.2f} -> "
             f"{report['val_hamming_map100_after']:.2f}" if report["checked_on"] else "")
     print(f"wrote {args.out}: within-class whitening fitted on {report['train_items']} {args.fit} items of "
@@ -310,6 +337,8 @@ def _run_whiten(args: argparse.Namespace) -> int:
 
         meta = quantize_int8(args.out, args.int8, _sample_rows(train.pixels, 256))
         print(f"wrote {args.int8}: {meta['rsir.quantization']}, {os.path.getsize(args.int8) / 1e6:.1f} MB")
+    if args.half_weights:
+        _halve([args.out])
     return 0
 
 

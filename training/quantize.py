@@ -13,6 +13,7 @@ import numpy as np
 
 from core.fileio import atomic_path
 
+from . import weight_storage
 from .onnx_metadata import set_metadata
 
 
@@ -41,6 +42,10 @@ def quantize_int8(onnx_in: str, onnx_out: str, calibration: np.ndarray | None = 
     src = onnx.load(onnx_in)
     meta = {p.key: p.value for p in src.metadata_props}
     with tempfile.TemporaryDirectory() as tmp:
+        if meta.pop(weight_storage.METADATA_KEY, None):  # the quantiser wants float32 initializers
+            weight_storage.restore_float(src)
+            onnx_in = os.path.join(tmp, "float32.onnx")
+            onnx.save(src, onnx_in)
         pre = os.path.join(tmp, "pre.onnx")
         quant_pre_process(onnx_in, pre, skip_symbolic_shape=True)  # folds BN etc. so more weights quantise
         q = os.path.join(tmp, "q.onnx")

@@ -29,6 +29,7 @@ from .onnx_metadata import set_metadata
 
 SHRINKAGES = (0.0, 0.01, 0.1)  # tried on the validation split; without one, UNCHECKED_SHRINKAGE is used
 UNCHECKED_SHRINKAGE = 0.01
+ITQ_RESTARTS = 16  # ITQ starting rotations tried on the validation split
 EIGEN_FLOOR = 1e-6  # relative to the mean eigenvalue: directions with no within-class spread are not blown up
 METADATA_KEY = "rsir.whitening"
 
@@ -80,19 +81,42 @@ class CodeProjection:
         return (whitened - self.mean) @ self.matrix
 
 
-def fit_itq(whitened: np.ndarray, bits: int) -> CodeProjection:
-    """PCA of the whitened training embeddings to `bits` dimensions, then the ITQ rotation (faiss ITQTransform,
-    seeded), as one affine map."""
+def fit_itq(whitened: np.ndarray, bits: int, seed: int = 123) -> CodeProjection:
+    """PCA of the whitened training embeddings to `bits` dimensions, then the ITQ rotation (faiss ITQTransform;
+    `seed` draws its random starting rotation, 123 = faiss's default), as one affine map."""
     import faiss
 
     dim = whitened.shape[1]
     if bits <= 0 or bits % 8 or bits > dim:
         raise ValueError(f"code bits must be a positive multiple of 8 up to the embedding size {dim}, got {bits}")
     itq = faiss.ITQTransform(dim, bits, True)
+    itq.itq.seed = seed
     itq.train(np.ascontiguousarray(whitened, np.float32))
     lin = itq.pca_then_itq
     matrix = faiss.vector_to_array(lin.A).reshape(lin.d_out, lin.d_in).T
     return CodeProjection(faiss.vector_to_array(itq.mean).astype(np.float32), np.ascontiguousarray(matrix, np.float32))
+
+
+def choose_itq(white_train: np.ndarray, train_y: np.ndarray, white_val: np.ndarray | None, val_y: np.ndarray | None,
+               bits: int, names: list[str], restarts: int = ITQ_RESTARTS) -> tuple[CodeProjection, dict]:
+    """ITQ converges to a local optimum that depends on its random starting rotation: on EuroSAT, 16 seeds span
+    0.5 mAP@100 at 32 bits and 0.2 at 128, and the validation score tracks the test score (docs/results.md). With
+    a validation split, fit seeds 0..`restarts`-1 and keep the one whose codes score best val -> train (Hamming
+    mAP@100); without one, seed 0."""
+    if restarts < 1:
+        raise ValueError(f"ITQ restarts must be at least 1, got {restarts}")
+    if white_val is None:
+        return fit_itq(white_train, bits, 0), {"itq_seed": 0}
+    best, by_seed = None, {}
+    for seed in range(restarts):
+        codes = fit_itq(white_train, bits, seed)
+        train_codes = pack_signs(codes.logits(white_train))
+        m = _hamming_map100(pack_signs(codes.logits(white_val)), val_y, train_codes, train_y, bits, names)
+        by_seed[str(seed)] = m
+        if best is None or m > best[1]:
+            best = (codes, m, seed)
+    return best[0], {"itq_seed": best[2], "val_hamming_map100_by_itq_seed": by_seed,
+                     "val_hamming_map100_after": best[1]}
 
 
 def _hamming_map100(q_codes: np.ndarray, q_y: np.ndarray, db_codes: np.ndarray, db_y: np.ndarray, bits: int,
@@ -217,9 +241,11 @@ def append_to_onnx(model_path: str, out_path: str, whitening: Whitening, metadat
 
 
 def whiten_model(model_path: str, out_path: str, train: ImageSet, val: ImageSet | None = None,
-                 threads: int | None = None, force: bool = False, code_bits: int = 0) -> dict:
+                 threads: int | None = None, force: bool = False, code_bits: int = 0,
+                 itq_restarts: int = ITQ_RESTARTS) -> dict:
     """Fit within-class whitening on `train` (the model's labelled training split) and write the whitened model;
-    with `code_bits`, its codes become PCA-ITQ codes of the whitened embedding.
+    with `code_bits`, its codes become PCA-ITQ codes of the whitened embedding (the best of `itq_restarts` ITQ
+    starting rotations on `val`).
 
     Refuses cross-modal encoders (whitening one side of a shared space breaks it), already whitened models,
     multi-label data, and - unless `force` - a whitening or codes that score worse on `val` than the model's."""
@@ -234,21 +260,23 @@ def whiten_model(model_path: str, out_path: str, train: ImageSet, val: ImageSet 
                         "multi-label")
     train_e, train_c = encoder.encode(train.pixels)
     val_e, val_c = encoder.encode(val.pixels) if val is not None and len(val) else (None, None)
+    names = list(train.class_names)
+    codes = None
     try:
         whitening, report = choose(train_e, train, val_e, val)
-        white_train = whitening.apply(train_e)
-        codes = fit_itq(white_train, code_bits) if code_bits else None
+        if code_bits:
+            checked = bool(report["checked_on"])
+            codes, itq_report = choose_itq(whitening.apply(train_e), train.labels,
+                                           whitening.apply(val_e) if checked else None,
+                                           val.labels if checked else None, code_bits, names, itq_restarts)
     except ValueError as exc:
         raise RsirError(f"{model_path}: {exc}") from None
     if codes is not None:
         report["codes"] = f"pca-itq-{code_bits}"
+        report.update(itq_report)
         if report["checked_on"]:
-            names = list(train.class_names)
             report["val_hamming_map100_before"] = _hamming_map100(val_c, val.labels, train_c, train.labels,
                                                                   info.effective_code_bits, names)
-            report["val_hamming_map100_after"] = _hamming_map100(
-                pack_signs(codes.logits(whitening.apply(val_e))), val.labels,
-                pack_signs(codes.logits(white_train)), train.labels, code_bits, names)
     if not force:
         check_gain(model_path, report)
     report.update({"kind": "within-class", "train_items": len(train), "classes": len(train.class_names),
