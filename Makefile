@@ -16,8 +16,9 @@ CACHE   := cache
 # default_model/README.md); the untrained ImageNet + LSH
 # model is exported for the benchmarks.
 MODEL   := default_model/eurosat_rgb_lite2_milan128_rot4_wcw.onnx
-# One demo index per model: an index refuses a model it was not built with.
-DEMO_INDEX = $(DEMO)/index-$(notdir $(basename $(MODEL)))
+# One demo index per model file content: an index refuses a model it was not built with, and a pull that
+# replaces the default model under the same name must not leave make demo stuck on the old index.
+DEMO_INDEX = $(DEMO)/index-$(notdir $(basename $(MODEL)))-$(shell sha256sum $(MODEL) | cut -c1-12)
 BASE_MODEL := models/efficientnet_lite0_imagenet_lsh64.onnx
 DEMO    := demo_out
 # The demo query: a 64 x 64 px (640 m) box on the barrier-island beach of the scene (EPSG:32618).
