@@ -172,8 +172,13 @@ def test_whiten_command_writes_float_and_int8(tiny_model, tmp_path, capsys, twin
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert "within-class whitening fitted on 27 train items of 3 classes" in printed.out
-    assert "val mAP@100" in printed.out and f"wrote {int8}" in printed.out
-    assert Encoder(str(int8)).info.metadata[METADATA_KEY] == Encoder(str(out)).info.metadata[METADATA_KEY]
+    assert "val mAP@100" in printed.out and f"wrote {int8}: within-class whitening fitted on 27" in printed.out
+    # the int8 copy is the model quantised, then whitened on its own embeddings
+    q_meta = Encoder(str(int8)).info.metadata
+    assert q_meta["rsir.quantization"].startswith("int8 weights and activations")
+    q_report, report = json.loads(q_meta[METADATA_KEY]), json.loads(Encoder(str(out)).info.metadata[METADATA_KEY])
+    assert q_report["train_items"] == report["train_items"] == 27
+    assert q_report["source_sha256"] != report["source_sha256"] == Encoder(tiny_model).info.sha256
     itq = tmp_path / "itq.onnx"
     code = main(["whiten", tiny_model, data, "--out", str(itq), "--itq-codes", "8", "--cache-dir", "", "--force",
                  "--half-weights"])
