@@ -201,12 +201,17 @@ class Encoder:
 
 
 def describe_method(meta: dict) -> str:
-    """How a model was made, from its metadata, for listings: "milan, averaged over rot4, within-class whitened"."""
+    """How a model was made, from its metadata, for listings: "milan, averaged over rot4, within-class whitened,
+    float16 weight storage"."""
     parts = [meta.get("rsir.method", "?")]
     if "rsir.invariance" in meta:
         parts.append(f"averaged over {meta['rsir.invariance']}")
     if "rsir.whitening" in meta:
         parts.append(f"{json.loads(meta['rsir.whitening']).get('kind', '')} whitened".strip())
+    if "rsir.quantization" in meta:  # "int8 weights and activations (...)" -> "int8 weights and activations"
+        parts.append(meta["rsir.quantization"].split(" (")[0])
+    if "rsir.weight_storage" in meta:
+        parts.append(f"{meta['rsir.weight_storage']} weight storage")
     return ", ".join(parts)
 
 

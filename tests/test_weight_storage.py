@@ -9,7 +9,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from core.cli import main
-from core.encoder import Encoder
+from core.encoder import Encoder, describe_method
 from tests.conftest import export_tiny
 from training.quantize import quantize_int8
 from training.weight_storage import METADATA_KEY, halve_file, restore_float
@@ -74,3 +74,6 @@ def test_export_half_weights_halves_the_imagenet_model_file(tmp_path, lite0_mode
     assert np.sum(emb * ref_emb, axis=1).min() > 0.9999
     assert np.unpackbits(codes ^ ref_codes, axis=1).sum(axis=1).max() <= 2
     assert METADATA_KEY not in Encoder(int8).info.metadata  # the int8 copy came from the float32 export
+    # listings (rsir info, the plugin's index summary) say which copy a model is
+    assert describe_method(Encoder(out).info.metadata).endswith(", float16 weight storage")
+    assert describe_method(Encoder(int8).info.metadata).endswith(", int8 weights")
