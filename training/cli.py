@@ -87,7 +87,7 @@ def export_command(subparsers: argparse._SubParsersAction) -> None:
 def _half_weights_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--half-weights", action="store_true",
                    help="store the float model's weights in float16 (half the file; it still computes in float32, "
-                        "as fast, embeddings within ~1e-5 cosine); the --int8 copy is made from float32 first")
+                        "as fast, embeddings within 4e-5 cosine); the --int8 copy is made from float32 first")
 
 
 def _halve(paths: list[str]) -> None:
@@ -324,6 +324,7 @@ def _run_whiten(args: argparse.Namespace) -> int:
     train, check = sets[args.fit], (sets[args.check] if args.check else None)
     if not len(train):
         raise RsirError(f"{args.dataset}: split {args.fit!r} is empty")
+
     def whiten(source: str, out: str) -> None:
         report = whiten_model(source, out, train, check, args.threads, args.force, args.itq_codes,
                               args.itq_restarts)

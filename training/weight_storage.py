@@ -1,7 +1,7 @@
 """Half-precision storage of a model's weights: large float32 initializers are stored as float16 and cast back to
 float32 at the start of the graph. The file shrinks by half (the EuroSAT Lite2 default: 20.2 -> 10.3 MB); the
 network still computes in float32 (onnxruntime folds the casts when it loads the model, so it runs as fast), and
-only the weights' rounding to 11 significant bits moves the embeddings (cosine >= 0.99997 on EuroSAT test images,
+only the weights' rounding to 11 significant bits moves the embeddings (cosine >= 0.99996 on EuroSAT test images,
 docs/results.md). Without torch, so export, whitening and quantisation share it."""
 from __future__ import annotations
 

@@ -186,7 +186,8 @@ def _prune(graph) -> None:
 
 
 def _replace_codes(graph, outputs: dict, projection: CodeProjection) -> None:
-    """Point the code output at (embedding - mean) @ matrix; the model's own hash head, if any, is dropped."""
+    """Point the code output at (embedding - mean) @ matrix; the model's own hash head is dropped unless the
+    embedding is computed from it (MiLAN's is: normalise(tanh(hash logits)))."""
     from onnx import TensorProto, helper, numpy_helper
 
     code = outputs.get("code", "hash_logits")
