@@ -32,6 +32,8 @@ def run():
         canvas = iface.mapCanvas()
         canvas.setDestinationCrs(layer.crs())
         canvas.setExtent(layer.extent())
+        if "window" in CFG:  # Xvfb has no window manager to maximise with
+            iface.mainWindow().setGeometry(0, 0, *CFG["window"])
         dock = plugin.dock
         dock.show()
         dock.open_index(CFG["index"])
@@ -45,7 +47,22 @@ def run():
         canvas.refreshAllLayers()
     except Exception:  # noqa: BLE001 - reported to the test through the JSON
         REPORT["error"] = traceback.format_exc()
-    QTimer.singleShot(4000, finish)
+    QTimer.singleShot(4000, frame)
+
+
+def frame():
+    """QGIS gives a new project the CRS of its settings once the first layer is in: set the raster's CRS and
+    extent again after that, then let the canvas render."""
+    try:
+        layer = QgsProject.instance().mapLayersByName("scene")[0]
+        QgsProject.instance().setCrs(layer.crs())
+        iface.mapCanvas().setDestinationCrs(layer.crs())
+        iface.mapCanvas().setExtent(layer.extent())
+        iface.mapCanvas().refreshAllLayers()
+        REPORT["canvas_crs"] = [iface.mapCanvas().mapSettings().destinationCrs().authid(), layer.crs().authid()]
+    except Exception:  # noqa: BLE001 - reported to the test through the JSON
+        REPORT.setdefault("error", traceback.format_exc())
+    QTimer.singleShot(3000, finish)
 
 
 def finish():

@@ -44,6 +44,7 @@ def test_plugin_in_qgis_desktop(tmp_path, twin_raster, tiny_model):
     assert report["layers"][:2] == ["query", "hits"] and report["layers"][-1] == "similarity heat map"
     assert sum(name.startswith("#") for name in report["layers"]) == 5
     assert set(report["hits"][:2]) == {0, 14} and report["table_rows"] == 5
+    assert report["canvas_crs"][0] == report["canvas_crs"][1] != ""  # the map is drawn in the raster's CRS
     shot = gdal.Open(cfg["png"]).ReadAsArray().astype(np.float32)
     assert shot.shape[1] >= 600 and shot.shape[2] >= 800
     assert shot.std() > 20 and np.unique(shot[:3].reshape(3, -1)[:, ::97], axis=1).shape[1] > 200  # not blank
