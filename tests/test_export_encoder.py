@@ -101,3 +101,22 @@ def test_model_info_rejects_bad_metadata():
         ModelInfo.from_metadata("m.onnx", "", {**good, "rsir.format": "2"})
     with pytest.raises(RsirError, match="one value per band"):
         ModelInfo.from_metadata("m.onnx", "", {**good, "rsir.mean": "[0.5]"})
+
+
+class _Noisy(torch.nn.Module):
+    """Draws fresh noise on every call, so onnxruntime can never match torch: an export that must fail."""
+
+    def forward(self, x):
+        return torch.nn.functional.normalize(x.mean(dim=(2, 3)) + torch.rand(x.shape[0], 3), dim=1)
+
+
+def test_failed_export_keeps_the_previous_file_and_leaves_no_partial(tmp_path):
+    from training.export import ExportSpec, export_onnx
+
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"the previous model")
+    spec = ExportSpec(bands=[1, 2, 3], input_size=16, scale=255.0, mean=[0.0] * 3, std=[1.0] * 3, method="noisy")
+    with pytest.raises(RuntimeError, match="differs from torch"):
+        export_onnx(_Noisy(), spec, str(out))
+    assert out.read_bytes() == b"the previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]

@@ -5,13 +5,13 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from core.fileio import atomic_path
 
 from .onnx_metadata import set_metadata
 
@@ -97,11 +97,7 @@ def export_onnx(net: torch.nn.Module, spec: ExportSpec, out_path: str, opset: in
     embedding_dim = int(ref[0].shape[1])
     code_bits = int(ref[names.index("hash_logits")].shape[1]) if "hash_logits" in names else 0
 
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.partial", dir=out_dir)
-    os.close(fd)
-    try:
+    with atomic_path(out_path) as tmp:
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         with _quiet_exporter():
             torch.onnx.export(net, (dummy,), tmp, input_names=["input"], output_names=names,
@@ -115,11 +111,6 @@ def export_onnx(net: torch.nn.Module, spec: ExportSpec, out_path: str, opset: in
         onnx.save(model, tmp)
         if check_parity:
             check_onnx_parity(net, tmp, channels, spec.input_size)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return meta
 
 
