@@ -165,6 +165,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .index.reader import Index
     from .search import query_from_box, query_from_image, query_from_tile, ranking_name, search
 
+    # argument errors first: before the index is opened and the model loaded
+    if args.rerank and not args.hash:
+        raise RsirError("--rerank re-ranks hash search candidates: add --hash")
+    if args.bbox and not args.raster:
+        raise RsirError("--bbox needs --raster: the raster (or band-stack spec) to read the box from")
     index = Index(args.index)
     bands = parse_band_list(args.bands)
     encoder = None
@@ -178,13 +183,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.image:
             query = query_from_image(index, encoder, args.image, bands, args.scale)
         else:
-            if not args.raster:
-                raise RsirError("--bbox needs --raster: the raster (or band-stack spec) to read the box from")
             query = query_from_box(index, encoder, args.raster, args.bbox, args.crs, bands, args.scale)
     mode = "hash" if args.hash else "float"
     query = expand_query(index, query, args.expand, mode, args.nprobe)
-    if args.rerank and not args.hash:
-        raise RsirError("--rerank re-ranks hash search candidates: add --hash")
     hits = search(index, query, k=args.k, mode=mode, radius=args.radius, nprobe=args.nprobe, rerank=args.rerank)
     for warning in query.warnings:
         print(f"rsir search: warning: {warning}", file=sys.stderr)

@@ -110,6 +110,9 @@ def test_bad_inputs_give_clear_errors(tmp_path, twin_raster, tiny_model, other_t
     _assert_error(capsys, ["search", tmp_path, "--tile", "0"], "not an rsir index")
     _assert_error(capsys, ["search", out, "--tile", "99"], "no tile 99")
     _assert_error(capsys, ["search", out, "--tile", "1", "--radius", "3"], "needs hash search")
+    # argument errors are found before the index is read: a missing index is not what they report
+    _assert_error(capsys, ["search", tmp_path / "nowhere", "--tile", "1", "--rerank", "5"], "--rerank", "add --hash")
+    _assert_error(capsys, ["search", tmp_path / "nowhere", "--bbox", BOX_00], "--bbox needs --raster")
 
 
 def test_all_tiles_nodata_writes_nothing(tmp_path, tiny_model, capsys):
