@@ -40,6 +40,10 @@ def _common_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=None,
                    help="divide raw pixel values by this instead of the model's scale (e.g. 3000 for "
                         "Sentinel-2 L1C reflectance into a model trained on 8-bit RGB)")
+    p.add_argument("--add-offset", type=float, default=None, metavar="V",
+                   help="add V to raw pixel values before dividing by the scale (e.g. -1000 for Sentinel-2 "
+                        "products of processing baseline 04.00 and later, whose RADIO_ADD_OFFSET is -1000); a "
+                        "band-stack spec's own \"add_offset\" wins; default 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,8 +143,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .index.builder import BuildOptions, build_index
 
     opts = BuildOptions(tile=args.tile, stride=args.stride, gsd=args.gsd, bands=parse_band_list(args.bands),
-                        scale=args.scale, max_invalid=args.max_invalid, float_factory=args.float_factory,
-                        binary_factory=args.binary_factory, checkpoint_every=args.checkpoint_every,
+                        scale=args.scale, add_offset=args.add_offset, max_invalid=args.max_invalid,
+                        float_factory=args.float_factory, binary_factory=args.binary_factory,
+                        checkpoint_every=args.checkpoint_every,
                         device=args.device, threads=args.threads, batch_size=args.batch_size)
     update, close = _progress_bar("indexing", args.quiet)
     try:
@@ -181,9 +186,10 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise RsirError(f"{model}: the index's model is not there any more; pass --model")
         encoder = Encoder(model, device=args.device, threads=args.threads)
         if args.image:
-            query = query_from_image(index, encoder, args.image, bands, args.scale)
+            query = query_from_image(index, encoder, args.image, bands, args.scale, args.add_offset)
         else:
-            query = query_from_box(index, encoder, args.raster, args.bbox, args.crs, bands, args.scale)
+            query = query_from_box(index, encoder, args.raster, args.bbox, args.crs, bands, args.scale,
+                                   args.add_offset)
     mode = "hash" if args.hash else "float"
     query = expand_query(index, query, args.expand, mode, args.nprobe)
     hits = search(index, query, k=args.k, mode=mode, radius=args.radius, nprobe=args.nprobe, rerank=args.rerank)
@@ -247,7 +253,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"vectors    {m['embedding_dim']}-d float ({m['faiss']['float']}), {m['code_bits']}-bit codes "
           f"({m['faiss']['binary']}, from {m['code_source']})")
     print(f"tiling     tile {t['tile']} px, stride {t['stride']} px" + (f", gsd {t['gsd']}" if t["gsd"] else "")
-          + (f", bands {t['bands']}" if t["bands"] else "") + (f", scale {t['scale']}" if t["scale"] else ""))
+          + (f", bands {t['bands']}" if t["bands"] else "") + (f", scale {t['scale']}" if t["scale"] else "")
+          + (f", add_offset {t['add_offset']:g}" if t.get("add_offset") else ""))
     print(f"crs        {', '.join(crs)}")
     print(f"updated    {m['updated']} (created {m['created']})")
     return 0

@@ -53,28 +53,37 @@ def query_from_tile(index: Index, tile_id: int) -> Query:
     return Query("tile", f"tile {tile_id}", index.embeddings([tile_id])[0], index.codes([tile_id])[0], tile_id=tile_id)
 
 
-def _query_bands_and_scale(index: Index, encoder: Encoder, raster_path: str, ds, bands, scale) -> tuple[list, float]:
+def _query_reading(index: Index, encoder: Encoder, raster_path: str, ds, bands, scale, add_offset,
+                   own: SourceSpec | None = None) -> tuple[list, float, float]:
+    """Bands, value scale and offset to read a query with: the caller's, else the query source's own (a
+    band-stack spec's), else what the index used for that source or its archive, else the model's (offset 0)."""
+    own_scale, own_offset = (own.scale, own.add_offset) if own else (None, None)
     if index.is_cross_modal(encoder.info):  # the index's bands and scale are the other modality's
         chosen = resolve_bands(ds, bands or encoder.info.bands, raster_path)
-        return chosen, float(scale or encoder.info.scale)
-    entry = index.source_entry(raster_path)
+        return chosen, float(scale or own_scale or encoder.info.scale), float(_first(add_offset, own_offset, 0.0))
+    entry = index.source_entry(raster_path) or {}
     tiling = index.manifest["tiling"]
     wanted = bands or tiling.get("bands") or encoder.info.bands
     chosen = resolve_bands(ds, wanted, raster_path)
-    if scale is None:
-        scale = entry["scale"] if entry else (tiling.get("scale") or encoder.info.scale)
-    return chosen, float(scale)
+    scale = scale or own_scale or entry.get("scale") or tiling.get("scale") or encoder.info.scale
+    offset = _first(add_offset, own_offset, entry.get("add_offset"), tiling.get("add_offset"), 0.0)
+    return chosen, float(scale), float(offset)
+
+
+def _first(*values):
+    """The first value that is not None (0 is a value: an offset of 0 given for a source is kept)."""
+    return next(v for v in values if v is not None)
 
 
 def query_from_image(index: Index, encoder: Encoder, image_path: str, bands: list | None = None,
-                     scale: float | None = None) -> Query:
+                     scale: float | None = None, add_offset: float | None = None) -> Query:
     """The whole image (any size; resampled to the model input) as the query."""
     index.check_model(encoder.info)
     ds = open_raster(image_path)
-    chosen, scale = _query_bands_and_scale(index, encoder, image_path, ds, bands, scale)
+    chosen, scale, offset = _query_reading(index, encoder, image_path, ds, bands, scale, add_offset)
     win = TileWindow(0, 0, ds.RasterXSize, ds.RasterYSize)
     raw = read_window(ds, chosen, win, encoder.info.input_size, image_path)
-    emb, code = encoder.encode(raw[None], scale=scale)
+    emb, code = encoder.encode(raw[None] + np.float32(offset), scale=scale)
     fp = FootprintMaker(ds).polygons(win)[1]
     return Query("image", f"image {image_path}", emb[0], code[0], footprint_wkt=fp.ExportToWkt() if fp else None,
                  pixels=raw)
@@ -140,15 +149,16 @@ def box_to_window(ds, raster_path: str, bbox: tuple[float, float, float, float],
 
 
 def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[float, float, float, float],
-                   bbox_crs: str | None = None, bands: list | None = None, scale: float | None = None) -> Query:
+                   bbox_crs: str | None = None, bands: list | None = None, scale: float | None = None,
+                   add_offset: float | None = None) -> Query:
     """Read the box's pixels from `raster` (a raster file or band-stack spec) and encode them as the query."""
     index.check_model(encoder.info)
     spec = expand_archive([raster])[0]
     ds = open_source(SourceSpec(spec.path, spec.kind))
-    chosen, scale = _query_bands_and_scale(index, encoder, spec.path, ds, bands, scale)
+    chosen, scale, offset = _query_reading(index, encoder, spec.path, ds, bands, scale, add_offset, spec)
     win = box_to_window(ds, raster, bbox, bbox_crs)
     raw = read_window(ds, chosen, win, encoder.info.input_size, raster)
-    emb, code = encoder.encode(raw[None], scale=scale)
+    emb, code = encoder.encode(raw[None] + np.float32(offset), scale=scale)
     maker = FootprintMaker(ds)
     geo = maker.polygons(win)[1]
     warnings = []

@@ -47,9 +47,15 @@ class IndexDialog(QDialog):
         self.scale = QDoubleSpinBox()
         self.scale.setRange(0, 1e9)
         self.scale.setSpecialValueText("model's scale")
+        self.offset = QDoubleSpinBox()  # added to raw values before the scale: -1000 for newer Sentinel-2 products
+        self.offset.setRange(-1e9, 1e9)
+        self.offset.setToolTip("Added to raw pixel values before they are divided by the scale, e.g. -1000 for "
+                               "Sentinel-2 products of processing baseline 04.00 and later; a band-stack spec's own "
+                               "add_offset wins")
         form = QFormLayout()
         for label, widget in (("Model (.onnx)", self.model), ("Index folder", self.out), ("Tile (px)", self.tile),
-                              ("Stride (px)", self.stride), ("Bands", self.bands), ("Value scale", self.scale)):
+                              ("Stride (px)", self.stride), ("Bands", self.bands), ("Value scale", self.scale),
+                              ("Value offset", self.offset)):
             form.addRow(label, widget)
         root.addLayout(form)
         box = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
@@ -79,7 +85,7 @@ class IndexDialog(QDialog):
     def options(self) -> builder.BuildOptions:
         return builder.BuildOptions(tile=self.tile.value(), stride=self.stride.value(),
                                     bands=sources.parse_band_list(self.bands.text()),
-                                    scale=self.scale.value() or None)
+                                    scale=self.scale.value() or None, add_offset=self.offset.value() or None)
 
     def start(self) -> None:
         srcs, model, out = self.chosen_sources(), self.model.filePath(), self.out.filePath()

@@ -98,13 +98,21 @@ class BuildIndex(_Base):
                                                      defaultValue=default_model_path() or None))
         self.addParameter(QgsProcessingParameterNumber("TILE", "Tile size (px)", defaultValue=64, minValue=4))
         self.addParameter(QgsProcessingParameterNumber("STRIDE", "Stride (px)", defaultValue=64, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber("SCALE", "Value scale: raw values are divided by it (0 = the "
+                                                       "model's)", QgsProcessingParameterNumber.Double, 0.0,
+                                                       minValue=0.0))
+        self.addParameter(QgsProcessingParameterNumber("ADD_OFFSET", "Value offset: added to raw values before the "
+                                                       "scale (-1000 for Sentinel-2 baseline 04.00+)",
+                                                       QgsProcessingParameterNumber.Double, 0.0))
         self.addParameter(QgsProcessingParameterFile("OUT", "Index folder", behavior=QgsProcessingParameterFile.Folder))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         layers = self.parameterAsLayerList(parameters, "SOURCES", context)
         out = self.parameterAsFile(parameters, "OUT", context)
         opts = builder.BuildOptions(tile=self.parameterAsInt(parameters, "TILE", context),
-                                    stride=self.parameterAsInt(parameters, "STRIDE", context))
+                                    stride=self.parameterAsInt(parameters, "STRIDE", context),
+                                    scale=self.parameterAsDouble(parameters, "SCALE", context) or None,
+                                    add_offset=self.parameterAsDouble(parameters, "ADD_OFFSET", context) or None)
         try:
             report = builder.build_index([lyr.source() for lyr in layers],
                                          self.parameterAsFile(parameters, "MODEL", context), out, opts,

@@ -228,6 +228,16 @@ def test_processing_algorithms(tmp_path, twin_raster, tiny_model, qgis_processin
         res = processing.run("rsir:buildindex", {"SOURCES": [layer], "MODEL": tiny_model, "TILE": 64, "STRIDE": 64,
                                                  "OUT": out})
         assert res["TILES"] == 16 and os.path.exists(os.path.join(out, "manifest.json"))
+        # a 16-bit copy stored with +1000, indexed with the offset that undoes it: the same vectors
+        shifted = write_raster(str(tmp_path / "shifted.tif"),
+                               gdal.Open(twin_raster).ReadAsArray().astype(np.uint16) + 1000)
+        res = processing.run("rsir:buildindex", {"SOURCES": [QgsRasterLayer(shifted, "shifted")], "MODEL": tiny_model,
+                                                 "TILE": 64, "STRIDE": 64, "SCALE": 255, "ADD_OFFSET": -1000,
+                                                 "OUT": str(tmp_path / "shifted_idx")})
+        shifted_index = Index(str(tmp_path / "shifted_idx"))
+        assert shifted_index.manifest["tiling"]["add_offset"] == -1000
+        np.testing.assert_allclose(shifted_index.embeddings(list(range(16))), Index(out).embeddings(list(range(16))),
+                                   atol=2e-3)
         extent = f"{BOX_00.xMinimum()},{BOX_00.xMaximum()},{BOX_00.yMinimum()},{BOX_00.yMaximum()} [EPSG:32618]"
         res = processing.run("rsir:searchbyextent", {"INDEX": out, "RASTER": layer, "EXTENT": extent, "K": 3,
                                                      "HASH": False, "OUTPUT": "memory:"})
@@ -300,6 +310,10 @@ def test_index_dialog_starts_a_task_over_loaded_layers(tmp_path, twin_raster, ti
     dialog.tile.setValue(32)
     dialog.stride.setValue(32)
     assert dialog.chosen_sources() == [twin_raster] and dialog.options().tile == 32
+    assert (dialog.options().scale, dialog.options().add_offset) == (None, None)  # the model's scale, no offset
+    dialog.offset.setValue(-1000)
+    assert dialog.options().add_offset == -1000
+    dialog.offset.setValue(0)
     dialog.start()
     for _ in range(600):
         QgsApplication.processEvents()

@@ -22,12 +22,14 @@ STACK_TYPE = "rsir.band_stack"
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """One item of an archive. `kind` is "raster", "stack" or "patch"; `scale` overrides the model's scale."""
+    """One item of an archive. `kind` is "raster", "stack" or "patch"; `scale` overrides the model's scale and
+    `add_offset` is added to raw values before they are divided by it (a band-stack spec's own values)."""
 
     path: str
     kind: str
     label: str = ""
     scale: float | None = None
+    add_offset: float | None = None
 
 
 def expand_archive(paths: list[str]) -> list[SourceSpec]:
@@ -42,7 +44,8 @@ def expand_archive(paths: list[str]) -> list[SourceSpec]:
         if os.path.isdir(path):
             specs.extend(_patch_folder(path))
         elif path.lower().endswith(".json"):
-            specs.append(SourceSpec(path, "stack", scale=read_stack_spec(path).get("scale")))
+            stack = read_stack_spec(path)
+            specs.append(SourceSpec(path, "stack", scale=stack.get("scale"), add_offset=stack.get("add_offset")))
         else:
             specs.append(SourceSpec(path, "raster"))
     if not specs:
@@ -64,8 +67,10 @@ def _patch_folder(root: str) -> list[SourceSpec]:
 
 def read_stack_spec(path: str) -> dict:
     """Parse and check a band-stack spec:
-    `{"type": "rsir.band_stack", "bands": [{"name": "B04", "path": "s2_B04.jp2"}, ...], "scale": 10000}`
-    (band paths relative to the spec's folder; `scale` optional)."""
+    `{"type": "rsir.band_stack", "bands": [{"name": "B04", "path": "s2_B04.jp2"}, ...], "scale": 10000,
+    "add_offset": -1000}` (band paths relative to the spec's folder; `scale` and `add_offset` optional: the model
+    sees (raw + add_offset) / scale, as in ESA's Sentinel-2 products from processing baseline 04.00 on, whose
+    RADIO_ADD_OFFSET / BOA_ADD_OFFSET is -1000)."""
     try:
         with open(path, encoding="utf-8") as f:
             spec = json.load(f)
@@ -76,7 +81,16 @@ def read_stack_spec(path: str) -> dict:
     bands = spec.get("bands")
     if not isinstance(bands, list) or not bands or not all(isinstance(b, dict) and "path" in b for b in bands):
         raise RsirError(f"{path}: band-stack spec needs a non-empty \"bands\" list of {{\"name\", \"path\"}} objects")
+    scale, offset = spec.get("scale"), spec.get("add_offset")
+    if scale is not None and (not _is_number(scale) or scale <= 0):
+        raise RsirError(f"{path}: band-stack \"scale\" must be a positive number, got {scale!r}")
+    if offset is not None and not _is_number(offset):
+        raise RsirError(f"{path}: band-stack \"add_offset\" must be a number, got {offset!r}")
     return spec
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
 
 
 def open_source(spec: SourceSpec) -> gdal.Dataset:

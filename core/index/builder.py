@@ -42,6 +42,7 @@ class BuildOptions:
     gsd: float | None = None            # resample to this ground resolution (source CRS units per pixel)
     bands: list | None = None           # override the model's band list (names or 1-based indices)
     scale: float | None = None          # override the model's value scale for sources without their own
+    add_offset: float | None = None     # added to raw values before the scale, for sources without their own
     max_invalid: float = 0.5            # skip tiles with more nodata/empty pixels than this share
     float_factory: str | None = None    # faiss factory strings; default chosen by size
     binary_factory: str | None = None
@@ -52,7 +53,9 @@ class BuildOptions:
 
     def tiling(self) -> dict:
         return {"tile": self.tile, "stride": self.stride or self.tile, "gsd": self.gsd, "bands": self.bands,
-                "scale": self.scale, "max_invalid": self.max_invalid}
+                "scale": self.scale, "max_invalid": self.max_invalid,
+                # only when set, so indexes and unfinished runs from before the option keep matching
+                **({"add_offset": self.add_offset} if self.add_offset else {})}
 
 
 @dataclass
@@ -84,7 +87,9 @@ def _plan_source(spec: SourceSpec, encoder: Encoder, opts: BuildOptions) -> dict
         raise RsirError(f"tile size and stride must be positive (got {opts.tile}, {opts.stride})")
     windows = plan_windows(ds, spec.kind, opts.tile, opts.stride or opts.tile, opts.gsd, spec.path)
     return {"path": spec.path, "kind": spec.kind, "label": spec.label,
-            "scale": spec.scale or opts.scale or encoder.info.scale, "bands": bands,
+            "scale": spec.scale or opts.scale or encoder.info.scale,
+            "add_offset": float(spec.add_offset if spec.add_offset is not None else (opts.add_offset or 0.0)),
+            "bands": bands,
             "crs": FootprintMaker(ds).crs, "width": ds.RasterXSize, "height": ds.RasterYSize,
             "gsd": source_gsd(ds), "windows": [[w.x, w.y, w.w, w.h] for w in windows]}
 
@@ -125,7 +130,8 @@ def build_index(archive: list[str], model_path: str, out_dir: str, opts: BuildOp
 
     plan = [_plan_source(s, encoder, opts) for s in new_specs]  # validates every source before any write
     key = hashlib.sha256(json.dumps({"model": encoder.info.sha256, "n0": n0, "tiling": opts.tiling(),
-                                     "sources": [(p["path"], p["bands"], p["scale"]) for p in plan]},
+                                     "sources": [(p["path"], p["bands"], p["scale"])
+                                                 + ((p["add_offset"],) if p["add_offset"] else ()) for p in plan]},
                                     sort_keys=True).encode()).hexdigest()
     state_path = os.path.join(partial, "state.json")
     state = read_json(state_path) if os.path.exists(state_path) else None
@@ -193,7 +199,7 @@ def _encode(plan, encoder, opts, partial, state, state_path, progress, cancel) -
                 if invalid_fraction(ds, plan[si]["bands"], win, raw) > opts.max_invalid:
                     skipped_here[si] += 1
                     continue
-                batch_pix.append(raw / np.float32(plan[si]["scale"]))
+                batch_pix.append((raw + np.float32(plan[si]["add_offset"])) / np.float32(plan[si]["scale"]))
                 batch_meta.append((si, win.x, win.y, win.w, win.h))
             if batch_pix:
                 e, c = encoder.encode(np.stack(batch_pix), scale=1.0)

@@ -1,0 +1,110 @@
+"""How raw pixel values become model input: a band-stack spec's `scale` and `add_offset`, `--scale` and
+`--add-offset`, and queries read from sources that are not in the index - real GDAL files, ORT and faiss."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from core.archive.sources import expand_archive
+from core.cli import main
+from core.encoder import Encoder
+from core.errors import RsirError
+from core.index import BuildOptions, Index, build_index
+from core.search import query_from_box, search
+from tests.rasters import ORIGIN, mosaic_with_twin, write_raster
+
+TWIN_OF, TWIN_AT = 0, 3 * 4 + 2
+BOX_00 = (ORIGIN[0], ORIGIN[1] - 640, ORIGIN[0] + 640, ORIGIN[1])  # tile (row 0, col 0)
+
+
+def _stack(folder, name: str, data: np.ndarray, **values) -> str:
+    """A band-stack spec over one single-band GeoTIFF per band of `data`, with `values` (scale, add_offset)."""
+    os.makedirs(folder, exist_ok=True)
+    bands = []
+    for i, band in enumerate(data):
+        path = write_raster(os.path.join(folder, f"{name}_b{i + 1}.tif"), band[None])
+        bands.append({"name": f"B{i + 1}", "path": os.path.basename(path)})
+    spec = os.path.join(folder, f"{name}.json")
+    with open(spec, "w") as f:
+        json.dump({"type": "rsir.band_stack", "bands": bands, **values}, f)
+    return spec
+
+
+@pytest.fixture()
+def plain_index(tmp_path, twin_raster, tiny_model):
+    out = str(tmp_path / "plain")
+    build_index([twin_raster], tiny_model, out, BuildOptions(tile=64))
+    return Index(out)
+
+
+def test_spec_values_are_read_and_checked(tmp_path):
+    img = mosaic_with_twin().astype(np.uint16)
+    spec = _stack(tmp_path, "s", img, scale=2550, add_offset=-1000)
+    (src,) = expand_archive([spec])
+    assert (src.scale, src.add_offset) == (2550, -1000)
+    for values, problem in (({"scale": 0}, '"scale" must be a positive number'),
+                            ({"scale": "3000"}, '"scale" must be a positive number'),
+                            ({"add_offset": "-1000"}, '"add_offset" must be a number'),
+                            ({"add_offset": True}, '"add_offset" must be a number')):
+        bad = _stack(tmp_path / "bad", "bad", img[:1], **values)
+        with pytest.raises(RsirError, match=problem) as err:
+            expand_archive([bad])
+        assert "bad.json" in str(err.value)
+
+
+def test_offset_and_scale_make_two_encodings_of_one_scene_equal(tmp_path, tiny_model, plain_index):
+    """The same scene stored as DN = 10 x v (old products) and DN = 10 x v + 1000 (Sentinel-2 baseline 04.00+):
+    with scale 2550 and add_offset -1000 both index to the vectors of the 8-bit scene under the model's 255."""
+    img = mosaic_with_twin().astype(np.uint16)
+    old = _stack(tmp_path / "old", "old", img * 10, scale=2550)
+    new = _stack(tmp_path / "new", "new", img * 10 + 1000, scale=2550, add_offset=-1000)
+    out = str(tmp_path / "idx")
+    build_index([old, new], tiny_model, out, BuildOptions(tile=64))
+    index = Index(out)
+    assert index.n == 32 and [s["add_offset"] for s in index.sources] == [0.0, -1000.0]
+    emb = index.embeddings(list(range(32)))
+    np.testing.assert_allclose(emb[:16], plain_index.embeddings(list(range(16))), atol=2e-3)
+    np.testing.assert_allclose(emb[16:], emb[:16], atol=2e-3)
+    # a box on the newer product finds the same place in both, and its twin, at cosine 1
+    enc = Encoder(tiny_model)
+    hits = search(index, query_from_box(index, enc, new, BOX_00), k=5)
+    assert {h.tile_id for h in hits[:4]} == {TWIN_OF, TWIN_AT, 16 + TWIN_OF, 16 + TWIN_AT}
+    assert all(h.score == pytest.approx(1.0, abs=3e-3) for h in hits[:4]) and hits[4].score < 0.999
+    # without the offset the newer product reads as another scene and the box finds another place
+    unfixed = _stack(tmp_path / "unfixed", "unfixed", img * 10 + 1000, scale=2550)
+    query = query_from_box(index, enc, unfixed, BOX_00)
+    assert float(query.embedding @ emb[TWIN_OF]) < 0.99
+    assert search(index, query, k=1)[0].tile_id not in {TWIN_OF, TWIN_AT, 16 + TWIN_OF, 16 + TWIN_AT}
+
+
+def test_query_from_a_spec_that_is_not_indexed_uses_its_own_values(tmp_path, tiny_model, plain_index):
+    """Until 2026-11-30 such a query was read with the index's scale (here the model's 255), not its own."""
+    img = mosaic_with_twin().astype(np.uint16)
+    other = _stack(tmp_path / "other", "other", img * 10 + 1000, scale=2550, add_offset=-1000)
+    query = query_from_box(plain_index, Encoder(tiny_model), other, BOX_00)
+    np.testing.assert_allclose(query.embedding, plain_index.embeddings([TWIN_OF])[0], atol=2e-3)
+    assert {h.tile_id for h in search(plain_index, query, k=2)} == {TWIN_OF, TWIN_AT}
+
+
+def test_cli_add_offset_for_plain_rasters(tmp_path, tiny_model, plain_index, capsys):
+    shifted = write_raster(str(tmp_path / "shifted.tif"), mosaic_with_twin().astype(np.uint16) + 1000)
+    out = tmp_path / "idx"
+    assert main(["index", shifted, "--model", tiny_model, "--out", str(out), "--scale", "255",
+                 "--add-offset", "-1000", "-q"]) == 0
+    index = Index(str(out))
+    np.testing.assert_allclose(index.embeddings(list(range(16))), plain_index.embeddings(list(range(16))),
+                               atol=2e-3)
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "scale 255.0, add_offset -1000" in capsys.readouterr().out
+    # a box on the indexed raster is read with the offset it was indexed with
+    box = ",".join(str(v) for v in BOX_00)
+    assert main(["search", str(out), "--bbox", box, "--raster", shifted, "-k", "2"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:4]]
+    assert {r[1] for r in rows} == {str(TWIN_OF), str(TWIN_AT)} and all(float(r[2]) > 0.997 for r in rows)
+    # adding to it needs the same options
+    assert main(["index", shifted, "--model", tiny_model, "--out", str(out), "--scale", "255", "-q"]) == 1
+    assert "add_offset" in capsys.readouterr().err
