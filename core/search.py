@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from osgeo import osr
+from osgeo import gdal, osr
 
 from .archive.footprints import FootprintMaker, srs_from_user
 from .archive.gdal_open import open_raster
@@ -54,20 +54,39 @@ def query_from_tile(index: Index, tile_id: int) -> Query:
 
 
 def _query_reading(index: Index, encoder: Encoder, raster_path: str, ds, bands, scale, add_offset,
-                   own: SourceSpec | None = None) -> tuple[list, float, float]:
-    """Bands, value scale and offset to read a query with: the caller's, else the query source's own (a
-    band-stack spec's), else what the index used for that source or its archive, else the model's (offset 0)."""
+                   own: SourceSpec | None = None) -> tuple[list, float, float, list[str]]:
+    """Bands, value scale and offset to read a query with, and any warning about them.
+
+    Values: the caller's, else the query source's own (a band-stack spec's), else what the index used for that
+    source, else - for a raster that is not in the index, such as a VRT of the indexed band files - the values
+    the archive's sources were read with, else the model's scale and offset 0. An 8-bit query of an archive read
+    at a deeper scale (a PNG or JPEG against Sentinel-2 reflectance) is taken as display values: the model's
+    own scale."""
     own_scale, own_offset = (own.scale, own.add_offset) if own else (None, None)
     if index.is_cross_modal(encoder.info):  # the index's bands and scale are the other modality's
         chosen = resolve_bands(ds, bands or encoder.info.bands, raster_path)
-        return chosen, float(scale or own_scale or encoder.info.scale), float(_first(add_offset, own_offset, 0.0))
-    entry = index.source_entry(raster_path) or {}
+        return chosen, float(scale or own_scale or encoder.info.scale), float(_first(add_offset, own_offset, 0.0)), []
     tiling = index.manifest["tiling"]
-    wanted = bands or tiling.get("bands") or encoder.info.bands
-    chosen = resolve_bands(ds, wanted, raster_path)
-    scale = scale or own_scale or entry.get("scale") or tiling.get("scale") or encoder.info.scale
-    offset = _first(add_offset, own_offset, entry.get("add_offset"), tiling.get("add_offset"), 0.0)
-    return chosen, float(scale), float(offset)
+    chosen = resolve_bands(ds, bands or tiling.get("bands") or encoder.info.bands, raster_path)
+    entry = index.source_entry(raster_path)
+    warnings = []
+    if entry is not None:
+        stored = (entry["scale"], entry.get("add_offset", 0.0))  # indexes before add_offset: 0
+    else:
+        scales = {float(s["scale"]) for s in index.sources}
+        offsets = {float(s.get("add_offset", 0.0)) for s in index.sources}
+        stored = (next(iter(scales)) if len(scales) == 1 else tiling.get("scale") or encoder.info.scale,
+                  next(iter(offsets)) if len(offsets) == 1 else tiling.get("add_offset") or 0.0)
+        if ds.GetRasterBand(1).DataType == gdal.GDT_Byte and stored[0] > 255:
+            stored = (encoder.info.scale, 0.0)
+        elif (len(scales) > 1 and scale is None and own_scale is None) or \
+                (len(offsets) > 1 and add_offset is None and own_offset is None):
+            warnings.append(f"{os.path.basename(raster_path)} is not in the index, whose sources were read with "
+                            f"different value scales or offsets; read with scale {stored[0]:g}, offset "
+                            f"{stored[1]:g}: pass --scale / --add-offset or a band-stack spec if that is wrong")
+    value = scale or own_scale or stored[0]
+    offset = _first(add_offset, own_offset, stored[1])
+    return chosen, float(value), float(offset), warnings
 
 
 def _first(*values):
@@ -80,13 +99,13 @@ def query_from_image(index: Index, encoder: Encoder, image_path: str, bands: lis
     """The whole image (any size; resampled to the model input) as the query."""
     index.check_model(encoder.info)
     ds = open_raster(image_path)
-    chosen, scale, offset = _query_reading(index, encoder, image_path, ds, bands, scale, add_offset)
+    chosen, scale, offset, warnings = _query_reading(index, encoder, image_path, ds, bands, scale, add_offset)
     win = TileWindow(0, 0, ds.RasterXSize, ds.RasterYSize)
     raw = read_window(ds, chosen, win, encoder.info.input_size, image_path)
     emb, code = encoder.encode(raw[None] + np.float32(offset), scale=scale)
     fp = FootprintMaker(ds).polygons(win)[1]
     return Query("image", f"image {image_path}", emb[0], code[0], footprint_wkt=fp.ExportToWkt() if fp else None,
-                 pixels=raw)
+                 pixels=raw, warnings=warnings)
 
 
 def query_from_array(index: Index, encoder: Encoder, pixels: np.ndarray, scale: float | None = None,
@@ -130,8 +149,6 @@ def box_to_window(ds, raster_path: str, bbox: tuple[float, float, float, float],
         ct = osr.CoordinateTransformation(src, dst)
         pts = [ct.TransformPoint(x, y)[:2] for x, y in pts]
     gt = ds.GetGeoTransform()
-    from osgeo import gdal
-
     inv = gdal.InvGeoTransform(gt)
     cols, rows = zip(*[gdal.ApplyGeoTransform(inv, x, y) for x, y in pts])
     c0, c1, r0, r1 = min(cols), max(cols), min(rows), max(rows)
@@ -155,13 +172,12 @@ def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[floa
     index.check_model(encoder.info)
     spec = expand_archive([raster])[0]
     ds = open_source(SourceSpec(spec.path, spec.kind))
-    chosen, scale, offset = _query_reading(index, encoder, spec.path, ds, bands, scale, add_offset, spec)
+    chosen, scale, offset, warnings = _query_reading(index, encoder, spec.path, ds, bands, scale, add_offset, spec)
     win = box_to_window(ds, raster, bbox, bbox_crs)
     raw = read_window(ds, chosen, win, encoder.info.input_size, raster)
     emb, code = encoder.encode(raw[None] + np.float32(offset), scale=scale)
     maker = FootprintMaker(ds)
     geo = maker.polygons(win)[1]
-    warnings = []
     if maker.srs is not None and maker.srs.IsGeographic():
         warnings.append(f"{os.path.basename(raster)} uses a degree-based CRS: its pixels are not square on the "
                         "ground, so tiles and boxes are distorted away from the equator")

@@ -108,3 +108,44 @@ def test_cli_add_offset_for_plain_rasters(tmp_path, tiny_model, plain_index, cap
     # adding to it needs the same options
     assert main(["index", shifted, "--model", tiny_model, "--out", str(out), "--scale", "255", "-q"]) == 1
     assert "add_offset" in capsys.readouterr().err
+
+
+def test_rasters_not_in_the_index_are_read_as_the_archive_was(tmp_path, tiny_model):
+    """An analyst indexes a band-stack spec, then draws the box on a raster layer of the same bands (QGIS cannot
+    open the spec), or picks an exported 16-bit chip, or an 8-bit PNG of it: each finds the place at cosine 1."""
+    from osgeo import gdal
+
+    from core.search import query_from_image
+
+    img = mosaic_with_twin().astype(np.uint16)
+    spec = _stack(tmp_path / "s2", "s2", img * 10, scale=2550)
+    out = str(tmp_path / "idx")
+    build_index([spec], tiny_model, out, BuildOptions(tile=64))
+    index, enc = Index(out), Encoder(tiny_model)
+    layer = write_raster(str(tmp_path / "layer.tif"), img * 10)         # the same values, not a spec
+    chip16 = write_raster(str(tmp_path / "chip16.tif"), img[:, :64, :64] * 10, epsg=None)
+    chip8 = str(tmp_path / "chip8.png")
+    gdal.Translate(chip8, write_raster(str(tmp_path / "chip8.tif"), img[:, :64, :64].astype(np.uint8)),
+                   format="PNG")
+    queries = [query_from_box(index, enc, layer, BOX_00), query_from_image(index, enc, chip16),
+               query_from_image(index, enc, chip8)]
+    for query in queries:
+        hits = search(index, query, k=2)
+        assert {h.tile_id for h in hits} == {TWIN_OF, TWIN_AT}, query.description
+        assert hits[1].score == pytest.approx(1.0, abs=3e-3) and not query.warnings
+
+
+def test_a_mixed_archive_warns_when_a_query_raster_is_not_in_it(tmp_path, tiny_model):
+    img = mosaic_with_twin().astype(np.uint16)
+    old = _stack(tmp_path / "old", "old", img * 10, scale=2550)
+    new = _stack(tmp_path / "new", "new", img * 10 + 1000, scale=2550, add_offset=-1000)
+    out = str(tmp_path / "idx")
+    build_index([old, new], tiny_model, out, BuildOptions(tile=64))
+    index, enc = Index(out), Encoder(tiny_model)
+    layer = write_raster(str(tmp_path / "layer.tif"), img * 10 + 1000)
+    query = query_from_box(index, enc, layer, BOX_00)
+    assert len(query.warnings) == 1 and "layer.tif is not in the index" in query.warnings[0]
+    assert "--add-offset" in query.warnings[0]
+    fixed = query_from_box(index, enc, layer, BOX_00, add_offset=-1000)  # what the warning says to do
+    assert not fixed.warnings
+    assert search(index, fixed, k=1)[0].score == pytest.approx(1.0, abs=3e-3)
