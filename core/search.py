@@ -58,32 +58,30 @@ def _query_reading(index: Index, encoder: Encoder, raster_path: str, ds, bands, 
     """Bands, value scale and offset to read a query with, and any warning about them.
 
     Values: the caller's, else the query source's own (a band-stack spec's), else what the index used for that
-    source, else - for a raster that is not in the index, such as a VRT of the indexed band files - the values
-    the archive's sources were read with, else the model's scale and offset 0. An 8-bit query of an archive read
-    at a deeper scale (a PNG or JPEG against Sentinel-2 reflectance) is taken as display values: the model's
-    own scale."""
+    source or for the indexed sources on its pixel grid (a VRT of indexed band files, as QGIS shows a spec), else
+    the values every source of the archive was read with, else the index run's options or the model's scale and
+    offset 0, with a warning. An 8-bit query of an archive read at a deeper scale (a PNG or JPEG against
+    Sentinel-2 reflectance) is taken as display values: the model's own scale, offset 0."""
     own_scale, own_offset = (own.scale, own.add_offset) if own else (None, None)
     if index.is_cross_modal(encoder.info):  # the index's bands and scale are the other modality's
         chosen = resolve_bands(ds, bands or encoder.info.bands, raster_path)
         return chosen, float(scale or own_scale or encoder.info.scale), float(_first(add_offset, own_offset, 0.0)), []
     tiling = index.manifest["tiling"]
     chosen = resolve_bands(ds, bands or tiling.get("bands") or encoder.info.bands, raster_path)
-    entry = index.source_entry(raster_path)
+    sources = index.same_grid_sources(ds, raster_path) or index.sources
+    scales = {float(s["scale"]) for s in sources}
+    offsets = {float(s.get("add_offset", 0.0)) for s in sources}  # indexes before add_offset: 0
+    stored = (next(iter(scales)) if len(scales) == 1 else tiling.get("scale") or encoder.info.scale,
+              next(iter(offsets)) if len(offsets) == 1 else tiling.get("add_offset") or 0.0)
     warnings = []
-    if entry is not None:
-        stored = (entry["scale"], entry.get("add_offset", 0.0))  # indexes before add_offset: 0
-    else:
-        scales = {float(s["scale"]) for s in index.sources}
-        offsets = {float(s.get("add_offset", 0.0)) for s in index.sources}
-        stored = (next(iter(scales)) if len(scales) == 1 else tiling.get("scale") or encoder.info.scale,
-                  next(iter(offsets)) if len(offsets) == 1 else tiling.get("add_offset") or 0.0)
-        if ds.GetRasterBand(1).DataType == gdal.GDT_Byte and stored[0] > 255:
-            stored = (encoder.info.scale, 0.0)
-        elif (len(scales) > 1 and scale is None and own_scale is None) or \
-                (len(offsets) > 1 and add_offset is None and own_offset is None):
-            warnings.append(f"{os.path.basename(raster_path)} is not in the index, whose sources were read with "
-                            f"different value scales or offsets; read with scale {stored[0]:g}, offset "
-                            f"{stored[1]:g}: pass --scale / --add-offset or a band-stack spec if that is wrong")
+    if index.source_entry(raster_path) is None and ds.GetRasterBand(1).DataType == gdal.GDT_Byte and \
+            stored[0] > 255:
+        stored = (encoder.info.scale, 0.0)
+    elif (len(scales) > 1 and scale is None and own_scale is None) or \
+            (len(offsets) > 1 and add_offset is None and own_offset is None):
+        warnings.append(f"{os.path.basename(raster_path)} is not in the index, whose sources were read with "
+                        f"different value scales or offsets; read with scale {stored[0]:g}, offset "
+                        f"{stored[1]:g}: pass --scale / --add-offset or a band-stack spec if that is wrong")
     value = scale or own_scale or stored[0]
     offset = _first(add_offset, own_offset, stored[1])
     return chosen, float(value), float(offset), warnings

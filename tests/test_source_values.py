@@ -149,3 +149,39 @@ def test_a_mixed_archive_warns_when_a_query_raster_is_not_in_it(tmp_path, tiny_m
     fixed = query_from_box(index, enc, layer, BOX_00, add_offset=-1000)  # what the warning says to do
     assert not fixed.warnings
     assert search(index, fixed, k=1)[0].score == pytest.approx(1.0, abs=3e-3)
+
+
+def test_heat_map_and_values_of_a_vrt_over_indexed_band_files(tmp_path, tiny_model):
+    """The QGIS view of a band-stack spec is a VRT of its files: the heat map over it is the spec's heat map, and
+    in a mixed archive its box is read with the spec's own values (found by pixel grid), with no warning."""
+    from osgeo import gdal
+
+    from core.archive.gdal_open import open_raster
+    from core.heatmap import similarity_heatmap
+
+    img = mosaic_with_twin().astype(np.uint16)
+    new = _stack(tmp_path / "new", "new", img * 10 + 1000, scale=2550, add_offset=-1000)
+    other = write_raster(str(tmp_path / "other.tif"), mosaic_with_twin(seed=5), origin=(ORIGIN[0] + 5000, ORIGIN[1]))
+    out = str(tmp_path / "idx")
+    build_index([new, other], tiny_model, out, BuildOptions(tile=64))
+    index, enc = Index(out), Encoder(tiny_model)
+    assert [s["scale"] for s in index.sources] == [2550, 255] and "geotransform" in index.sources[0]
+    vrt = str(tmp_path / "new.vrt")
+    gdal.BuildVRT(vrt, sorted(str(p) for p in (tmp_path / "new").glob("new_b*.tif")), separate=True).FlushCache()
+    assert [s["path"] for s in index.same_grid_sources(open_raster(vrt), vrt)] == [os.path.abspath(new)]
+    query = query_from_box(index, enc, vrt, BOX_00)
+    assert not query.warnings
+    hits = search(index, query, k=2)
+    assert {h.tile_id for h in hits} == {TWIN_OF, TWIN_AT} and hits[1].score == pytest.approx(1.0, abs=3e-3)
+    grids = [gdal.Open(similarity_heatmap(index, query.embedding, path, str(tmp_path / f"heat{i}.tif"))[0])
+             .ReadAsArray() for i, path in enumerate((new, vrt))]
+    np.testing.assert_array_equal(grids[0], grids[1])
+    assert grids[0].shape == (4, 4) and grids[0][0, 0] == pytest.approx(1.0, abs=3e-3)
+    # indexes made before the manifest recorded geotransforms: the source is opened to compare
+    for s in index.sources:
+        s.pop("geotransform")
+    assert [s["path"] for s in index.same_grid_sources(open_raster(vrt), vrt)] == [os.path.abspath(new)]
+    shifted = write_raster(str(tmp_path / "shifted.tif"), img, origin=(ORIGIN[0] + 10, ORIGIN[1]))
+    assert index.same_grid_sources(open_raster(shifted), shifted) == []
+    with pytest.raises(RsirError, match="nor on the pixel grid of a raster that is"):
+        similarity_heatmap(index, query.embedding, shifted, str(tmp_path / "no.tif"))

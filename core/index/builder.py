@@ -91,6 +91,7 @@ def _plan_source(spec: SourceSpec, encoder: Encoder, opts: BuildOptions) -> dict
             "add_offset": float(spec.add_offset if spec.add_offset is not None else (opts.add_offset or 0.0)),
             "bands": bands,
             "crs": FootprintMaker(ds).crs, "width": ds.RasterXSize, "height": ds.RasterYSize,
+            "geotransform": list(ds.GetGeoTransform()),
             "gsd": source_gsd(ds), "windows": [[w.x, w.y, w.w, w.h] for w in windows]}
 
 

@@ -89,6 +89,31 @@ class Index:
         path = os.path.abspath(path)
         return next((s for s in self.sources if s["path"] == path), None)
 
+    def same_grid_sources(self, ds, path: str) -> list[dict]:
+        """[the indexed source `path` is], or else every indexed source on exactly its pixel grid (size,
+        geotransform, CRS): a VRT or copy of indexed band files, as QGIS shows a band-stack spec. `ds`: `path`
+        opened with GDAL."""
+        entry = self.source_entry(path)
+        if entry is not None:
+            return [entry]
+        from ..archive.footprints import FootprintMaker
+        from ..archive.sources import SourceSpec, open_source
+
+        crs, gt, found = FootprintMaker(ds).crs, ds.GetGeoTransform(), []
+        for s in self.sources:
+            if s["kind"] == "patch" or (s["width"], s["height"]) != (ds.RasterXSize, ds.RasterYSize) or \
+                    s["crs"] != crs:
+                continue
+            grid = s.get("geotransform")
+            if grid is None:  # indexes made before 2026-11-30 did not record it
+                try:
+                    grid = open_source(SourceSpec(s["path"], s["kind"])).GetGeoTransform()
+                except RsirError:  # moved or deleted since indexing: not this one
+                    continue
+            if np.allclose(grid, gt):
+                found.append(s)
+        return found
+
     def check_model(self, info: ModelInfo) -> None:
         """RsirError unless `info` is the model this index was built with, or another modality's encoder of the
         same cross-modal shared space (its queries land in the index's embedding space)."""
@@ -212,3 +237,4 @@ class Index:
 
     def tiles_path(self) -> str:
         return layout.path(self.dir, layout.TILES)
+
