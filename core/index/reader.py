@@ -237,4 +237,3 @@ class Index:
 
     def tiles_path(self) -> str:
         return layout.path(self.dir, layout.TILES)
-
