@@ -99,7 +99,8 @@ def test_cli_add_offset_for_plain_rasters(tmp_path, tiny_model, plain_index, cap
                                atol=2e-3)
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
-    assert "scale 255.0, add_offset -1000" in capsys.readouterr().out
+    info = capsys.readouterr().out
+    assert "scale 255.0, add_offset -1000" in info and "values     (raw-1000) / 255 for 1 source(s)" in info
     # a box on the indexed raster is read with the offset it was indexed with
     box = ",".join(str(v) for v in BOX_00)
     assert main(["search", str(out), "--bbox", box, "--raster", shifted, "-k", "2"]) == 0
