@@ -148,10 +148,14 @@ class RetrievalSession:
         result = SearchResult(query, hits, radius_hits, results_dir=results_folder(), raster=raster,
                               tile_rasters=req.tile_rasters, warnings=list(query.warnings),
                               ranking=search.ranking_name(req.mode, rerank))
-        if req.heatmap:
+        if req.heatmap:  # an extra layer: where it cannot be drawn the hits still come, with a warning
             if raster is None:
-                raise errors.RsirError("a heat map needs a query raster that is in the index")
-            path = os.path.join(result.results_dir, "heatmap.tif")
-            result.heatmap_path, result.heatmap_max, _ = heatmap.similarity_heatmap(self.index, query.embedding,
-                                                                                    raster, path)
+                result.warnings.append("no heat map: an image-file query has no raster to map")
+            else:
+                path = os.path.join(result.results_dir, "heatmap.tif")
+                try:
+                    result.heatmap_path, result.heatmap_max, _ = heatmap.similarity_heatmap(
+                        self.index, query.embedding, raster, path)
+                except errors.RsirError as exc:
+                    result.warnings.append(f"no heat map: {exc}")
         return result

@@ -132,6 +132,28 @@ def test_more_like_this_and_image_queries(dock, indexed, twin_raster, tmp_path, 
     assert {h.tile_id for h in result.hits[:2]} == {0, 14}
 
 
+def test_heat_map_that_cannot_be_drawn_leaves_the_hits_and_a_warning(dock, indexed, twin_raster, tmp_path,
+                                                                      qgis_iface):
+    """A box on a scene that is not in the index still finds its places; only the heat map is left out."""
+    elsewhere = write_raster(str(tmp_path / "elsewhere.tif"), gdal.Open(twin_raster).ReadAsArray(),
+                             origin=(ORIGIN[0] + 50_000, ORIGIN[1]))
+    layer = _raster_layer(elsewhere, qgis_iface)
+    dock.open_index(indexed)
+    dock.raster_combo.setLayer(layer)
+    dock.k_spin.setValue(2)
+    dock.heat_check.setChecked(True)
+    qgis_iface.messageBar().clear_messages()
+    dock.box_tool.set_box(QgsRectangle(ORIGIN[0] + 50_000, ORIGIN[1] - 640, ORIGIN[0] + 50_640, ORIGIN[1]))
+    assert not _critical(qgis_iface)
+    assert {h.tile_id for h in dock.last_result.hits} == {0, 14} and dock.last_result.heatmap_path is None
+    assert [c.name() for c in dock.last_group.children()][:2] == ["query", "hits"]
+    assert "similarity heat map" not in [c.name() for c in dock.last_group.children()]
+    warning = qgis_iface.messageBar().get_messages(Qgis.Warning)[-1]
+    assert "no heat map" in warning and "elsewhere.tif" in warning
+    result = dock.search_image(elsewhere)  # an image-file query has no raster to map either
+    assert result.hits and "no heat map" in qgis_iface.messageBar().get_messages(Qgis.Warning)[-1]
+
+
 def test_selected_polygon_query_and_zoom_to_hit(dock, indexed, twin_raster, qgis_iface):
     from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
 
