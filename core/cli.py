@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections import Counter
 from importlib.metadata import entry_points
 
 from . import __version__
@@ -257,9 +256,7 @@ def cmd_info(args: argparse.Namespace) -> int:
           + (f", bands {t['bands']}" if t["bands"] else "") + (f", scale {t['scale']}" if t["scale"] else "")
           + (f", add_offset {t['add_offset']:g}" if t.get("add_offset") else ""))
     print(f"crs        {', '.join(crs)}")
-    values = Counter((float(s["scale"]), float(s.get("add_offset", 0.0))) for s in m["sources"])
-    print("values     " + "; ".join(f"(raw{v[1]:+g}) / {v[0]:g} for {n} source(s)" if v[1] else
-                                   f"raw / {v[0]:g} for {n} source(s)" for v, n in sorted(values.items())))
+    print(f"values     {index.describe_values()}")
     print(f"updated    {m['updated']} (created {m['created']})")
     return 0
 

@@ -81,7 +81,8 @@ def _query_reading(index: Index, encoder: Encoder, raster_path: str, ds, bands, 
             (len(offsets) > 1 and add_offset is None and own_offset is None):
         warnings.append(f"{os.path.basename(raster_path)} is not in the index, whose sources were read with "
                         f"different value scales or offsets; read with scale {stored[0]:g}, offset "
-                        f"{stored[1]:g}: pass --scale / --add-offset or a band-stack spec if that is wrong")
+                        f"{stored[1]:g}; if the query's values differ, give them (rsir search --scale / "
+                        "--add-offset) or query through a band-stack spec that states them")
     value = scale or own_scale or stored[0]
     offset = _first(add_offset, own_offset, stored[1])
     return chosen, float(value), float(offset), warnings

@@ -102,7 +102,8 @@ class RetrievalSession:
         s = self.summary()
         return (f"{s['tiles']} tiles of {s['tile']} px from {s['sources']} source(s); model {s['model']} "
                 f"({s['method']}); CRS {', '.join(s['crs'])}; "
-                f"{'hash codes ' + str(s['code_bits']) + ' bits' if s['has_hash'] else 'no hash head (sign bits)'}")
+                f"{'hash codes ' + str(s['code_bits']) + ' bits' if s['has_hash'] else 'no hash head (sign bits)'}; "
+                f"values {self.index.describe_values()}")
 
     # -- queries ------------------------------------------------------------------------------------------
     def search_box(self, raster: str, box: tuple[float, float, float, float], box_crs: str,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 
 import faiss
@@ -88,6 +89,12 @@ class Index:
     def source_entry(self, path: str) -> dict | None:
         path = os.path.abspath(path)
         return next((s for s in self.sources if s["path"] == path), None)
+
+    def describe_values(self) -> str:
+        """How the sources' raw values reached the model, grouped: "raw / 3000 for 2 source(s); (raw-1000) / ..."."""
+        groups = Counter((float(s["scale"]), float(s.get("add_offset", 0.0))) for s in self.sources)
+        return "; ".join(f"{f'(raw{off:+g})' if off else 'raw'} / {scale:g} for {n} source(s)"
+                         for (scale, off), n in sorted(groups.items()))
 
     def same_grid_sources(self, ds, path: str) -> list[dict]:
         """[the indexed source `path` is], or else every indexed source on exactly its pixel grid (size,
