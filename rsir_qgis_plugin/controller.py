@@ -24,6 +24,7 @@ class SearchRequest:
     query_modality: str = "auto"    # which encoder reads a box/image query; auto: by the raster's band count
     expand: int = 0                 # query expansion with this many nearest tiles; 0: off
     rerank: int = 0                 # hash mode: re-rank this many Hamming candidates by cosine; 0: off
+    whole_box: bool = False         # read a box of 1.5+ tiles as one resampled image, not as averaged tiles
 
 
 @dataclass
@@ -109,7 +110,7 @@ class RetrievalSession:
     def search_box(self, raster: str, box: tuple[float, float, float, float], box_crs: str,
                    req: SearchRequest) -> SearchResult:
         enc = self.encoder(req.device, self.query_modality(raster, req))
-        query = search.query_from_box(self.index, enc, raster, box, box_crs)
+        query = search.query_from_box(self.index, enc, raster, box, box_crs, whole=req.whole_box)
         return self._finish(query, req, raster)
 
     def search_tile(self, tile_id: int, req: SearchRequest) -> SearchResult:

@@ -85,6 +85,11 @@ class RsirDock(QDockWidget):
         self.mode_combo.currentIndexChanged.connect(lambda i: self.rerank_spin.setEnabled(i == 1))
         self.rerank_spin.setEnabled(False)
         self.heat_check = QCheckBox("Similarity heat map over the query raster")
+        self.whole_box_check = QCheckBox("Read a large box as one image")
+        self.whole_box_check.setToolTip("A box of 1.5 index tiles a side or more is read as tiles of the index's "
+                                        "size, their embeddings averaged: the network sees the ground resolution "
+                                        "it sees in the archive. Check this to resample the whole box into one "
+                                        "model input instead (a coarser view of it).")
         radius_row = QHBoxLayout()
         radius_row.addWidget(self.radius_check)
         radius_row.addWidget(self.radius_spin)
@@ -99,6 +104,7 @@ class RsirDock(QDockWidget):
         opts.addRow("Query modality", self.modality_combo)
         opts.addRow("Device", self.device_combo)
         opts.addRow(self.heat_check)
+        opts.addRow(self.whole_box_check)
         root.addLayout(opts)
 
         buttons = QHBoxLayout()
@@ -178,7 +184,8 @@ class RsirDock(QDockWidget):
                              tile_rasters=self.tiles_spin.value(), heatmap=self.heat_check.isChecked(),
                              device=self.device_combo.currentText(),
                              query_modality=self.modality_combo.currentText() or "auto",
-                             expand=self.expand_spin.value(), rerank=self.rerank_spin.value())
+                             expand=self.expand_spin.value(), rerank=self.rerank_spin.value(),
+                             whole_box=self.whole_box_check.isChecked())
 
     def on_box(self, rect) -> None:
         layer = self.raster_combo.currentLayer()

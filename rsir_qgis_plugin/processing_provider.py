@@ -127,12 +127,16 @@ class BuildIndex(_Base):
 
 class SearchByExtent(_Base):
     NAME, TITLE = "searchbyextent", "Search by extent"
-    HELP = "The pixels of a raster inside an extent are the query; writes the k most similar tiles."
+    HELP = ("The pixels of a raster inside an extent are the query; writes the k most similar tiles. An extent of "
+            "1.5 index tiles a side or more is read as index-sized tiles whose embeddings are averaged, unless "
+            "WHOLE_BOX reads it as one resampled image.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(_index_param())
         self.addParameter(QgsProcessingParameterRasterLayer("RASTER", "Query raster"))
         self.addParameter(QgsProcessingParameterExtent("EXTENT", "Query extent"))
+        self.addParameter(QgsProcessingParameterBoolean("WHOLE_BOX", "Read a large extent as one image",
+                                                        defaultValue=False))
         self._search_params()
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -142,7 +146,9 @@ class SearchByExtent(_Base):
         rect = self.parameterAsExtent(parameters, "EXTENT", context, crs)
         box = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
         try:
-            result = session.search_box(raster.source(), box, crs.toWkt(), self._request(parameters, context))
+            req = self._request(parameters, context)
+            req.whole_box = self.parameterAsBool(parameters, "WHOLE_BOX", context)
+            result = session.search_box(raster.source(), box, crs.toWkt(), req)
         except errors.RsirError as exc:
             raise QgsProcessingException(str(exc)) from None
         return self._write_hits(parameters, context, result.hits)

@@ -53,6 +53,10 @@ def test_box_search_builds_the_layer_group(dock, indexed, twin_raster, qgis_ifac
     layer = _raster_layer(twin_raster, qgis_iface)
     assert dock.open_index(indexed) and "16 tiles of 64 px" in dock.info.text()
     assert dock.info.text().endswith("values raw / 255 for 1 source(s)")
+    assert dock.request().whole_box is False  # large boxes read as averaged tiles unless asked
+    dock.whole_box_check.setChecked(True)
+    assert dock.request().whole_box is True
+    dock.whole_box_check.setChecked(False)
     dock.raster_combo.setLayer(layer)
     dock.k_spin.setValue(5)
     dock.radius_check.setChecked(True)
@@ -266,6 +270,13 @@ def test_processing_algorithms(tmp_path, twin_raster, tiny_model, qgis_processin
                                                      "HASH": False, "OUTPUT": "memory:"})
         feats = sorted(res["OUTPUT"].getFeatures(), key=lambda f: f["rank"])
         assert {feats[0]["tile_id"], feats[1]["tile_id"]} == {0, 14}
+        # a 2-tile extent: averaged tiles by default, one resampled image with WHOLE_BOX; different scores
+        wide = f"{BOX_00.xMinimum()},{BOX_00.xMaximum() + 640},{BOX_00.yMinimum()},{BOX_00.yMaximum()} [EPSG:32618]"
+        scores = [sorted(f["score"] for f in processing.run(
+            "rsir:searchbyextent", {"INDEX": out, "RASTER": layer, "EXTENT": wide, "K": 16, "HASH": False,
+                                    "WHOLE_BOX": whole, "OUTPUT": "memory:"})["OUTPUT"].getFeatures())
+            for whole in (False, True)]
+        assert len(scores[0]) == 16 and np.abs(np.array(scores[0]) - np.array(scores[1])).max() > 1e-4
         img = write_raster(str(tmp_path / "q.tif"), gdal.Open(twin_raster).ReadAsArray(0, 0, 64, 64), epsg=None)
         res = processing.run("rsir:searchbyimage", {"INDEX": out, "IMAGE": img, "K": 2, "HASH": True,
                                                     "OUTPUT": "memory:"})

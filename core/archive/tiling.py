@@ -53,3 +53,21 @@ def plan_windows(ds: gdal.Dataset, kind: str, tile: int, stride: int, gsd: float
         factor = gsd / source_gsd(ds)
     size, step = max(1, round(tile * factor)), max(1, round(stride * factor))
     return grid_windows(ds.RasterXSize, ds.RasterYSize, size, step)
+
+
+def cover_windows(win: TileWindow, tile: int, max_per_side: int = 16) -> list[TileWindow]:
+    """Tile-sized windows spread evenly over `win` (a query box), row-major: ceil(w / tile) x ceil(h / tile) of
+    them, the first and last flush with the box's edges, overlapping where the box is not a whole number of
+    tiles; at most `max_per_side` a side (then they sample the box with gaps). A box under 1.5 tiles a side is
+    one window, itself."""
+    if tile <= 0:
+        raise ValueError(f"tile size must be positive, got {tile}")
+    if max(win.w, win.h) < 1.5 * tile:
+        return [win]
+    tw, th = min(tile, win.w), min(tile, win.h)
+
+    def starts(origin: int, length: int, size: int) -> list[int]:
+        n = min(max_per_side, -(-length // size))
+        return [origin + round(i * (length - size) / (n - 1)) for i in range(n)] if n > 1 else [origin]
+
+    return [TileWindow(x, y, tw, th) for y in starts(win.y, win.h, th) for x in starts(win.x, win.w, tw)]
