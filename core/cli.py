@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crs", default=None, help="CRS of --bbox, e.g. EPSG:4326 (default: the raster's CRS)")
     p.add_argument("--raster", default=None, help="raster or band-stack spec the --bbox is read from")
     p.add_argument("--whole-box", action="store_true",
-                   help="read a --bbox of 1.5 tiles a side or more as one image resampled to the model input, "
-                        "instead of as index-sized tiles whose embeddings are averaged (the default)")
+                   help="read a --bbox (or a georeferenced --image) of 1.5 index tiles a side or more as one image "
+                        "resampled to the model input, instead of as index-sized tiles whose embeddings are "
+                        "averaged (the default)")
     p.add_argument("--model", default=None,
                    help="ONNX model for image/box queries (default: the model recorded in the index)")
     p.add_argument("-k", type=int, default=20, help="number of hits")
@@ -189,7 +190,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise RsirError(f"{model}: the index's model is not there any more; pass --model")
         encoder = Encoder(model, device=args.device, threads=args.threads)
         if args.image:
-            query = query_from_image(index, encoder, args.image, bands, args.scale, args.add_offset)
+            query = query_from_image(index, encoder, args.image, bands, args.scale, args.add_offset,
+                                     whole=args.whole_box)
         else:
             query = query_from_box(index, encoder, args.raster, args.bbox, args.crs, bands, args.scale,
                                    args.add_offset, whole=args.whole_box)

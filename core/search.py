@@ -94,17 +94,43 @@ def _first(*values):
 
 
 def query_from_image(index: Index, encoder: Encoder, image_path: str, bands: list | None = None,
-                     scale: float | None = None, add_offset: float | None = None) -> Query:
-    """The whole image (any size; resampled to the model input) as the query."""
+                     scale: float | None = None, add_offset: float | None = None, whole: bool = False) -> Query:
+    """The whole image as the query: resampled to the model input, or - for a georeferenced image of 1.5 index
+    tiles a side or more, unless `whole` - read as index-sized tiles whose embeddings are averaged, as a box is.
+    An image without a georeference has no ground size to compare, so it is always read whole."""
     index.check_model(encoder.info)
     ds = open_raster(image_path)
     chosen, scale, offset, warnings = _query_reading(index, encoder, image_path, ds, bands, scale, add_offset)
     win = TileWindow(0, 0, ds.RasterXSize, ds.RasterYSize)
-    raw = read_window(ds, chosen, win, encoder.info.input_size, image_path)
-    emb, code = encoder.encode(raw[None] + np.float32(offset), scale=scale)
+    tile = None if whole or not ds.GetProjection() else _index_tile_pixels(index, ds, image_path)
+    embedding, code, raw, note = _encode_area(index, encoder, ds, chosen, win, tile, scale, offset, image_path)
     fp = FootprintMaker(ds).polygons(win)[1]
-    return Query("image", f"image {image_path}", emb[0], code[0], footprint_wkt=fp.ExportToWkt() if fp else None,
-                 pixels=raw, warnings=warnings)
+    return Query("image", f"image {image_path}{note}", embedding, code,
+                 footprint_wkt=fp.ExportToWkt() if fp else None, pixels=raw, warnings=warnings)
+
+
+def _encode_area(index: Index, encoder: Encoder, ds, bands: list, win: TileWindow, tile: int | None, scale: float,
+                 offset: float, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(embedding, packed code, the area resampled to the model input, a note for the description) of a query
+    area: one read of the whole area, or with `tile` (index tile side in this raster's pixels) and an area of 1.5
+    tiles a side or more, the mean of its tiles' embeddings and the bit-wise majority of their codes. Tiles with
+    more nodata than the index allows are left out unless all are."""
+    size = encoder.info.input_size
+    raw = read_window(ds, bands, win, size, what)
+    parts = [win] if tile is None else cover_windows(win, tile)
+    if len(parts) == 1:
+        emb, code = encoder.encode(raw[None] + np.float32(offset), scale=scale)
+        return emb[0], code[0], raw, ""
+    pixels = np.stack([read_window(ds, bands, w, size, what) for w in parts])
+    valid = [invalid_fraction(ds, bands, w, p) <= index.manifest["tiling"].get("max_invalid", 0.5)
+             for w, p in zip(parts, pixels)]
+    if any(valid):
+        pixels = pixels[np.asarray(valid)]
+    emb, code = encoder.encode(pixels + np.float32(offset), scale=scale)
+    bits = np.unpackbits(code, axis=1).mean(axis=0) >= 0.5  # majority; ties set the bit
+    cols, rows = len({w.x for w in parts}), len({w.y for w in parts})
+    return (l2_normalise(emb.mean(axis=0, keepdims=True))[0], np.packbits(bits.astype(np.uint8)), raw,
+            f" ({cols} x {rows} tiles of {tile} px, {len(pixels)} averaged)")
 
 
 def query_from_array(index: Index, encoder: Encoder, pixels: np.ndarray, scale: float | None = None,
@@ -180,26 +206,9 @@ def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[floa
     ds = open_source(SourceSpec(spec.path, spec.kind))
     chosen, scale, offset, warnings = _query_reading(index, encoder, spec.path, ds, bands, scale, add_offset, spec)
     win = box_to_window(ds, raster, bbox, bbox_crs)
-    size = encoder.info.input_size
-    raw = read_window(ds, chosen, win, size, raster)
-    tile = _index_tile_pixels(index, ds, spec.path)
-    parts = [win] if whole or tile is None else cover_windows(win, tile)
-    description = f"box {','.join(f'{v:.10g}' for v in bbox)} on {raster}"
-    if len(parts) == 1:
-        emb, code = encoder.encode(raw[None] + np.float32(offset), scale=scale)
-        embedding, packed = emb[0], code[0]
-    else:
-        pixels = np.stack([read_window(ds, chosen, w, size, raster) for w in parts])
-        valid = [invalid_fraction(ds, chosen, w, p) <= index.manifest["tiling"].get("max_invalid", 0.5)
-                 for w, p in zip(parts, pixels)]
-        if any(valid):
-            pixels = pixels[np.asarray(valid)]
-        emb, code = encoder.encode(pixels + np.float32(offset), scale=scale)
-        embedding = l2_normalise(emb.mean(axis=0, keepdims=True))[0]
-        bits = np.unpackbits(code, axis=1).mean(axis=0) >= 0.5  # majority; ties set the bit
-        packed = np.packbits(bits.astype(np.uint8))
-        cols, rows = len({w.x for w in parts}), len({w.y for w in parts})
-        description += f" ({cols} x {rows} tiles of {tile} px, {len(pixels)} averaged)"
+    tile = None if whole else _index_tile_pixels(index, ds, spec.path)
+    embedding, packed, raw, note = _encode_area(index, encoder, ds, chosen, win, tile, scale, offset, raster)
+    description = f"box {','.join(f'{v:.10g}' for v in bbox)} on {raster}{note}"
     maker = FootprintMaker(ds)
     geo = maker.polygons(win)[1]
     if maker.srs is not None and maker.srs.IsGeographic():

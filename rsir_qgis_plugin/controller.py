@@ -118,7 +118,8 @@ class RetrievalSession:
         return self._finish(query, req, self.index.tile(tile_id).source)
 
     def search_image(self, path: str, req: SearchRequest) -> SearchResult:
-        query = search.query_from_image(self.index, self.encoder(req.device, self.query_modality(path, req)), path)
+        query = search.query_from_image(self.index, self.encoder(req.device, self.query_modality(path, req)), path,
+                                        whole=req.whole_box)
         in_index = self.index.source_entry(path) is not None
         return self._finish(query, req, path if in_index else None)
 

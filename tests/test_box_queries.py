@@ -89,3 +89,23 @@ def test_tile_size_follows_the_index_ground_resolution(tmp_path, tiny_model):
     assert "tiles" not in one.description.split(" on ")[0]
     four = query_from_box(index, enc, raster, _box(0, 0, 4, 4))  # 2560 m = 2 x 2 such tiles
     assert "(2 x 2 tiles of 128 px, 4 averaged)" in four.description
+
+
+def test_a_georeferenced_image_is_read_as_tiles_and_a_plain_one_whole(tmp_path, twin_index, twin_raster,
+                                                                       tiny_model):
+    from osgeo import gdal
+
+    from core.search import query_from_image
+
+    enc = Encoder(tiny_model)
+    pixels = gdal.Open(twin_raster).ReadAsArray(0, 0, 128, 64)  # tiles (0, 0) and (0, 1)
+    geo = write_raster(str(tmp_path / "geo.tif"), pixels)
+    plain = write_raster(str(tmp_path / "plain.tif"), pixels, epsg=None)
+    tiled = query_from_image(twin_index, enc, geo)
+    want = l2_normalise(twin_index.embeddings([0, 1]).mean(axis=0, keepdims=True))[0]
+    np.testing.assert_allclose(tiled.embedding, want, atol=2e-3)
+    assert "(2 x 1 tiles of 64 px, 2 averaged)" in tiled.description
+    for query in (query_from_image(twin_index, enc, plain), query_from_image(twin_index, enc, geo, whole=True)):
+        raw = read_window(open_raster(geo), [1, 2, 3], TileWindow(0, 0, 128, 64), enc.info.input_size)
+        np.testing.assert_allclose(query.embedding, enc.encode(raw[None])[0][0], atol=1e-5)
+        assert "averaged" not in query.description
