@@ -55,7 +55,7 @@ def plan_windows(ds: gdal.Dataset, kind: str, tile: int, stride: int, gsd: float
     return grid_windows(ds.RasterXSize, ds.RasterYSize, size, step)
 
 
-def cover_windows(win: TileWindow, tile: int, max_per_side: int = 16) -> list[TileWindow]:
+def cover_windows(win: TileWindow, tile: int, max_per_side: int = 8) -> list[TileWindow]:
     """Tile-sized windows spread evenly over `win` (a query box), row-major: ceil(w / tile) x ceil(h / tile) of
     them, the first and last flush with the box's edges, overlapping where the box is not a whole number of
     tiles; at most `max_per_side` a side (then they sample the box with gaps). A box under 1.5 tiles a side is
