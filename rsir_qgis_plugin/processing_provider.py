@@ -156,7 +156,8 @@ class SearchByExtent(_Base):
 
 class SearchByImage(_Base):
     NAME, TITLE = "searchbyimage", "Search by image"
-    HELP = "A whole image file (any size; resampled to the model input) is the query."
+    HELP = ("A whole image file is the query: resampled to the model input, or, if it is georeferenced and 1.5 "
+            "index tiles a side or more, read as index-sized tiles whose embeddings are averaged.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(_index_param())
