@@ -110,15 +110,18 @@ def query_from_image(index: Index, encoder: Encoder, image_path: str, bands: lis
 
 
 def _encode_area(index: Index, encoder: Encoder, ds, bands: list, win: TileWindow, tile: int | None, scale: float,
-                 offset: float, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+                 offset: float, what: str, inside=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(embedding, packed code, the area resampled to the model input, a note for the description) of a query
     area: one read of the whole area, or with `tile` (index tile side in this raster's pixels) and an area of 1.5
     tiles a side or more, the mean of its tiles' embeddings and the bit-wise majority of their codes. Tiles with
-    more nodata than the index allows are left out unless all are."""
+    more nodata than the index allows, or whose centre fails `inside` (a test on pixel coordinates), are left
+    out unless all are."""
     size = encoder.info.input_size
     raw = read_window(ds, bands, win, size, what)
     parts = [win] if tile is None else cover_windows(win, tile)
-    if len(parts) == 1:
+    if inside is not None and len(parts) > 1:
+        parts = [w for w in parts if inside(w.x + w.w / 2, w.y + w.h / 2)] or parts
+    if len(parts) == 1 and parts[0] == win:
         emb, code = encoder.encode(raw[None] + np.float32(offset), scale=scale)
         return emb[0], code[0], raw, ""
     pixels = np.stack([read_window(ds, bands, w, size, what) for w in parts])
@@ -131,6 +134,36 @@ def _encode_area(index: Index, encoder: Encoder, ds, bands: list, win: TileWindo
     cols, rows = len({w.x for w in parts}), len({w.y for w in parts})
     return (l2_normalise(emb.mean(axis=0, keepdims=True))[0], np.packbits(bits.astype(np.uint8)), raw,
             f" ({cols} x {rows} tiles of {tile} px, {len(pixels)} averaged)")
+
+
+def _centre_test(ds, wkt: str, crs: str | None):
+    """A test (col, row) -> bool: does that pixel position of `ds` lie in the polygon `wkt` (given in `crs`, default
+    the raster's)?"""
+    from osgeo import ogr
+
+    polygon = ogr.CreateGeometryFromWkt(wkt)
+    if polygon is None:
+        raise RsirError(f"not a polygon (WKT): {wkt[:60]}")
+    transform = None
+    if crs and ds.GetProjection():
+        try:
+            src = srs_from_user(crs)
+        except ValueError as exc:
+            raise RsirError(str(exc)) from None
+        dst = osr.SpatialReference(wkt=ds.GetProjection())
+        dst.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        transform = osr.CoordinateTransformation(dst, src)  # raster -> polygon CRS
+    gt = ds.GetGeoTransform()
+
+    def inside(col: float, row: float) -> bool:
+        x, y = gdal.ApplyGeoTransform(gt, col, row)
+        if transform is not None:
+            x, y = transform.TransformPoint(x, y)[:2]
+        point = ogr.Geometry(ogr.wkbPoint)
+        point.AddPoint_2D(x, y)
+        return polygon.Contains(point)
+
+    return inside
 
 
 def query_from_array(index: Index, encoder: Encoder, pixels: np.ndarray, scale: float | None = None,
@@ -192,7 +225,7 @@ def box_to_window(ds, raster_path: str, bbox: tuple[float, float, float, float],
 
 def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[float, float, float, float],
                    bbox_crs: str | None = None, bands: list | None = None, scale: float | None = None,
-                   add_offset: float | None = None, whole: bool = False) -> Query:
+                   add_offset: float | None = None, whole: bool = False, within: str | None = None) -> Query:
     """Read the box's pixels from `raster` (a raster file or band-stack spec) and encode them as the query.
 
     A box of 1.5 index tiles a side or more is read as tiles of the index's ground size (`cover_windows`) whose
@@ -200,15 +233,19 @@ def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[floa
     archive; resampling a 2 x 2-tile box into one model input halves that resolution (EuroSAT 2 x 2 same-class
     mosaics: 65 mAP@100 against 99.9 for the average; docs/results.md, which also shows when the whole box is the
     better read). `whole`: read the box as one image anyway. Tiles with more nodata than the index allows are
-    left out unless all are."""
+    left out unless all are. `within`: a polygon (WKT, in `bbox_crs`; the box is usually its bounding box) - only
+    tiles whose centre lies in it are averaged, so a selected field or forest stand is the query, not its
+    bounding box."""
     index.check_model(encoder.info)
     spec = expand_archive([raster])[0]
     ds = open_source(SourceSpec(spec.path, spec.kind))
     chosen, scale, offset, warnings = _query_reading(index, encoder, spec.path, ds, bands, scale, add_offset, spec)
     win = box_to_window(ds, raster, bbox, bbox_crs)
     tile = None if whole else _index_tile_pixels(index, ds, spec.path)
-    embedding, packed, raw, note = _encode_area(index, encoder, ds, chosen, win, tile, scale, offset, raster)
-    description = f"box {','.join(f'{v:.10g}' for v in bbox)} on {raster}{note}"
+    inside = _centre_test(ds, within, bbox_crs) if within else None
+    embedding, packed, raw, note = _encode_area(index, encoder, ds, chosen, win, tile, scale, offset, raster,
+                                                inside)
+    description = f"{'polygon' if within else 'box'} {','.join(f'{v:.10g}' for v in bbox)} on {raster}{note}"
     maker = FootprintMaker(ds)
     geo = maker.polygons(win)[1]
     if maker.srs is not None and maker.srs.IsGeographic():

@@ -108,9 +108,10 @@ class RetrievalSession:
 
     # -- queries ------------------------------------------------------------------------------------------
     def search_box(self, raster: str, box: tuple[float, float, float, float], box_crs: str,
-                   req: SearchRequest) -> SearchResult:
+                   req: SearchRequest, within: str | None = None) -> SearchResult:
+        """`within`: a polygon (WKT in `box_crs`) whose bounding box `box` is; only its tiles are averaged."""
         enc = self.encoder(req.device, self.query_modality(raster, req))
-        query = search.query_from_box(self.index, enc, raster, box, box_crs, whole=req.whole_box)
+        query = search.query_from_box(self.index, enc, raster, box, box_crs, whole=req.whole_box, within=within)
         return self._finish(query, req, raster)
 
     def search_tile(self, tile_id: int, req: SearchRequest) -> SearchResult:

@@ -187,14 +187,15 @@ class RsirDock(QDockWidget):
                              expand=self.expand_spin.value(), rerank=self.rerank_spin.value(),
                              whole_box=self.whole_box_check.isChecked())
 
-    def on_box(self, rect) -> None:
+    def on_box(self, rect, within: str | None = None) -> None:
+        """Query with a box in the canvas CRS; `within`: the polygon (WKT, canvas CRS) it bounds, if any."""
         layer = self.raster_combo.currentLayer()
         if layer is None:
             self._error("Choose the query raster layer the box is read from (Query raster).")
             return
         crs = self.iface.mapCanvas().mapSettings().destinationCrs()
         box = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
-        self.run_search(lambda s, req: s.search_box(layer.source(), box, crs.toWkt(), req))
+        self.run_search(lambda s, req: s.search_box(layer.source(), box, crs.toWkt(), req, within=within))
 
     def on_pick(self, point) -> None:
         if not self._need_session():
@@ -208,7 +209,8 @@ class RsirDock(QDockWidget):
         self.run_search(lambda s, req: s.search_tile(tile, req))
 
     def search_selected_feature(self, layer):
-        """Query with the bounding box of the (first) selected polygon of `layer`."""
+        """Query with the (first) selected polygon of `layer`: its bounding box, of which only the tiles inside the
+        polygon are averaged when it spans several."""
         feats = list(layer.selectedFeatures()) if layer is not None and hasattr(layer, "selectedFeatures") else []
         if not feats or feats[0].geometry().type() != QgsWkbTypes.PolygonGeometry:
             self._error("Select a polygon feature in the active vector layer first.")
@@ -216,7 +218,7 @@ class RsirDock(QDockWidget):
         geom = QgsGeometry(feats[0].geometry())
         canvas_crs = self.iface.mapCanvas().mapSettings().destinationCrs()
         geom.transform(QgsCoordinateTransform(layer.crs(), canvas_crs, QgsProject.instance()))
-        self.on_box(geom.boundingBox())
+        self.on_box(geom.boundingBox(), within=geom.asWkt())
         return self.last_result
 
     def search_image(self, path: str):

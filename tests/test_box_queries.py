@@ -109,3 +109,19 @@ def test_a_georeferenced_image_is_read_as_tiles_and_a_plain_one_whole(tmp_path, 
         raw = read_window(open_raster(geo), [1, 2, 3], TileWindow(0, 0, 128, 64), enc.info.input_size)
         np.testing.assert_allclose(query.embedding, enc.encode(raw[None])[0][0], atol=1e-5)
         assert "averaged" not in query.description
+
+
+def test_only_tiles_inside_the_polygon_are_averaged(twin_index, twin_raster, tiny_model):
+    """A polygon over tiles (0, 0), (0, 1) and (1, 0) in UTM: its bounding box spans 2 x 2 tiles, tile (1, 1) is
+    left out; a polygon smaller than a tile keeps every tile of its box."""
+    enc = Encoder(tiny_model)
+    x0, y0 = ORIGIN
+    ell = (f"POLYGON(({x0 + 1} {y0 - 1},{x0 + 1279} {y0 - 1},{x0 + 1279} {y0 - 639},{x0 + 639} {y0 - 639},"
+           f"{x0 + 639} {y0 - 1279},{x0 + 1} {y0 - 1279},{x0 + 1} {y0 - 1}))")
+    query = query_from_box(twin_index, enc, twin_raster, _box(0, 0, 2, 2), "EPSG:32618", within=ell)
+    want = l2_normalise(twin_index.embeddings([0, 1, 4]).mean(axis=0, keepdims=True))[0]
+    np.testing.assert_allclose(query.embedding, want, atol=2e-3)
+    assert query.description.startswith("polygon ") and "3 averaged" in query.description
+    tiny = f"POLYGON(({x0 + 600} {y0 - 600},{x0 + 700} {y0 - 600},{x0 + 700} {y0 - 700},{x0 + 600} {y0 - 600}))"
+    everything = query_from_box(twin_index, enc, twin_raster, _box(0, 0, 2, 2), "EPSG:32618", within=tiny)
+    assert "4 averaged" in everything.description

@@ -181,6 +181,18 @@ def test_selected_polygon_query_and_zoom_to_hit(dock, indexed, twin_raster, qgis
     hit = result.hits[0]
     assert extent.contains(QgsRectangle(ORIGIN[0] + hit.x * 10 + 1, ORIGIN[1] - (hit.y + 64) * 10 + 1,
                                         ORIGIN[0] + (hit.x + 64) * 10 - 1, ORIGIN[1] - hit.y * 10 - 1))
+    # an L-shaped stand over tiles 0, 1 and 4: its bounding box spans 2 x 2 tiles, and only its three are the query
+    index = dock.session.index
+    shape = QgsGeometry.unaryUnion([QgsGeometry.fromWkt(index.tile(t).footprint_wkt) for t in (0, 1, 4)])
+    feat.setGeometry(shape.buffer(-1e-6, 2))
+    ell = QgsVectorLayer("Polygon?crs=EPSG:4326", "stand", "memory")
+    ell.dataProvider().addFeatures([feat])
+    QgsProject.instance().addMapLayer(ell)
+    ell.selectAll()
+    result = dock.search_selected_feature(ell)
+    assert "polygon" in result.query.description and "(2 x 2 tiles of 64 px, 3 averaged)" in result.query.description
+    want = index.embeddings([0, 1, 4]).mean(axis=0)
+    np.testing.assert_allclose(result.query.embedding, want / np.linalg.norm(want), atol=2e-3)
 
 
 def test_bad_input_gives_one_message_and_no_layers(dock, indexed, twin_raster, tmp_path, qgis_iface):
