@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tile", type=int, help="tile id (the query tile itself is left out of the hits)")
     q.add_argument("--image", help="image file: the whole image is the query")
     q.add_argument("--bbox", type=_bbox, help="xmin,ymin,xmax,ymax of the query box")
+    q.add_argument("--polygon", metavar="VECTOR",
+                   help="vector file (GeoPackage, shapefile, GeoJSON, ...) whose polygon is the query: the tiles "
+                        "inside it are averaged; its first feature, or --fid")
+    p.add_argument("--fid", type=int, default=None, help="feature id of the --polygon to use")
     p.add_argument("--crs", default=None, help="CRS of --bbox, e.g. EPSG:4326 (default: the raster's CRS)")
     p.add_argument("--raster", default=None, help="raster or band-stack spec the --bbox is read from")
     p.add_argument("--whole-box", action="store_true",
@@ -177,8 +181,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     # argument errors first: before the index is opened and the model loaded
     if args.rerank and not args.hash:
         raise RsirError("--rerank re-ranks hash search candidates: add --hash")
-    if args.bbox and not args.raster:
-        raise RsirError("--bbox needs --raster: the raster (or band-stack spec) to read the box from")
+    if (args.bbox or args.polygon) and not args.raster:
+        raise RsirError(f"{'--bbox' if args.bbox else '--polygon'} needs --raster: the raster (or band-stack spec) "
+                        "to read it from")
     index = Index(args.index)
     bands = parse_band_list(args.bands)
     encoder = None
@@ -192,6 +197,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.image:
             query = query_from_image(index, encoder, args.image, bands, args.scale, args.add_offset,
                                      whole=args.whole_box)
+        elif args.polygon:
+            from .archive.vectors import read_polygon
+
+            wkt, envelope, crs = read_polygon(args.polygon, args.fid)
+            query = query_from_box(index, encoder, args.raster, envelope, crs, bands, args.scale, args.add_offset,
+                                   whole=args.whole_box, within=wkt)
         else:
             query = query_from_box(index, encoder, args.raster, args.bbox, args.crs, bands, args.scale,
                                    args.add_offset, whole=args.whole_box)

@@ -125,3 +125,31 @@ def test_only_tiles_inside_the_polygon_are_averaged(twin_index, twin_raster, tin
     tiny = f"POLYGON(({x0 + 600} {y0 - 600},{x0 + 700} {y0 - 600},{x0 + 700} {y0 - 700},{x0 + 600} {y0 - 600}))"
     everything = query_from_box(twin_index, enc, twin_raster, _box(0, 0, 2, 2), "EPSG:32618", within=tiny)
     assert "4 averaged" in everything.description
+
+
+def test_cli_polygon_query_from_a_vector_file(tmp_path, twin_index, twin_raster, capsys):
+    from osgeo import ogr, osr
+
+    from core.cli import main
+
+    x0, y0 = ORIGIN
+    path = str(tmp_path / "stand.gpkg")
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32618)
+    layer = ds.CreateLayer("stands", srs, ogr.wkbPolygon)
+    feat = ogr.Feature(layer.GetLayerDefn())
+    feat.SetGeometry(ogr.CreateGeometryFromWkt(
+        f"POLYGON(({x0 + 1} {y0 - 1},{x0 + 1279} {y0 - 1},{x0 + 1279} {y0 - 639},{x0 + 639} {y0 - 639},"
+        f"{x0 + 639} {y0 - 1279},{x0 + 1} {y0 - 1279},{x0 + 1} {y0 - 1}))"))
+    layer.CreateFeature(feat)
+    ds = None  # written
+    assert main(["search", str(twin_index.dir), "--polygon", path, "--raster", twin_raster, "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("query: polygon ") and "(2 x 2 tiles of 64 px, 3 averaged)" in out
+    assert main(["search", str(twin_index.dir), "--polygon", path, "--raster", twin_raster, "--fid", "7"]) == 1
+    assert "stand.gpkg: has no feature 7" in capsys.readouterr().err
+    assert main(["search", str(twin_index.dir), "--polygon", path]) == 1
+    assert "--polygon needs --raster" in capsys.readouterr().err
+    assert main(["search", str(twin_index.dir), "--polygon", twin_raster, "--raster", twin_raster]) == 1
+    assert "twin.tif: not a readable vector file" in capsys.readouterr().err
