@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="find the tiles most similar to a tile, an image or a box",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Search an index. The query is a tile of the index (--tile), an image file "
-                                   "(--image) or a box over a raster (--bbox with --raster, box in --crs).")
+                                   "(--image), a box over a raster (--bbox with --raster, box in --crs) or a "
+                                   "polygon from a vector file over a raster (--polygon with --raster). A box or "
+                                   "polygon of 1.5 tiles a side or more is read as the index-sized tiles it covers, "
+                                   "their embeddings averaged (--whole-box: resampled as one image).")
     p.add_argument("index", metavar="IDX", help="index folder")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--tile", type=int, help="tile id (the query tile itself is left out of the hits)")
