@@ -52,7 +52,7 @@ def scene_table(index_dir: str, raster: str, labels: str, sides: list[int]) -> N
     from osgeo import ogr
 
     from core.index import Index
-    from core.search import query_from_box
+    from core.queries import query_from_box
 
     index = Index(index_dir)
     enc = Encoder(index.model["path"])

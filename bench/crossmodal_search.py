@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core.encoder import Encoder  # noqa: E402
 from core.index.builder import BuildOptions, build_index  # noqa: E402
 from core.index.reader import Index  # noqa: E402
-from core.search import query_from_box, search  # noqa: E402
+from core.queries import query_from_box  # noqa: E402
+from core.search import search  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.crossmodal_trainer import load_pairs  # noqa: E402
 from training.paired_data import label_lookup, open_georeferenced  # noqa: E402

@@ -13,7 +13,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.index import hamming  # noqa: E402
-from core.search import Query, hamming_ids  # noqa: E402
+from core.queries import Query  # noqa: E402
+from core.search import hamming_ids  # noqa: E402
 
 
 class Shim:

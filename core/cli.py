@@ -179,7 +179,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .encoder import Encoder
     from .expansion import expand_query
     from .index.reader import Index
-    from .search import query_from_box, query_from_image, query_from_tile, ranking_name, search
+    from .queries import query_from_box, query_from_image, query_from_tile
+    from .search import ranking_name, search
 
     # argument errors first: before the index is opened and the model loaded
     if args.rerank and not args.hash:

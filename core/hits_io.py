@@ -7,7 +7,8 @@ from osgeo import ogr
 
 from .archive.footprints import wgs84
 from .fileio import atomic_path
-from .search import Hit, Query
+from .queries import Query
+from .search import Hit
 
 HIT_FIELDS = (("rank", ogr.OFTInteger), ("tile_id", ogr.OFTInteger), ("score", ogr.OFTReal),
               ("hamming", ogr.OFTInteger), ("bucket", ogr.OFTString), ("source", ogr.OFTString),

@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from .engine import encoder as core_encoder
-from .engine import errors, expansion, heatmap, modality, reader, search
+from .engine import errors, expansion, heatmap, modality, queries, reader, search
 
 
 @dataclass
@@ -29,7 +29,7 @@ class SearchRequest:
 
 @dataclass
 class SearchResult:
-    query: object                   # core.search.Query
+    query: object                   # core.queries.Query
     hits: list
     radius_hits: list = field(default_factory=list)
     heatmap_path: str | None = None
@@ -111,15 +111,15 @@ class RetrievalSession:
                    req: SearchRequest, within: str | None = None) -> SearchResult:
         """`within`: a polygon (WKT in `box_crs`) whose bounding box `box` is; only its tiles are averaged."""
         enc = self.encoder(req.device, self.query_modality(raster, req))
-        query = search.query_from_box(self.index, enc, raster, box, box_crs, whole=req.whole_box, within=within)
+        query = queries.query_from_box(self.index, enc, raster, box, box_crs, whole=req.whole_box, within=within)
         return self._finish(query, req, raster)
 
     def search_tile(self, tile_id: int, req: SearchRequest) -> SearchResult:
-        query = search.query_from_tile(self.index, tile_id)
+        query = queries.query_from_tile(self.index, tile_id)
         return self._finish(query, req, self.index.tile(tile_id).source)
 
     def search_image(self, path: str, req: SearchRequest) -> SearchResult:
-        query = search.query_from_image(self.index, self.encoder(req.device, self.query_modality(path, req)), path,
+        query = queries.query_from_image(self.index, self.encoder(req.device, self.query_modality(path, req)), path,
                                         whole=req.whole_box)
         in_index = self.index.source_entry(path) is not None
         return self._finish(query, req, path if in_index else None)

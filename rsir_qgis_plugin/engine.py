@@ -3,11 +3,11 @@ rsir_qgis_plugin/core), else the development checkout's top-level `core` package
 core modules from here and nowhere else."""
 # ruff: noqa: F401
 try:  # packaged plugin
-    from .core import encoder, errors, expansion, heatmap, hits_io, modality, search, tile_vrt
+    from .core import encoder, errors, expansion, heatmap, hits_io, modality, queries, search, tile_vrt
     from .core.archive import footprints, sources
     from .core.index import builder, reader
 except ImportError:  # development checkout
-    from core import encoder, errors, expansion, heatmap, hits_io, modality, search, tile_vrt
+    from core import encoder, errors, expansion, heatmap, hits_io, modality, queries, search, tile_vrt
     from core.archive import footprints, sources
     from core.index import builder, reader
 

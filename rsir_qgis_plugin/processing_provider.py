@@ -10,7 +10,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureSink,
 
 
 from .controller import RetrievalSession, SearchRequest
-from .engine import builder, default_model_path, errors, expansion, heatmap, search
+from .engine import builder, default_model_path, errors, expansion, heatmap, queries
 from .layers import HIT_FIELDS, hit_attributes
 
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
@@ -193,7 +193,7 @@ class SimilarityHeatmap(_Base):
         rect = self.parameterAsExtent(parameters, "EXTENT", context, crs)
         out = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         try:
-            query = search.query_from_box(session.index, session.encoder(), raster.source(),
+            query = queries.query_from_box(session.index, session.encoder(), raster.source(),
                                           (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()),
                                           crs.toWkt())
             query = expansion.expand_query(session.index, query, self.parameterAsInt(parameters, "EXPAND", context))

@@ -10,7 +10,8 @@ from core.archive.pixels import read_window
 from core.archive.tiling import TileWindow, cover_windows
 from core.encoder import Encoder, l2_normalise
 from core.index import BuildOptions, Index, build_index
-from core.search import query_from_box, search
+from core.queries import query_from_box
+from core.search import search
 from tests.rasters import ORIGIN, mosaic_with_twin, write_raster
 
 
@@ -95,7 +96,7 @@ def test_a_georeferenced_image_is_read_as_tiles_and_a_plain_one_whole(tmp_path, 
                                                                        tiny_model):
     from osgeo import gdal
 
-    from core.search import query_from_image
+    from core.queries import query_from_image
 
     enc = Encoder(tiny_model)
     pixels = gdal.Open(twin_raster).ReadAsArray(0, 0, 128, 64)  # tiles (0, 0) and (0, 1)

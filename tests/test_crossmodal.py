@@ -15,7 +15,8 @@ from core.encoder import Encoder
 from core.errors import RsirError
 from core.index.builder import BuildOptions, build_index
 from core.index.reader import Index
-from core.search import query_from_box, search
+from core.queries import query_from_box
+from core.search import search
 from tests.rasters import ORIGIN, tile_pattern, write_raster
 from training.config import parse_config
 from training.crossmodal import (

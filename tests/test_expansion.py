@@ -7,7 +7,8 @@ import pytest
 from core.errors import RsirError
 from core.expansion import expand_codes, expand_embeddings, expand_query
 from core.index import BuildOptions, Index, build_index
-from core.search import query_from_tile, search
+from core.queries import query_from_tile
+from core.search import search
 
 TWIN_OF, TWIN_AT = 0, 3 * 4 + 2  # tests/rasters.py mosaic_with_twin: tile 14 copies tile 0
 

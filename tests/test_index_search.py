@@ -13,7 +13,8 @@ from core.archive.tiling import TileWindow
 from core.encoder import Encoder
 from core.errors import Cancelled
 from core.index import BuildOptions, Index, build_index
-from core.search import query_from_array, query_from_box, query_from_image, query_from_tile, search
+from core.queries import query_from_array, query_from_box, query_from_image, query_from_tile
+from core.search import search
 from tests.rasters import ORIGIN, mosaic_with_twin, write_raster
 
 TWIN_OF, TWIN_AT = 0, 3 * 4 + 2  # tile ids (row-major, 4 x 4 grid)

@@ -13,7 +13,8 @@ from core.cli import main
 from core.encoder import Encoder
 from core.index.builder import BuildOptions, build_index
 from core.index.reader import Index
-from core.search import query_from_image, search
+from core.queries import query_from_image
+from core.search import search
 from tests.rasters import class_image, write_class_folder, write_raster
 from training.config import parse_config
 from training.datasets import load_folder

@@ -20,6 +20,7 @@ def test_plugin_zip_is_self_contained(tmp_path):
         meta.read_string(zf.read("rsir_qgis_plugin/metadata.txt").decode())
         zf.extractall(tmp_path / "plugins")
     for required in ("rsir_qgis_plugin/__init__.py", "rsir_qgis_plugin/icon.png", "rsir_qgis_plugin/core/search.py",
+                     "rsir_qgis_plugin/core/queries.py", "rsir_qgis_plugin/core/archive/vectors.py",
                      "rsir_qgis_plugin/core/index/builder.py", "rsir_qgis_plugin/processing_provider.py"):
         assert required in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "training" in n]

@@ -116,7 +116,8 @@ def test_more_like_this_and_image_queries(dock, indexed, twin_raster, tmp_path, 
     dock.pick_tool.picked.emit(QgsPointXY(ORIGIN[0] + 320, ORIGIN[1] - 320))
     assert "expanded with its 3 nearest tiles" in dock.last_result.query.description
     from core.expansion import expand_query
-    from core.search import query_from_tile, search
+    from core.queries import query_from_tile
+    from core.search import search
     index = dock.session.index
     want = search(index, expand_query(index, query_from_tile(index, 0), 3), k=len(plain))
     assert [h.tile_id for h in dock.last_result.hits] == [h.tile_id for h in want] != plain

@@ -13,7 +13,8 @@ from core.cli import main
 from core.encoder import Encoder
 from core.errors import RsirError
 from core.index import BuildOptions, Index, build_index
-from core.search import query_from_box, search
+from core.queries import query_from_box
+from core.search import search
 from tests.rasters import ORIGIN, mosaic_with_twin, write_raster
 
 TWIN_OF, TWIN_AT = 0, 3 * 4 + 2
@@ -116,7 +117,7 @@ def test_rasters_not_in_the_index_are_read_as_the_archive_was(tmp_path, tiny_mod
     open the spec), or picks an exported 16-bit chip, or an 8-bit PNG of it: each finds the place at cosine 1."""
     from osgeo import gdal
 
-    from core.search import query_from_image
+    from core.queries import query_from_image
 
     img = mosaic_with_twin().astype(np.uint16)
     spec = _stack(tmp_path / "s2", "s2", img * 10, scale=2550)

@@ -13,7 +13,8 @@ from core.encoder import Encoder
 from core.errors import Cancelled, RsirError
 from core.index.builder import BuildOptions, build_index
 from core.index.reader import Index
-from core.search import query_from_image, search
+from core.queries import query_from_image
+from core.search import search
 from tests.rasters import write_class_folder
 from training.checkpoint import init_weights, model_from_checkpoint
 from training.checkpoint import load as load_checkpoint

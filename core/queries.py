@@ -1,0 +1,254 @@
+"""Queries: a tile of the index, an image file, a box or polygon over a raster, or an in-memory array, read the
+way the archive was read (bands, value scale and offset, ground resolution) and encoded into an embedding and a
+code that `core.search` ranks the index by."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from osgeo import gdal, osr
+
+from .archive.footprints import FootprintMaker, srs_from_user
+from .archive.gdal_open import open_raster
+from .archive.pixels import invalid_fraction, read_window, resample_array
+from .archive.sources import SourceSpec, expand_archive, open_source, resolve_bands
+from .archive.tiling import TileWindow, cover_windows, source_gsd
+from .encoder import Encoder, l2_normalise
+from .errors import RsirError
+from .index.reader import Index
+
+
+@dataclass
+class Query:
+    """An encoded query. `footprint_wkt` (EPSG:4326) and `pixels` (raw, C x S x S) exist for box/image queries."""
+
+    kind: str
+    description: str
+    embedding: np.ndarray  # (D,) L2-normalised
+    code: np.ndarray       # (bits/8,) packed
+    tile_id: int | None = None
+    footprint_wkt: str | None = None
+    pixels: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)  # things the user should know; the query still ran
+
+
+def query_from_tile(index: Index, tile_id: int) -> Query:
+    return Query("tile", f"tile {tile_id}", index.embeddings([tile_id])[0], index.codes([tile_id])[0], tile_id=tile_id)
+
+
+def _query_reading(index: Index, encoder: Encoder, raster_path: str, ds, bands, scale, add_offset,
+                   own: SourceSpec | None = None) -> tuple[list, float, float, list[str]]:
+    """Bands, value scale and offset to read a query with, and any warning about them.
+
+    Values: the caller's, else the query source's own (a band-stack spec's), else what the index used for that
+    source or for the indexed sources on its pixel grid (a VRT of indexed band files, as QGIS shows a spec), else
+    the values every source of the archive was read with, else the index run's options or the model's scale and
+    offset 0, with a warning. An 8-bit query of an archive read at a deeper scale (a PNG or JPEG against
+    Sentinel-2 reflectance) is taken as display values: the model's own scale, offset 0."""
+    own_scale, own_offset = (own.scale, own.add_offset) if own else (None, None)
+    if index.is_cross_modal(encoder.info):  # the index's bands and scale are the other modality's
+        chosen = resolve_bands(ds, bands or encoder.info.bands, raster_path)
+        return chosen, float(scale or own_scale or encoder.info.scale), float(_first(add_offset, own_offset, 0.0)), []
+    tiling = index.manifest["tiling"]
+    chosen = resolve_bands(ds, bands or tiling.get("bands") or encoder.info.bands, raster_path)
+    sources = index.same_grid_sources(ds, raster_path) or index.sources
+    scales = {float(s["scale"]) for s in sources}
+    offsets = {float(s.get("add_offset", 0.0)) for s in sources}  # indexes before add_offset: 0
+    stored = (next(iter(scales)) if len(scales) == 1 else tiling.get("scale") or encoder.info.scale,
+              next(iter(offsets)) if len(offsets) == 1 else tiling.get("add_offset") or 0.0)
+    warnings = []
+    if index.source_entry(raster_path) is None and ds.GetRasterBand(1).DataType == gdal.GDT_Byte and \
+            stored[0] > 255:
+        stored = (encoder.info.scale, 0.0)
+    elif (len(scales) > 1 and scale is None and own_scale is None) or \
+            (len(offsets) > 1 and add_offset is None and own_offset is None):
+        warnings.append(f"{os.path.basename(raster_path)} is not in the index, whose sources were read with "
+                        f"different value scales or offsets; read with scale {stored[0]:g}, offset "
+                        f"{stored[1]:g}; if the query's values differ, give them (rsir search --scale / "
+                        "--add-offset) or query through a band-stack spec that states them")
+    value = scale or own_scale or stored[0]
+    offset = _first(add_offset, own_offset, stored[1])
+    return chosen, float(value), float(offset), warnings
+
+
+def _first(*values):
+    """The first value that is not None (0 is a value: an offset of 0 given for a source is kept)."""
+    return next(v for v in values if v is not None)
+
+
+def query_from_image(index: Index, encoder: Encoder, image_path: str, bands: list | None = None,
+                     scale: float | None = None, add_offset: float | None = None, whole: bool = False) -> Query:
+    """The whole image as the query: resampled to the model input, or - for a georeferenced image of 1.5 index
+    tiles a side or more, unless `whole` - read as index-sized tiles whose embeddings are averaged, as a box is.
+    An image without a georeference has no ground size to compare, so it is always read whole."""
+    index.check_model(encoder.info)
+    ds = open_raster(image_path)
+    chosen, scale, offset, warnings = _query_reading(index, encoder, image_path, ds, bands, scale, add_offset)
+    win = TileWindow(0, 0, ds.RasterXSize, ds.RasterYSize)
+    tile = None if whole or not ds.GetProjection() else _index_tile_pixels(index, ds, image_path)
+    embedding, code, raw, note = _encode_area(index, encoder, ds, chosen, win, tile, scale, offset, image_path)
+    fp = FootprintMaker(ds).polygons(win)[1]
+    return Query("image", f"image {image_path}{note}", embedding, code,
+                 footprint_wkt=fp.ExportToWkt() if fp else None, pixels=raw, warnings=warnings)
+
+
+def _encode_area(index: Index, encoder: Encoder, ds, bands: list, win: TileWindow, tile: int | None, scale: float,
+                 offset: float, what: str, inside=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(embedding, packed code, the area resampled to the model input, a note for the description) of a query
+    area: one read of the whole area, or with `tile` (index tile side in this raster's pixels) and an area of 1.5
+    tiles a side or more, the mean of its tiles' embeddings and the bit-wise majority of their codes. Tiles with
+    more nodata than the index allows, or whose centre fails `inside` (a test on pixel coordinates), are left
+    out unless all are."""
+    size = encoder.info.input_size
+    raw = read_window(ds, bands, win, size, what)
+    parts = [win] if tile is None else cover_windows(win, tile)
+    if inside is not None and len(parts) > 1:
+        parts = [w for w in parts if inside(w.x + w.w / 2, w.y + w.h / 2)] or parts
+    if len(parts) == 1 and parts[0] == win:
+        emb, code = encoder.encode(raw[None] + np.float32(offset), scale=scale)
+        return emb[0], code[0], raw, ""
+    pixels = np.stack([read_window(ds, bands, w, size, what) for w in parts])
+    valid = [invalid_fraction(ds, bands, w, p) <= index.manifest["tiling"].get("max_invalid", 0.5)
+             for w, p in zip(parts, pixels)]
+    if any(valid):
+        pixels = pixels[np.asarray(valid)]
+    emb, code = encoder.encode(pixels + np.float32(offset), scale=scale)
+    bits = np.unpackbits(code, axis=1).mean(axis=0) >= 0.5  # majority; ties set the bit
+    cols, rows = len({w.x for w in parts}), len({w.y for w in parts})
+    return (l2_normalise(emb.mean(axis=0, keepdims=True))[0], np.packbits(bits.astype(np.uint8)), raw,
+            f" ({cols} x {rows} tiles of {tile} px, {len(pixels)} averaged)")
+
+
+def _centre_test(ds, wkt: str, crs: str | None):
+    """A test (col, row) -> bool: does that pixel position of `ds` lie in the polygon `wkt` (given in `crs`, default
+    the raster's)?"""
+    from osgeo import ogr
+
+    polygon = ogr.CreateGeometryFromWkt(wkt)
+    if polygon is None:
+        raise RsirError(f"not a polygon (WKT): {wkt[:60]}")
+    transform = None
+    if crs and ds.GetProjection():
+        try:
+            src = srs_from_user(crs)
+        except ValueError as exc:
+            raise RsirError(str(exc)) from None
+        dst = osr.SpatialReference(wkt=ds.GetProjection())
+        dst.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        transform = osr.CoordinateTransformation(dst, src)  # raster -> polygon CRS
+    gt = ds.GetGeoTransform()
+
+    def inside(col: float, row: float) -> bool:
+        x, y = gdal.ApplyGeoTransform(gt, col, row)
+        if transform is not None:
+            x, y = transform.TransformPoint(x, y)[:2]
+        point = ogr.Geometry(ogr.wkbPoint)
+        point.AddPoint_2D(x, y)
+        return polygon.Contains(point)
+
+    return inside
+
+
+def query_from_array(index: Index, encoder: Encoder, pixels: np.ndarray, scale: float | None = None,
+                     description: str = "array") -> Query:
+    """An in-memory (C, H, W) array of any size, resampled to the model input through GDAL."""
+    index.check_model(encoder.info)
+    arr = np.asarray(pixels, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.shape[0] != encoder.info.channels:
+        raise RsirError(f"{description}: has {arr.shape[0]} band(s), the model needs {encoder.info.channels}")
+    raw = resample_array(arr, encoder.info.input_size, description)
+    own_scale = None if index.is_cross_modal(encoder.info) else index.manifest["tiling"].get("scale")
+    emb, code = encoder.encode(raw[None], scale=scale or own_scale or encoder.info.scale)
+    return Query("image", description, emb[0], code[0], pixels=raw)
+
+
+def box_to_window(ds, raster_path: str, bbox: tuple[float, float, float, float], bbox_crs: str | None) -> TileWindow:
+    """Pixel window of a box (xmin, ymin, xmax, ymax) given in `bbox_crs` (default: the raster's CRS).
+
+    The box is densified and reprojected, so a lon/lat box over a UTM raster maps to the right pixels.
+    RsirError when the box is empty, outside the raster, or sticks out of it.
+    """
+    xmin, ymin, xmax, ymax = bbox
+    if not (xmax > xmin and ymax > ymin):
+        raise RsirError(f"box {bbox} is empty: it needs xmin < xmax and ymin < ymax")
+    wkt = ds.GetProjection()
+    if bbox_crs and not wkt:
+        raise RsirError(f"{raster_path}: has no CRS, so a box in {bbox_crs} cannot be placed on it")
+    pts = [(xmin + (xmax - xmin) * t / 20, ymin) for t in range(21)] + \
+          [(xmax, ymin + (ymax - ymin) * t / 20) for t in range(21)] + \
+          [(xmin + (xmax - xmin) * t / 20, ymax) for t in range(21)] + \
+          [(xmin, ymin + (ymax - ymin) * t / 20) for t in range(21)]
+    if bbox_crs and wkt:
+        try:
+            src = srs_from_user(bbox_crs)
+        except ValueError as exc:
+            raise RsirError(str(exc)) from None
+        dst = osr.SpatialReference(wkt=wkt)
+        dst.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        ct = osr.CoordinateTransformation(src, dst)
+        pts = [ct.TransformPoint(x, y)[:2] for x, y in pts]
+    gt = ds.GetGeoTransform()
+    inv = gdal.InvGeoTransform(gt)
+    cols, rows = zip(*[gdal.ApplyGeoTransform(inv, x, y) for x, y in pts])
+    c0, c1, r0, r1 = min(cols), max(cols), min(rows), max(rows)
+    width, height = ds.RasterXSize, ds.RasterYSize
+    if c1 <= 0 or r1 <= 0 or c0 >= width or r0 >= height:
+        raise RsirError(f"box {bbox} ({bbox_crs or 'raster CRS'}) lies outside raster {raster_path} "
+                        f"({width} x {height} px)")
+    tol = 1e-6
+    if c0 < -tol or r0 < -tol or c1 > width + tol or r1 > height + tol:
+        raise RsirError(f"box {bbox} ({bbox_crs or 'raster CRS'}) extends beyond raster {raster_path}; "
+                        "draw it inside the raster")
+    x0, y0 = max(0, int(math.floor(c0 + tol))), max(0, int(math.floor(r0 + tol)))
+    x1, y1 = min(width, int(math.ceil(c1 - tol))), min(height, int(math.ceil(r1 - tol)))
+    return TileWindow(x0, y0, max(1, x1 - x0), max(1, y1 - y0))
+
+
+def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[float, float, float, float],
+                   bbox_crs: str | None = None, bands: list | None = None, scale: float | None = None,
+                   add_offset: float | None = None, whole: bool = False, within: str | None = None) -> Query:
+    """Read the box's pixels from `raster` (a raster file or band-stack spec) and encode them as the query.
+
+    A box of 1.5 index tiles a side or more is read as tiles of the index's ground size (`cover_windows`) whose
+    embeddings are averaged (codes: bit-wise majority), so the network sees the ground resolution it sees in the
+    archive; resampling a 2 x 2-tile box into one model input halves that resolution (EuroSAT 2 x 2 same-class
+    mosaics: 65 mAP@100 against 99.9 for the average; docs/results.md, which also shows when the whole box is the
+    better read). `whole`: read the box as one image anyway. Tiles with more nodata than the index allows are
+    left out unless all are. `within`: a polygon (WKT, in `bbox_crs`; the box is usually its bounding box) - only
+    tiles whose centre lies in it are averaged, so a selected field or forest stand is the query, not its
+    bounding box."""
+    index.check_model(encoder.info)
+    spec = expand_archive([raster])[0]
+    ds = open_source(SourceSpec(spec.path, spec.kind))
+    chosen, scale, offset, warnings = _query_reading(index, encoder, spec.path, ds, bands, scale, add_offset, spec)
+    win = box_to_window(ds, raster, bbox, bbox_crs)
+    tile = None if whole else _index_tile_pixels(index, ds, spec.path)
+    inside = _centre_test(ds, within, bbox_crs) if within else None
+    embedding, packed, raw, note = _encode_area(index, encoder, ds, chosen, win, tile, scale, offset, raster,
+                                                inside)
+    description = f"{'polygon' if within else 'box'} {','.join(f'{v:.10g}' for v in bbox)} on {raster}{note}"
+    maker = FootprintMaker(ds)
+    geo = maker.polygons(win)[1]
+    if maker.srs is not None and maker.srs.IsGeographic():
+        warnings.append(f"{os.path.basename(raster)} uses a degree-based CRS: its pixels are not square on the "
+                        "ground, so tiles and boxes are distorted away from the equator")
+    return Query("box", description, embedding, packed, footprint_wkt=geo.ExportToWkt() if geo else None,
+                 pixels=raw, warnings=warnings)
+
+
+def _index_tile_pixels(index: Index, ds, path: str) -> int | None:
+    """The side of the index's tiles in pixels of the query raster `ds`: the tile size at the index's ground
+    resolution (its --gsd, else the gsd shared by the indexed sources on the raster's grid or by all of them, else
+    the raster's own) over the raster's pixel size. Patch-folder indexes: the patches' common width, if any."""
+    sources = index.same_grid_sources(ds, path) or index.sources
+    tiling = index.manifest["tiling"]
+    if all(s["kind"] == "patch" for s in sources):
+        widths = {s["width"] for s in sources}
+        return widths.pop() if len(widths) == 1 else None
+    gsds = {float(s["gsd"]) for s in sources if s["kind"] != "patch"}
+    index_gsd = tiling.get("gsd") or (gsds.pop() if len(gsds) == 1 else source_gsd(ds))
+    return max(1, round(tiling["tile"] * index_gsd / source_gsd(ds)))
