@@ -272,7 +272,9 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"input {meta.get('rsir.input_size')} px, bands {meta.get('rsir.bands')})")
     print(f"vectors    {m['embedding_dim']}-d float ({m['faiss']['float']}), {m['code_bits']}-bit codes "
           f"({m['faiss']['binary']}, from {m['code_source']})")
-    print(f"tiling     tile {t['tile']} px, stride {t['stride']} px" + (f", gsd {t['gsd']}" if t["gsd"] else "")
+    ground = index.tile_ground_size()
+    print(f"tiling     tile {t['tile']} px" + (f" ({ground})" if ground else "") + f", stride {t['stride']} px"
+          + (f", gsd {t['gsd']}" if t["gsd"] else "")
           + (f", bands {t['bands']}" if t["bands"] else "") + (f", scale {t['scale']}" if t["scale"] else "")
           + (f", add_offset {t['add_offset']:g}" if t.get("add_offset") else ""))
     print(f"crs        {', '.join(crs)}")

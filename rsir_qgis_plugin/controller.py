@@ -101,7 +101,9 @@ class RetrievalSession:
 
     def describe(self) -> str:
         s = self.summary()
-        return (f"{s['tiles']} tiles of {s['tile']} px from {s['sources']} source(s); model {s['model']} "
+        ground = self.index.tile_ground_size()
+        return (f"{s['tiles']} tiles of {s['tile']} px{f' ({ground})' if ground else ''} from {s['sources']} "
+                f"source(s); model {s['model']} "
                 f"({s['method']}); CRS {', '.join(s['crs'])}; "
                 f"{'hash codes ' + str(s['code_bits']) + ' bits' if s['has_hash'] else 'no hash head (sign bits)'}; "
                 f"values {self.index.describe_values()}")

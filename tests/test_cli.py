@@ -31,6 +31,7 @@ def cli_index(tmp_path, twin_raster, tiny_model, capsys):
 def test_index_info_search_outputs(cli_index, twin_raster, tmp_path, capsys):
     code, stdout, _ = run(capsys, "info", cli_index)
     assert code == 0 and "16 indexed" in stdout and "EPSG:32618" in stdout and "64-bit codes" in stdout
+    assert "tile 64 px (640 m), stride 64 px" in stdout
     gpkg, png = tmp_path / "hits.gpkg", tmp_path / "hits.png"
     code, stdout, _ = run(capsys, "search", cli_index, "--bbox", BOX_00, "--crs", "EPSG:32618", "--raster",
                           twin_raster, "-k", "4", "--out", gpkg, "--png", png)

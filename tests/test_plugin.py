@@ -51,7 +51,7 @@ def _critical(iface) -> list[str]:
 
 def test_box_search_builds_the_layer_group(dock, indexed, twin_raster, qgis_iface):
     layer = _raster_layer(twin_raster, qgis_iface)
-    assert dock.open_index(indexed) and "16 tiles of 64 px" in dock.info.text()
+    assert dock.open_index(indexed) and "16 tiles of 64 px (640 m) from 1 source(s)" in dock.info.text()
     assert dock.info.text().endswith("values raw / 255 for 1 source(s)")
     assert dock.request().whole_box is False  # large boxes read as averaged tiles unless asked
     dock.whole_box_check.setChecked(True)

@@ -90,6 +90,22 @@ class Index:
         path = os.path.abspath(path)
         return next((s for s in self.sources if s["path"] == path), None)
 
+    def tile_ground_size(self) -> str:
+        """The side of a tile on the ground, e.g. "640 m", when every tiled source shares it; "" otherwise (mixed
+        resolutions without --gsd, patch folders, rasters without a projected CRS)."""
+        from ..archive.footprints import srs_from_user
+
+        tiled = [s for s in self.sources if s["kind"] != "patch"]
+        gsds = {self.manifest["tiling"].get("gsd") or float(s["gsd"]) for s in tiled}
+        try:
+            projected = tiled and all(s["crs"] and srs_from_user(s["crs"]).IsProjected() for s in tiled)
+        except ValueError:
+            projected = False
+        if len(gsds) != 1 or not projected:
+            return ""
+        unit = srs_from_user(tiled[0]["crs"]).GetLinearUnitsName()
+        return f"{self.manifest['tiling']['tile'] * gsds.pop():g} {'m' if unit.lower() in ('metre', 'meter') else unit}"
+
     def describe_values(self) -> str:
         """How the sources' raw values reached the model, grouped: "raw / 3000 for 2 source(s); (raw-1000) / ..."."""
         groups = Counter((float(s["scale"]), float(s.get("add_offset", 0.0))) for s in self.sources)
