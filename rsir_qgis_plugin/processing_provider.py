@@ -1,13 +1,15 @@
-"""Processing provider "RSIR": Build index, Search by extent, Search by image, Similarity heat map."""
+"""Processing provider "RSIR": Build index, Search by extent, Search by polygons, Search by image, Similarity heat
+map."""
 from __future__ import annotations
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsGeometry,
                        QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterBoolean,
-                       QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink, QgsProcessingParameterFile,
+                       QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink,
+                       QgsProcessingParameterFeatureSource, QgsProcessingParameterFile,
                        QgsProcessingParameterMultipleLayers, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
                        QgsProcessingProvider, QgsWkbTypes)
-
+from qgis.PyQt.QtCore import QVariant
 
 from .controller import RetrievalSession, SearchRequest
 from .engine import builder, default_model_path, errors, expansion, heatmap, queries
@@ -154,6 +156,54 @@ class SearchByExtent(_Base):
         return self._write_hits(parameters, context, result.hits)
 
 
+class SearchByPolygons(_Base):
+    NAME, TITLE = "searchbypolygons", "Search by polygons"
+    HELP = ("Each polygon of a layer (fields, stands, sites) is a query over the raster: the index-sized tiles "
+            "inside it are averaged, as the dock's Selected polygon does. Writes the k most similar tiles of every "
+            "polygon, with the polygon's feature id in query_fid.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(_index_param())
+        self.addParameter(QgsProcessingParameterRasterLayer("RASTER", "Query raster"))
+        self.addParameter(QgsProcessingParameterFeatureSource("POLYGONS", "Query polygons",
+                                                              [QgsProcessing.TypeVectorPolygon]))
+        self._search_params()
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        session = _session(self, parameters, context)
+        raster = self.parameterAsRasterLayer(parameters, "RASTER", context)
+        polygons = self.parameterAsSource(parameters, "POLYGONS", context)
+        fields = _hit_fields()
+        fields.append(QgsField("query_fid", QVariant.LongLong))
+        sink, dest = self.parameterAsSink(parameters, "OUTPUT", context, fields, QgsWkbTypes.Polygon, WGS84)
+        crs, total, searched = polygons.sourceCrs().toWkt(), max(polygons.featureCount(), 1), 0
+        for i, feature in enumerate(polygons.getFeatures()):
+            if feedback.isCanceled():
+                break
+            geom = feature.geometry()
+            if geom.isEmpty():
+                feedback.pushWarning(f"polygon {feature.id()}: no geometry, skipped")
+                continue
+            rect = geom.boundingBox()
+            box = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+            try:
+                result = session.search_box(raster.source(), box, crs, self._request(parameters, context),
+                                            within=geom.asWkt())
+            except errors.RsirError as exc:
+                feedback.pushWarning(f"polygon {feature.id()}: {exc}")  # one bad polygon does not stop the rest
+                continue
+            for h in result.hits:
+                f = QgsFeature(fields)
+                f.setAttributes(hit_attributes(h) + [feature.id()])
+                if h.footprint_wkt:
+                    f.setGeometry(QgsGeometry.fromWkt(h.footprint_wkt))
+                sink.addFeature(f, QgsFeatureSink.FastInsert)
+            searched += 1
+            feedback.setProgress(100.0 * (i + 1) / total)
+        feedback.pushInfo(f"searched with {searched} of {polygons.featureCount()} polygon(s)")
+        return {"OUTPUT": dest}
+
+
 class SearchByImage(_Base):
     NAME, TITLE = "searchbyimage", "Search by image"
     HELP = ("A whole image file is the query: resampled to the model input, or, if it is georeferenced and 1.5 "
@@ -215,7 +265,7 @@ class RsirProvider(QgsProcessingProvider):
         return "RSIR remote-sensing image retrieval"
 
     def loadAlgorithms(self):  # noqa: N802
-        for alg in (BuildIndex(), SearchByExtent(), SearchByImage(), SimilarityHeatmap()):
+        for alg in (BuildIndex(), SearchByExtent(), SearchByPolygons(), SearchByImage(), SimilarityHeatmap()):
             self.addAlgorithm(alg)
 
 

@@ -283,6 +283,28 @@ def test_processing_algorithms(tmp_path, twin_raster, tiny_model, qgis_processin
                                                      "HASH": False, "OUTPUT": "memory:"})
         feats = sorted(res["OUTPUT"].getFeatures(), key=lambda f: f["rank"])
         assert {feats[0]["tile_id"], feats[1]["tile_id"]} == {0, 14}
+        # polygons in batch: a field over tile (0, 0) and an L over tiles 0, 1 and 4, each with its own hits
+        from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+        fields_layer = QgsVectorLayer("Polygon?crs=EPSG:32618", "fields", "memory")
+        x0, y0 = ORIGIN
+        feats = []
+        for wkt in (f"POLYGON(({x0 + 10} {y0 - 10},{x0 + 630} {y0 - 10},{x0 + 630} {y0 - 630},{x0 + 10} {y0 - 10}))",
+                    f"POLYGON(({x0 + 1} {y0 - 1},{x0 + 1279} {y0 - 1},{x0 + 1279} {y0 - 639},{x0 + 639} {y0 - 639},"
+                    f"{x0 + 639} {y0 - 1279},{x0 + 1} {y0 - 1279},{x0 + 1} {y0 - 1}))"):
+            feat = QgsFeature()
+            feat.setGeometry(QgsGeometry.fromWkt(wkt))
+            feats.append(feat)
+        fields_layer.dataProvider().addFeatures(feats)
+        res = processing.run("rsir:searchbypolygons", {"INDEX": out, "RASTER": layer, "POLYGONS": fields_layer,
+                                                       "K": 3, "HASH": False, "OUTPUT": "memory:"})
+        by_query = {}
+        for f in res["OUTPUT"].getFeatures():
+            by_query.setdefault(f["query_fid"], []).append((f["rank"], f["tile_id"], f["score"]))
+        assert sorted(by_query) == [1, 2] and all(len(v) == 3 for v in by_query.values())
+        assert {t for r, t, _ in sorted(by_query[1])[:2]} == {0, 14}
+        ell = Index(out).embeddings([0, 1, 4]).mean(axis=0)
+        best = max(Index(out).embeddings(list(range(16))) @ (ell / np.linalg.norm(ell)))
+        assert sorted(by_query[2])[0][2] == pytest.approx(best, abs=3e-3)  # the L's own query: its 3 tiles averaged
         # a 2-tile extent: averaged tiles by default, one resampled image with WHOLE_BOX; different scores
         wide = f"{BOX_00.xMinimum()},{BOX_00.xMaximum() + 640},{BOX_00.yMinimum()},{BOX_00.yMaximum()} [EPSG:32618]"
         scores = [sorted(f["score"] for f in processing.run(
