@@ -29,6 +29,16 @@ def _hit_fields() -> QgsFields:
     return fields
 
 
+def _add_hits(sink, fields: QgsFields, hits, extra: list | None = None) -> None:
+    """Hit footprints (EPSG:4326) with their attributes, then `extra` values, into a feature sink."""
+    for h in hits:
+        f = QgsFeature(fields)
+        f.setAttributes(hit_attributes(h) + list(extra or []))
+        if h.footprint_wkt:
+            f.setGeometry(QgsGeometry.fromWkt(h.footprint_wkt))
+        sink.addFeature(f, QgsFeatureSink.FastInsert)
+
+
 def _session(alg, parameters, context) -> RetrievalSession:
     try:
         return RetrievalSession(alg.parameterAsFile(parameters, "INDEX", context))
@@ -66,12 +76,7 @@ class _Base(QgsProcessingAlgorithm):
 
     def _write_hits(self, parameters, context, hits) -> dict:
         sink, dest = self.parameterAsSink(parameters, "OUTPUT", context, _hit_fields(), QgsWkbTypes.Polygon, WGS84)
-        for h in hits:
-            f = QgsFeature(_hit_fields())
-            f.setAttributes(hit_attributes(h))
-            if h.footprint_wkt:
-                f.setGeometry(QgsGeometry.fromWkt(h.footprint_wkt))
-            sink.addFeature(f, QgsFeatureSink.FastInsert)
+        _add_hits(sink, _hit_fields(), hits)
         return {"OUTPUT": dest}
 
     def _search_params(self) -> None:
@@ -192,12 +197,7 @@ class SearchByPolygons(_Base):
             except errors.RsirError as exc:
                 feedback.pushWarning(f"polygon {feature.id()}: {exc}")  # one bad polygon does not stop the rest
                 continue
-            for h in result.hits:
-                f = QgsFeature(fields)
-                f.setAttributes(hit_attributes(h) + [feature.id()])
-                if h.footprint_wkt:
-                    f.setGeometry(QgsGeometry.fromWkt(h.footprint_wkt))
-                sink.addFeature(f, QgsFeatureSink.FastInsert)
+            _add_hits(sink, fields, result.hits, [feature.id()])
             searched += 1
             feedback.setProgress(100.0 * (i + 1) / total)
         feedback.pushInfo(f"searched with {searched} of {polygons.featureCount()} polygon(s)")
