@@ -88,37 +88,48 @@ def query_from_image(index: Index, encoder: Encoder, image_path: str, bands: lis
     chosen, scale, offset, warnings = _query_reading(index, encoder, image_path, ds, bands, scale, add_offset)
     win = TileWindow(0, 0, ds.RasterXSize, ds.RasterYSize)
     tile = None if whole or not ds.GetProjection() else _index_tile_pixels(index, ds, image_path)
-    embedding, code, raw, note = _encode_area(index, encoder, ds, chosen, win, tile, scale, offset, image_path)
+    parts = _area_parts(win, tile)
+    embedding, code, used = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, image_path)
+    note = "" if parts == [win] else _parts_note(parts, tile, used)
+    raw = read_window(ds, chosen, win, encoder.info.input_size, image_path)
     fp = FootprintMaker(ds).polygons(win)[1]
     return Query("image", f"image {image_path}{note}", embedding, code,
                  footprint_wkt=fp.ExportToWkt() if fp else None, pixels=raw, warnings=warnings)
 
 
-def _encode_area(index: Index, encoder: Encoder, ds, bands: list, win: TileWindow, tile: int | None, scale: float,
-                 offset: float, what: str, inside=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """(embedding, packed code, the area resampled to the model input, a note for the description) of a query
-    area: one read of the whole area, or with `tile` (index tile side in this raster's pixels) and an area of 1.5
-    tiles a side or more, the mean of its tiles' embeddings and the bit-wise majority of their codes. Tiles with
-    more nodata than the index allows, or whose centre fails `inside` (a test on pixel coordinates), are left
-    out unless all are."""
-    size = encoder.info.input_size
-    raw = read_window(ds, bands, win, size, what)
+def _area_parts(win: TileWindow, tile: int | None, inside=None) -> list[TileWindow]:
+    """The windows a query area is read as: itself, or with `tile` (index tile side in the raster's pixels) and an
+    area of 1.5 tiles a side or more, index-sized tiles spread over it (`cover_windows`), keeping those whose
+    centre passes `inside` (a test on pixel coordinates), all of them if none does."""
     parts = [win] if tile is None else cover_windows(win, tile)
     if inside is not None and len(parts) > 1:
         parts = [w for w in parts if inside(w.x + w.w / 2, w.y + w.h / 2)] or parts
-    if len(parts) == 1 and parts[0] == win:
-        emb, code = encoder.encode(raw[None] + np.float32(offset), scale=scale)
-        return emb[0], code[0], raw, ""
+    return parts
+
+
+def _encode_parts(index: Index, encoder: Encoder, ds, bands: list, parts: list[TileWindow], scale: float,
+                  offset: float, what: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """(embedding, packed code, windows used) of windows read at the model input: one window's own, or the mean
+    of their embeddings and the bit-wise majority of their codes, leaving out windows with more nodata than the
+    index allows unless all have."""
+    size = encoder.info.input_size
     pixels = np.stack([read_window(ds, bands, w, size, what) for w in parts])
-    valid = [invalid_fraction(ds, bands, w, p) <= index.manifest["tiling"].get("max_invalid", 0.5)
-             for w, p in zip(parts, pixels)]
-    if any(valid):
-        pixels = pixels[np.asarray(valid)]
+    if len(parts) > 1:
+        valid = [invalid_fraction(ds, bands, w, p) <= index.manifest["tiling"].get("max_invalid", 0.5)
+                 for w, p in zip(parts, pixels)]
+        if any(valid):
+            pixels = pixels[np.asarray(valid)]
     emb, code = encoder.encode(pixels + np.float32(offset), scale=scale)
+    if len(pixels) == 1:
+        return emb[0], code[0], 1
     bits = np.unpackbits(code, axis=1).mean(axis=0) >= 0.5  # majority; ties set the bit
+    return l2_normalise(emb.mean(axis=0, keepdims=True))[0], np.packbits(bits.astype(np.uint8)), len(pixels)
+
+
+def _parts_note(parts: list[TileWindow], tile: int, used: int) -> str:
+    """For the query's description: how an area read as tiles was read."""
     cols, rows = len({w.x for w in parts}), len({w.y for w in parts})
-    return (l2_normalise(emb.mean(axis=0, keepdims=True))[0], np.packbits(bits.astype(np.uint8)), raw,
-            f" ({cols} x {rows} tiles of {tile} px, {len(pixels)} averaged)")
+    return f" ({cols} x {rows} tiles of {tile} px, {used} averaged)"
 
 
 def _centre_test(ds, wkt: str, crs: str | None):
@@ -227,9 +238,10 @@ def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[floa
     chosen, scale, offset, warnings = _query_reading(index, encoder, spec.path, ds, bands, scale, add_offset, spec)
     win = box_to_window(ds, raster, bbox, bbox_crs)
     tile = None if whole else _index_tile_pixels(index, ds, spec.path)
-    inside = _centre_test(ds, within, bbox_crs) if within else None
-    embedding, packed, raw, note = _encode_area(index, encoder, ds, chosen, win, tile, scale, offset, raster,
-                                                inside)
+    parts = _area_parts(win, tile, _centre_test(ds, within, bbox_crs) if within else None)
+    embedding, packed, used = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, raster)
+    note = "" if parts == [win] else _parts_note(parts, tile, used)
+    raw = read_window(ds, chosen, win, encoder.info.input_size, raster)
     description = f"{'polygon' if within else 'box'} {','.join(f'{v:.10g}' for v in bbox)} on {raster}{note}"
     maker = FootprintMaker(ds)
     geo = maker.polygons(win)[1]
@@ -238,6 +250,44 @@ def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[floa
                         "ground, so tiles and boxes are distorted away from the equator")
     return Query("box", description, embedding, packed, footprint_wkt=geo.ExportToWkt() if geo else None,
                  pixels=raw, warnings=warnings)
+
+
+def query_from_polygons(index: Index, encoder: Encoder, raster: str, polygons: list[str], crs: str | None = None,
+                        bands: list | None = None, scale: float | None = None,
+                        add_offset: float | None = None) -> Query:
+    """Several polygons (WKT in `crs`, default the raster's) over `raster` as one query - "places like these
+    fields": the tiles inside each polygon (a polygon under 1.5 tiles a side: its bounding box, read whole), all
+    averaged together. One polygon is `query_from_box` with `within`."""
+    from osgeo import ogr
+
+    if not polygons:
+        raise RsirError("no polygons to query with")
+    boxes = []
+    for wkt in polygons:
+        geom = ogr.CreateGeometryFromWkt(wkt)
+        if geom is None or geom.IsEmpty():
+            raise RsirError(f"not a polygon (WKT): {wkt[:60]}")
+        xmin, xmax, ymin, ymax = geom.GetEnvelope()
+        boxes.append((xmin, ymin, xmax, ymax))
+    if len(polygons) == 1:
+        return query_from_box(index, encoder, raster, boxes[0], crs, bands, scale, add_offset, within=polygons[0])
+    index.check_model(encoder.info)
+    spec = expand_archive([raster])[0]
+    ds = open_source(SourceSpec(spec.path, spec.kind))
+    chosen, scale, offset, warnings = _query_reading(index, encoder, spec.path, ds, bands, scale, add_offset, spec)
+    tile = _index_tile_pixels(index, ds, spec.path)
+    windows = [box_to_window(ds, raster, box, crs) for box in boxes]
+    parts = [w for wkt, win in zip(polygons, windows) for w in _area_parts(win, tile, _centre_test(ds, wkt, crs))]
+    embedding, code, used = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, raster)
+    union = ogr.CreateGeometryFromWkt(polygons[0])
+    for wkt in polygons[1:]:
+        union = union.Union(ogr.CreateGeometryFromWkt(wkt))
+    xmin, xmax, ymin, ymax = union.GetEnvelope()
+    win = box_to_window(ds, raster, (xmin, ymin, xmax, ymax), crs)
+    geo = FootprintMaker(ds).polygons(win)[1]
+    return Query("box", f"{len(polygons)} polygons on {raster} ({used} tiles averaged)", embedding, code,
+                 footprint_wkt=geo.ExportToWkt() if geo else None,
+                 pixels=read_window(ds, chosen, win, encoder.info.input_size, raster), warnings=warnings)
 
 
 def _index_tile_pixels(index: Index, ds, path: str) -> int | None:

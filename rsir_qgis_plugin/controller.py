@@ -116,6 +116,12 @@ class RetrievalSession:
         query = queries.query_from_box(self.index, enc, raster, box, box_crs, whole=req.whole_box, within=within)
         return self._finish(query, req, raster)
 
+    def search_polygons(self, raster: str, polygons: list[str], crs: str, req: SearchRequest) -> SearchResult:
+        """Several polygons (WKT in `crs`) as one query: the tiles inside each, averaged together."""
+        enc = self.encoder(req.device, self.query_modality(raster, req))
+        query = queries.query_from_polygons(self.index, enc, raster, polygons, crs)
+        return self._finish(query, req, raster)
+
     def search_tile(self, tile_id: int, req: SearchRequest) -> SearchResult:
         query = queries.query_from_tile(self.index, tile_id)
         return self._finish(query, req, self.index.tile(tile_id).source)

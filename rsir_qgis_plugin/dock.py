@@ -209,17 +209,30 @@ class RsirDock(QDockWidget):
         self.run_search(lambda s, req: s.search_tile(tile, req))
 
     def search_selected_feature(self, layer):
-        """Query with the (first) selected polygon of `layer`: its bounding box, of which only the tiles inside the
-        polygon are averaged when it spans several."""
+        """Query with the selected polygons of `layer`: one polygon's tiles averaged (its bounding box read whole
+        when it is under 1.5 tiles a side), or - several selected - the tiles of all of them averaged together:
+        places like these fields."""
         feats = list(layer.selectedFeatures()) if layer is not None and hasattr(layer, "selectedFeatures") else []
-        if not feats or feats[0].geometry().type() != QgsWkbTypes.PolygonGeometry:
+        feats = [f for f in feats if f.geometry().type() == QgsWkbTypes.PolygonGeometry]
+        if not feats:
             self._error("Select a polygon feature in the active vector layer first.")
             return None
-        geom = QgsGeometry(feats[0].geometry())
         canvas_crs = self.iface.mapCanvas().mapSettings().destinationCrs()
-        geom.transform(QgsCoordinateTransform(layer.crs(), canvas_crs, QgsProject.instance()))
-        self.on_box(geom.boundingBox(), within=geom.asWkt())
-        return self.last_result
+        to_canvas = QgsCoordinateTransform(layer.crs(), canvas_crs, QgsProject.instance())
+        geoms = []
+        for f in feats:
+            geom = QgsGeometry(f.geometry())
+            geom.transform(to_canvas)
+            geoms.append(geom)
+        if len(geoms) == 1:
+            self.on_box(geoms[0].boundingBox(), within=geoms[0].asWkt())
+            return self.last_result
+        raster = self.raster_combo.currentLayer()
+        if raster is None:
+            self._error("Choose the query raster layer the polygons are read from (Query raster).")
+            return None
+        wkts = [g.asWkt() for g in geoms]
+        return self.run_search(lambda s, req: s.search_polygons(raster.source(), wkts, canvas_crs.toWkt(), req))
 
     def search_image(self, path: str):
         return self.run_search(lambda s, req: s.search_image(path, req))

@@ -9,6 +9,7 @@ from core.archive.gdal_open import open_raster
 from core.archive.pixels import read_window
 from core.archive.tiling import TileWindow, cover_windows
 from core.encoder import Encoder, l2_normalise
+from core.errors import RsirError
 from core.index import BuildOptions, Index, build_index
 from core.queries import query_from_box
 from core.search import search
@@ -154,3 +155,25 @@ def test_cli_polygon_query_from_a_vector_file(tmp_path, twin_index, twin_raster,
     assert "--polygon needs --raster" in capsys.readouterr().err
     assert main(["search", str(twin_index.dir), "--polygon", twin_raster, "--raster", twin_raster]) == 1
     assert "twin.tif: not a readable vector file" in capsys.readouterr().err
+
+
+def test_several_polygons_are_one_query(twin_index, twin_raster, tiny_model):
+    """Two fields, each two tiles wide, far apart: the four tiles averaged together."""
+    from core.queries import query_from_polygons
+
+    enc = Encoder(tiny_model)
+    x0, y0 = ORIGIN
+
+    def rect(col: int, row: int, cols: int) -> str:
+        a, b = x0 + col * 640 + 5, y0 - row * 640 - 5
+        c, d = x0 + (col + cols) * 640 - 5, y0 - (row + 1) * 640 + 5
+        return f"POLYGON(({a} {b},{c} {b},{c} {d},{a} {d},{a} {b}))"
+
+    query = query_from_polygons(twin_index, enc, twin_raster, [rect(0, 0, 2), rect(2, 3, 2)], "EPSG:32618")
+    want = l2_normalise(twin_index.embeddings([0, 1, 14, 15]).mean(axis=0, keepdims=True))[0]
+    np.testing.assert_allclose(query.embedding, want, atol=2e-3)
+    assert query.description.startswith("2 polygons on ") and query.description.endswith("(4 tiles averaged)")
+    one = query_from_polygons(twin_index, enc, twin_raster, [rect(0, 0, 2)], "EPSG:32618")
+    assert one.description.startswith("polygon ") and "2 averaged" in one.description
+    with pytest.raises(RsirError, match="no polygons"):
+        query_from_polygons(twin_index, enc, twin_raster, [], "EPSG:32618")

@@ -194,6 +194,17 @@ def test_selected_polygon_query_and_zoom_to_hit(dock, indexed, twin_raster, qgis
     assert "polygon" in result.query.description and "(2 x 2 tiles of 64 px, 3 averaged)" in result.query.description
     want = index.embeddings([0, 1, 4]).mean(axis=0)
     np.testing.assert_allclose(result.query.embedding, want / np.linalg.norm(want), atol=2e-3)
+    # two selected: the L and the field over tile 0 - one query, the L's three tiles and tile 0 averaged
+    both = QgsVectorLayer("Polygon?crs=EPSG:4326", "stands", "memory")
+    field = QgsFeature()
+    field.setGeometry(QgsGeometry.fromWkt(wkt).buffer(-1e-6, 2))
+    both.dataProvider().addFeatures([feat, field])
+    QgsProject.instance().addMapLayer(both)
+    both.selectAll()
+    result = dock.search_selected_feature(both)
+    assert result.query.description.startswith("2 polygons") and "(4 tiles averaged)" in result.query.description
+    want = index.embeddings([0, 1, 4, 0]).mean(axis=0)
+    np.testing.assert_allclose(result.query.embedding, want / np.linalg.norm(want), atol=3e-3)
 
 
 def test_bad_input_gives_one_message_and_no_layers(dock, indexed, twin_raster, tmp_path, qgis_iface):
