@@ -165,13 +165,16 @@ class SearchByPolygons(_Base):
     NAME, TITLE = "searchbypolygons", "Search by polygons"
     HELP = ("Each polygon of a layer (fields, stands, sites) is a query over the raster: the index-sized tiles "
             "inside it are averaged, as the dock's Selected polygon does. Writes the k most similar tiles of every "
-            "polygon, with the polygon's feature id in query_fid.")
+            "polygon, with the polygon's feature id in query_fid. ONE_QUERY: all polygons' tiles averaged into one "
+            "query instead (places like these fields; query_fid -1).")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(_index_param())
         self.addParameter(QgsProcessingParameterRasterLayer("RASTER", "Query raster"))
         self.addParameter(QgsProcessingParameterFeatureSource("POLYGONS", "Query polygons",
                                                               [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterBoolean("ONE_QUERY", "All polygons as one query",
+                                                        defaultValue=False))
         self._search_params()
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -182,6 +185,15 @@ class SearchByPolygons(_Base):
         fields.append(QgsField("query_fid", QVariant.LongLong))
         sink, dest = self.parameterAsSink(parameters, "OUTPUT", context, fields, QgsWkbTypes.Polygon, WGS84)
         crs, total, searched = polygons.sourceCrs().toWkt(), max(polygons.featureCount(), 1), 0
+        if self.parameterAsBool(parameters, "ONE_QUERY", context):
+            wkts = [f.geometry().asWkt() for f in polygons.getFeatures() if not f.geometry().isEmpty()]
+            try:
+                result = session.search_polygons(raster.source(), wkts, crs, self._request(parameters, context))
+            except errors.RsirError as exc:
+                raise QgsProcessingException(str(exc)) from None
+            _add_hits(sink, fields, result.hits, [-1])
+            feedback.pushInfo(f"one query from {len(wkts)} polygon(s): {result.query.description}")
+            return {"OUTPUT": dest}
         for i, feature in enumerate(polygons.getFeatures()):
             if feedback.isCanceled():
                 break

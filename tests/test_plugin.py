@@ -316,6 +316,12 @@ def test_processing_algorithms(tmp_path, twin_raster, tiny_model, qgis_processin
         ell = Index(out).embeddings([0, 1, 4]).mean(axis=0)
         best = max(Index(out).embeddings(list(range(16))) @ (ell / np.linalg.norm(ell)))
         assert sorted(by_query[2])[0][2] == pytest.approx(best, abs=3e-3)  # the L's own query: its 3 tiles averaged
+        res = processing.run("rsir:searchbypolygons", {"INDEX": out, "RASTER": layer, "POLYGONS": fields_layer,
+                                                       "ONE_QUERY": True, "K": 3, "HASH": False, "OUTPUT": "memory:"})
+        one = sorted((f["rank"], f["score"], f["query_fid"]) for f in res["OUTPUT"].getFeatures())
+        both = Index(out).embeddings([0, 0, 1, 4]).mean(axis=0)  # the field (about tile 0) and the L's three tiles
+        best = max(Index(out).embeddings(list(range(16))) @ (both / np.linalg.norm(both)))
+        assert len(one) == 3 and {q for _, _, q in one} == {-1} and one[0][1] == pytest.approx(best, abs=5e-3)
         # a 2-tile extent: averaged tiles by default, one resampled image with WHOLE_BOX; different scores
         wide = f"{BOX_00.xMinimum()},{BOX_00.xMaximum() + 640},{BOX_00.yMinimum()},{BOX_00.yMaximum()} [EPSG:32618]"
         scores = [sorted(f["score"] for f in processing.run(
