@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from core.archive.gdal_open import open_raster  # noqa: E402
 from core.archive.pixels import read_window  # noqa: E402
 from core.archive.tiling import TileWindow, cover_windows  # noqa: E402
 from core.encoder import Encoder, l2_normalise  # noqa: E402
@@ -68,7 +69,7 @@ def scene_table(index_dir: str, raster: str, labels: str, sides: list[int]) -> N
         where[(tile.x, tile.y)] = t
     size = index.tile(0).w
     emb = index.embeddings(list(range(index.n)))
-    gt = gdal_open(raster).GetGeoTransform()
+    gt = open_raster(raster).GetGeoTransform()
     print(f"\n{os.path.basename(index_dir)}: {len(label_of)} one-label tiles of {index.n}")
     print("| box | boxes | read | P@10 by label ... | P@10 |")
     print("|---|---|---|---|---|")
@@ -95,12 +96,6 @@ def scene_table(index_dir: str, raster: str, labels: str, sides: list[int]) -> N
                   + f" | {100 * np.mean([p for _, p in got]):.1f} |", flush=True)
 
 
-def gdal_open(path: str):
-    from core.archive.gdal_open import open_raster
-
-    return open_raster(path)
-
-
 def main() -> int:
     from osgeo import gdal_array
 
@@ -114,10 +109,10 @@ def main() -> int:
     ap.add_argument("--scene-raster", help="that scene as a raster QGIS shows (e.g. demo_out/s2_rgb.vrt)")
     ap.add_argument("--scene-labels", help="label layer of the scene (class field; e.g. rsir spectral-labels)")
     args = ap.parse_args()
-    enc = Encoder(args.model, batch_size=128)
-    if args.scene_index:
+    if args.scene_index:  # the scene's index names its own model
         scene_table(args.scene_index, args.scene_raster, args.scene_labels, [int(s) for s in args.sides.split(",")])
         return 0
+    enc = Encoder(args.model, batch_size=128)
     size, bands = enc.info.input_size, model_band_indices(enc.info.bands)
     sets = load_folder(args.dataset, bands, size, args.cache_dir or None, splits=("train",))
     native = load_folder(args.dataset, bands, TILE, args.cache_dir or None, splits=("test",))["test"]

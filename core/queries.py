@@ -38,7 +38,7 @@ def query_from_tile(index: Index, tile_id: int) -> Query:
     return Query("tile", f"tile {tile_id}", index.embeddings([tile_id])[0], index.codes([tile_id])[0], tile_id=tile_id)
 
 
-def _query_reading(index: Index, encoder: Encoder, raster_path: str, ds, bands, scale, add_offset,
+def _query_reading(index: Index, encoder: Encoder, raster_path: str, ds, grid: list[dict], bands, scale, add_offset,
                    own: SourceSpec | None = None) -> tuple[list, float, float, list[str]]:
     """Bands, value scale and offset to read a query with, and any warning about them.
 
@@ -46,14 +46,15 @@ def _query_reading(index: Index, encoder: Encoder, raster_path: str, ds, bands, 
     source or for the indexed sources on its pixel grid (a VRT of indexed band files, as QGIS shows a spec), else
     the values every source of the archive was read with, else the index run's options or the model's scale and
     offset 0, with a warning. An 8-bit query of an archive read at a deeper scale (a PNG or JPEG against
-    Sentinel-2 reflectance) is taken as display values: the model's own scale, offset 0."""
+    Sentinel-2 reflectance) is taken as display values: the model's own scale, offset 0. `grid`: the indexed
+    sources the query raster is or lies on the pixel grid of (`Index.same_grid_sources`)."""
     own_scale, own_offset = (own.scale, own.add_offset) if own else (None, None)
     if index.is_cross_modal(encoder.info):  # the index's bands and scale are the other modality's
         chosen = resolve_bands(ds, bands or encoder.info.bands, raster_path)
         return chosen, float(scale or own_scale or encoder.info.scale), float(_first(add_offset, own_offset, 0.0)), []
     tiling = index.manifest["tiling"]
     chosen = resolve_bands(ds, bands or tiling.get("bands") or encoder.info.bands, raster_path)
-    sources = index.same_grid_sources(ds, raster_path) or index.sources
+    sources = grid or index.sources
     scales = {float(s["scale"]) for s in sources}
     offsets = {float(s.get("add_offset", 0.0)) for s in sources}  # indexes before add_offset: 0
     stored = (next(iter(scales)) if len(scales) == 1 else tiling.get("scale") or encoder.info.scale,
@@ -85,13 +86,13 @@ def query_from_image(index: Index, encoder: Encoder, image_path: str, bands: lis
     An image without a georeference has no ground size to compare, so it is always read whole."""
     index.check_model(encoder.info)
     ds = open_raster(image_path)
-    chosen, scale, offset, warnings = _query_reading(index, encoder, image_path, ds, bands, scale, add_offset)
+    grid = index.same_grid_sources(ds, image_path)
+    chosen, scale, offset, warnings = _query_reading(index, encoder, image_path, ds, grid, bands, scale, add_offset)
     win = TileWindow(0, 0, ds.RasterXSize, ds.RasterYSize)
-    tile = None if whole or not ds.GetProjection() else _index_tile_pixels(index, ds, image_path)
+    tile = None if whole or not ds.GetProjection() else _index_tile_pixels(index, ds, grid)
     parts = _area_parts(win, tile)
-    embedding, code, used = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, image_path)
-    note = "" if parts == [win] else _parts_note(parts, tile, used)
-    raw = read_window(ds, chosen, win, encoder.info.input_size, image_path)
+    embedding, code, used, pixels = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, image_path)
+    note, raw = _area_read(ds, chosen, win, parts, pixels, tile, used, encoder.info.input_size, image_path)
     fp = FootprintMaker(ds).polygons(win)[1]
     return Query("image", f"image {image_path}{note}", embedding, code,
                  footprint_wkt=fp.ExportToWkt() if fp else None, pixels=raw, warnings=warnings)
@@ -108,10 +109,10 @@ def _area_parts(win: TileWindow, tile: int | None, inside=None) -> list[TileWind
 
 
 def _encode_parts(index: Index, encoder: Encoder, ds, bands: list, parts: list[TileWindow], scale: float,
-                  offset: float, what: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """(embedding, packed code, windows used) of windows read at the model input: one window's own, or the mean
-    of their embeddings and the bit-wise majority of their codes, leaving out windows with more nodata than the
-    index allows unless all have."""
+                  offset: float, what: str) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """(embedding, packed code, windows used, their pixels read at the model input) of windows: one window's own,
+    or the mean of their embeddings and the bit-wise majority of their codes, leaving out windows with more
+    nodata than the index allows unless all have."""
     size = encoder.info.input_size
     pixels = np.stack([read_window(ds, bands, w, size, what) for w in parts])
     if len(parts) > 1:
@@ -121,15 +122,34 @@ def _encode_parts(index: Index, encoder: Encoder, ds, bands: list, parts: list[T
             pixels = pixels[np.asarray(valid)]
     emb, code = encoder.encode(pixels + np.float32(offset), scale=scale)
     if len(pixels) == 1:
-        return emb[0], code[0], 1
+        return emb[0], code[0], 1, pixels
     bits = np.unpackbits(code, axis=1).mean(axis=0) >= 0.5  # majority; ties set the bit
-    return l2_normalise(emb.mean(axis=0, keepdims=True))[0], np.packbits(bits.astype(np.uint8)), len(pixels)
+    return (l2_normalise(emb.mean(axis=0, keepdims=True))[0], np.packbits(bits.astype(np.uint8)), len(pixels),
+            pixels)
 
 
-def _parts_note(parts: list[TileWindow], tile: int, used: int) -> str:
-    """For the query's description: how an area read as tiles was read."""
+def _area_read(ds, bands: list, win: TileWindow, parts: list[TileWindow], pixels: np.ndarray, tile: int | None,
+               used: int, size: int, what: str) -> tuple[str, np.ndarray]:
+    """(a note for the query's description, the whole area at the model input for display) of an area read as
+    `parts`: an area read whole already is that read, with no note."""
+    if parts == [win]:
+        return "", pixels[0]
     cols, rows = len({w.x for w in parts}), len({w.y for w in parts})
-    return f" ({cols} x {rows} tiles of {tile} px, {used} averaged)"
+    return f" ({cols} x {rows} tiles of {tile} px, {used} averaged)", read_window(ds, bands, win, size, what)
+
+
+def _user_and_raster_srs(ds, crs: str | None) -> tuple[osr.SpatialReference, osr.SpatialReference] | None:
+    """(the CRS a user gave coordinates in, the raster's), both in x/y order; None when either is missing, so the
+    coordinates are taken as the raster's. RsirError for a CRS that is not one."""
+    if not crs or not ds.GetProjection():
+        return None
+    try:
+        user = srs_from_user(crs)
+    except ValueError as exc:
+        raise RsirError(str(exc)) from None
+    own = osr.SpatialReference(wkt=ds.GetProjection())
+    own.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return user, own
 
 
 def _centre_test(ds, wkt: str, crs: str | None):
@@ -140,15 +160,8 @@ def _centre_test(ds, wkt: str, crs: str | None):
     polygon = ogr.CreateGeometryFromWkt(wkt)
     if polygon is None:
         raise RsirError(f"not a polygon (WKT): {wkt[:60]}")
-    transform = None
-    if crs and ds.GetProjection():
-        try:
-            src = srs_from_user(crs)
-        except ValueError as exc:
-            raise RsirError(str(exc)) from None
-        dst = osr.SpatialReference(wkt=ds.GetProjection())
-        dst.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        transform = osr.CoordinateTransformation(dst, src)  # raster -> polygon CRS
+    pair = _user_and_raster_srs(ds, crs)
+    transform = osr.CoordinateTransformation(pair[1], pair[0]) if pair else None  # raster -> polygon CRS
     gt = ds.GetGeoTransform()
 
     def inside(col: float, row: float) -> bool:
@@ -193,14 +206,9 @@ def box_to_window(ds, raster_path: str, bbox: tuple[float, float, float, float],
           [(xmax, ymin + (ymax - ymin) * t / 20) for t in range(21)] + \
           [(xmin + (xmax - xmin) * t / 20, ymax) for t in range(21)] + \
           [(xmin, ymin + (ymax - ymin) * t / 20) for t in range(21)]
-    if bbox_crs and wkt:
-        try:
-            src = srs_from_user(bbox_crs)
-        except ValueError as exc:
-            raise RsirError(str(exc)) from None
-        dst = osr.SpatialReference(wkt=wkt)
-        dst.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        ct = osr.CoordinateTransformation(src, dst)
+    pair = _user_and_raster_srs(ds, bbox_crs)
+    if pair:
+        ct = osr.CoordinateTransformation(*pair)
         pts = [ct.TransformPoint(x, y)[:2] for x, y in pts]
     gt = ds.GetGeoTransform()
     inv = gdal.InvGeoTransform(gt)
@@ -235,13 +243,14 @@ def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[floa
     index.check_model(encoder.info)
     spec = expand_archive([raster])[0]
     ds = open_source(SourceSpec(spec.path, spec.kind))
-    chosen, scale, offset, warnings = _query_reading(index, encoder, spec.path, ds, bands, scale, add_offset, spec)
+    grid = index.same_grid_sources(ds, spec.path)
+    chosen, scale, offset, warnings = _query_reading(index, encoder, spec.path, ds, grid, bands, scale, add_offset,
+                                                     spec)
     win = box_to_window(ds, raster, bbox, bbox_crs)
-    tile = None if whole else _index_tile_pixels(index, ds, spec.path)
+    tile = None if whole else _index_tile_pixels(index, ds, grid)
     parts = _area_parts(win, tile, _centre_test(ds, within, bbox_crs) if within else None)
-    embedding, packed, used = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, raster)
-    note = "" if parts == [win] else _parts_note(parts, tile, used)
-    raw = read_window(ds, chosen, win, encoder.info.input_size, raster)
+    embedding, packed, used, pixels = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, raster)
+    note, raw = _area_read(ds, chosen, win, parts, pixels, tile, used, encoder.info.input_size, raster)
     description = f"{'polygon' if within else 'box'} {','.join(f'{v:.10g}' for v in bbox)} on {raster}{note}"
     maker = FootprintMaker(ds)
     geo = maker.polygons(win)[1]
@@ -274,27 +283,26 @@ def query_from_polygons(index: Index, encoder: Encoder, raster: str, polygons: l
     index.check_model(encoder.info)
     spec = expand_archive([raster])[0]
     ds = open_source(SourceSpec(spec.path, spec.kind))
-    chosen, scale, offset, warnings = _query_reading(index, encoder, spec.path, ds, bands, scale, add_offset, spec)
-    tile = _index_tile_pixels(index, ds, spec.path)
+    grid = index.same_grid_sources(ds, spec.path)
+    chosen, scale, offset, warnings = _query_reading(index, encoder, spec.path, ds, grid, bands, scale, add_offset,
+                                                     spec)
+    tile = _index_tile_pixels(index, ds, grid)
     windows = [box_to_window(ds, raster, box, crs) for box in boxes]
     parts = [w for wkt, win in zip(polygons, windows) for w in _area_parts(win, tile, _centre_test(ds, wkt, crs))]
-    embedding, code, used = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, raster)
-    union = ogr.CreateGeometryFromWkt(polygons[0])
-    for wkt in polygons[1:]:
-        union = union.Union(ogr.CreateGeometryFromWkt(wkt))
-    xmin, xmax, ymin, ymax = union.GetEnvelope()
-    win = box_to_window(ds, raster, (xmin, ymin, xmax, ymax), crs)
+    embedding, code, used, _ = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, raster)
+    xmins, ymins, xmaxs, ymaxs = zip(*boxes)  # the polygons' joint envelope
+    win = box_to_window(ds, raster, (min(xmins), min(ymins), max(xmaxs), max(ymaxs)), crs)
     geo = FootprintMaker(ds).polygons(win)[1]
     return Query("box", f"{len(polygons)} polygons on {raster} ({used} tiles averaged)", embedding, code,
                  footprint_wkt=geo.ExportToWkt() if geo else None,
                  pixels=read_window(ds, chosen, win, encoder.info.input_size, raster), warnings=warnings)
 
 
-def _index_tile_pixels(index: Index, ds, path: str) -> int | None:
+def _index_tile_pixels(index: Index, ds, grid: list[dict]) -> int | None:
     """The side of the index's tiles in pixels of the query raster `ds`: the tile size at the index's ground
     resolution (its --gsd, else the gsd shared by the indexed sources on the raster's grid or by all of them, else
     the raster's own) over the raster's pixel size. Patch-folder indexes: the patches' common width, if any."""
-    sources = index.same_grid_sources(ds, path) or index.sources
+    sources = grid or index.sources
     tiling = index.manifest["tiling"]
     if all(s["kind"] == "patch" for s in sources):
         widths = {s["width"] for s in sources}
