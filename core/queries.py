@@ -240,12 +240,7 @@ def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[floa
     left out unless all are. `within`: a polygon (WKT, in `bbox_crs`; the box is usually its bounding box) - only
     tiles whose centre lies in it are averaged, so a selected field or forest stand is the query, not its
     bounding box."""
-    index.check_model(encoder.info)
-    spec = expand_archive([raster])[0]
-    ds = open_source(SourceSpec(spec.path, spec.kind))
-    grid = index.same_grid_sources(ds, spec.path)
-    chosen, scale, offset, warnings = _query_reading(index, encoder, spec.path, ds, grid, bands, scale, add_offset,
-                                                     spec)
+    ds, grid, chosen, scale, offset, warnings = _open_query_raster(index, encoder, raster, bands, scale, add_offset)
     win = box_to_window(ds, raster, bbox, bbox_crs)
     tile = None if whole else _index_tile_pixels(index, ds, grid)
     parts = _area_parts(win, tile, _centre_test(ds, within, bbox_crs) if within else None)
@@ -259,6 +254,18 @@ def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[floa
                         "ground, so tiles and boxes are distorted away from the equator")
     return Query("box", description, embedding, packed, footprint_wkt=geo.ExportToWkt() if geo else None,
                  pixels=raw, warnings=warnings)
+
+
+def _open_query_raster(index: Index, encoder: Encoder, raster: str, bands, scale, add_offset):
+    """A raster or band-stack spec opened for a box or polygon query: (dataset, the indexed sources on its grid,
+    bands, value scale, offset, warnings), after checking the encoder belongs to the index."""
+    index.check_model(encoder.info)
+    spec = expand_archive([raster])[0]
+    ds = open_source(SourceSpec(spec.path, spec.kind))
+    grid = index.same_grid_sources(ds, spec.path)
+    chosen, scale, offset, warnings = _query_reading(index, encoder, spec.path, ds, grid, bands, scale, add_offset,
+                                                     spec)
+    return ds, grid, chosen, scale, offset, warnings
 
 
 def query_from_polygons(index: Index, encoder: Encoder, raster: str, polygons: list[str], crs: str | None = None,
@@ -280,12 +287,7 @@ def query_from_polygons(index: Index, encoder: Encoder, raster: str, polygons: l
         boxes.append((xmin, ymin, xmax, ymax))
     if len(polygons) == 1:
         return query_from_box(index, encoder, raster, boxes[0], crs, bands, scale, add_offset, within=polygons[0])
-    index.check_model(encoder.info)
-    spec = expand_archive([raster])[0]
-    ds = open_source(SourceSpec(spec.path, spec.kind))
-    grid = index.same_grid_sources(ds, spec.path)
-    chosen, scale, offset, warnings = _query_reading(index, encoder, spec.path, ds, grid, bands, scale, add_offset,
-                                                     spec)
+    ds, grid, chosen, scale, offset, warnings = _open_query_raster(index, encoder, raster, bands, scale, add_offset)
     tile = _index_tile_pixels(index, ds, grid)
     windows = [box_to_window(ds, raster, box, crs) for box in boxes]
     parts = [w for wkt, win in zip(polygons, windows) for w in _area_parts(win, tile, _centre_test(ds, wkt, crs))]
