@@ -1,4 +1,4 @@
-"""Synthetic georeferenced rasters written with GDAL, with known patterns, for the tests."""
+"""Synthetic georeferenced rasters (GDAL) with known patterns, and polygon layers (OGR), for the tests."""
 from __future__ import annotations
 
 import numpy as np
@@ -90,3 +90,24 @@ def write_class_folder(root: str, n_classes: int = 4, per_class: int = 12, size:
             write_raster(os.path.join(root, f"class{c}", f"img{i:03d}.tif"), class_image(c, c * 1000 + i, size),
                          epsg=None)
     return root
+
+
+def write_polygons(path: str, wkts: list[str], classes: list[str] | None = None, epsg: int = EPSG,
+                   layer: str = "labels") -> str:
+    """A GeoPackage of polygons (WKT in EPSG `epsg`), each with its `class` attribute if `classes` are given."""
+    from osgeo import ogr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    lyr = ds.CreateLayer(layer, srs, ogr.wkbPolygon)
+    if classes is not None:
+        lyr.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+    for i, wkt in enumerate(wkts):
+        feat = ogr.Feature(lyr.GetLayerDefn())
+        if classes is not None:
+            feat.SetField("class", classes[i])
+        feat.SetGeometry(ogr.CreateGeometryFromWkt(wkt))
+        lyr.CreateFeature(feat)
+    ds = None  # closes the file
+    return str(path)

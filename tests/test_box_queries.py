@@ -13,7 +13,7 @@ from core.errors import RsirError
 from core.index import BuildOptions, Index, build_index
 from core.queries import query_from_box
 from core.search import search
-from tests.rasters import ORIGIN, mosaic_with_twin, write_raster
+from tests.rasters import ORIGIN, mosaic_with_twin, write_polygons, write_raster
 
 
 def _box(row: int, col: int, rows: int = 1, cols: int = 1, tile_m: float = 640.0):
@@ -130,22 +130,12 @@ def test_only_tiles_inside_the_polygon_are_averaged(twin_index, twin_raster, tin
 
 
 def test_cli_polygon_query_from_a_vector_file(tmp_path, twin_index, twin_raster, capsys):
-    from osgeo import ogr, osr
-
     from core.cli import main
 
     x0, y0 = ORIGIN
-    path = str(tmp_path / "stand.gpkg")
-    ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32618)
-    layer = ds.CreateLayer("stands", srs, ogr.wkbPolygon)
-    feat = ogr.Feature(layer.GetLayerDefn())
-    feat.SetGeometry(ogr.CreateGeometryFromWkt(
+    path = write_polygons(str(tmp_path / "stand.gpkg"), [
         f"POLYGON(({x0 + 1} {y0 - 1},{x0 + 1279} {y0 - 1},{x0 + 1279} {y0 - 639},{x0 + 639} {y0 - 639},"
-        f"{x0 + 639} {y0 - 1279},{x0 + 1} {y0 - 1279},{x0 + 1} {y0 - 1}))"))
-    layer.CreateFeature(feat)
-    ds = None  # written
+        f"{x0 + 639} {y0 - 1279},{x0 + 1} {y0 - 1279},{x0 + 1} {y0 - 1}))"], layer="stands")
     assert main(["search", str(twin_index.dir), "--polygon", path, "--raster", twin_raster, "-k", "3"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("query: polygon ") and "(2 x 2 tiles of 64 px, 3 averaged)" in out

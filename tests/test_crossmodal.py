@@ -17,7 +17,7 @@ from core.index.builder import BuildOptions, build_index
 from core.index.reader import Index
 from core.queries import query_from_box
 from core.search import search
-from tests.rasters import ORIGIN, tile_pattern, write_raster
+from tests.rasters import ORIGIN, tile_pattern, write_polygons, write_raster
 from training.config import parse_config
 from training.crossmodal import (
     cross_modal_infonce,
@@ -61,23 +61,10 @@ def pair(tmp_path_factory) -> tuple[str, str]:
 
 def _west_east_labels(path) -> str:
     """A label layer over the pair: the west half "water", the east half "field"."""
-    from osgeo import ogr, osr
-
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32618)
-    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
-    layer = ds.CreateLayer("labels", srs, ogr.wkbPolygon)
-    layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
     half = GRID * TILE * 10 / 2
-    for name, x0 in (("water", ORIGIN[0]), ("field", ORIGIN[0] + half)):
-        f = ogr.Feature(layer.GetLayerDefn())
-        f.SetField("class", name)
-        f.SetGeometry(ogr.CreateGeometryFromWkt(
-            f"POLYGON(({x0} {ORIGIN[1]},{x0 + half} {ORIGIN[1]},{x0 + half} {ORIGIN[1] - 2 * half},"
-            f"{x0} {ORIGIN[1] - 2 * half},{x0} {ORIGIN[1]}))"))
-        layer.CreateFeature(f)
-    ds = None
-    return str(path)
+    y0, y1 = ORIGIN[1], ORIGIN[1] - 2 * half
+    return write_polygons(path, [f"POLYGON(({x0} {y0},{x0 + half} {y0},{x0 + half} {y1},{x0} {y1},{x0} {y0}))"
+                                 for x0 in (ORIGIN[0], ORIGIN[0] + half)], ["water", "field"])
 
 
 def test_paired_tiles_cover_the_same_ground(pair, tmp_path):

@@ -183,27 +183,16 @@ def test_config_errors_name_the_file_and_key(tmp_path):
 
 
 def test_index_tiles_take_the_label_of_the_polygon_under_their_centre(twin_raster, tiny_model, tmp_path):
-    from osgeo import ogr, osr
-
-    from tests.rasters import ORIGIN
+    from tests.rasters import ORIGIN, write_polygons
 
     index_dir = str(tmp_path / "idx")
     build_index([twin_raster], tiny_model, index_dir, BuildOptions(tile=64))
     # two polygons in UTM 18N: the top half of the 256 px raster is "water", the left half of the bottom "field"
     x0, y0 = ORIGIN
-    path = str(tmp_path / "labels.gpkg")
-    ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32618)
-    layer = ds.CreateLayer("labels", srs, ogr.wkbPolygon)
-    layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
     boxes = {"water": (x0, y0 - 1280, x0 + 2560, y0), "field": (x0, y0 - 2560, x0 + 1280, y0 - 1280)}
-    for name, (a, b, c, d) in boxes.items():
-        feat = ogr.Feature(layer.GetLayerDefn())
-        feat.SetField("class", name)
-        feat.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON(({a} {b},{c} {b},{c} {d},{a} {d},{a} {b}))"))
-        layer.CreateFeature(feat)
-    ds = None
+    path = write_polygons(str(tmp_path / "labels.gpkg"),
+                          [f"POLYGON(({a} {b},{c} {b},{c} {d},{a} {d},{a} {b}))" for a, b, c, d in boxes.values()],
+                          list(boxes))
     data = load_index_tiles(index_dir, path, "class")
     assert data.class_names == ["field", "water"]
     assert len(data) == 8 + 4  # 8 tiles in the top two rows, 2 x 2 in the bottom-left quarter
