@@ -201,11 +201,9 @@ class SearchByPolygons(_Base):
             if geom.isEmpty():
                 feedback.pushWarning(f"polygon {feature.id()}: no geometry, skipped")
                 continue
-            rect = geom.boundingBox()
-            box = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
             try:
-                result = session.search_box(raster.source(), box, crs, self._request(parameters, context),
-                                            within=geom.asWkt())
+                result = session.search_polygons(raster.source(), [geom.asWkt()], crs,
+                                                 self._request(parameters, context))
             except errors.RsirError as exc:
                 feedback.pushWarning(f"polygon {feature.id()}: {exc}")  # one bad polygon does not stop the rest
                 continue
