@@ -37,12 +37,29 @@ class ModelInfo:
     code_bits: int
     modality: str = "optical"
     method: str = ""
+    # smallest and largest square input side the graph accepts (`rsir.input_size_range`); a model exported
+    # without it takes `input_size` only
+    input_size_range: tuple[int, int] = (0, 0)
     class_names: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
 
     @property
     def channels(self) -> int:
         return len(self.bands)
+
+    @property
+    def dynamic_size(self) -> bool:
+        """The graph takes any square input side in `input_size_range`, not only `input_size`."""
+        lo, hi = self.input_size_range
+        return lo < hi
+
+    def encode_size(self, native: int | None = None) -> int:
+        """The input side to encode an image of `native` pixels a side at: its own size clamped to the model's
+        range (resolution-aware models), else the model's one size. None = the model's default size."""
+        if native is None or not self.dynamic_size:
+            return self.input_size
+        lo, hi = self.input_size_range
+        return int(min(max(int(native), lo), hi))
 
     @property
     def has_hash(self) -> bool:
@@ -89,8 +106,13 @@ class ModelInfo:
                 modality=meta.get("rsir.modality", "optical"), method=meta.get("rsir.method", ""),
                 class_names=json.loads(meta.get("rsir.class_names", "[]")), metadata=dict(meta),
             )
+            size = info.input_size
+            lo, hi = (int(v) for v in json.loads(meta.get("rsir.input_size_range", f"[{size}, {size}]")))
         except (ValueError, TypeError) as exc:
             raise RsirError(f"{path}: malformed rsir metadata ({exc})") from None
+        if not 0 < lo <= info.input_size <= hi:
+            raise RsirError(f"{path}: rsir.input_size_range [{lo}, {hi}] must hold rsir.input_size {info.input_size}")
+        info.input_size_range = (lo, hi)
         if meta.get("rsir.invariance", "none") not in INVARIANCE_VIEWS:
             raise RsirError(f"{path}: unknown rsir.invariance {meta['rsir.invariance']!r} "
                             f"(this rsir reads {sorted(INVARIANCE_VIEWS)})")
@@ -173,10 +195,9 @@ class Encoder:
         return np.ascontiguousarray((x - self._mean) / self._std, dtype=np.float32)
 
     def encode(self, raw: np.ndarray, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings float32 (N, D) L2-normalised, codes uint8 (N, bits/8)) for raw pixels (N, C, S, S)."""
-        s = self.info.input_size
-        if raw.ndim != 4 or raw.shape[1] != self.info.channels or raw.shape[2:] != (s, s):
-            raise RsirError(f"{self.info.path}: input must be (N, {self.info.channels}, {s}, {s}), got {raw.shape}")
+        """(embeddings float32 (N, D) L2-normalised, codes uint8 (N, bits/8)) for raw pixels (N, C, S, S), S the
+        model's input size or, for a resolution-aware model, any side in its `input_size_range`."""
+        self.check_input(raw)
         embs, codes = [], []
         want = [self.info.outputs["embedding"]] + ([self.info.outputs["code"]] if self.info.has_hash else [])
         for i in range(0, len(raw), self.batch_size):
@@ -189,6 +210,15 @@ class Encoder:
                     np.zeros((0, self.info.effective_code_bits // 8), np.uint8))
         return l2_normalise(np.concatenate(embs)), np.concatenate(codes)
 
+
+    def check_input(self, raw: np.ndarray) -> None:
+        """RsirError unless `raw` is (N, C, S, S) with the model's band count and a side it takes."""
+        lo, hi = self.info.input_size_range
+        c = self.info.channels
+        if raw.ndim == 4 and raw.shape[1] == c and raw.shape[2] == raw.shape[3] and lo <= raw.shape[2] <= hi:
+            return
+        want = f"(N, {c}, {lo}, {lo})" if lo == hi else f"(N, {c}, S, S) with {lo} <= S <= {hi}"
+        raise RsirError(f"{self.info.path}: input must be {want}, got {raw.shape}")
 
     def class_logits(self, raw: np.ndarray, scale: float | None = None) -> np.ndarray:
         """(N, classes) logits of the model's classifier output (`class_logits` in rsir.outputs)."""
@@ -204,6 +234,9 @@ def describe_method(meta: dict) -> str:
     """How a model was made, from its metadata, for listings: "milan, averaged over rot4, within-class whitened,
     float16 weight storage"."""
     parts = [meta.get("rsir.method", "?")]
+    if "rsir.input_size_range" in meta:
+        lo, hi = json.loads(meta["rsir.input_size_range"])
+        parts.append(f"input {lo}-{hi} px")
     if "rsir.invariance" in meta:
         parts.append(f"averaged over {meta['rsir.invariance']}")
     if "rsir.whitening" in meta:

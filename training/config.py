@@ -21,7 +21,22 @@ LOSSES = ("contrastive", "triplet-batch-hard", "triplet-semi-hard", "normalized-
 CROSS_MODAL_LOSSES = ("crossmodal-supervised", "crossmodal-ssl")  # need data.kind = paired
 HASH_LOSSES = ("milan", "snca-hash")  # need model.hash_bits
 MULTI_LABEL_ONLY = ("sndl", "sndl-bce", "bce")  # need multi-label data
-DATA_KINDS = ("folder", "split_csv", "label_table", "bigearthnet", "index", "paired")
+DATA_KINDS = ("folder", "split_csv", "label_table", "bigearthnet", "index", "paired", "multi")
+SET_KINDS = ("folder", "split_csv")  # what a [[data.sets]] entry of a multi-dataset run may be
+
+
+@dataclass
+class DataSetConfig:
+    """One labelled dataset of a multi-dataset run (`data.kind = multi`, a `[[data.sets]]` table each)."""
+
+    root: str = ""  # a folder per class (its split.csv if present) or a split CSV
+    kind: str = "folder"  # folder | split_csv
+    name: str = ""  # its classes are namespaced "name:class" ("aid:River" is not "eurosat_rgb:River"); default:
+    # the folder's name
+    input_size: int = 0  # side its images are read and trained at; 0 = data.input_size
+    exclude_classes: list = field(default_factory=list)  # classes left out of training (and validation)
+    exclude_classes_file: str = ""  # the same, one a line (# comments): e.g. a benchmark's unseen classes
+    max_per_epoch: int = 0  # at most this many of its training images per epoch (a fresh draw each epoch); 0 = all
 
 
 @dataclass
@@ -43,6 +58,12 @@ class DataConfig:
     modality_b: str = "sar"
     tile: int = 64  # tile side in raster A pixels (read at input_size)
     stride: int = 0  # 0 = tile (no overlap)
+    # kind = multi: the datasets, each its own labels, input size and batches
+    sets: list = field(default_factory=list)
+    # [smallest, largest] input side of the exported model (dynamic spatial axes: core encodes each source near
+    # its own pixel size within it); [] = input_size only
+    input_size_range: list = field(default_factory=list)
+    val_database_max: int = 0  # validation searches at most this many training images per set (0 = all)
 
 
 @dataclass
@@ -54,6 +75,8 @@ class ModelConfig:
     hash_bits: int = 0  # K > 0: a hash head (tanh-relaxed in training, sign bits at export) replaces the embedding
     init_from: str = ""  # a training checkpoint (best.pt) to start from instead of ImageNet: its backbone, and the
     # heads whose shapes match (fine-tune a trained float model into a hash model, or continue a run)
+    frozen_blocks: int = 0  # EfficientNet-Lite: keep the stem and the first N blocks as they start (weights and
+    # batch-norm statistics): the high-resolution layers cost most of a CPU step's backward pass
     mean: list = field(default_factory=list)  # default: the backbone's
     std: list = field(default_factory=list)
 
@@ -76,6 +99,9 @@ class LossConfig:
     infonce_weight: float = 1.0
     angular_weight: float = 1.0
     intra_weight: float = 0.5
+    # regularisers towards the backbone training started from (training/regularisers.py), with any loss
+    l2sp_weight: float = 0.0  # L2-SP: squared distance of the backbone weights from their starting values
+    distill_weight: float = 0.0  # the batch's cosine similarities kept close to the starting backbone's
 
 
 @dataclass
@@ -157,6 +183,15 @@ def parse_config(values: dict, path: str = "<config>") -> TrainConfig:
     cfg.data.root, cfg.data.labels, cfg.data.cache_dir = (resolve(cfg.data.root), resolve(cfg.data.labels),
                                                           resolve(cfg.data.cache_dir))
     cfg.data.root_b = resolve(cfg.data.root_b)
+    cfg.data.sets = [_fill(DataSetConfig, s, "data.sets", path) if isinstance(s, dict) else s
+                     for s in cfg.data.sets]
+    for s in cfg.data.sets:
+        if not isinstance(s, DataSetConfig):
+            raise RsirError(f"{path}: each data.sets entry must be a table ([[data.sets]]), got {s!r}")
+        s.root, s.exclude_classes_file = resolve(s.root), resolve(s.exclude_classes_file)
+        s.name = s.name or os.path.splitext(os.path.basename(s.root.rstrip("/")))[0]
+        if s.exclude_classes_file:  # the classes themselves go into the config (and its hash), not just the path
+            s.exclude_classes = list(dict.fromkeys(list(s.exclude_classes) + read_class_list(s.exclude_classes_file)))
     cfg.model.init_from = resolve(cfg.model.init_from)
     _check(cfg, path)
     return cfg
@@ -165,7 +200,8 @@ def parse_config(values: dict, path: str = "<config>") -> TrainConfig:
 def _check(cfg: TrainConfig, path: str) -> None:
     if cfg.data.kind not in DATA_KINDS:
         raise RsirError(f"{path}: data.kind must be one of {', '.join(DATA_KINDS)}, got {cfg.data.kind!r}")
-    if not cfg.data.root:
+    _check_sets(cfg, path)
+    if not cfg.data.root and cfg.data.kind != "multi":
         raise RsirError(f"{path}: data.root is required (the dataset folder, split CSV or index folder)")
     if cfg.data.kind == "index" and not cfg.data.labels:
         raise RsirError(f"{path}: data.kind = index needs data.labels (a vector file of labelled polygons)")
@@ -202,6 +238,37 @@ def _check(cfg: TrainConfig, path: str) -> None:
         v = getattr(cfg.model, key)
         if v and len(v) != n:
             raise RsirError(f"{path}: model.{key} needs one value per band ({n}), got {v}")
+
+
+def _check_sets(cfg: TrainConfig, path: str) -> None:
+    d = cfg.data
+    if (d.kind == "multi") != bool(d.sets):
+        raise RsirError(f"{path}: data.kind = multi goes with one [[data.sets]] table per dataset "
+                        f"(kind {d.kind!r}, {len(d.sets)} sets)")
+    names = [s.name for s in d.sets]
+    if len(set(names)) != len(names):
+        raise RsirError(f"{path}: data.sets names must differ (got {names}); set name = ... on each")
+    for s in d.sets:
+        if s.kind not in SET_KINDS:
+            raise RsirError(f"{path}: data.sets {s.name!r}: kind must be one of {', '.join(SET_KINDS)}, got {s.kind!r}")
+        if not s.root:
+            raise RsirError(f"{path}: data.sets entry {s.name!r} needs a root")
+        if s.input_size < 0 or s.max_per_epoch < 0:
+            raise RsirError(f"{path}: data.sets {s.name!r}: input_size and max_per_epoch must be >= 0")
+    if d.input_size_range:
+        lo_hi = d.input_size_range
+        if (len(lo_hi) != 2 or not all(isinstance(v, int) for v in lo_hi)
+                or not 0 < lo_hi[0] <= d.input_size <= lo_hi[1]):
+            raise RsirError(f"{path}: data.input_size_range must be [smallest, largest] pixels holding "
+                            f"data.input_size {d.input_size}, got {lo_hi}")
+
+
+def read_class_list(path: str) -> list[str]:
+    """Class names, one a line; blank lines and # comments skipped."""
+    if not os.path.isfile(path):
+        raise RsirError(f"{path}: no such class list file")
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
 
 
 def load_config(path: str) -> TrainConfig:

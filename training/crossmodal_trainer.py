@@ -14,13 +14,14 @@ from core.encoder import l2_normalise
 from core.errors import RsirError
 
 from . import checkpoint
+from .batches import SetBatches
 from .config import TrainConfig
 from .crossmodal import CrossModalMethod, CrossModalNet
 from .datasets import ImageSet
 from .evaluate import imagenet_features, score
 from .models.factory import TrainNet, build_backbone, default_normalisation
 from .paired_data import PairedSet, cut_paired_tiles, split_pairs
-from .trainer import TrainResult, _Batches, end_epoch, make_optimiser, restore_or_begin, run_epoch, run_paths, start_run
+from .trainer import TrainResult, end_epoch, make_optimiser, restore_or_begin, run_epoch, run_paths, start_run
 
 
 def load_pairs(cfg: TrainConfig) -> dict[str, PairedSet]:
@@ -104,7 +105,7 @@ def train_crossmodal(cfg: TrainConfig, restart: bool = False, quiet: bool = Fals
     for split, pairs in sets.items():
         if len(pairs):
             a_set, b_set = modality_sets(pairs)
-            batches[split] = {m: _Batches(s, scales[m], *norm[m], device) for m, s in zip(mods, (a_set, b_set))}
+            batches[split] = {m: SetBatches(s, scales[m], *norm[m], device) for m, s in zip(mods, (a_set, b_set))}
     labelled = train_set.labelled
     val_q, val_db = ("val", "train") if labelled else ("val", "val")
 

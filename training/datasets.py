@@ -48,6 +48,23 @@ class ImageSet:
         idx = np.asarray(idx, dtype=np.int64)
         return ImageSet(self.pixels[idx], self.labels[idx], self.class_names, [self.ids[i] for i in idx])
 
+    def sample(self, n: int, seed: int = 0) -> ImageSet:
+        """At most `n` items, a seeded sample stratified by class (single-label sets); all when n <= 0."""
+        return self.subset(stratified_sample(np.arange(len(self)), self.labels, n, seed))
+
+
+def stratified_sample(idx: np.ndarray, labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """At most `n` of `idx`, every class keeping its share (rounded), drawn with a seeded generator; sorted."""
+    if n <= 0 or len(idx) <= n:
+        return np.sort(idx)
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in np.unique(labels[idx]):
+        members = idx[labels[idx] == c]
+        take = max(1, round(n * len(members) / len(idx)))
+        out.append(rng.choice(members, min(take, len(members)), replace=False))
+    return np.sort(np.concatenate(out))
+
 
 def _compact(arr: np.ndarray) -> np.ndarray:
     """Store 8-/16-bit integer imagery as such (a quarter/half of float32's memory)."""

@@ -33,6 +33,18 @@ class ExportSpec:
     class_names: list[str] = field(default_factory=list)
     train_config: dict | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # (smallest, largest) square input side: the graph gets dynamic spatial axes and core encodes each source
+    # near its own size within this range; None = `input_size` only
+    input_size_range: tuple[int, int] | None = None
+
+    def parity_sizes(self) -> list[int]:
+        """Input sides the ONNX graph is checked against torch at: the default, and for a resolution-aware model
+        also both ends of its range and an odd side in between (strided convolutions round it)."""
+        if not self.input_size_range:
+            return [self.input_size]
+        lo, hi = self.input_size_range
+        odd = (lo + hi) // 2 | 1
+        return sorted({lo, self.input_size, min(max(odd, lo), hi), hi})
 
 
 def _metadata(net, spec: ExportSpec, embedding_dim: int, code_bits: int, names: list[str]) -> dict[str, str]:
@@ -49,6 +61,7 @@ def _metadata(net, spec: ExportSpec, embedding_dim: int, code_bits: int, names: 
         "rsir.modality": spec.modality,
         "rsir.bands": json.dumps(spec.bands),
         "rsir.input_size": str(spec.input_size),
+        **({"rsir.input_size_range": json.dumps(list(spec.input_size_range))} if spec.input_size_range else {}),
         "rsir.scale": repr(float(spec.scale)),
         "rsir.mean": json.dumps([float(v) for v in spec.mean]),
         "rsir.std": json.dumps([float(v) for v in spec.std]),
@@ -72,6 +85,8 @@ def _quiet_exporter():
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
+            # one Dim for both spatial axes: torch says it will name just one of them
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
             yield
     finally:
         logger.setLevel(level)
@@ -89,6 +104,8 @@ def export_onnx(net: torch.nn.Module, spec: ExportSpec, out_path: str, opset: in
     channels = len(spec.bands)
     if len(spec.mean) != channels or len(spec.std) != channels:
         raise ValueError(f"mean/std need one value per band ({channels}), got {spec.mean} / {spec.std}")
+    if spec.input_size_range and not 0 < spec.input_size_range[0] <= spec.input_size <= spec.input_size_range[1]:
+        raise ValueError(f"input_size_range {spec.input_size_range} must hold input_size {spec.input_size}")
     dummy = torch.randn(2, channels, spec.input_size, spec.input_size)
     with torch.no_grad():
         ref = net(dummy)
@@ -98,10 +115,13 @@ def export_onnx(net: torch.nn.Module, spec: ExportSpec, out_path: str, opset: in
     code_bits = int(ref[names.index("hash_logits")].shape[1]) if "hash_logits" in names else 0
 
     with atomic_path(out_path) as tmp:
-        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        axes = {0: torch.export.Dim("batch", min=1, max=1 << 16)}
+        if spec.input_size_range:  # one Dim for both axes: square inputs (view averaging turns them)
+            side = torch.export.Dim("side", min=spec.input_size_range[0], max=spec.input_size_range[1])
+            axes.update({2: side, 3: side})
         with _quiet_exporter():
             torch.onnx.export(net, (dummy,), tmp, input_names=["input"], output_names=names,
-                              dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, external_data=False,
+                              dynamic_shapes=(axes,), opset_version=opset, dynamo=True, external_data=False,
                               verbose=False)
         model = onnx.load(tmp)
         meta = _metadata(net, spec, embedding_dim, code_bits, names)
@@ -110,7 +130,8 @@ def export_onnx(net: torch.nn.Module, spec: ExportSpec, out_path: str, opset: in
         onnx.checker.check_model(model)
         onnx.save(model, tmp)
         if check_parity:
-            check_onnx_parity(net, tmp, channels, spec.input_size)
+            for size in spec.parity_sizes():
+                check_onnx_parity(net, tmp, channels, size)
     return meta
 
 
@@ -157,7 +178,7 @@ def export_checkpoint(checkpoint_path: str, out_path: str, invariance: str = "no
     spec = ExportSpec(
         bands=list(cfg.data.bands), input_size=cfg.data.input_size, scale=cfg.data.scale,
         mean=list(ckpt["mean"]), std=list(ckpt["std"]), method=cfg.loss.name, class_names=list(ckpt["class_names"]),
-        train_config=ckpt["config"],
+        train_config=ckpt["config"], input_size_range=tuple(cfg.data.input_size_range) or None,
         extra={**_trained_metadata(ckpt, cfg), "rsir.label_kind": "multi" if multi else "single",
                **({"rsir.invariance": invariance} if invariance != "none" else {})},
     )

@@ -21,11 +21,13 @@ from core.fileio import write_json
 from core.metrics import map_at_k, relevance, shares_a_label
 
 from . import checkpoint
-from .augment import augment
+from .batches import MultiBatches, SetBatches
 from .config import MULTI_LABEL_ONLY, TrainConfig
 from .datasets import ImageSet, load_folder, load_index_tiles, load_split_csv, split_image_set
 from .methods import MULTI_LABEL_METHODS, make_method
 from .models.factory import TrainNet, build_backbone, default_normalisation
+from .multidata import combined_classes, global_labels, load_sets
+from .regularisers import OutputRecorder, make_regularisers
 
 LOG_FIELDS = ["epoch", "loss", "val_map100", "lr", "seconds", "best"]
 
@@ -48,7 +50,10 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_data(cfg: TrainConfig, progress=None) -> dict[str, ImageSet]:
+    """The splits of a single-dataset config (`prepare_data` loads multi-dataset ones)."""
     d = cfg.data
+    if d.kind == "multi":
+        raise RsirError(f"{cfg.source}: a multi-dataset config has one image set per dataset, each its own size")
     if d.kind == "folder":
         return load_folder(d.root, d.bands, d.input_size, d.cache_dir or None, d.split_seed, progress=progress)
     if d.kind == "split_csv":
@@ -65,34 +70,7 @@ def load_data(cfg: TrainConfig, progress=None) -> dict[str, ImageSet]:
                            d.split_seed)
 
 
-class _Batches:
-    """Scaled, augmented, normalised batches of an in-memory ImageSet."""
-
-    def __init__(self, data: ImageSet, scale: float, mean, std, device):
-        self.pixels = torch.from_numpy(data.pixels)
-        self.labels = torch.from_numpy(data.labels)
-        self.scale = float(scale)
-        self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
-        self.std = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
-        self.device = device
-
-    def get(self, idx: torch.Tensor, aug=None, gen=None) -> torch.Tensor:
-        x = self.pixels[idx].float() / self.scale
-        if aug is not None:
-            x = augment(x, aug, gen)
-        return ((x - self.mean) / self.std).to(self.device)
-
-    @torch.no_grad()
-    def embed_all(self, model, batch: int = 256) -> torch.Tensor:
-        was = model.training
-        model.eval()
-        out = [model(self.get(torch.arange(i, min(i + batch, len(self.labels)))))[0]
-               for i in range(0, len(self.labels), batch)]
-        model.train(was)
-        return torch.cat(out)
-
-
-def validation_map(model, val: _Batches, train: _Batches, k: int = 100) -> float:
+def validation_map(model, val: SetBatches, train: SetBatches, k: int = 100) -> float:
     """mAP@k (min(k, R) normalisation), queries = val, database = train, as the test protocol; multi-label:
     relevant = shares at least one label."""
     q = val.embed_all(model)
@@ -169,22 +147,27 @@ def restore_or_begin(cfg: TrainConfig, resume: dict | None, model, opt, sched) -
     return 0, -1.0
 
 
-def run_epoch(cfg: TrainConfig, epoch: int, n_items: int, step, opt, sched, quiet: bool,
+def run_epoch(cfg: TrainConfig, epoch: int, batches, step, opt, sched, quiet: bool,
               should_stop=None) -> list[float]:
-    """One epoch over `n_items` training items in a seeded order (the same on resume). `step(idx, gen)` returns
-    (loss, stats, after) for the batch `idx`, drawing augmentations from `gen`; `after()` (or None) runs after the
-    optimiser step. Returns the batch losses."""
+    """One epoch over the training items in a seeded order (the same on resume): `batches` is an item count (a
+    permutation cut into full batches) or an object whose `epoch_batches(gen, batch_size)` gives the batches.
+    `step(idx, gen)` returns (loss, stats, after) for the batch `idx`, drawing augmentations from `gen`; `after()`
+    (or None) runs after the optimiser step. Returns the batch losses."""
     gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-    order = torch.randperm(n_items, generator=gen)
     batch = cfg.optim.batch_size
+    if isinstance(batches, int):
+        order = torch.randperm(batches, generator=gen)
+        plan = [order[i * batch:(i + 1) * batch] for i in range(batches // batch)]
+    else:
+        plan = batches.epoch_batches(gen, batch)
     losses = []
-    bar = tqdm(range(n_items // batch), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
+    bar = tqdm(range(len(plan)), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
                disable=True if quiet else None, leave=False)  # None: off when not a terminal
     for i in bar:
         if should_stop is not None and should_stop():
             raise Cancelled(f"stopped during epoch {epoch + 1}; rerun the same command to resume "
                             f"from epoch {epoch + 1}")
-        loss, stats, after = step(order[i * batch:(i + 1) * batch], gen)
+        loss, stats, after = step(plan[i], gen)
         if not torch.isfinite(loss):
             raise RsirError(f"loss became {float(loss)} at epoch {epoch + 1} step {i}; lower optim.lr")
         opt.zero_grad(set_to_none=True)
@@ -220,6 +203,58 @@ def end_epoch(paths: tuple[str, str, str], common: dict, model, opt, sched, epoc
     return best_map, improved, secs
 
 
+@dataclass
+class TrainingData:
+    """What a run trains and validates on, whatever the data kind."""
+
+    train: SetBatches | MultiBatches
+    val: list[tuple[SetBatches, SetBatches]]  # per dataset: (validation queries, the database they search)
+    class_names: list[str]
+    multi_label: bool
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.train.labels
+
+
+def prepare_data(cfg: TrainConfig, mean, std, device, progress=None) -> TrainingData:
+    """Load the config's data (one dataset, or every `[[data.sets]]` dataset at its own size) into batches."""
+    d = cfg.data
+
+    def batches(data: ImageSet) -> SetBatches:
+        return SetBatches(data, d.scale, mean, std, device)
+
+    if d.kind == "multi":
+        sets = load_sets(d, d.cache_dir or None, progress)
+        names, starts = combined_classes(sets)
+        parts, val = [], []
+        for (s, data), start in zip(sets, starts):
+            if len(data["train"]) < cfg.optim.batch_size:
+                raise RsirError(f"{s.root}: only {len(data['train'])} training images, fewer than one batch "
+                                f"({cfg.optim.batch_size}); lower optim.batch_size")
+            train_set = global_labels(data["train"], start, names)
+            parts.append(batches(train_set))
+            if len(data["val"]):
+                val.append((batches(global_labels(data["val"], start, names)),
+                            batches(train_set.sample(d.val_database_max, cfg.seed))))
+        return TrainingData(MultiBatches(parts, [s.max_per_epoch for s, _ in sets]), val, names, False)
+    sets = load_data(cfg, progress)
+    train_set, val_set = sets["train"], sets.get("val")
+    if len(train_set) < cfg.optim.batch_size:
+        raise RsirError(f"{d.root}: only {len(train_set)} training images, fewer than one batch "
+                        f"({cfg.optim.batch_size}); lower optim.batch_size")
+    database = train_set if train_set.multi_label else train_set.sample(d.val_database_max, cfg.seed)
+    val = [(batches(val_set), batches(database))] if val_set is not None and len(val_set) else []
+    return TrainingData(batches(train_set), val, train_set.class_names, train_set.multi_label)
+
+
+def mean_validation_map(model, data: TrainingData) -> float:
+    """Validation mAP@100 averaged over the datasets (NaN without a validation split)."""
+    if not data.val:
+        return float("nan")
+    return float(np.mean([validation_map(model, v, db) for v, db in data.val]))
+
+
 def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_stop=None) -> TrainResult:
     """Train (or resume) the run in `cfg.out_dir`. `should_stop()` is polled between batches; on True the
     epoch in progress is dropped and Cancelled raised (the last finished epoch is kept in last.pt)."""
@@ -228,51 +263,49 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
     last_path, best_path, log_path = run_paths(out)
     device, resume = start_run(cfg, restart)
 
-    bar = None if quiet else tqdm(desc="loading data", unit="img", leave=False)
-    sets = load_data(cfg, progress=None if bar is None else lambda d, t: (setattr(bar, "total", t), bar.update(1)))
-    if bar is not None:
-        bar.close()
-    train_set, val_set = sets["train"], sets.get("val")
-    if len(train_set) < cfg.optim.batch_size:
-        raise RsirError(f"{cfg.data.root}: only {len(train_set)} training images, fewer than one batch "
-                        f"({cfg.optim.batch_size}); lower optim.batch_size")
     channels = len(cfg.data.bands)
     init = checkpoint.init_source(cfg) if resume is None else None
     mean, std = ((init["mean"], init["std"]) if init is not None
                  else default_normalisation(cfg.model.backbone, cfg.model.pretrained, channels))
     mean, std = cfg.model.mean or mean, cfg.model.std or std
-    classes = train_set.class_names
-    if train_set.multi_label and cfg.loss.name not in MULTI_LABEL_METHODS:
+    bar = None if quiet else tqdm(desc="loading data", unit="img", leave=False)
+    data = prepare_data(cfg, mean, std, device,
+                        progress=None if bar is None else lambda d, t: (setattr(bar, "total", t), bar.update(1)))
+    if bar is not None:
+        bar.close()
+    classes, labels = data.class_names, data.labels
+    if data.multi_label and cfg.loss.name not in MULTI_LABEL_METHODS:
         raise RsirError(f"{cfg.source}: {cfg.data.root} is multi-label; loss.name must be one of "
                         f"{', '.join(MULTI_LABEL_METHODS)} (got {cfg.loss.name!r})")
-    if not train_set.multi_label and cfg.loss.name in MULTI_LABEL_ONLY:
+    if not data.multi_label and cfg.loss.name in MULTI_LABEL_ONLY:
         raise RsirError(f"{cfg.source}: loss {cfg.loss.name!r} needs multi-label data (data.kind = label_table "
                         f"or bigearthnet); {cfg.data.root} has one class per image")
 
-    labels = torch.from_numpy(train_set.labels)
     dim = cfg.model.hash_bits or cfg.model.embedding_dim  # a hash head's relaxed code is the embedding
     method = make_method(cfg.loss, labels, len(classes), dim, cfg.seed)
     n_cls = len(classes) if (cfg.model.classifier or method.needs_classifier) else 0
     try:
         backbone = build_backbone(cfg.model.backbone, cfg.model.pretrained and resume is None and init is None,
                                   channels)
+        model = TrainNet(backbone, cfg.model.embedding_dim, n_cls, cfg.model.hash_bits,
+                         multi_label=data.multi_label, frozen_blocks=cfg.model.frozen_blocks)
     except ValueError as exc:
         raise RsirError(f"{cfg.source}: {exc}") from None
-    model = TrainNet(backbone, cfg.model.embedding_dim, n_cls, cfg.model.hash_bits,
-                     multi_label=train_set.multi_label)
     if init is not None:
         fresh = checkpoint.init_weights(model, init, cfg.model.init_from, classes)
         if not quiet:
             print(f"started from {cfg.model.init_from} (epoch {init.get('epoch')}); new: "
                   f"{', '.join(sorted({k.rsplit('.', 1)[0] for k in fresh})) or 'nothing'}")
+    # the weights this run started from, which the regularisers pull towards (kept in last.pt for a resume)
+    start_backbone = (resume["start_backbone"] if resume is not None and "start_backbone" in resume
+                      else {k: v.detach().clone() for k, v in model.backbone.state_dict().items()})
     model = model.to(device)
     method.to(device)
-    train_b = _Batches(train_set, cfg.data.scale, mean, std, device)
-    val_b = _Batches(val_set, cfg.data.scale, mean, std, device) if val_set is not None and len(val_set) else None
+    regularisers = make_regularisers(cfg, start_backbone, model, device)
 
-    head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
-    opt, sched = make_optimiser(cfg, list(model.backbone.parameters()), head_params + method.parameters(),
-                                len(train_set) // cfg.optim.batch_size)
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
+    opt, sched = make_optimiser(cfg, [p for p in model.backbone.parameters() if p.requires_grad],
+                                head_params + method.parameters(), data.train.steps_per_epoch(cfg.optim.batch_size))
     start_epoch, best_map = restore_or_begin(cfg, resume, model, opt, sched)
     if resume is not None:
         method.prepare(model)
@@ -280,23 +313,30 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
         if not quiet:
             print(f"resuming {out} after epoch {start_epoch} (best val mAP@100 {best_map:.2f})")
     else:
-        method.prepare(model, train_b.embed_all)
+        method.prepare(model, data.train.embed_all)
 
     def step(idx: torch.Tensor, gen: torch.Generator):
-        x = train_b.get(idx, cfg.augment, gen)
-        loss, stats = method.loss(model, x, labels[idx].to(device), idx.to(device))
+        x = data.train.get(idx, cfg.augment, gen)
+        recorder = OutputRecorder(model)
+        loss, stats = method.loss(recorder, x, labels[idx].to(device), idx.to(device))
+        for reg in regularisers:
+            term, more = reg.penalty(model, x, recorder.first)
+            loss = loss + term
+            stats.update(more)
+        stats["loss"] = float(loss.detach())
         return loss, stats, lambda: method.after_step(model, x, idx.to(device))
 
     common = {"config": cfg.to_dict(), "config_sha256": cfg.sha256(), "config_source": cfg.source,
               "class_names": classes, "mean": list(mean), "std": list(std), "num_classifier_classes": n_cls,
-              "multi_label": train_set.multi_label}
+              "multi_label": data.multi_label}
+    extra = {"start_backbone": start_backbone} if regularisers else {}
     model.train()
     for epoch in range(start_epoch, cfg.optim.epochs):
         t0 = time.perf_counter()
-        losses = run_epoch(cfg, epoch, len(train_set), step, opt, sched, quiet, should_stop)
-        val_map = validation_map(model, val_b, train_b) if val_b is not None else float("nan")
+        losses = run_epoch(cfg, epoch, data.train, step, opt, sched, quiet, should_stop)
+        val_map = mean_validation_map(model, data)
         best_map, improved, secs = end_epoch((last_path, best_path, log_path), common, model, opt, sched, epoch,
-                                             losses, val_map, best_map, t0, {"method": method.state_dict()})
+                                             losses, val_map, best_map, t0, {"method": method.state_dict(), **extra})
         if not quiet:
             print(f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {np.mean(losses):.4f}  val mAP@100 {val_map:.2f}"
                   f"{'  (best)' if improved else ''}  {secs:.0f} s")

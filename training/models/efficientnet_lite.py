@@ -139,6 +139,12 @@ class EfficientNetLite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self._dropout(self.features(x)))
 
+    def first_layers(self, n: int) -> list[nn.Module]:
+        """The stem and the first `n` blocks: what `model.frozen_blocks = n` keeps fixed."""
+        if not 0 <= n <= len(self._blocks):
+            raise ValueError(f"frozen_blocks must be 0..{len(self._blocks)} for {self.variant}, got {n}")
+        return [self._conv_stem, self._bn0, *self._blocks[:n]] if n else []
+
     def pooled_feature_mean(self) -> torch.Tensor:
         """Expected pooled feature per channel on the weights' training data, from the head's BN statistics.
 

@@ -58,9 +58,15 @@ class TrainNet(nn.Module):
     (its float view), and the export carries the hash logits whose signs are the codes."""
 
     def __init__(self, backbone: nn.Module, embedding_dim: int, num_classes: int = 0, hash_bits: int = 0,
-                 multi_label: bool = False):
+                 multi_label: bool = False, frozen_blocks: int = 0):
         super().__init__()
         self.backbone = backbone
+        if frozen_blocks and not hasattr(backbone, "first_layers"):
+            raise ValueError(f"{type(backbone).__name__} cannot freeze blocks (model.frozen_blocks)")
+        # kept out of the module tree's own list: they are the backbone's modules, frozen in place
+        self._frozen = backbone.first_layers(frozen_blocks) if frozen_blocks else []
+        for m in self._frozen:
+            m.requires_grad_(False)
         self.hash_head = HashHead(backbone.num_features, hash_bits) if hash_bits else None
         if self.hash_head is not None:
             self.embed_head = RelaxedCodeEmbedding(self.hash_head)
@@ -68,6 +74,13 @@ class TrainNet(nn.Module):
         else:
             self.embed_head = EmbeddingHead(backbone.num_features, embedding_dim)
         self.classifier = CosineClassifier(embedding_dim, num_classes, bias=multi_label) if num_classes else None
+
+    def train(self, mode: bool = True) -> TrainNet:
+        """Frozen layers stay in eval mode: their batch-norm statistics keep their starting values too."""
+        super().train(mode)
+        for m in self._frozen:
+            m.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> Outputs:
         feats = self.backbone.features(x)

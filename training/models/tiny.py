@@ -19,5 +19,11 @@ class TinyConvNet(nn.Module):
         )
         self.num_features = width * 4
 
+    def first_layers(self, n: int) -> list[nn.Module]:
+        """The first `n` conv layers (with their activations)."""
+        if not 0 <= n <= 3:
+            raise ValueError(f"frozen_blocks must be 0..3 for the tiny backbone, got {n}")
+        return list(self.body[:2 * n])
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x).mean(dim=(2, 3))
