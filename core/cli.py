@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="ONNX model exported by `rsir export`")
     p.add_argument("--out", required=True, help="index folder to create or extend")
     p.add_argument("--tile", type=int, default=64, help="tile size in pixels (at --gsd if given)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="encode every tile at this side in pixels (default: a resolution-aware model reads each "
+                        "source near its own size: raster tiles at --tile, each patch at its own side, clamped to "
+                        "the model's range; other models at their one input size)")
     p.add_argument("--stride", type=int, default=None, help="step between tiles in pixels (default: = --tile)")
     p.add_argument("--gsd", type=float, default=None,
                    help="resample to this ground resolution (CRS units per pixel) before tiling")
@@ -154,6 +158,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .index.builder import BuildOptions, build_index
 
     opts = BuildOptions(tile=args.tile, stride=args.stride, gsd=args.gsd, bands=parse_band_list(args.bands),
+                        input_size=args.input_size,
                         scale=args.scale, add_offset=args.add_offset, max_invalid=args.max_invalid,
                         float_factory=args.float_factory, binary_factory=args.binary_factory,
                         checkpoint_every=args.checkpoint_every,
@@ -273,10 +278,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"vectors    {m['embedding_dim']}-d float ({m['faiss']['float']}), {m['code_bits']}-bit codes "
           f"({m['faiss']['binary']}, from {m['code_source']})")
     ground = index.tile_ground_size()
-    print(f"tiling     tile {t['tile']} px" + (f" ({ground})" if ground else "") + f", stride {t['stride']} px"
-          + (f", gsd {t['gsd']}" if t["gsd"] else "")
-          + (f", bands {t['bands']}" if t["bands"] else "") + (f", scale {t['scale']}" if t["scale"] else "")
-          + (f", add_offset {t['add_offset']:g}" if t.get("add_offset") else ""))
+    options = ((f", gsd {t['gsd']}" if t["gsd"] else "") + (f", bands {t['bands']}" if t["bands"] else "")
+               + (f", scale {t['scale']}" if t["scale"] else "")
+               + (f", add_offset {t['add_offset']:g}" if t.get("add_offset") else ""))
+    if all(s["kind"] == "patch" for s in m["sources"]):  # --tile and --stride do not apply to patches
+        print("tiling     each patch is one tile, read whole" + options)
+    else:
+        patches = sum(s["kind"] == "patch" for s in m["sources"])
+        print(f"tiling     tile {t['tile']} px" + (f" ({ground})" if ground else "") + f", stride {t['stride']} px"
+              + options + (f"; {patches} patch(es), each one tile read whole" if patches else ""))
+    print(f"encoded at {index.describe_input_sizes()}")
     print(f"crs        {', '.join(crs)}")
     print(f"values     {index.describe_values()}")
     print(f"updated    {m['updated']} (created {m['created']})")

@@ -91,8 +91,10 @@ def query_from_image(index: Index, encoder: Encoder, image_path: str, bands: lis
     win = TileWindow(0, 0, ds.RasterXSize, ds.RasterYSize)
     tile = None if whole or not ds.GetProjection() else _index_tile_pixels(index, ds, grid)
     parts = _area_parts(win, tile)
-    embedding, code, used, pixels = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, image_path)
-    note, raw = _area_read(ds, chosen, win, parts, pixels, tile, used, encoder.info.input_size, image_path)
+    # an image read whole is one patch: near its own size, as a patch folder is indexed
+    size = input_side(index, encoder, grid, max(win.w, win.h) if parts == [win] and tile is None else None)
+    embedding, code, used, pixels = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, size, image_path)
+    note, raw = _area_read(ds, chosen, win, parts, pixels, tile, used, size, image_path)
     fp = FootprintMaker(ds).polygons(win)[1]
     return Query("image", f"image {image_path}{note}", embedding, code,
                  footprint_wkt=fp.ExportToWkt() if fp else None, pixels=raw, warnings=warnings)
@@ -108,12 +110,26 @@ def _area_parts(win: TileWindow, tile: int | None, inside=None) -> list[TileWind
     return parts
 
 
+def input_side(index: Index, encoder: Encoder, grid: list[dict], native: int | None = None) -> int:
+    """The input side a query is encoded at, as the archive was read: `rsir index --input-size` when given; else
+    the side the indexed sources on the query's grid were encoded at, when they agree; else the query encoder's
+    rule (`ModelInfo.encode_size`) applied to `native` (a whole image's larger side) or to the index's tile
+    size. Models of one input size always take that size."""
+    forced = index.manifest["tiling"].get("input_size")
+    if forced and encoder.info.dynamic_size:
+        return encoder.info.encode_size(forced)
+    if not index.is_cross_modal(encoder.info):
+        sizes = {index.source_input_size(s) for s in grid}
+        if len(sizes) == 1:
+            return sizes.pop()
+    return encoder.info.encode_size(native or index.manifest["tiling"]["tile"])
+
+
 def _encode_parts(index: Index, encoder: Encoder, ds, bands: list, parts: list[TileWindow], scale: float,
-                  offset: float, what: str) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
-    """(embedding, packed code, windows used, their pixels read at the model input) of windows: one window's own,
-    or the mean of their embeddings and the bit-wise majority of their codes, leaving out windows with more
-    nodata than the index allows unless all have."""
-    size = encoder.info.input_size
+                  offset: float, size: int, what: str) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """(embedding, packed code, windows used, their pixels read at `size`) of windows: one window's own, or the
+    mean of their embeddings and the bit-wise majority of their codes, leaving out windows with more nodata than
+    the index allows unless all have."""
     pixels = np.stack([read_window(ds, bands, w, size, what) for w in parts])
     if len(parts) > 1:
         valid = [invalid_fraction(ds, bands, w, p) <= index.manifest["tiling"].get("max_invalid", 0.5)
@@ -184,7 +200,7 @@ def query_from_array(index: Index, encoder: Encoder, pixels: np.ndarray, scale: 
         arr = arr[None]
     if arr.shape[0] != encoder.info.channels:
         raise RsirError(f"{description}: has {arr.shape[0]} band(s), the model needs {encoder.info.channels}")
-    raw = resample_array(arr, encoder.info.input_size, description)
+    raw = resample_array(arr, input_side(index, encoder, [], max(arr.shape[1:])), description)
     own_scale = None if index.is_cross_modal(encoder.info) else index.manifest["tiling"].get("scale")
     emb, code = encoder.encode(raw[None], scale=scale or own_scale or encoder.info.scale)
     return Query("image", description, emb[0], code[0], pixels=raw)
@@ -244,8 +260,9 @@ def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[floa
     win = box_to_window(ds, raster, bbox, bbox_crs)
     tile = None if whole else _index_tile_pixels(index, ds, grid)
     parts = _area_parts(win, tile, _centre_test(ds, within, bbox_crs) if within else None)
-    embedding, packed, used, pixels = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, raster)
-    note, raw = _area_read(ds, chosen, win, parts, pixels, tile, used, encoder.info.input_size, raster)
+    size = input_side(index, encoder, grid)
+    embedding, packed, used, pixels = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, size, raster)
+    note, raw = _area_read(ds, chosen, win, parts, pixels, tile, used, size, raster)
     description = f"{'polygon' if within else 'box'} {','.join(f'{v:.10g}' for v in bbox)} on {raster}{note}"
     maker = FootprintMaker(ds)
     geo = maker.polygons(win)[1]
@@ -291,13 +308,14 @@ def query_from_polygons(index: Index, encoder: Encoder, raster: str, polygons: l
     tile = _index_tile_pixels(index, ds, grid)
     windows = [box_to_window(ds, raster, box, crs) for box in boxes]
     parts = [w for wkt, win in zip(polygons, windows) for w in _area_parts(win, tile, _centre_test(ds, wkt, crs))]
-    embedding, code, used, _ = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, raster)
+    size = input_side(index, encoder, grid)
+    embedding, code, used, _ = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, size, raster)
     xmins, ymins, xmaxs, ymaxs = zip(*boxes)  # the polygons' joint envelope
     win = box_to_window(ds, raster, (min(xmins), min(ymins), max(xmaxs), max(ymaxs)), crs)
     geo = FootprintMaker(ds).polygons(win)[1]
     return Query("box", f"{len(polygons)} polygons on {raster} ({used} tiles averaged)", embedding, code,
                  footprint_wkt=geo.ExportToWkt() if geo else None,
-                 pixels=read_window(ds, chosen, win, encoder.info.input_size, raster), warnings=warnings)
+                 pixels=read_window(ds, chosen, win, size, raster), warnings=warnings)
 
 
 def _index_tile_pixels(index: Index, ds, grid: list[dict]) -> int | None:

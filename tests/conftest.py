@@ -10,8 +10,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from tests.rasters import mosaic_with_twin, write_raster
 
 
-def export_tiny(path: str, bits: int = 64, input_size: int = 32, bands=(1, 2, 3), seed: int = 0) -> str:
-    """A tiny random CNN + LSH head, exported by training/export.py (parity-checked)."""
+def export_tiny(path: str, bits: int = 64, input_size: int = 32, bands=(1, 2, 3), seed: int = 0,
+                input_size_range: tuple[int, int] | None = None) -> str:
+    """A tiny random CNN + LSH head, exported by training/export.py (parity-checked); with `input_size_range`, a
+    resolution-aware model (dynamic input side)."""
     import torch
 
     from training.export import ExportSpec, export_onnx
@@ -22,7 +24,8 @@ def export_tiny(path: str, bits: int = 64, input_size: int = 32, bands=(1, 2, 3)
     backbone = TinyConvNet(in_channels=len(bands), width=8, seed=seed)
     net = RetrievalNet(backbone, hash_head=LSHHead(backbone.num_features, bits, seed=seed))
     spec = ExportSpec(bands=list(bands), input_size=input_size, scale=255.0, mean=[0.5] * len(bands),
-                      std=[0.25] * len(bands), method="test-tiny", train_config={"seed": seed})
+                      std=[0.25] * len(bands), method="test-tiny", train_config={"seed": seed},
+                      input_size_range=input_size_range)
     export_onnx(net, spec, path)
     return path
 

@@ -23,7 +23,7 @@ from ..archive.footprints import FootprintMaker
 from ..archive.pixels import invalid_fraction, read_window
 from ..archive.sources import SourceSpec, expand_archive, open_source, resolve_bands
 from ..archive.tiling import TileWindow, plan_windows, source_gsd
-from ..encoder import Encoder
+from ..encoder import Encoder, ModelInfo
 from ..errors import Cancelled, RsirError
 from ..fileio import atomic_path, read_json, write_json
 from . import layout, tiles_gpkg
@@ -41,6 +41,7 @@ class BuildOptions:
     stride: int | None = None           # default: = tile (no overlap)
     gsd: float | None = None            # resample to this ground resolution (source CRS units per pixel)
     bands: list | None = None           # override the model's band list (names or 1-based indices)
+    input_size: int | None = None       # encode every tile at this side (default: the model's rule, `source_size`)
     scale: float | None = None          # override the model's value scale for sources without their own
     add_offset: float | None = None     # added to raw values before the scale, for sources without their own
     max_invalid: float = 0.5            # skip tiles with more nodata/empty pixels than this share
@@ -54,8 +55,9 @@ class BuildOptions:
     def tiling(self) -> dict:
         return {"tile": self.tile, "stride": self.stride or self.tile, "gsd": self.gsd, "bands": self.bands,
                 "scale": self.scale, "max_invalid": self.max_invalid,
-                # only when set, so indexes and unfinished runs from before the option keep matching
-                **({"add_offset": self.add_offset} if self.add_offset else {})}
+                # only when set, so indexes and unfinished runs from before the options keep matching
+                **({"add_offset": self.add_offset} if self.add_offset else {}),
+                **({"input_size": self.input_size} if self.input_size else {})}
 
 
 @dataclass
@@ -80,6 +82,20 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+def source_size(info: ModelInfo, kind: str, width: int, height: int, tile: int, forced: int | None = None) -> int:
+    """The input side a source's tiles are encoded at: `forced` (`--input-size`), else the model's rule
+    (`ModelInfo.encode_size`) applied to the tile's own side: a patch's larger side, a raster's tile size (pixels
+    at `--gsd`). A model of one input size takes that size."""
+    return forced or info.encode_size(max(width, height) if kind == "patch" else tile)
+
+
+def _check_input_size(info: ModelInfo, size: int | None) -> None:
+    lo, hi = info.input_size_range
+    if size is not None and not lo <= size <= hi:
+        raise RsirError(f"--input-size {size}: {info.path} takes "
+                        + (f"{lo} px only" if lo == hi else f"{lo} to {hi} px"))
+
+
 def _plan_source(spec: SourceSpec, encoder: Encoder, opts: BuildOptions) -> dict:
     ds = open_source(spec)
     bands = resolve_bands(ds, opts.bands or encoder.info.bands, spec.path)
@@ -87,6 +103,8 @@ def _plan_source(spec: SourceSpec, encoder: Encoder, opts: BuildOptions) -> dict
         raise RsirError(f"tile size and stride must be positive (got {opts.tile}, {opts.stride})")
     windows = plan_windows(ds, spec.kind, opts.tile, opts.stride or opts.tile, opts.gsd, spec.path)
     return {"path": spec.path, "kind": spec.kind, "label": spec.label,
+            "input_size": source_size(encoder.info, spec.kind, ds.RasterXSize, ds.RasterYSize, opts.tile,
+                                      opts.input_size),
             "scale": spec.scale or opts.scale or encoder.info.scale,
             "add_offset": float(spec.add_offset if spec.add_offset is not None else (opts.add_offset or 0.0)),
             "bands": bands,
@@ -129,6 +147,7 @@ def build_index(archive: list[str], model_path: str, out_dir: str, opts: BuildOp
     report.sources_already = len(specs) - len(new_specs)
     n0 = manifest["counts"]["tiles"] if manifest else 0
 
+    _check_input_size(encoder.info, opts.input_size)
     plan = [_plan_source(s, encoder, opts) for s in new_specs]  # validates every source before any write
     key = hashlib.sha256(json.dumps({"model": encoder.info.sha256, "n0": n0, "tiling": opts.tiling(),
                                      "sources": [(p["path"], p["bands"], p["scale"])
@@ -172,7 +191,6 @@ def build_index(archive: list[str], model_path: str, out_dir: str, opts: BuildOp
 def _encode(plan, encoder, opts, partial, state, state_path, progress, cancel) -> None:
     flat = [(si, TileWindow(*w)) for si, p in enumerate(plan) for w in p["windows"]]
     total, done = len(flat), state["done_windows"]
-    size = encoder.info.input_size
     datasets: dict[int, object] = {}
 
     def dataset(si: int):
@@ -193,20 +211,24 @@ def _encode(plan, encoder, opts, partial, state, state_path, progress, cancel) -
             if cancel and cancel():
                 cancelled = True
                 break
-            batch_pix, batch_meta = [], []
+            # one tensor per input side (patches of several sizes); tiles keep their archive order
+            by_size: dict[int, tuple[list, list]] = {}
             for si, win in chunk[start:start + opts.batch_size]:
                 ds = dataset(si)
-                raw = read_window(ds, plan[si]["bands"], win, size, plan[si]["path"])
+                raw = read_window(ds, plan[si]["bands"], win, plan[si]["input_size"], plan[si]["path"])
                 if invalid_fraction(ds, plan[si]["bands"], win, raw) > opts.max_invalid:
                     skipped_here[si] += 1
                     continue
+                batch_pix, batch_meta = by_size.setdefault(plan[si]["input_size"], ([], []))
                 batch_pix.append((raw + np.float32(plan[si]["add_offset"])) / np.float32(plan[si]["scale"]))
                 batch_meta.append((si, win.x, win.y, win.w, win.h))
-            if batch_pix:
-                e, c = encoder.encode(np.stack(batch_pix), scale=1.0)
-                embs.append(e)
-                codes.append(c)
-                meta.extend(batch_meta)
+            if by_size:
+                parts = [(encoder.encode(np.stack(pix), scale=1.0), m) for pix, m in by_size.values()]
+                batch_meta = [row for _, m in parts for row in m]
+                order = sorted(range(len(batch_meta)), key=lambda i: (batch_meta[i][0], i))
+                embs.append(np.concatenate([e for (e, _), _ in parts])[order])
+                codes.append(np.concatenate([c for (_, c), _ in parts])[order])
+                meta.extend(batch_meta[i] for i in order)
             processed += len(chunk[start:start + opts.batch_size])
             if progress:
                 progress(done + processed, total)

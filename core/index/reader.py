@@ -106,6 +106,19 @@ class Index:
         unit = srs_from_user(tiled[0]["crs"]).GetLinearUnitsName()
         return f"{self.manifest['tiling']['tile'] * gsds.pop():g} {'m' if unit.lower() in ('metre', 'meter') else unit}"
 
+    def source_input_size(self, entry: dict) -> int:
+        """The input side a source's tiles were encoded at (indexes from before resolution-aware models: the
+        model's one size)."""
+        return int(entry.get("input_size") or self.model_info.input_size)
+
+    def describe_input_sizes(self) -> str:
+        """The input sides the sources were encoded at, grouped: "96 px for 3 source(s)", or for patch folders of
+        several sizes "96-150 px (each patch near its own size) for 400 source(s)"."""
+        sizes = Counter(self.source_input_size(s) for s in self.sources)
+        if self.manifest["tiling"].get("input_size") or len(sizes) <= 3:
+            return "; ".join(f"{size} px for {n} source(s)" for size, n in sorted(sizes.items()))
+        return f"{min(sizes)}-{max(sizes)} px (each patch near its own size) for {sum(sizes.values())} source(s)"
+
     def describe_values(self) -> str:
         """How the sources' raw values reached the model, grouped: "raw / 3000 for 2 source(s); (raw-1000) / ..."."""
         groups = Counter((float(s["scale"]), float(s.get("add_offset", 0.0))) for s in self.sources)
