@@ -18,10 +18,11 @@ from core.search import search
 from tests.rasters import write_class_folder
 from training.checkpoint import init_weights, model_from_checkpoint
 from training.checkpoint import load as load_checkpoint
-from training.config import CROSS_MODAL_LOSSES, HASH_LOSSES, LOSSES, MULTI_LABEL_ONLY, load_config, parse_config
+from training.config import LossConfig, load_config, parse_config
 from training.datasets import load_folder, load_index_tiles
 from training.export import check_onnx_parity, export_checkpoint
 from training.models.factory import TrainNet, build_backbone
+from training.registry import LOSSES, loss_names
 from training.trainer import train
 
 
@@ -31,7 +32,7 @@ def class_folder(tmp_path_factory) -> str:
 
 
 def _cfg(root: str, out: str, loss: str = "snca-ce", epochs: int = 2, loss_options: dict | None = None, **optim):
-    hash_bits = 16 if loss in HASH_LOSSES else 0
+    hash_bits = 16 if LOSSES[loss].hash_bits else 0
     return parse_config({
         "out_dir": out, "seed": 0,
         "data": {"kind": "folder", "root": root, "input_size": 32},
@@ -100,7 +101,7 @@ def test_exported_model_matches_torch_and_retrieves_its_training_images(trained,
         assert hits[0].source == path or hits[0].score == pytest.approx(1.0, abs=1e-3)
 
 
-@pytest.mark.parametrize("loss", [name for name in LOSSES if name not in MULTI_LABEL_ONLY + CROSS_MODAL_LOSSES])
+@pytest.mark.parametrize("loss", loss_names(labels="single") + loss_names(labels="either"))
 def test_every_loss_trains_one_epoch(loss, class_folder, tmp_path):
     out = str(tmp_path / loss)
     result = train(_cfg(class_folder, out, loss=loss, epochs=1), quiet=True)
@@ -111,7 +112,7 @@ def test_every_loss_trains_one_epoch(loss, class_folder, tmp_path):
     assert ckpt["num_classifier_classes"] == (4 if loss in ("snca-ce", "snca-hash") else 0)
 
 
-@pytest.mark.parametrize("loss", MULTI_LABEL_ONLY)
+@pytest.mark.parametrize("loss", loss_names(labels="multi"))
 def test_multilabel_losses_refuse_single_label_data(loss, class_folder, tmp_path):
     with pytest.raises(RsirError, match=f"loss '{loss}' needs multi-label data"):
         train(_cfg(class_folder, str(tmp_path / loss), loss=loss, epochs=1), quiet=True)
@@ -235,3 +236,20 @@ def test_init_from_starts_a_hash_model_from_a_trained_float_model(trained, class
     cfg.out_dir = str(tmp_path / "bad")
     with pytest.raises(RsirError, match=r"best\.pt: model\.init_from is a tiny on 3 bands; .* on 2"):
         train(cfg, quiet=True)
+
+
+def test_the_registry_names_a_method_for_every_loss():
+    from training.methods import make_method
+
+    labels = torch.tensor([0, 1, 0, 1])
+    kinds = {}
+    for name, spec in LOSSES.items():
+        if spec.method == "crossmodal":
+            with pytest.raises(ValueError, match="runs in the crossmodal trainer"):
+                make_method(LossConfig(name=name), labels, 2, 8, 0)
+            continue
+        kinds[name] = type(make_method(LossConfig(name=name), labels, 2, 8, 0)).__name__
+    assert kinds["triplet-semi-hard"] == "PMLMethod" and kinds["snca-hash"] == "BankMethod"
+    assert kinds["milan"] == "MiLANMethod" and kinds["bce"] == "ClassifierMethod"
+    assert set(loss_names(hash_bits=True)) == {"milan", "snca-hash"}
+    assert set(loss_names(labels="paired")) == {"crossmodal-supervised", "crossmodal-ssl"}

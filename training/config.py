@@ -14,13 +14,8 @@ from dataclasses import dataclass, field
 from core.errors import RsirError
 
 from .augment import AugmentConfig
+from .registry import loss_names, loss_spec
 
-LOSSES = ("contrastive", "triplet-batch-hard", "triplet-semi-hard", "normalized-softmax", "nca",
-          "snca", "snca-ce", "rotation-snca", "milan", "snca-hash", "sndl", "sndl-bce", "bce",
-          "crossmodal-supervised", "crossmodal-ssl")
-CROSS_MODAL_LOSSES = ("crossmodal-supervised", "crossmodal-ssl")  # need data.kind = paired
-HASH_LOSSES = ("milan", "snca-hash")  # need model.hash_bits
-MULTI_LABEL_ONLY = ("sndl", "sndl-bce", "bce")  # need multi-label data
 DATA_KINDS = ("folder", "split_csv", "label_table", "bigearthnet", "index", "paired", "multi")
 SET_KINDS = ("folder", "split_csv")  # what a [[data.sets]] entry of a multi-dataset run may be
 
@@ -205,10 +200,9 @@ def _check(cfg: TrainConfig, path: str) -> None:
         raise RsirError(f"{path}: data.root is required (the dataset folder, split CSV or index folder)")
     if cfg.data.kind == "index" and not cfg.data.labels:
         raise RsirError(f"{path}: data.kind = index needs data.labels (a vector file of labelled polygons)")
-    if cfg.loss.name not in LOSSES:
-        raise RsirError(f"{path}: loss.name {cfg.loss.name!r} is not one of {', '.join(LOSSES)}")
-    if (cfg.data.kind == "paired") != (cfg.loss.name in CROSS_MODAL_LOSSES):
-        raise RsirError(f"{path}: data.kind = paired goes with loss.name {' or '.join(CROSS_MODAL_LOSSES)} "
+    spec = loss_spec(cfg.loss.name, path)
+    if (cfg.data.kind == "paired") != (spec.labels == "paired"):
+        raise RsirError(f"{path}: data.kind = paired goes with loss.name {' or '.join(loss_names(labels='paired'))} "
                         f"(got kind {cfg.data.kind!r}, loss {cfg.loss.name!r})")
     if cfg.data.kind == "paired":
         if not cfg.data.root_b or not cfg.data.bands_b:
@@ -220,7 +214,7 @@ def _check(cfg: TrainConfig, path: str) -> None:
                        ("model.embedding_dim", cfg.model.embedding_dim), ("data.input_size", cfg.data.input_size)):
         if value <= 0:
             raise RsirError(f"{path}: {key} must be positive, got {value}")
-    if cfg.loss.name in HASH_LOSSES and cfg.model.hash_bits <= 0:
+    if spec.hash_bits and cfg.model.hash_bits <= 0:
         raise RsirError(f"{path}: loss.name {cfg.loss.name!r} trains hash codes: set model.hash_bits (e.g. 64)")
     if cfg.model.hash_bits < 0 or cfg.model.hash_bits % 8:
         raise RsirError(f"{path}: model.hash_bits must be a multiple of 8 (0 = no hash head), "

@@ -28,6 +28,7 @@ from torch import nn
 
 from .losses import bit_balance_loss, quantization_loss
 from .models.factory import TrainNet
+from .registry import loss_spec
 
 
 def cross_modal_infonce(za: torch.Tensor, zb: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -98,16 +99,13 @@ class CrossModalNet(nn.Module):
         return self.nets[a](xa), self.nets[b](xb)
 
 
-CROSS_MODAL_LOSSES = ("crossmodal-supervised", "crossmodal-ssl")
-
-
 class CrossModalMethod:
     """The weighted sum of the terms above for one batch of pairs; `name` picks the supervised or the
     self-supervised family."""
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.supervised = cfg.name == "crossmodal-supervised"
+        self.supervised = "supervised" in loss_spec(cfg.name).terms
         self.triplet = InterModalTriplet(cfg.margin) if self.supervised else None
 
     @property

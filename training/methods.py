@@ -10,6 +10,7 @@ from torch import nn
 
 from .augment import rotate90, rotate_by
 from .config import LossConfig
+from .registry import loss_spec
 from .losses import (
     MemoryBank,
     bit_balance_loss,
@@ -22,8 +23,6 @@ from .losses import (
     standard_loss,
 )
 
-BANK_METHODS = ("snca", "snca-ce", "rotation-snca", "snca-hash", "sndl", "sndl-bce")
-MULTI_LABEL_METHODS = ("contrastive", "bce", "sndl", "sndl-bce")  # train on (N, C) multi-hot labels
 
 
 def classification_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -87,10 +86,11 @@ class BankMethod:
 
     def __init__(self, cfg: LossConfig, labels: torch.Tensor, embedding_dim: int, seed: int):
         self.cfg = cfg
-        self.neighbour_loss = sndl_loss if cfg.name.startswith("sndl") else snca_loss
-        self.ce_weight = cfg.ce_weight if cfg.name in ("snca-ce", "snca-hash", "sndl-bce") else 0.0
-        self.quant_weight = cfg.quant_weight if cfg.name == "snca-hash" else 0.0
-        self.rotation_weight = cfg.rotation_weight if cfg.name == "rotation-snca" else 0.0
+        terms = loss_spec(cfg.name).terms
+        self.neighbour_loss = sndl_loss if "sndl" in terms else snca_loss
+        self.ce_weight = cfg.ce_weight if "ce" in terms else 0.0
+        self.quant_weight = cfg.quant_weight if "quant" in terms else 0.0
+        self.rotation_weight = cfg.rotation_weight if "rotation" in terms else 0.0
         self.needs_classifier = self.ce_weight > 0
         self.bank = MemoryBank(len(labels), embedding_dim, labels, momentum=0.0, seed=seed)
         self.ema: nn.Module | None = None
@@ -208,10 +208,14 @@ class ClassifierMethod(StatelessMethod):
 
 
 def make_method(cfg: LossConfig, labels: torch.Tensor, num_classes: int, embedding_dim: int, seed: int):
-    if cfg.name == "bce":
+    """The method the registry names for `cfg.name` (training/registry.py), set up for this run."""
+    method = loss_spec(cfg.name).method
+    if method == "classifier":
         return ClassifierMethod(cfg)
-    if cfg.name == "milan":
+    if method == "milan":
         return MiLANMethod(cfg)
-    if cfg.name in BANK_METHODS:
+    if method == "bank":
         return BankMethod(cfg, labels, embedding_dim, seed)
-    return PMLMethod(cfg, num_classes, embedding_dim)
+    if method == "pml":
+        return PMLMethod(cfg, num_classes, embedding_dim)
+    raise ValueError(f"loss {cfg.name!r} runs in the {method} trainer, not this one")

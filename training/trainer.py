@@ -22,11 +22,12 @@ from core.metrics import map_at_k, relevance, shares_a_label
 
 from . import checkpoint
 from .batches import MultiBatches, SetBatches
-from .config import MULTI_LABEL_ONLY, TrainConfig
+from .config import TrainConfig
 from .datasets import ImageSet, load_folder, load_index_tiles, load_split_csv, split_image_set
-from .methods import MULTI_LABEL_METHODS, make_method
+from .methods import make_method
 from .models.factory import TrainNet, build_backbone, default_normalisation
 from .multidata import combined_classes, global_labels, load_sets
+from .registry import loss_names, loss_spec
 from .regularisers import OutputRecorder, make_regularisers
 
 LOG_FIELDS = ["epoch", "loss", "val_map100", "lr", "seconds", "best"]
@@ -274,10 +275,12 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
     if bar is not None:
         bar.close()
     classes, labels = data.class_names, data.labels
-    if data.multi_label and cfg.loss.name not in MULTI_LABEL_METHODS:
+    spec = loss_spec(cfg.loss.name, cfg.source)
+    if data.multi_label and not spec.multi_label_ok:
         raise RsirError(f"{cfg.source}: {cfg.data.root} is multi-label; loss.name must be one of "
-                        f"{', '.join(MULTI_LABEL_METHODS)} (got {cfg.loss.name!r})")
-    if not data.multi_label and cfg.loss.name in MULTI_LABEL_ONLY:
+                        f"{', '.join(loss_names(labels='multi') + loss_names(labels='either'))} "
+                        f"(got {cfg.loss.name!r})")
+    if not data.multi_label and spec.labels == "multi":
         raise RsirError(f"{cfg.source}: loss {cfg.loss.name!r} needs multi-label data (data.kind = label_table "
                         f"or bigearthnet); {cfg.data.root} has one class per image")
 
