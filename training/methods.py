@@ -10,7 +10,6 @@ from torch import nn
 
 from .augment import rotate90, rotate_by
 from .config import LossConfig
-from .registry import loss_spec
 from .losses import (
     MemoryBank,
     bit_balance_loss,
@@ -22,7 +21,7 @@ from .losses import (
     sndl_loss,
     standard_loss,
 )
-
+from .registry import loss_spec
 
 
 def classification_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
