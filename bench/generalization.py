@@ -84,8 +84,8 @@ def main() -> int:
     tasks = suite_tasks(aid_classes, tuple(read_class_list(UNSEEN_FILE)), args.eurosat_queries, args.eurosat_database)
     contenders = [Contender(os.path.splitext(os.path.basename(m))[0], m) for m in args.models]
     if not args.no_baselines:
-        contenders += [Contender(f"untrained ImageNet {b.split('_')[1].capitalize()}", baseline_model(cache, b, s),
-                                 hash="itq") for b, s in BASELINES]
+        contenders += [Contender(f"untrained ImageNet {b.split('_')[1].capitalize()}, {s} px",
+                                 baseline_model(cache, b, s), hash="itq") for b, s in BASELINES]
     suite = Suite(datasets, tasks, cache, threads=args.threads)
     rows = suite.run(contenders)
     table = suite_table(rows, tasks)

@@ -240,7 +240,11 @@ def describe_method(meta: dict) -> str:
     if "rsir.invariance" in meta:
         parts.append(f"averaged over {meta['rsir.invariance']}")
     if "rsir.whitening" in meta:
-        parts.append(f"{json.loads(meta['rsir.whitening']).get('kind', '')} whitened".strip())
+        whitening = json.loads(meta["rsir.whitening"])
+        if whitening.get("kind") != "none":
+            parts.append(f"{whitening.get('kind', '')} whitened".strip())
+        if whitening.get("codes"):
+            parts.append(f"{whitening['codes']} codes")
     if "rsir.quantization" in meta:  # "int8 weights and activations (...)" -> "int8 weights and activations"
         parts.append(meta["rsir.quantization"].split(" (")[0])
     if "rsir.weight_storage" in meta:

@@ -172,3 +172,60 @@ def test_multi_config_errors_name_the_problem(two_sets, tmp_path):
     with pytest.raises(RsirError, match=r"no-such.txt: no such class list file"):
         parse_config({**base, "data": {"kind": "multi", "sets": [{"root": a, "exclude_classes_file":
                                                                   "no-such.txt"}]}}, "c.toml")
+
+
+def test_codes_without_whitening_and_an_int8_copy_from_a_multi_dataset_config(two_sets, tmp_path, capsys):
+    import json
+
+    from core.cli import main
+
+    a, b, unseen = two_sets
+    config = tmp_path / "multi.toml"
+    config.write_text(f"""out_dir = "run"
+[data]
+kind = "multi"
+input_size = 32
+input_size_range = [24, 64]
+[[data.sets]]
+root = "{a}"
+input_size = 24
+[[data.sets]]
+root = "{b}"
+input_size = 48
+exclude_classes_file = "{unseen}"
+[model]
+backbone = "tiny"
+pretrained = false
+embedding_dim = 16
+[loss]
+name = "triplet-semi-hard"
+[optim]
+epochs = 1
+batch_size = 16
+threads = 1
+""")
+    assert main(["train", str(config), "-q"]) == 0
+    model, int8 = str(tmp_path / "m.onnx"), str(tmp_path / "m.int8.onnx")
+    assert main(["export", str(tmp_path / "run" / "best.pt"), "--out", model, "--int8", int8,
+                 "--calibration", "16"]) == 0
+    assert "calibrated on 16 images" in Encoder(int8).info.metadata["rsir.quantization"]
+    capsys.readouterr()
+    coded = str(tmp_path / "coded.onnx")
+    assert main(["whiten", model, "--config", str(config), "--no-whitening", "--itq-codes", "16", "--out", coded,
+                 "--cache-dir", "", "--force"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {coded}: codes fitted on 84 train items of 6 classes" in out, out
+    info = Encoder(coded).info
+    report = json.loads(info.metadata["rsir.whitening"])
+    assert report["kind"] == "none" and report["codes"] == "pca-itq-16" and info.code_bits == 16
+    assert info.input_size_range == (24, 64)
+    # the embedding is the model's own (normalised); only the codes changed
+    x = np.random.default_rng(0).uniform(0, 255, (3, 3, 40, 40)).astype(np.float32)
+    e0, _ = Encoder(model).encode(x)
+    e1, c1 = Encoder(coded).encode(x)
+    np.testing.assert_allclose(e0, e1, atol=1e-5)
+    assert c1.shape == (3, 2)
+    assert main(["whiten", model, "--no-whitening", "--config", str(config), "--out", coded]) == 1
+    assert "nothing to do: without whitening, ask for codes" in capsys.readouterr().err
+    assert main(["whiten", model, "--out", coded]) == 1
+    assert "give either a DATASET or --config" in capsys.readouterr().err

@@ -1,15 +1,24 @@
-"""`rsir train`, `rsir export` and `rsir eval`: registered with core's CLI through the `rsir.commands`
-entry points (pyproject.toml), so core keeps working where torch is not installed."""
+"""The training-side commands (`rsir train`, `export`, `eval`, `whiten`, `split`, `mosaics`, `spectral-labels`,
+`eval-pairs`), registered with core's CLI through the `rsir.commands` entry points (pyproject.toml), so core keeps
+working where torch is not installed. Each command parses its arguments into the typed options of the module that
+does the work, and prints what that returns."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 
-import numpy as np
-
 from core.errors import RsirError
+
+
+def _options(cls, args: argparse.Namespace, **values):
+    """`cls` (an options dataclass) from the parsed arguments of the same names, `values` overriding."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{**{k: v for k, v in vars(args).items() if k in names}, **values})
+
+
+def _csv(text: str, kind=str) -> tuple:
+    return tuple(kind(v.strip()) for v in text.split(",") if v.strip())
 
 
 def train_command(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +40,8 @@ def train_command(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .trainer import train
+    from .export import export_checkpoint_files
+    from .trainer import fit
 
     cfg = load_config(args.config)
     if args.out_dir:
@@ -40,16 +50,11 @@ def _run_train(args: argparse.Namespace) -> int:
         cfg.optim.epochs = args.epochs
     if args.device:
         cfg.optim.device = args.device
-    if cfg.data.kind == "paired":
-        from .crossmodal_trainer import train_crossmodal
-
-        result = train_crossmodal(cfg, restart=args.restart, quiet=args.quiet)
-    else:
-        result = train(cfg, restart=args.restart, quiet=args.quiet)
+    result = fit(cfg, restart=args.restart, quiet=args.quiet)
     print(f"trained {result.epochs_run} epoch(s) in {result.seconds:.0f} s; best val mAP@100 "
           f"{result.best_map:.2f} -> {result.best_checkpoint}")
     if args.export:
-        _export_checkpoint(result.best_checkpoint, args.export)
+        export_checkpoint_files(result.best_checkpoint, args.export)
     return 0
 
 
@@ -62,8 +67,8 @@ def export_command(subparsers: argparse._SubParsersAction) -> None:
                     "within 1e-4. Give a checkpoint from `rsir train`, or --pretrained for the untrained "
                     "ImageNet EfficientNet-Lite0 + LSH model.")
     p.add_argument("checkpoint", nargs="?", help="best.pt / last.pt written by `rsir train`")
-    p.add_argument("--pretrained", choices=["efficientnet_lite0"],
-                   help="export ImageNet features with a fixed LSH head instead of a checkpoint")
+    p.add_argument("--pretrained", choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"],
+                   help="export untrained ImageNet features with a fixed LSH head instead of a checkpoint")
     p.add_argument("--bits", type=int, default=64, help="--pretrained: code length in bits (default: %(default)s)")
     p.add_argument("--input-size", type=int, default=64,
                    help="--pretrained: input side in pixels (default: %(default)s)")
@@ -90,89 +95,11 @@ def _half_weights_option(p: argparse.ArgumentParser) -> None:
                         "as fast, embeddings within 4e-5 cosine); the --int8 copy is made from float32 first")
 
 
-def _halve(paths: list[str]) -> None:
-    from .weight_storage import MIN_ELEMENTS, halve_file
-
-    for path in paths:
-        before, after, converted = halve_file(path)
-        print(f"wrote {path}: {converted} weight tensors stored in float16, {before / 1e6:.1f} -> {after / 1e6:.1f} MB"
-              if converted else f"{path}: no weight tensor to store in float16 (none has {MIN_ELEMENTS}+ values, "
-                                "or it is stored so already); left as it is")
-
-
-def _export_checkpoint(path: str, out: str, invariance: str = "none") -> list[str]:
-    """Export `path` to `out` (a cross-modal checkpoint: one file per modality); returns the files written."""
-    from . import checkpoint
-    from .export import crossmodal_paths, export_checkpoint, export_crossmodal_checkpoint
-
-    if checkpoint.load(path).get("kind") == "crossmodal":
-        if invariance != "none":
-            raise RsirError(f"{path}: --invariance is for single-model exports, not cross-modal encoders")
-        metas = export_crossmodal_checkpoint(path, out)
-        paths = crossmodal_paths(out, list(metas))
-        for m, meta in metas.items():
-            print(f"wrote {paths[m]}: {m} encoder ({meta['rsir.method']}, bands {meta['rsir.bands']}, "
-                  f"{meta['rsir.embedding_dim']}-d, shared space {meta['rsir.shared_space'][:12]})")
-        return [paths[m] for m in metas]
-    meta = export_checkpoint(path, out, invariance)
-    print(f"wrote {out}: {meta['rsir.method']} on {meta['rsir.backbone']}, embedding {meta['rsir.embedding_dim']}-d, "
-          f"input {meta['rsir.input_size']} px, {len(json.loads(meta['rsir.class_names']))} classes, "
-          f"val mAP@100 {meta['rsir.val_map100']}"
-          + (f", averaged over {meta['rsir.invariance']}" if "rsir.invariance" in meta else ""))
-    return [out]
-
-
-def _calibration_images(checkpoint_path: str, n: int) -> np.ndarray:
-    """`n` random images (seed 0) of the training split the checkpoint was trained on."""
-    from . import checkpoint
-    from .trainer import load_data
-
-    return _sample_rows(load_data(checkpoint.config_of(checkpoint.load(checkpoint_path)))["train"].pixels, n)
-
-
-def _sample_rows(pixels: np.ndarray, n: int) -> np.ndarray:
-    """`n` random rows (seed 0, kept in order) of `pixels`: the calibration images of an int8 copy."""
-    pick = np.random.default_rng(0).choice(len(pixels), min(n, len(pixels)), replace=False)
-    return pixels[np.sort(pick)]
-
-
 def _run_export(args: argparse.Namespace) -> int:
-    if bool(args.checkpoint) == bool(args.pretrained):
-        raise RsirError("give either a CHECKPOINT or --pretrained efficientnet_lite0")
-    if args.int8 and args.checkpoint:
-        from . import checkpoint
+    from .export import ExportOptions, export_files
 
-        if checkpoint.load(args.checkpoint).get("kind") == "crossmodal":
-            raise RsirError(f"{args.checkpoint}: --int8 is for single-model exports, not cross-modal encoders")
-    if args.int8 and args.pretrained and args.calibration:
-        raise RsirError("--pretrained has no training images to calibrate on: add --calibration 0 (weights only)")
-    if args.invariance != "none" and args.pretrained:
-        raise RsirError("--invariance applies to trained checkpoints, not --pretrained")
-    if args.checkpoint:
-        written = _export_checkpoint(args.checkpoint, args.out, args.invariance)
-    else:
-        _export_pretrained(args)
-        written = [args.out]
-    if args.int8:
-        from .quantize import quantize_int8
-
-        images = _calibration_images(args.checkpoint, args.calibration) if args.calibration > 0 else None
-        meta = quantize_int8(args.out, args.int8, images)
-        print(f"wrote {args.int8}: {meta['rsir.quantization']}, {os.path.getsize(args.int8) / 1e6:.1f} MB "
-              f"(float: {os.path.getsize(args.out) / 1e6:.1f} MB)")
-    if args.half_weights:
-        _halve(written)
+    export_files(_options(ExportOptions, args))
     return 0
-
-
-def _export_pretrained(args: argparse.Namespace) -> None:
-    from .pretrained import export_imagenet_lsh
-
-    if args.bits <= 0 or args.bits % 8:
-        raise RsirError(f"--bits must be a positive multiple of 8, got {args.bits}")
-    meta = export_imagenet_lsh(args.out, bits=args.bits, input_size=args.input_size, scale=args.scale)
-    print(f"wrote {args.out}: {meta['rsir.method']}, embedding {meta['rsir.embedding_dim']}-d, "
-          f"{meta['rsir.code_bits']}-bit codes, input {meta['rsir.input_size']} px")
 
 
 def eval_command(subparsers: argparse._SubParsersAction) -> None:
@@ -213,64 +140,11 @@ def eval_command(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_eval)
 
 
-def _labelled_sets(args: argparse.Namespace, info, splits) -> dict:
-    """The named splits of `args.dataset` (a folder per class, a split CSV, a multi-label table or BigEarthNet;
-    `args.split`, `args.split_seed`, `args.cache_dir`, `args.bigearthnet`), read as the model `info` wants them."""
-    from .datasets import load_folder, load_split_csv, model_band_indices
-    from .multilabel_data import is_label_table, load_bigearthnet, load_label_table
-
-    bands = model_band_indices(info.bands)
-    splits = tuple(dict.fromkeys(splits))
-    cache = args.cache_dir or None
-    table = args.split or args.dataset
-    if os.path.isfile(table) and is_label_table(table):
-        return load_label_table(table, bands, info.input_size, cache, args.split_seed, splits)
-    if args.split or os.path.isfile(args.dataset):
-        return load_split_csv(table, bands, info.input_size, cache, splits)
-    if getattr(args, "bigearthnet", False):
-        return load_bigearthnet(args.dataset, [str(b) for b in info.bands], info.input_size, args.split_seed, splits)
-    return load_folder(args.dataset, bands, info.input_size, cache, args.split_seed, splits)
-
-
 def _run_eval(args: argparse.Namespace) -> int:
-    from core.encoder import Encoder
+    from .evaluate import EvalOptions, format_extra, run_eval
 
-    from .evaluate import evaluate, format_extra, per_class_table, plot_pr, plot_tsne, results_table, write_report
-
-    sets = _labelled_sets(args, Encoder(args.model).info, (args.queries, args.database))
-    queries, database = sets[args.queries], sets[args.database]
-    if not len(queries) or not len(database):
-        raise RsirError(f"{args.dataset}: split {args.queries!r} has {len(queries)} images and "
-                        f"{args.database!r} {len(database)}; both must be non-empty")
-    if args.rotate_queries:
-        from .augment import rotate_pixels
-
-        queries = dataclasses.replace(queries, pixels=rotate_pixels(queries.pixels, args.rotate_queries))
-    bits = [int(b) for b in args.bits.split(",") if b.strip()]
-    features = tuple(f.strip() for f in args.baseline_features.split(",") if f.strip())
-    try:
-        results = evaluate(args.model, queries, database, args.k, not args.no_baselines, bits, args.threads,
-                           baseline_features=features, expand=args.expand)
-    except ValueError as exc:
-        raise RsirError(f"{args.model}: {exc}") from None
-    k = min(args.k, len(database))
-    turned = f", turned {args.rotate_queries:g} degrees" if args.rotate_queries else ""
-    print(f"\n{len(queries)} queries ({args.queries}{turned}) -> {len(database)} database ({args.database})\n")
-    print(results_table(results, k))
-    print("\n" + per_class_table(results[0], k))
-    if args.out:
-        title = f"{os.path.basename(args.model)} on {os.path.basename(os.path.normpath(args.dataset))}"
-        write_report(results, args.out, k, {"model": os.path.abspath(args.model), "dataset": args.dataset,
-                                            "queries": args.queries, "database": args.database,
-                                            "rotate_queries": args.rotate_queries or 0.0,
-                                            "expand": args.expand})
-        plot_pr(results, os.path.join(args.out, "pr.png"), f"PR curves, {title}")
-        emb, _ = Encoder(args.model, threads=args.threads, batch_size=256).encode(queries.pixels)
-        colour = queries.labels.argmax(axis=1) if queries.multi_label else queries.labels  # first label
-        plot_tsne(emb, colour, queries.class_names, os.path.join(args.out, "tsne.png"),
-                  f"t-SNE of {args.queries} embeddings, {title}"
-                  + (" (colour: first label)" if queries.multi_label else ""))
-        print(f"\nwrote {args.out}/results.json, results.md, pr.png, tsne.png")
+    results, k = run_eval(_options(EvalOptions, args, bits=_csv(args.bits, int),
+                                   baseline_features=_csv(args.baseline_features)))
     for key, value in results[0].extra.items():
         print(f"{key} = {format_extra(key, value)}")
     print(f"\nmAP@{k} = {results[0].map_k:.2f}")
@@ -288,7 +162,13 @@ def whiten_command(subparsers: argparse._SubParsersAction) -> None:
                     "Hash codes are unchanged unless --itq-codes replaces them. Not for cross-modal encoders or "
                     "multi-label data.")
     p.add_argument("model", help="ONNX model exported by `rsir export`")
-    p.add_argument("dataset", help="the labelled dataset it was trained on: folder per class, or a split CSV")
+    p.add_argument("dataset", nargs="?",
+                   help="the labelled dataset it was trained on: folder per class, or a split CSV (or --config)")
+    p.add_argument("--config", help="instead of DATASET: the training config whose data to fit on (a multi-dataset "
+                                    "config: every dataset at its own size, classes kept apart)")
+    p.add_argument("--no-whitening", action="store_true",
+                   help="leave the embedding as it is and only replace the codes (with --itq-codes): PCA-ITQ codes "
+                        "of the model's own embedding")
     p.add_argument("--split", help="split CSV (path,class,split) when DATASET is a folder without split.csv")
     p.add_argument("--split-seed", type=int, default=42, help="seed of the generated split (default: %(default)s)")
     p.add_argument("--fit", default="train", help="split to fit on (default: %(default)s)")
@@ -313,48 +193,9 @@ def whiten_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_whiten(args: argparse.Namespace) -> int:
-    from core.encoder import Encoder
+    from .whitening import WhitenOptions, whiten_files
 
-    from .whitening import whiten_model
-
-    if os.path.abspath(args.out) == os.path.abspath(args.model):
-        raise RsirError(f"{args.out}: --out must differ from the model it whitens")
-    splits = (args.fit, args.check) if args.check else (args.fit,)
-    sets = _labelled_sets(args, Encoder(args.model).info, splits)
-    train, check = sets[args.fit], (sets[args.check] if args.check else None)
-    if not len(train):
-        raise RsirError(f"{args.dataset}: split {args.fit!r} is empty")
-
-    def whiten(source: str, out: str) -> None:
-        report = whiten_model(source, out, train, check, args.threads, args.force, args.itq_codes,
-                              args.itq_restarts)
-        checked = (f"{args.check} mAP@100 {report['val_map100_before']:.2f} -> {report['val_map100_after']:.2f}"
-                   if report["checked_on"] else "not checked on a validation split")
-        if "codes" in report:
-            checked += f"; {report['codes']} codes (ITQ seed {report['itq_seed']})" + (
-                f", {args.check} Hamming mAP@100 {report['val_hamming_map100_before']:.2f} -> "
-                f"{report['val_hamming_map100_after']:.2f}" if report["checked_on"] else "")
-        print(f"wrote {out}: within-class whitening fitted on {report['train_items']} {args.fit} items of "
-              f"{report['classes']} classes, shrinkage {report['shrinkage']:g}; {checked}")
-
-    whiten(args.model, args.out)
-    if args.int8:
-        import tempfile
-
-        from .quantize import quantize_int8
-
-        # quantise first, then whiten the int8 model on its own embeddings: whitening and ITQ fitted to the
-        # float embeddings fit the quantised ones less well (docs/results.md, "ITQ starting rotations")
-        with tempfile.TemporaryDirectory() as tmp:
-            quantised = os.path.join(tmp, "int8.onnx")
-            meta = quantize_int8(args.model, quantised, _sample_rows(train.pixels, 256))
-            print(f"{args.model}: quantised, {meta['rsir.quantization']}")
-            try:
-                whiten(quantised, args.int8)
-            except RsirError as exc:
-                raise RsirError(f"{args.int8} (the int8 copy of {args.model}): {exc}") from None
-    if args.half_weights:
-        _halve([args.out])
+    whiten_files(_options(WhitenOptions, args, whiten=not args.no_whitening))
     return 0
 
 
@@ -373,16 +214,9 @@ def split_command(subparsers: argparse._SubParsersAction) -> None:
 def _run_split(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from .splits import make_split, write_split
+    from .splits import write_dataset_split
 
-    if not os.path.isdir(args.root):
-        raise RsirError(f"{args.root}: no such dataset folder")
-    try:
-        rows = make_split(args.root, seed=args.seed)
-    except ValueError as exc:
-        raise RsirError(str(exc)) from None
-    out = args.out or os.path.join(args.root, "split.csv")
-    write_split(rows, out)
+    out, rows = write_dataset_split(args.root, args.seed, args.out)
     counts = Counter(r["split"] for r in rows)
     print(f"wrote {out}: {len({r['class'] for r in rows})} classes, {counts['train']} train / {counts['val']} val / "
           f"{counts['test']} test")
@@ -503,63 +337,9 @@ def eval_pairs_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_eval_pairs(args: argparse.Namespace) -> int:
-    from core.encoder import Encoder
+    from .crossmodal_eval import PairsEvalOptions, eval_pairs
 
-    from .config import load_config
-    from .crossmodal_trainer import cross_modal_results, imagenet_pair_features, load_pairs
-    from .evaluate import pm1, results_table, write_report
-
-    cfg = load_config(args.config)
-    if cfg.data.kind != "paired":
-        raise RsirError(f"{args.config}: data.kind must be paired, got {cfg.data.kind!r}")
-    encoders = {}
-    for path in args.models:
-        enc = Encoder(path, threads=args.threads, batch_size=256)
-        encoders[enc.info.modality] = enc
-    mods = [cfg.data.modality, cfg.data.modality_b]
-    if sorted(encoders) != sorted(mods):
-        raise RsirError(f"the models are {sorted(encoders)} encoders; {args.config} pairs {mods}")
-    if encoders[mods[0]].info.shared_space != encoders[mods[1]].info.shared_space:
-        raise RsirError(f"{args.models[0]} and {args.models[1]}: not exported from the same cross-modal model "
-                        "(rsir.shared_space differs)")
-    sets = load_pairs(cfg)
-    queries = sets[args.queries]
-    database = sets["train"] if queries.labelled else queries
-    pix = {mods[0]: lambda s: s.a, mods[1]: lambda s: s.b}
-    encoded = {m: (encoders[m].encode(pix[m](queries)), encoders[m].encode(pix[m](database))) for m in mods}
-    k = min(args.k, len(database))
-    # unlabelled, a query's own tile is its only relevant item: uni-modal search would score the query itself
-    results = cross_modal_results({m: (q[0], db[0]) for m, (q, db) in encoded.items()}, queries.labels,
-                                  database.labels, queries.class_names, k, uni_modal=queries.labelled)
-    if all(encoders[m].info.has_hash for m in mods):
-        # hashing models: the binary index ranks by Hamming distance of the codes, so score that too
-        bits = encoders[mods[0]].info.code_bits
-        codes = {m: (pm1(q[1], bits), pm1(db[1], bits)) for m, (q, db) in encoded.items()}
-        for r in cross_modal_results(codes, queries.labels, database.labels, queries.class_names, k,
-                                     uni_modal=queries.labelled, bits=bits):
-            r.name = f"{r.name} (Hamming, {bits} bits)"
-            results.append(r)
-    if not args.no_baselines:
-        # same channels and scale as each encoder reads, through the untrained ImageNet network of both
-        base = {m: tuple(imagenet_pair_features(pix[m](s), encoders[m].info.scale) for s in (queries, database))
-                for m in mods}
-        for r in cross_modal_results(base, queries.labels, database.labels, queries.class_names, k,
-                                     uni_modal=queries.labelled):
-            r.name = f"ImageNet Lite0 (untrained): {r.name}"
-            results.append(r)
-        # the floor to read the rest against: with unbalanced classes it is far from 1 / classes
-        rng = np.random.default_rng(0)
-        noise = {m: (rng.normal(size=(len(queries), 16)), rng.normal(size=(len(database), 16))) for m in mods}
-        chance = cross_modal_results(noise, queries.labels, database.labels, queries.class_names, k)[0]
-        chance.name = "chance (random ranking)"
-        results.append(chance)
-    print(f"\n{len(queries)} {args.queries} pairs -> {len(database)} "
-          f"{'train pairs (same class relevant)' if queries.labelled else 'the same pairs (partner relevant)'}\n")
-    print(results_table(results, k))
-    if args.out:
-        write_report(results, args.out, k, {"models": [os.path.abspath(m) for m in args.models],
-                                            "config": os.path.abspath(args.config), "queries": args.queries})
-        print(f"\nwrote {args.out}/results.json, results.md")
+    results, k = eval_pairs(_options(PairsEvalOptions, args, models=tuple(args.models)))
     for r in results[:2]:
         print(f"mAP@{k} ({r.name}) = {r.map_k:.2f}")
     return 0

@@ -299,3 +299,70 @@ def write_report(results: list[MethodResult], out_dir: str, k: int, meta: dict) 
     write_json(os.path.join(out_dir, "results.json"), {**meta, "k": k, "results": [r.row() for r in results]})
     with atomic_path(os.path.join(out_dir, "results.md")) as tmp, open(tmp, "w") as f:
         f.write(results_table(results, k) + "\n\n" + per_class_table(results[0], k) + "\n")
+
+
+@dataclass
+class EvalOptions:
+    """What `rsir eval` scores: a model on a labelled dataset's queries against its database."""
+
+    model: str
+    dataset: str
+    split: str | None = None
+    bigearthnet: bool = False
+    split_seed: int = 42
+    queries: str = "test"
+    database: str = "train"
+    k: int = 100
+    bits: tuple[int, ...] = (32, 64)
+    baseline_features: tuple[str, ...] = ("imagenet",)
+    no_baselines: bool = False
+    rotate_queries: float | None = None
+    expand: int = 0
+    out: str | None = None
+    cache_dir: str = "cache/datasets"
+    threads: int | None = None
+
+
+def run_eval(opts: EvalOptions, log=print) -> tuple[list[MethodResult], int]:
+    """Score `opts.model` (and the baselines), print the tables, write the report folder; returns the results and
+    the k they were cut at."""
+    from core.errors import RsirError
+
+    from .labelled_data import labelled_sets
+
+    info = Encoder(opts.model).info
+    sets = labelled_sets(opts.dataset, info, (opts.queries, opts.database), opts.split, opts.split_seed,
+                         opts.cache_dir or None, opts.bigearthnet)
+    queries, database = sets[opts.queries], sets[opts.database]
+    if not len(queries) or not len(database):
+        raise RsirError(f"{opts.dataset}: split {opts.queries!r} has {len(queries)} images and "
+                        f"{opts.database!r} {len(database)}; both must be non-empty")
+    if opts.rotate_queries:
+        import dataclasses
+
+        from .augment import rotate_pixels
+
+        queries = dataclasses.replace(queries, pixels=rotate_pixels(queries.pixels, opts.rotate_queries))
+    try:
+        results = evaluate(opts.model, queries, database, opts.k, not opts.no_baselines, opts.bits, opts.threads,
+                           log=log, baseline_features=opts.baseline_features, expand=opts.expand)
+    except ValueError as exc:
+        raise RsirError(f"{opts.model}: {exc}") from None
+    k = min(opts.k, len(database))
+    turned = f", turned {opts.rotate_queries:g} degrees" if opts.rotate_queries else ""
+    log(f"\n{len(queries)} queries ({opts.queries}{turned}) -> {len(database)} database ({opts.database})\n")
+    log(results_table(results, k))
+    log("\n" + per_class_table(results[0], k))
+    if opts.out:
+        title = f"{os.path.basename(opts.model)} on {os.path.basename(os.path.normpath(opts.dataset))}"
+        write_report(results, opts.out, k, {"model": os.path.abspath(opts.model), "dataset": opts.dataset,
+                                            "queries": opts.queries, "database": opts.database,
+                                            "rotate_queries": opts.rotate_queries or 0.0, "expand": opts.expand})
+        plot_pr(results, os.path.join(opts.out, "pr.png"), f"PR curves, {title}")
+        emb, _ = Encoder(opts.model, threads=opts.threads, batch_size=256).encode(queries.pixels)
+        colour = queries.labels.argmax(axis=1) if queries.multi_label else queries.labels  # first label
+        plot_tsne(emb, colour, queries.class_names, os.path.join(opts.out, "tsne.png"),
+                  f"t-SNE of {opts.queries} embeddings, {title}"
+                  + (" (colour: first label)" if queries.multi_label else ""))
+        log(f"\nwrote {opts.out}/results.json, results.md, pr.png, tsne.png")
+    return results, k

@@ -221,3 +221,107 @@ def export_crossmodal_checkpoint(checkpoint_path: str, out_path: str) -> dict[st
                    "rsir.modalities": json.dumps(ckpt["modalities"])})
         metas[m] = export_onnx(model.nets[m].retrieval_net(), spec, path)
     return metas
+
+
+@dataclass
+class ExportOptions:
+    """What `rsir export` writes: a checkpoint's model (or, with `pretrained`, untrained ImageNet features with an
+    LSH head), an optional int8 copy and half-precision weight storage."""
+
+    out: str
+    checkpoint: str | None = None
+    pretrained: str | None = None
+    bits: int = 64  # pretrained: LSH code bits
+    input_size: int = 64  # pretrained: input side
+    scale: float = 255.0  # pretrained: value scale
+    invariance: str = "none"
+    int8: str | None = None
+    calibration: int = 256  # int8: images to calibrate activation ranges on (0: weights only)
+    half_weights: bool = False
+
+
+def export_files(opts: ExportOptions, log=print) -> list[str]:
+    """Carry out `opts`; returns the float files written (one per modality for a cross-modal checkpoint)."""
+    from core.errors import RsirError
+
+    from . import checkpoint
+
+    if bool(opts.checkpoint) == bool(opts.pretrained):
+        raise RsirError("give either a CHECKPOINT or --pretrained efficientnet_lite0")
+    ckpt = checkpoint.load(opts.checkpoint) if opts.checkpoint else None
+    if opts.int8 and ckpt is not None and ckpt.get("kind") == "crossmodal":
+        raise RsirError(f"{opts.checkpoint}: --int8 is for single-model exports, not cross-modal encoders")
+    if opts.int8 and opts.pretrained and opts.calibration:
+        raise RsirError("--pretrained has no training images to calibrate on: add --calibration 0 (weights only)")
+    if opts.invariance != "none" and opts.pretrained:
+        raise RsirError("--invariance applies to trained checkpoints, not --pretrained")
+    if opts.pretrained:
+        written = [_export_pretrained(opts, log)]
+    else:
+        written = export_checkpoint_files(opts.checkpoint, opts.out, opts.invariance, log)
+    if opts.int8:
+        import os
+
+        from .quantize import quantize_int8
+
+        images = _calibration(opts.checkpoint, opts.calibration, opts.out) if opts.calibration > 0 else None
+        meta = quantize_int8(opts.out, opts.int8, images)
+        log(f"wrote {opts.int8}: {meta['rsir.quantization']}, {os.path.getsize(opts.int8) / 1e6:.1f} MB "
+            f"(float: {os.path.getsize(opts.out) / 1e6:.1f} MB)")
+    if opts.half_weights:
+        from .weight_storage import halve_files
+
+        halve_files(written, log)
+    return written
+
+
+def _calibration(checkpoint_path: str, n: int, model_path: str) -> np.ndarray:
+    """`n` random images (seed 0) of the training data the checkpoint was trained on, at the exported model's
+    input size (a multi-dataset run: spread over its datasets)."""
+    from core.encoder import Encoder
+
+    from . import checkpoint
+    from .labelled_data import calibration_images, config_sets
+
+    cfg = checkpoint.config_of(checkpoint.load(checkpoint_path))
+    sets = [data["train"] for data in config_sets(cfg, ("train",))]
+    return calibration_images(sets, n, Encoder(model_path).info.input_size)
+
+
+def _export_pretrained(opts: ExportOptions, log) -> str:
+    from core.errors import RsirError
+
+    from .pretrained import export_imagenet_lsh
+
+    if opts.bits <= 0 or opts.bits % 8:
+        raise RsirError(f"--bits must be a positive multiple of 8, got {opts.bits}")
+    meta = export_imagenet_lsh(opts.out, bits=opts.bits, input_size=opts.input_size, scale=opts.scale,
+                               backbone=opts.pretrained)
+    log(f"wrote {opts.out}: {meta['rsir.method']} ({opts.pretrained}), embedding {meta['rsir.embedding_dim']}-d, "
+        f"{meta['rsir.code_bits']}-bit codes, input {meta['rsir.input_size']} px")
+    return opts.out
+
+
+def export_checkpoint_files(path: str, out: str, invariance: str = "none", log=print) -> list[str]:
+    """Export `path` to `out` (a cross-modal checkpoint: one file per modality); returns the files written."""
+    from core.errors import RsirError
+
+    from . import checkpoint
+
+    if checkpoint.load(path).get("kind") == "crossmodal":
+        if invariance != "none":
+            raise RsirError(f"{path}: --invariance is for single-model exports, not cross-modal encoders")
+        metas = export_crossmodal_checkpoint(path, out)
+        paths = crossmodal_paths(out, list(metas))
+        for m, meta in metas.items():
+            log(f"wrote {paths[m]}: {m} encoder ({meta['rsir.method']}, bands {meta['rsir.bands']}, "
+                f"{meta['rsir.embedding_dim']}-d, shared space {meta['rsir.shared_space'][:12]})")
+        return [paths[m] for m in metas]
+    meta = export_checkpoint(path, out, invariance)
+    sizes = (f"input {meta['rsir.input_size']} px" + (f" (any of {json.loads(meta['rsir.input_size_range'])[0]}-"
+                                                       f"{json.loads(meta['rsir.input_size_range'])[1]})"
+                                                       if "rsir.input_size_range" in meta else ""))
+    log(f"wrote {out}: {meta['rsir.method']} on {meta['rsir.backbone']}, embedding {meta['rsir.embedding_dim']}-d, "
+        f"{sizes}, {len(json.loads(meta['rsir.class_names']))} classes, val mAP@100 {meta['rsir.val_map100']}"
+        + (f", averaged over {meta['rsir.invariance']}" if "rsir.invariance" in meta else ""))
+    return [out]

@@ -199,6 +199,9 @@ class Suite:
         return emb, codes
 
     def run(self, contenders: list[Contender]) -> list[SuiteRow]:
+        labels = [c.label for c in contenders]
+        if len(set(labels)) != len(labels):
+            raise RsirError(f"contender labels must differ (they name the table's rows): {labels}")
         out = []
         for c in contenders:
             enc = Encoder(c.model, threads=self.threads, batch_size=64)
@@ -251,7 +254,8 @@ def suite_table(rows: list[SuiteRow], tasks: list[SuiteTask]) -> str:
             mark = " †" if r.trained_on_task and t.unseen else ""
             cells += [f"{r.float_map:.2f}{mark}", f"{r.hash_map:.2f}"]
         sizes = sorted({by[(n, t.name)].size for t in tasks if (n, t.name) in by})
-        lines.append(f"| {n} ({'/'.join(map(str, sizes))} px) | " + " | ".join(cells) + " |")
+        name = n if n.endswith(" px") else f"{n} ({'/'.join(map(str, sizes))} px)"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -44,3 +44,19 @@ def write_split(rows: list[dict], path: str) -> None:
 def read_split(path: str) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def write_dataset_split(root: str, seed: int = 42, out: str | None = None) -> tuple[str, list[dict]]:
+    """Write the protocol's split of the folder-per-class dataset `root` to `out` (default ROOT/split.csv);
+    returns the path and the rows."""
+    from core.errors import RsirError
+
+    if not os.path.isdir(root):
+        raise RsirError(f"{root}: no such dataset folder")
+    try:
+        rows = make_split(root, seed=seed)
+    except ValueError as exc:
+        raise RsirError(str(exc)) from None
+    out = out or os.path.join(root, "split.csv")
+    write_split(rows, out)
+    return out, rows

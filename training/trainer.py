@@ -345,3 +345,12 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
                   f"{'  (best)' if improved else ''}  {secs:.0f} s")
     return TrainResult(best_path, last_path, best_map, cfg.optim.epochs - start_epoch,
                        time.perf_counter() - t_start)
+
+
+def fit(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_stop=None) -> TrainResult:
+    """Train (or resume) `cfg` with the trainer its data needs: paired data trains a cross-modal encoder pair."""
+    if cfg.data.kind == "paired":
+        from .crossmodal_trainer import train_crossmodal
+
+        return train_crossmodal(cfg, restart=restart, quiet=quiet, should_stop=should_stop)
+    return train(cfg, restart=restart, quiet=quiet, should_stop=should_stop)

@@ -85,3 +85,12 @@ def halve_file(path: str, min_elements: int = MIN_ELEMENTS) -> tuple[int, int, i
     with atomic_path(path) as tmp:
         onnx.save(model, tmp)
     return before, os.path.getsize(path), converted
+
+
+def halve_files(paths: list[str], log=print) -> None:
+    """`halve_file` each path, saying what it did."""
+    for path in paths:
+        before, after, converted = halve_file(path)
+        log(f"wrote {path}: {converted} weight tensors stored in float16, {before / 1e6:.1f} -> {after / 1e6:.1f} MB"
+            if converted else f"{path}: no weight tensor to store in float16 (none has {MIN_ELEMENTS}+ values, "
+                              "or it is stored so already); left as it is")

@@ -208,10 +208,11 @@ def _replace_codes(graph, outputs: dict, projection: CodeProjection) -> None:
     _prune(graph)
 
 
-def append_to_onnx(model_path: str, out_path: str, whitening: Whitening, metadata: dict[str, str],
+def append_to_onnx(model_path: str, out_path: str, whitening: Whitening | None, metadata: dict[str, str],
                    codes: CodeProjection | None = None) -> None:
-    """Write `model_path` with the whitening appended to its embedding output (same output name), its code output
-    replaced by `codes` if given, and `metadata` added, atomically: a failed write leaves no file at `out_path`."""
+    """Write `model_path` with the whitening appended to its embedding output (same output name; None: the
+    embedding is only L2-normalised, for codes alone), its code output replaced by `codes` if given, and
+    `metadata` added, atomically: a failed write leaves no file at `out_path`."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -222,14 +223,17 @@ def append_to_onnx(model_path: str, out_path: str, whitening: Whitening, metadat
     raw = f"{name}_unwhitened"
     graph = model.graph
     _rename(graph, name, raw)
-    graph.initializer.extend([numpy_helper.from_array(whitening.mean, "rsir_whiten_mean"),
-                              numpy_helper.from_array(whitening.projection, "rsir_whiten_projection")])
-    graph.node.extend([
-        helper.make_node("LpNormalization", [raw], ["rsir_whiten_unit"], axis=1, p=2),
-        helper.make_node("Sub", ["rsir_whiten_unit", "rsir_whiten_mean"], ["rsir_whiten_centred"]),
-        helper.make_node("MatMul", ["rsir_whiten_centred", "rsir_whiten_projection"], ["rsir_whiten_projected"]),
-        helper.make_node("LpNormalization", ["rsir_whiten_projected"], [name], axis=1, p=2),
-    ])
+    if whitening is None:  # the codes are fitted on the unit embedding: give them that
+        graph.node.append(helper.make_node("LpNormalization", [raw], [name], axis=1, p=2))
+    else:
+        graph.initializer.extend([numpy_helper.from_array(whitening.mean, "rsir_whiten_mean"),
+                                  numpy_helper.from_array(whitening.projection, "rsir_whiten_projection")])
+        graph.node.extend([
+            helper.make_node("LpNormalization", [raw], ["rsir_whiten_unit"], axis=1, p=2),
+            helper.make_node("Sub", ["rsir_whiten_unit", "rsir_whiten_mean"], ["rsir_whiten_centred"]),
+            helper.make_node("MatMul", ["rsir_whiten_centred", "rsir_whiten_projection"], ["rsir_whiten_projected"]),
+            helper.make_node("LpNormalization", ["rsir_whiten_projected"], [name], axis=1, p=2),
+        ])
     if codes is not None:
         _replace_codes(graph, outputs, codes)
         meta.update({"rsir.outputs": json.dumps(outputs), "rsir.code_bits": str(codes.matrix.shape[1]),
@@ -241,12 +245,30 @@ def append_to_onnx(model_path: str, out_path: str, whitening: Whitening, metadat
         onnx.save(model, tmp)
 
 
-def whiten_model(model_path: str, out_path: str, train: ImageSet, val: ImageSet | None = None,
-                 threads: int | None = None, force: bool = False, code_bits: int = 0,
-                 itq_restarts: int = ITQ_RESTARTS) -> dict:
-    """Fit within-class whitening on `train` (the model's labelled training split) and write the whitened model;
-    with `code_bits`, its codes become PCA-ITQ codes of the whitened embedding (the best of `itq_restarts` ITQ
-    starting rotations on `val`).
+def _encode_sets(encoder: Encoder, sets: list[ImageSet]) -> tuple[np.ndarray, np.ndarray, ImageSet]:
+    """(embeddings, codes, a pixel-less ImageSet of their labels) of one or several labelled sets, each encoded at
+    its own image size; the sets' class names must differ (multi-dataset training namespaces them)."""
+    embs, codes, labels, names = [], [], [], []
+    for s in sets:
+        e, c = encoder.encode(s.pixels)
+        embs.append(e)
+        codes.append(c)
+        labels.append(s.labels + len(names))
+        names += s.class_names
+    if len(set(names)) != len(names):
+        raise RsirError("the labelled sets share class names; namespace them (multi-dataset configs do)")
+    y = np.concatenate(labels)
+    return np.concatenate(embs), np.concatenate(codes), ImageSet(np.zeros((len(y), 0, 0, 0), np.uint8), y, names,
+                                                                 [str(i) for i in range(len(y))])
+
+
+def whiten_model(model_path: str, out_path: str, train: ImageSet | list[ImageSet],
+                 val: ImageSet | list[ImageSet] | None = None, threads: int | None = None, force: bool = False,
+                 code_bits: int = 0, itq_restarts: int = ITQ_RESTARTS, whiten: bool = True) -> dict:
+    """Fit within-class whitening on `train` (the model's labelled training split; or the splits of several
+    datasets, each at its own size, their classes told apart) and write the whitened model; with `code_bits`,
+    its codes become PCA-ITQ codes of the whitened embedding (the best of `itq_restarts` ITQ starting rotations
+    on `val`). `whiten` False: only the codes are replaced, fitted on the model's own (unit) embedding.
 
     Refuses cross-modal encoders (whitening one side of a shared space breaks it), already whitened models,
     multi-label data, and - unless `force` - a whitening or codes that score worse on `val` than the model's."""
@@ -256,19 +278,26 @@ def whiten_model(model_path: str, out_path: str, train: ImageSet, val: ImageSet 
         raise RsirError(f"{model_path}: a cross-modal encoder; whitening one modality would break the shared space")
     if METADATA_KEY in info.metadata:
         raise RsirError(f"{model_path}: already whitened ({METADATA_KEY}); whiten the model it was made from")
-    if train.multi_label:
+    trains = train if isinstance(train, list) else [train]
+    vals = [v for v in (val if isinstance(val, list) else [val]) if v is not None and len(v)]
+    if any(t.multi_label for t in trains):
         raise RsirError(f"{model_path}: within-class whitening needs single-label data, the training split is "
                         "multi-label")
-    train_e, train_c = encoder.encode(train.pixels)
-    val_e, val_c = encoder.encode(val.pixels) if val is not None and len(val) else (None, None)
+    if not whiten and not code_bits:
+        raise RsirError(f"{model_path}: nothing to do: without whitening, ask for codes (--itq-codes BITS)")
+    train_e, train_c, train = _encode_sets(encoder, trains)
+    val_e, val_c, val = _encode_sets(encoder, vals) if vals else (None, None, None)
     names = list(train.class_names)
     codes = None
     try:
-        whitening, report = choose(train_e, train, val_e, val)
+        if whiten:
+            whitening, report = choose(train_e, train, val_e, val)
+        else:
+            whitening, report = None, {"checked_on": "val" if val is not None else None}
+        apply = whitening.apply if whitening is not None else l2_normalise
         if code_bits:
             checked = bool(report["checked_on"])
-            codes, itq_report = choose_itq(whitening.apply(train_e), train.labels,
-                                           whitening.apply(val_e) if checked else None,
+            codes, itq_report = choose_itq(apply(train_e), train.labels, apply(val_e) if checked else None,
                                            val.labels if checked else None, code_bits, names, itq_restarts)
     except ValueError as exc:
         raise RsirError(f"{model_path}: {exc}") from None
@@ -280,7 +309,100 @@ def whiten_model(model_path: str, out_path: str, train: ImageSet, val: ImageSet 
                                                                   info.effective_code_bits, names)
     if not force:
         check_gain(model_path, report)
-    report.update({"kind": "within-class", "train_items": len(train), "classes": len(train.class_names),
-                   "shrinkage": whitening.shrinkage, "source_sha256": info.sha256})
+    report.update({"kind": "within-class" if whiten else "none", "train_items": len(train),
+                   "classes": len(train.class_names), "shrinkage": whitening.shrinkage if whiten else None,
+                   "source_sha256": info.sha256})
     append_to_onnx(model_path, out_path, whitening, {METADATA_KEY: json.dumps(report, sort_keys=True)}, codes)
+    return report
+
+
+@dataclass
+class WhitenOptions:
+    """What `rsir whiten` writes: a whitened copy of `model` (and/or new codes), fitted on the `fit` split of a
+    labelled dataset or of a training config's data, checked on `check`, with an optional int8 copy."""
+
+    model: str
+    out: str
+    dataset: str | None = None
+    config: str | None = None  # a training config: its data (every dataset of a multi-dataset run, at its size)
+    split: str | None = None
+    split_seed: int = 42
+    fit: str = "train"
+    check: str = "val"
+    itq_codes: int = 0
+    itq_restarts: int = ITQ_RESTARTS
+    whiten: bool = True
+    int8: str | None = None
+    force: bool = False
+    half_weights: bool = False
+    cache_dir: str = "cache/datasets"
+    threads: int | None = None
+
+
+def _fit_sets(opts: WhitenOptions) -> tuple[list[ImageSet], list[ImageSet]]:
+    """(fit splits, check splits) of the dataset or the config's datasets."""
+    from .labelled_data import config_sets, labelled_sets
+
+    if bool(opts.dataset) == bool(opts.config):
+        raise RsirError("give either a DATASET or --config (the training config whose data to fit on)")
+    splits = (opts.fit, opts.check) if opts.check else (opts.fit,)
+    if opts.config:
+        from .config import load_config
+
+        sets = config_sets(load_config(opts.config), splits, opts.cache_dir or None)
+    else:
+        sets = [labelled_sets(opts.dataset, Encoder(opts.model).info, splits, opts.split, opts.split_seed,
+                              opts.cache_dir or None)]
+    fit = [s[opts.fit] for s in sets]
+    if not sum(len(s) for s in fit):
+        raise RsirError(f"{opts.dataset or opts.config}: split {opts.fit!r} is empty")
+    return fit, [s[opts.check] for s in sets] if opts.check else []
+
+
+def whiten_files(opts: WhitenOptions, log=print) -> dict:
+    """Carry out `opts`; returns the float model's report."""
+    import os
+
+    if os.path.abspath(opts.out) == os.path.abspath(opts.model):
+        raise RsirError(f"{opts.out}: --out must differ from the model it whitens")
+    fit, check = _fit_sets(opts)
+
+    def one(source: str, out: str) -> dict:
+        report = whiten_model(source, out, fit, check or None, opts.threads, opts.force, opts.itq_codes,
+                              opts.itq_restarts, opts.whiten)
+        checked = (f"{opts.check} mAP@100 {report['val_map100_before']:.2f} -> {report['val_map100_after']:.2f}"
+                   if report["checked_on"] and opts.whiten else
+                   "" if report["checked_on"] else "not checked on a validation split")
+        if "codes" in report:
+            checked += ("; " if checked else "") + f"{report['codes']} codes (ITQ seed {report['itq_seed']})" + (
+                f", {opts.check} Hamming mAP@100 {report['val_hamming_map100_before']:.2f} -> "
+                f"{report['val_hamming_map100_after']:.2f}" if report["checked_on"] else "")
+        what = (f"within-class whitening fitted on {report['train_items']} {opts.fit} items of "
+                f"{report['classes']} classes, shrinkage {report['shrinkage']:g}" if opts.whiten else
+                f"codes fitted on {report['train_items']} {opts.fit} items of {report['classes']} classes")
+        log(f"wrote {out}: {what}; {checked}")
+        return report
+
+    report = one(opts.model, opts.out)
+    if opts.int8:
+        import tempfile
+
+        from .labelled_data import calibration_images
+        from .quantize import quantize_int8
+
+        # quantise first, then whiten the int8 model on its own embeddings: whitening and ITQ fitted to the
+        # float embeddings fit the quantised ones less well (docs/results.md, "ITQ starting rotations")
+        with tempfile.TemporaryDirectory() as tmp:
+            quantised = os.path.join(tmp, "int8.onnx")
+            meta = quantize_int8(opts.model, quantised,
+                                 calibration_images(fit, 256, Encoder(opts.model).info.input_size))
+            log(f"{opts.model}: quantised, {meta['rsir.quantization']}")
+            try:
+                one(quantised, opts.int8)
+            except RsirError as exc:
+                raise RsirError(f"{opts.int8} (the int8 copy of {opts.model}): {exc}") from None
+    if opts.half_weights:
+        from .weight_storage import halve_files
+
+        halve_files([opts.out], log)
     return report
