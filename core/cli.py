@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "every tile with the ONNX model and write an index folder. Interrupted runs "
                                    "resume when rerun; new sources are appended to an existing index.")
     p.add_argument("archive", nargs="+", metavar="ARCHIVE", help="raster files, band-stack .json specs, patch folders")
-    p.add_argument("--model", required=True, help="ONNX model exported by `rsir export`")
+    p.add_argument("--model", help="ONNX model exported by `rsir export` (default: the model shipped with rsir, "
+                                   "default_model/)")
     p.add_argument("--out", required=True, help="index folder to create or extend")
     p.add_argument("--tile", type=int, default=64, help="tile size in pixels (at --gsd if given)")
     p.add_argument("--input-size", type=int, default=None,
@@ -163,9 +164,17 @@ def cmd_index(args: argparse.Namespace) -> int:
                         float_factory=args.float_factory, binary_factory=args.binary_factory,
                         checkpoint_every=args.checkpoint_every,
                         device=args.device, threads=args.threads, batch_size=args.batch_size)
+    model = args.model
+    if not model:
+        from .default_model import default_model_path
+
+        model = default_model_path()
+        if not model:
+            raise RsirError("no --model given, and this installation ships no default model (default_model/)")
+        print(f"model: {model} (the default; --model picks another)")
     update, close = _progress_bar("indexing", args.quiet)
     try:
-        report = build_index(args.archive, args.model, args.out, opts, progress=update, restart=args.restart)
+        report = build_index(args.archive, model, args.out, opts, progress=update, restart=args.restart)
     finally:
         close()
     for note in report.notes:

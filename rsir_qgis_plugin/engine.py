@@ -3,25 +3,12 @@ rsir_qgis_plugin/core), else the development checkout's top-level `core` package
 core modules from here and nowhere else."""
 # ruff: noqa: F401
 try:  # packaged plugin
-    from .core import encoder, errors, expansion, heatmap, hits_io, modality, queries, search, tile_vrt
+    from .core import default_model, encoder, errors, expansion, heatmap, hits_io, modality, queries, search, tile_vrt
     from .core.archive import footprints, sources
     from .core.index import builder, reader
 except ImportError:  # development checkout
-    from core import encoder, errors, expansion, heatmap, hits_io, modality, queries, search, tile_vrt
+    from core import default_model, encoder, errors, expansion, heatmap, hits_io, modality, queries, search, tile_vrt
     from core.archive import footprints, sources
     from core.index import builder, reader
 
-import glob as _glob
-import os as _os
-
-_HERE = _os.path.dirname(_os.path.abspath(__file__))
-
-
-def default_model_path() -> str:
-    """The model shipped with rsir: inside the plugin zip (models/), else the checkout's default_model/;
-    "" when neither has one."""
-    for folder in (_os.path.join(_HERE, "models"), _os.path.join(_os.path.dirname(_HERE), "default_model")):
-        found = sorted(_glob.glob(_os.path.join(folder, "*.onnx")))
-        if found:
-            return found[0]
-    return ""
+default_model_path = default_model.default_model_path  # the shipped model, "" when there is none

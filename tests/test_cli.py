@@ -131,3 +131,14 @@ def _bare_onnx(path) -> str:
     torch.onnx.export(torch.nn.Conv2d(3, 4, 3).eval(), (torch.zeros(1, 3, 8, 8),), str(path), dynamo=True,
                       external_data=False, verbose=False, input_names=["input"], output_names=["embedding"])
     return str(path)
+
+
+def test_index_without_a_model_uses_the_shipped_default(twin_raster, tmp_path, capsys):
+    from core.default_model import default_model_path
+    from core.index.reader import Index
+
+    out = str(tmp_path / "idx")
+    code, stdout, _ = run(capsys, "index", twin_raster, "--out", out, "-q")
+    assert code == 0 and f"model: {default_model_path()} (the default" in stdout
+    assert os.path.basename(default_model_path()).endswith(".onnx")
+    assert Index(out).model["path"] == os.path.abspath(default_model_path()) and Index(out).n == 16
