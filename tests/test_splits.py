@@ -20,3 +20,24 @@ def test_split_protocol(tmp_path):
     assert [r["path"] for r in forest] == [f"Forest/{n}" for n in names]  # sorted, then seeded shuffle
     write_split(rows, str(tmp_path / "split.csv"))
     assert read_split(str(tmp_path / "split.csv")) == rows and make_split(str(tmp_path)) == rows
+
+
+def test_a_split_written_elsewhere_is_read_against_the_dataset_given(tiny_model, tmp_path, capsys):
+    """`rsir split ROOT --out elsewhere/split.csv` then `rsir eval MODEL ROOT --split elsewhere/split.csv`: the
+    paths are relative to ROOT (they were read relative to the CSV: "listed in the split but missing")."""
+    from core.cli import main
+    from tests.rasters import write_class_folder
+
+    root = write_class_folder(str(tmp_path / "patches"), n_classes=3, per_class=10, size=32)
+    csv_path = tmp_path / "elsewhere" / "split.csv"
+    assert main(["split", root, "--out", str(csv_path)]) == 0
+    raw = csv_path.read_bytes()
+    assert b"\r\n" not in raw and raw.count(b"\n") == 31  # header + 30 rows, LF endings
+    capsys.readouterr()
+    assert main(["eval", tiny_model, root, "--split", str(csv_path), "--no-baselines", "--cache-dir", ""]) == 0
+    assert "6 queries (test) -> 21 database (train)" in capsys.readouterr().out
+    # read against the wrong folder, the message names both the folder used and the split file's own
+    assert main(["eval", tiny_model, str(tmp_path), "--split", str(csv_path), "--no-baselines", "--cache-dir", ""]) == 1
+    err = capsys.readouterr().err
+    assert "listed in the split but missing (27 missing in all; the paths of" in err
+    assert f"are read relative to {tmp_path}, not to the split file's folder {csv_path.parent}" in err

@@ -116,7 +116,8 @@ def eval_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="ONNX model exported by `rsir export`")
     p.add_argument("dataset", help="folder per class, or a split CSV")
     p.add_argument("--split", help="split CSV (path,class,split) or multi-label table (path,labels[,split] CSV, "
-                                   "or JSON) to use instead of DATASET/split.csv")
+                                   "or JSON) to use instead of DATASET/split.csv; its paths are relative to DATASET "
+                                   "(as `rsir split DATASET --out CSV` writes them) or absolute")
     p.add_argument("--bigearthnet", action="store_true",
                    help="DATASET is a folder of BigEarthNet patches (bands named by the model's rsir.bands)")
     p.add_argument("--split-seed", type=int, default=42, help="seed of the generated split (default: %(default)s)")
@@ -169,7 +170,9 @@ def whiten_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-whitening", action="store_true",
                    help="leave the embedding as it is and only replace the codes (with --itq-codes): PCA-ITQ codes "
                         "of the model's own embedding")
-    p.add_argument("--split", help="split CSV (path,class,split) when DATASET is a folder without split.csv")
+    p.add_argument("--split", help="split CSV (path,class,split) when DATASET is a folder without split.csv; its "
+                                   "paths are relative to DATASET (as `rsir split DATASET --out CSV` writes them) or "
+                                   "absolute")
     p.add_argument("--split-seed", type=int, default=42, help="seed of the generated split (default: %(default)s)")
     p.add_argument("--fit", default="train", help="split to fit on (default: %(default)s)")
     p.add_argument("--check", default="val", help="split that picks the shrinkage and checks the gain, against "
@@ -207,7 +210,8 @@ def split_command(subparsers: argparse._SubParsersAction) -> None:
                     "val, the rest test (the protocol of Kang et al. and ../shared/data/eurosat_rgb/split.csv).")
     p.add_argument("root", help="dataset folder with one sub-folder per class")
     p.add_argument("--seed", type=int, default=42, help="shuffle seed (default: %(default)s)")
-    p.add_argument("--out", help="CSV to write (default: ROOT/split.csv)")
+    p.add_argument("--out", help="CSV to write (default: ROOT/split.csv); its paths are relative to ROOT wherever it "
+                                 "is written: give ROOT with --split to rsir eval / rsir whiten")
     p.set_defaults(func=_run_split)
 
 

@@ -116,14 +116,17 @@ def _read_images(paths: list[str], bands: list[int], size: int, cache_dir: str |
 
 
 def load_split_csv(csv_path: str, bands: list[int], size: int, cache_dir: str | None = None,
-                   splits=("train", "val", "test"), progress=None) -> dict[str, ImageSet]:
-    """Image sets per split from a `path,class,split` CSV (paths relative to the CSV's folder)."""
+                   splits=("train", "val", "test"), progress=None, root: str | None = None) -> dict[str, ImageSet]:
+    """Image sets per split from a `path,class,split` CSV. Its paths are relative to `root`, the dataset folder
+    (`rsir split ROOT --out ELSEWHERE` writes them so), or absolute; without a `root` (a config's split_csv
+    data) relative to the CSV's own folder."""
     if not os.path.isfile(csv_path):
         raise RsirError(f"{csv_path}: no such split file")
     rows = read_split(csv_path)
     if not rows or not {"path", "class", "split"} <= set(rows[0]):
         raise RsirError(f"{csv_path}: a split file needs the columns path,class,split")
-    return _from_rows(os.path.dirname(os.path.abspath(csv_path)), rows, bands, size, cache_dir, splits, progress)
+    base = os.path.abspath(root) if root else os.path.dirname(os.path.abspath(csv_path))
+    return _from_rows(base, rows, bands, size, cache_dir, splits, progress, csv_path)
 
 
 def model_band_indices(bands: list) -> list[int]:
@@ -147,7 +150,8 @@ def load_folder(root: str, bands: list[int], size: int, cache_dir: str | None = 
     return _from_rows(root, rows, bands, size, cache_dir, splits, progress)
 
 
-def _from_rows(root: str, rows: list[dict], bands, size, cache_dir, splits, progress) -> dict[str, ImageSet]:
+def _from_rows(root: str, rows: list[dict], bands, size, cache_dir, splits, progress,
+               split_file: str | None = None) -> dict[str, ImageSet]:
     class_names = sorted({r["class"] for r in rows})
     unknown = sorted({r["split"] for r in rows} - {"train", "val", "test"})
     if unknown:
@@ -155,8 +159,12 @@ def _from_rows(root: str, rows: list[dict], bands, size, cache_dir, splits, prog
     wanted = [r for r in rows if r["split"] in splits]
     missing = [r["path"] for r in wanted if not os.path.isfile(os.path.join(root, r["path"]))]
     if missing:
+        where = (f"; the paths of {split_file} are read relative to {root}" + (
+            "" if os.path.dirname(os.path.abspath(split_file)) == root else
+            f", not to the split file's folder {os.path.dirname(os.path.abspath(split_file))}")
+            if split_file else "")
         raise RsirError(f"{os.path.join(root, missing[0])}: listed in the split but missing "
-                        f"({len(missing)} missing in all)")
+                        f"({len(missing)} missing in all{where})")
     pixels = _read_images([os.path.join(root, r["path"]) for r in wanted], list(bands), size, cache_dir,
                           progress=progress)
     labels = np.array([class_names.index(r["class"]) for r in wanted], dtype=np.int64)

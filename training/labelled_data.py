@@ -18,8 +18,8 @@ from .datasets import ImageSet, load_folder, load_split_csv, model_band_indices
 def labelled_sets(dataset: str, info: ModelInfo, splits, split: str | None = None, split_seed: int = 42,
                   cache_dir: str | None = None, bigearthnet: bool = False) -> dict[str, ImageSet]:
     """The named splits of `dataset` (a folder per class, a split CSV, a multi-label table, or with
-    `bigearthnet` a BigEarthNet folder; `split`: a split CSV or label table to use instead of the dataset's own),
-    read with the model's bands at its input size."""
+    `bigearthnet` a BigEarthNet folder; `split`: a split CSV or label table to use instead of the dataset's own,
+    its paths relative to the dataset folder or absolute), read with the model's bands at its input size."""
     from .multilabel_data import is_label_table, load_bigearthnet, load_label_table
 
     bands = model_band_indices(info.bands)
@@ -28,7 +28,9 @@ def labelled_sets(dataset: str, info: ModelInfo, splits, split: str | None = Non
     if os.path.isfile(table) and is_label_table(table):
         return load_label_table(table, bands, info.input_size, cache_dir, split_seed, splits)
     if split or os.path.isfile(dataset):
-        return load_split_csv(table, bands, info.input_size, cache_dir, splits)
+        # a split given beside a dataset folder lists paths relative to that folder, as `rsir split` writes them
+        root = dataset if split and os.path.isdir(dataset) else None
+        return load_split_csv(table, bands, info.input_size, cache_dir, splits, root=root)
     if bigearthnet:
         return load_bigearthnet(dataset, [str(b) for b in info.bands], info.input_size, split_seed, splits)
     return load_folder(dataset, bands, info.input_size, cache_dir, split_seed, splits)

@@ -36,7 +36,7 @@ def write_split(rows: list[dict], path: str) -> None:
     from core.fileio import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "class", "split"])
+        writer = csv.DictWriter(f, fieldnames=["path", "class", "split"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
 
