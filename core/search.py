@@ -111,8 +111,12 @@ def search(index: Index, query: Query, k: int = 20, mode: str = "float", radius:
         if radius < 0:
             raise RsirError(f"Hamming radius must be >= 0, got {radius}")
         extra = 1 if exclude_query_tile and query.tile_id is not None else 0
-        _, found = index.range_hamming(query.code, radius)
-        ids = [int(i) for i in found[:max_radius_hits + extra] if i >= 0 and not (extra and i == query.tile_id)]
+        dist, found = index.range_hamming(query.code, radius)
+        keep = found >= 0
+        dist, found = dist[keep], found[keep]
+        # nearest first, and within one distance the most similar first (as k-NN orders its shells)
+        order = np.lexsort((-(index.embeddings(found) @ query.embedding), dist)) if len(found) else []
+        ids = [int(i) for i in found[order][:max_radius_hits + extra] if not (extra and i == query.tile_id)]
     else:
         raise RsirError(f"unknown search mode {mode!r}; use float or hash")
     if not ids:

@@ -89,14 +89,24 @@ def test_tile_and_hash_search(built):
     assert [h.hamming for h in hhits] == sorted(h.hamming for h in hhits)
 
 
+def _by_distance_then_cosine(index, query, all_d, radius) -> list[tuple[int, int]]:
+    """Brute force: every tile within `radius`, ordered by Hamming distance, then by cosine (highest first)."""
+    cosine = index.embeddings(np.arange(index.n)) @ query.embedding
+    return [(int(all_d[i]), int(i)) for i in sorted(np.flatnonzero(all_d <= radius), key=lambda i: (all_d[i],
+                                                                                                  -cosine[i]))]
+
+
 def test_radius_search_equals_brute_force(built):
     _, index = built
     code = index.codes([5])[0]
     all_d = index.hamming(code, np.arange(index.n))
     for radius in (0, 8, 14, 20, 32):
-        hits = search(index, query_from_tile(index, 5), mode="hash", radius=radius, exclude_query_tile=False)
-        expected = sorted((int(d), i) for i, d in enumerate(all_d) if d <= radius)
-        assert [(h.hamming, h.tile_id) for h in hits] == expected
+        query = query_from_tile(index, 5)
+        hits = search(index, query, mode="hash", radius=radius, exclude_query_tile=False)
+        assert [(h.hamming, h.tile_id) for h in hits] == _by_distance_then_cosine(index, query, all_d, radius)
+        # within one distance, the most similar first (was: by tile id)
+        for a, b in zip(hits, hits[1:]):
+            assert a.hamming < b.hamming or (a.hamming == b.hamming and a.score >= b.score - 1e-6)
 
 
 def test_image_and_array_queries(built, tmp_path, tiny_model):
@@ -198,8 +208,7 @@ def test_hash_and_graph_binary_indexes_search_like_flat(tmp_path, twin_raster, t
         all_d = flat.hamming(q.code, np.arange(flat.n))
         for radius in (0, 6, 12):
             hits = search(other, query_from_tile(other, tile), mode="hash", radius=radius, exclude_query_tile=False)
-            assert [(h.hamming, h.tile_id) for h in hits] == sorted((int(d), i) for i, d in enumerate(all_d)
-                                                                   if d <= radius)
+            assert [(h.hamming, h.tile_id) for h in hits] == _by_distance_then_cosine(flat, q, all_d, radius)
         if factory.startswith("BHash"):
             d, ids = other.search_hamming(q.code[None], 10)
             assert ids[0].tolist() == np.lexsort((np.arange(flat.n), all_d))[:10].tolist()
