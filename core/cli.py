@@ -135,23 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress_bar(total_hint: str, quiet: bool):
-    if quiet:
-        return None, lambda: None
-    from tqdm import tqdm
+def _progress_bar(what: str, quiet: bool):
+    """(update(done, total), close) of a `core.progress.Progress` in tiles."""
+    from .progress import Progress
 
-    bar = tqdm(total=0, unit="tile", desc=total_hint, dynamic_ncols=True, smoothing=0.1, delay=0.2)
-
-    def update(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.total = total
-            bar.n = done
-            bar.last_print_n = done
-            bar.refresh()
-        else:
-            bar.update(done - bar.n)
-
-    return update, bar.close
+    bar = Progress(what, unit="tile", quiet=quiet)
+    return bar.set, bar.close
 
 
 def cmd_index(args: argparse.Namespace) -> int:

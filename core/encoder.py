@@ -194,9 +194,10 @@ class Encoder:
         x = np.asarray(raw, np.float32) / np.float32(scale or self.info.scale)
         return np.ascontiguousarray((x - self._mean) / self._std, dtype=np.float32)
 
-    def encode(self, raw: np.ndarray, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, raw: np.ndarray, scale: float | None = None, progress=None) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings float32 (N, D) L2-normalised, codes uint8 (N, bits/8)) for raw pixels (N, C, S, S), S the
-        model's input size or, for a resolution-aware model, any side in its `input_size_range`."""
+        model's input size or, for a resolution-aware model, any side in its `input_size_range`. `progress(done,
+        total)` is called after each batch."""
         self.check_input(raw)
         embs, codes = [], []
         want = [self.info.outputs["embedding"]] + ([self.info.outputs["code"]] if self.info.has_hash else [])
@@ -205,6 +206,8 @@ class Encoder:
             emb = out[0].astype(np.float32)
             embs.append(emb)
             codes.append(pack_signs(out[1] if self.info.has_hash else emb))
+            if progress is not None:
+                progress(min(i + self.batch_size, len(raw)), len(raw))
         if not embs:
             return (np.zeros((0, self.info.embedding_dim), np.float32),
                     np.zeros((0, self.info.effective_code_bits // 8), np.uint8))

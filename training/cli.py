@@ -246,7 +246,7 @@ def mosaics_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_mosaics(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from core.progress import Progress
 
     from .multilabel_data import make_eurosat_mosaics
 
@@ -255,9 +255,10 @@ def _run_mosaics(args: argparse.Namespace) -> int:
     if not 1 <= args.max_classes <= 4:
         raise RsirError(f"--max-classes must be 1 to 4 (a mosaic has four cells), got {args.max_classes}")
     counts = {s: n for s, n in (("train", args.train), ("val", args.val), ("test", args.test)) if n > 0}
-    with tqdm(total=sum(counts.values()), unit="mosaic") as bar:
-        table = make_eurosat_mosaics(args.split_csv, args.out, counts, args.seed, args.max_classes,
-                                     progress=lambda done, total: bar.update(1))
+    bar = Progress("mosaics", sum(counts.values()), "mosaic")
+    table = make_eurosat_mosaics(args.split_csv, args.out, counts, args.seed, args.max_classes,
+                                 progress=lambda done, total: bar.update(1))
+    bar.close()
     print(f"wrote {table}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return 0
 
@@ -298,9 +299,8 @@ def spectral_labels_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_spectral_labels(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from core.archive.sources import parse_band_list
+    from core.progress import Progress
 
     from .spectral_labels import SpectralRules, write_spectral_labels
 
@@ -308,13 +308,10 @@ def _run_spectral_labels(args: argparse.Namespace) -> int:
         raise RsirError(f"--tile must be at least 1 px, got {args.tile}")
     rules = SpectralRules(args.rules, args.water_ndwi, args.dense_ndvi, args.sparse_ndvi, args.green_share,
                           args.dark, args.scale)
-    with tqdm(unit="tile") as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(1)
-
-        counts = write_spectral_labels(args.raster, parse_band_list(args.bands), args.out, args.tile,
-                                       args.min_share, rules, progress)
+    bar = Progress("labelling", unit="tile")
+    counts = write_spectral_labels(args.raster, parse_band_list(args.bands), args.out, args.tile, args.min_share,
+                                   rules, bar.set)
+    bar.close()
     print(f"wrote {args.out}: {sum(counts.values())} labelled tiles (" +
           ", ".join(f"{c} {n}" for c, n in counts.items()) + ")")
     return 0

@@ -39,13 +39,16 @@ def namespaced(data: dict[str, ImageSet], name: str, exclude: list[str], where: 
 
 def load_sets(d: DataConfig, cache_dir: str | None, progress=None) -> list[tuple[DataSetConfig, dict[str, ImageSet]]]:
     """Every `[[data.sets]]` dataset at its own input size, excluded classes dropped, classes namespaced."""
-    out = []
+    out, base = [], 0
     for s in d.sets:
         size = s.input_size or d.input_size
+        # one count over all the datasets: each one's images follow the last one's
+        step = (lambda done, total, b=base: progress(b + done, b + total)) if progress else None
         if s.kind == "folder":
-            data = load_folder(s.root, d.bands, size, cache_dir, d.split_seed, progress=progress)
+            data = load_folder(s.root, d.bands, size, cache_dir, d.split_seed, progress=step)
         else:
-            data = load_split_csv(s.root, d.bands, size, cache_dir, progress=progress)
+            data = load_split_csv(s.root, d.bands, size, cache_dir, progress=step)
+        base += sum(len(v) for v in data.values())
         if data["train"].multi_label:
             raise RsirError(f"{s.root}: multi-dataset training takes single-label datasets")
         out.append((s, namespaced(data, s.name, s.exclude_classes, s.root)))

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from core.errors import Cancelled, RsirError
 from core.fileio import write_json
+from core.progress import Progress
 from core.metrics import map_at_k, relevance, shares_a_label
 
 from . import checkpoint
@@ -162,9 +162,8 @@ def run_epoch(cfg: TrainConfig, epoch: int, batches, step, opt, sched, quiet: bo
     else:
         plan = batches.epoch_batches(gen, batch)
     losses = []
-    bar = tqdm(range(len(plan)), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="batch",
-               disable=True if quiet else None, leave=False)  # None: off when not a terminal
-    for i in bar:
+    bar = Progress(f"epoch {epoch + 1}/{cfg.optim.epochs}", len(plan), "batch", quiet=quiet, leave=False)
+    for i in range(len(plan)):
         if should_stop is not None and should_stop():
             raise Cancelled(f"stopped during epoch {epoch + 1}; rerun the same command to resume "
                             f"from epoch {epoch + 1}")
@@ -178,7 +177,8 @@ def run_epoch(cfg: TrainConfig, epoch: int, batches, step, opt, sched, quiet: bo
         if after is not None:
             after()
         losses.append(stats["loss"])
-        bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
+        bar.postfix(**stats)
+        bar.update()
     bar.close()
     return losses
 
@@ -269,11 +269,9 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
     mean, std = ((init["mean"], init["std"]) if init is not None
                  else default_normalisation(cfg.model.backbone, cfg.model.pretrained, channels))
     mean, std = cfg.model.mean or mean, cfg.model.std or std
-    bar = None if quiet else tqdm(desc="loading data", unit="img", leave=False)
-    data = prepare_data(cfg, mean, std, device,
-                        progress=None if bar is None else lambda d, t: (setattr(bar, "total", t), bar.update(1)))
-    if bar is not None:
-        bar.close()
+    bar = Progress("loading data", unit="img", quiet=quiet, leave=False)
+    data = prepare_data(cfg, mean, std, device, progress=lambda done, total: bar.set(done, total))
+    bar.close()
     classes, labels = data.class_names, data.labels
     spec = loss_spec(cfg.loss.name, cfg.source)
     if data.multi_label and not spec.multi_label_ok:

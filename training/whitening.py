@@ -98,7 +98,7 @@ def fit_itq(whitened: np.ndarray, bits: int, seed: int = 123) -> CodeProjection:
 
 
 def choose_itq(white_train: np.ndarray, train_y: np.ndarray, white_val: np.ndarray | None, val_y: np.ndarray | None,
-               bits: int, names: list[str], restarts: int = ITQ_RESTARTS) -> tuple[CodeProjection, dict]:
+               bits: int, names: list[str], restarts: int = ITQ_RESTARTS, log=None) -> tuple[CodeProjection, dict]:
     """ITQ converges to a local optimum that depends on its random starting rotation: on EuroSAT, 16 seeds span
     0.5 mAP@100 at 32 bits and 0.2 at 128, and the validation score tracks the test score (docs/results.md). With
     a validation split, fit seeds 0..`restarts`-1 and keep the one whose codes score best val -> train (Hamming
@@ -113,6 +113,8 @@ def choose_itq(white_train: np.ndarray, train_y: np.ndarray, white_val: np.ndarr
         train_codes = pack_signs(codes.logits(white_train))
         m = _hamming_map100(pack_signs(codes.logits(white_val)), val_y, train_codes, train_y, bits, names)
         by_seed[str(seed)] = m
+        if log is not None:
+            log(f"  ITQ seed {seed + 1}/{restarts}: check Hamming mAP@100 {m:.2f}")
         if best is None or m > best[1]:
             best = (codes, m, seed)
     return best[0], {"itq_seed": best[2], "val_hamming_map100_by_itq_seed": by_seed,
@@ -245,18 +247,24 @@ def append_to_onnx(model_path: str, out_path: str, whitening: Whitening | None, 
         onnx.save(model, tmp)
 
 
-def _encode_sets(encoder: Encoder, sets: list[ImageSet]) -> tuple[np.ndarray, np.ndarray, ImageSet]:
+def _encode_sets(encoder: Encoder, sets: list[ImageSet], what: str = "",
+                 quiet: bool = True) -> tuple[np.ndarray, np.ndarray, ImageSet]:
     """(embeddings, codes, a pixel-less ImageSet of their labels) of one or several labelled sets, each encoded at
     its own image size; the sets' class names must differ (multi-dataset training namespaces them)."""
+    from core.progress import Progress
+
     embs, codes, labels, names = [], [], [], []
+    bar = Progress(f"encoding the {what} images".replace("  ", " "), sum(len(s) for s in sets), "img", quiet=quiet)
     for s in sets:
-        e, c = encoder.encode(s.pixels)
+        done = bar.done
+        e, c = encoder.encode(s.pixels, progress=lambda d, t, b=done: bar.set(b + d))
         embs.append(e)
         codes.append(c)
         labels.append(s.labels + len(names))
         names += s.class_names
     if len(set(names)) != len(names):
         raise RsirError("the labelled sets share class names; namespace them (multi-dataset configs do)")
+    bar.close()
     y = np.concatenate(labels)
     return np.concatenate(embs), np.concatenate(codes), ImageSet(np.zeros((len(y), 0, 0, 0), np.uint8), y, names,
                                                                  [str(i) for i in range(len(y))])
@@ -264,14 +272,15 @@ def _encode_sets(encoder: Encoder, sets: list[ImageSet]) -> tuple[np.ndarray, np
 
 def whiten_model(model_path: str, out_path: str, train: ImageSet | list[ImageSet],
                  val: ImageSet | list[ImageSet] | None = None, threads: int | None = None, force: bool = False,
-                 code_bits: int = 0, itq_restarts: int = ITQ_RESTARTS, whiten: bool = True) -> dict:
+                 code_bits: int = 0, itq_restarts: int = ITQ_RESTARTS, whiten: bool = True, log=None) -> dict:
     """Fit within-class whitening on `train` (the model's labelled training split; or the splits of several
     datasets, each at its own size, their classes told apart) and write the whitened model; with `code_bits`,
     its codes become PCA-ITQ codes of the whitened embedding (the best of `itq_restarts` ITQ starting rotations
     on `val`). `whiten` False: only the codes are replaced, fitted on the model's own (unit) embedding.
 
     Refuses cross-modal encoders (whitening one side of a shared space breaks it), already whitened models,
-    multi-label data, and - unless `force` - a whitening or codes that score worse on `val` than the model's."""
+    multi-label data, and - unless `force` - a whitening or codes that score worse on `val` than the model's.
+    `log`: a function to tell each step to (encoding progress, the shrinkages and ITQ seeds tried); None: silent."""
     encoder = Encoder(model_path, threads=threads, batch_size=256)
     info = encoder.info
     if info.shared_space:
@@ -285,20 +294,24 @@ def whiten_model(model_path: str, out_path: str, train: ImageSet | list[ImageSet
                         "multi-label")
     if not whiten and not code_bits:
         raise RsirError(f"{model_path}: nothing to do: without whitening, ask for codes (--itq-codes BITS)")
-    train_e, train_c, train = _encode_sets(encoder, trains)
-    val_e, val_c, val = _encode_sets(encoder, vals) if vals else (None, None, None)
+    say = log or (lambda _: None)
+    train_e, train_c, train = _encode_sets(encoder, trains, "fit", quiet=log is None)
+    val_e, val_c, val = _encode_sets(encoder, vals, "check", quiet=log is None) if vals else (None, None, None)
     names = list(train.class_names)
     codes = None
     try:
         if whiten:
+            say(f"fitting the within-class whitening ({len(SHRINKAGES)} shrinkages tried on the check split)")
             whitening, report = choose(train_e, train, val_e, val)
         else:
             whitening, report = None, {"checked_on": "val" if val is not None else None}
         apply = whitening.apply if whitening is not None else l2_normalise
         if code_bits:
             checked = bool(report["checked_on"])
+            say(f"fitting {code_bits}-bit PCA-ITQ codes" + (f" from {itq_restarts} starting rotations, each scored "
+                                                           "on the check split" if checked else ""))
             codes, itq_report = choose_itq(apply(train_e), train.labels, apply(val_e) if checked else None,
-                                           val.labels if checked else None, code_bits, names, itq_restarts)
+                                           val.labels if checked else None, code_bits, names, itq_restarts, say)
     except ValueError as exc:
         raise RsirError(f"{model_path}: {exc}") from None
     if codes is not None:
@@ -369,7 +382,7 @@ def whiten_files(opts: WhitenOptions, log=print) -> dict:
 
     def one(source: str, out: str) -> dict:
         report = whiten_model(source, out, fit, check or None, opts.threads, opts.force, opts.itq_codes,
-                              opts.itq_restarts, opts.whiten)
+                              opts.itq_restarts, opts.whiten, log)
         checked = (f"{opts.check} mAP@100 {report['val_map100_before']:.2f} -> {report['val_map100_after']:.2f}"
                    if report["checked_on"] and opts.whiten else
                    "" if report["checked_on"] else "not checked on a validation split")
