@@ -17,8 +17,8 @@ import torch
 
 from core.errors import Cancelled, RsirError
 from core.fileio import write_json
-from core.progress import Progress
 from core.metrics import map_at_k, relevance, shares_a_label
+from core.progress import Progress
 
 from . import checkpoint
 from .batches import MultiBatches, SetBatches
