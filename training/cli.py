@@ -24,12 +24,17 @@ def _csv(text: str, kind=str) -> tuple:
 def train_command(subparsers: argparse._SubParsersAction) -> None:
     """Register `rsir train`."""
     p = subparsers.add_parser(
-        "train", help="train a retrieval model from a TOML/YAML config",
+        "train", help="train a retrieval model from a TOML/YAML config, or run a recipe on a labelled folder",
         description="Train (or resume) a metric-learning retrieval model. Writes OUT_DIR/last.pt (resume point), "
                     "OUT_DIR/best.pt (best validation mAP@100), OUT_DIR/log.csv and OUT_DIR/config.json. "
-                    "Rerunning the same command resumes after the last finished epoch. See configs/ for examples.")
-    p.add_argument("config", help="training config (.toml, .yaml or .yml)")
-    p.add_argument("--out-dir", help="override the config's out_dir")
+                    "Rerunning the same command resumes after the last finished epoch. See configs/ for examples. "
+                    "With --recipe NAME DATASET --out RUN: the whole chain on a folder of labelled patches (train, "
+                    "export, codes, evaluate; configs/recipes/), each step resumed or skipped on a rerun.")
+    p.add_argument("config", help="training config (.toml, .yaml or .yml); with --recipe, the DATASET folder "
+                                  "(a sub-folder of images per class)")
+    p.add_argument("--recipe", help="a recipe name of configs/recipes/ (e.g. patches) or a recipe .toml")
+    p.add_argument("--out-dir", "--out", dest="out_dir", help="override the config's out_dir; with --recipe, the "
+                                                               "run folder (required)")
     p.add_argument("--epochs", type=int, help="override optim.epochs")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override optim.device")
     p.add_argument("--restart", action="store_true", help="ignore OUT_DIR/last.pt and start again")
@@ -43,6 +48,13 @@ def _run_train(args: argparse.Namespace) -> int:
     from .export import export_checkpoint_files
     from .trainer import fit
 
+    if args.recipe:
+        from .recipe import RecipeOptions, run_recipe
+
+        if not args.out_dir:
+            raise RsirError("--recipe needs --out RUN: the folder the run's files go to")
+        run_recipe(RecipeOptions(args.recipe, args.config, args.out_dir, args.epochs, args.restart, args.quiet))
+        return 0
     cfg = load_config(args.config)
     if args.out_dir:
         cfg.out_dir = os.path.abspath(args.out_dir)
