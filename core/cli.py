@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from importlib.metadata import entry_points
 
@@ -292,9 +293,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# options whose value is a list of coordinates: west of Greenwich or south of the equator it starts with a minus,
+# which argparse would take for an option ("--bbox: expected one argument")
+COORDINATE_OPTIONS = ("--bbox",)
+
+
+def join_coordinate_values(argv: list[str]) -> list[str]:
+    """`--bbox -78.36,34.88,...` -> `--bbox=-78.36,34.88,...`, so negative coordinates parse as written."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in COORDINATE_OPTIONS and i + 1 < len(argv) and re.match(r"-\.?\d", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_coordinate_values(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -142,3 +142,20 @@ def test_index_without_a_model_uses_the_shipped_default(twin_raster, tmp_path, c
     assert code == 0 and f"model: {default_model_path()} (the default" in stdout
     assert os.path.basename(default_model_path()).endswith(".onnx")
     assert Index(out).model["path"] == os.path.abspath(default_model_path()) and Index(out).n == 16
+
+
+def test_boxes_west_of_greenwich_and_south_of_the_equator_parse_as_written(tiny_model, tmp_path, capsys):
+    from tests.rasters import mosaic_with_twin
+
+    # a lon/lat raster whose top-left corner is at 60 W, 30 S: every coordinate is negative
+    raster = write_raster(str(tmp_path / "south_west.tif"), mosaic_with_twin(), origin=(-60.0, -30.0), gsd=0.0001,
+                          epsg=4326)
+    out = tmp_path / "idx"
+    assert run(capsys, "index", raster, "--model", tiny_model, "--out", out, "-q")[0] == 0
+    box = "-60.0,-30.0064,-59.9936,-30.0"  # tile (row 0, col 0), as a user types it
+    code, stdout, err = run(capsys, "search", out, "--bbox", box, "--crs", "EPSG:4326", "--raster", raster, "-k", "2")
+    assert code == 0, err
+    assert "query: box -60,-30.0064,-59.9936,-30 on" in stdout
+    rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+    # tile 0 itself and its twin (row 3, col 2), both at cosine 1
+    assert {rows[0][1], rows[1][1]} == {"0", "14"} and min(float(rows[0][2]), float(rows[1][2])) > 0.999
