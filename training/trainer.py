@@ -249,11 +249,9 @@ def prepare_data(cfg: TrainConfig, mean, std, device, progress=None) -> Training
     return TrainingData(batches(train_set), val, train_set.class_names, train_set.multi_label)
 
 
-def mean_validation_map(model, data: TrainingData) -> float:
-    """Validation mAP@100 averaged over the datasets (NaN without a validation split)."""
-    if not data.val:
-        return float("nan")
-    return float(np.mean([validation_map(model, v, db) for v, db in data.val]))
+def validation_maps(model, data: TrainingData) -> list[float]:
+    """Validation mAP@100 of each dataset (none without a validation split); their mean picks best.pt."""
+    return [validation_map(model, v, db) for v, db in data.val]
 
 
 def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_stop=None) -> TrainResult:
@@ -335,12 +333,14 @@ def train(cfg: TrainConfig, restart: bool = False, quiet: bool = False, should_s
     for epoch in range(start_epoch, cfg.optim.epochs):
         t0 = time.perf_counter()
         losses = run_epoch(cfg, epoch, data.train, step, opt, sched, quiet, should_stop)
-        val_map = mean_validation_map(model, data)
+        per_set = validation_maps(model, data)
+        val_map = float(np.mean(per_set)) if per_set else float("nan")
         best_map, improved, secs = end_epoch((last_path, best_path, log_path), common, model, opt, sched, epoch,
                                              losses, val_map, best_map, t0, {"method": method.state_dict(), **extra})
         if not quiet:
+            each = f" ({' / '.join(f'{m:.2f}' for m in per_set)})" if len(per_set) > 1 else ""
             print(f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {np.mean(losses):.4f}  val mAP@100 {val_map:.2f}"
-                  f"{'  (best)' if improved else ''}  {secs:.0f} s")
+                  f"{each}{'  (best)' if improved else ''}  {secs:.0f} s")
     return TrainResult(best_path, last_path, best_map, cfg.optim.epochs - start_epoch,
                        time.perf_counter() - t_start)
 
