@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from osgeo import gdal
 
 from core.archive.sources import expand_archive
 from core.cli import main
@@ -187,3 +188,20 @@ def test_heat_map_and_values_of_a_vrt_over_indexed_band_files(tmp_path, tiny_mod
     assert index.same_grid_sources(open_raster(shifted), shifted) == []
     with pytest.raises(RsirError, match="nor on the pixel grid of a raster that is"):
         similarity_heatmap(index, query.embedding, shifted, str(tmp_path / "no.tif"))
+
+
+def test_a_band_stack_tile_vrt_refers_to_its_band_files(tmp_path):
+    """A hit on a band-stack source as a VRT window: it must name real files (a window of the in-memory stack had
+    an empty SourceFilename, and QGIS showed "Unavailable layer")."""
+    from core.tile_vrt import write_tile_vrt
+
+    data = mosaic_with_twin().astype(np.uint16) * 40
+    spec = _stack(str(tmp_path / "scene"), "s2", data)
+    out = str(tmp_path / "results" / "rank001_tile3.vrt")
+    write_tile_vrt(spec, "stack", [3, 2, 1], 192, 0, 64, 64, out)
+    text = open(out).read()
+    assert "<SourceFilename" in text and "<SourceFilename relativeToVRT=\"0\"></SourceFilename>" not in text
+    stack_vrt = str(tmp_path / "results" / "s2.stack.vrt")
+    assert os.path.abspath(str(tmp_path / "scene" / "s2_b1.tif")) in open(stack_vrt).read()
+    ds = gdal.Open(out)  # a fresh open by path, as QGIS does
+    np.testing.assert_array_equal(ds.ReadAsArray(), data[[2, 1, 0], 0:64, 192:256])

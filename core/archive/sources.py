@@ -93,8 +93,10 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
 
 
-def open_source(spec: SourceSpec) -> gdal.Dataset:
-    """Open a source as one dataset (a band stack becomes an in-memory VRT at its finest band resolution)."""
+def open_source(spec: SourceSpec, vrt_path: str = "") -> gdal.Dataset:
+    """Open a source as one dataset (a band stack becomes a VRT at its finest band resolution: in memory, or
+    written to `vrt_path` when other files must refer to it - a VRT made from an in-memory one has no source file
+    name, and QGIS cannot open it)."""
     if spec.kind != "stack":
         return open_raster(spec.path)
     stack = read_stack_spec(spec.path)
@@ -107,11 +109,13 @@ def open_source(spec: SourceSpec) -> gdal.Dataset:
             raise RsirError(f"{spec.path}: band file {band_path} has {ds.RasterCount} bands; a stack wants 1 per file")
         files.append(band_path)
         names.append(str(band.get("name", i)))
-    vrt = gdal.BuildVRT("", files, separate=True, resolution="highest")
+    vrt = gdal.BuildVRT(vrt_path, [os.path.abspath(f) for f in files], separate=True, resolution="highest")
     if vrt is None:
         raise RsirError(f"{spec.path}: the band files could not be stacked ({gdal.GetLastErrorMsg()})")
     for i, name in enumerate(names, 1):
         vrt.GetRasterBand(i).SetDescription(name)
+    if vrt_path:
+        vrt.FlushCache()
     return vrt
 
 
