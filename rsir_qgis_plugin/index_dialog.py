@@ -7,7 +7,7 @@ from qgis.PyQt.QtWidgets import (QDialog, QDialogButtonBox, QDoubleSpinBox, QFil
                                  QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout)
 from qgis.PyQt.QtCore import Qt
 
-from .engine import builder, default_model_path, sources
+from .engine import builder, default_model_path, encoder, errors, sources, value_check
 from .tasks import IndexTask
 
 
@@ -52,9 +52,16 @@ class IndexDialog(QDialog):
         self.offset.setToolTip("Added to raw pixel values before they are divided by the scale, e.g. -1000 for "
                                "Sentinel-2 products of processing baseline 04.00 and later; a band-stack spec's own "
                                "add_offset wins")
+        self.suggest = QPushButton("Suggest")
+        self.suggest.setToolTip("Sample the first chosen source and set the scale that maps its bright end near 1 "
+                                "(16-bit imagery read with an 8-bit model's 255 makes every tile look alike)")
+        self.suggest.clicked.connect(self.suggest_scale)
+        scale_row = QHBoxLayout()
+        scale_row.addWidget(self.scale)
+        scale_row.addWidget(self.suggest)
         form = QFormLayout()
         for label, widget in (("Model (.onnx)", self.model), ("Index folder", self.out), ("Tile (px)", self.tile),
-                              ("Stride (px)", self.stride), ("Bands", self.bands), ("Value scale", self.scale),
+                              ("Stride (px)", self.stride), ("Bands", self.bands), ("Value scale", scale_row),
                               ("Value offset", self.offset)):
             form.addRow(label, widget)
         root.addLayout(form)
@@ -81,6 +88,26 @@ class IndexDialog(QDialog):
     def chosen_sources(self) -> list[str]:
         items = [self.source_list.item(i) for i in range(self.source_list.count())]
         return [i.data(Qt.UserRole) for i in items if i.checkState() == Qt.Checked]
+
+    def suggest_scale(self) -> float | None:
+        """Set the value scale from a sample read of the first chosen source (rasters and band-stack specs); say
+        what was seen."""
+        srcs = [s for s in self.chosen_sources() if not s.endswith("/")]
+        try:
+            spec = sources.expand_archive(srcs[:1])[0]
+            ds = sources.open_source(spec)
+            info = encoder.Encoder(self.model.filePath(), device="cpu").info
+            bands = sources.resolve_bands(ds, sources.parse_band_list(self.bands.text()) or info.bands, spec.path)
+            reading = value_check.sample_reading(ds, bands, info.scale, self.offset.value(), spec.path)
+        except (IndexError, errors.RsirError) as exc:
+            self.iface.messageBar().pushMessage("RSIR", f"No scale to suggest: {exc or 'choose a source first'}",
+                                                level=Qgis.Warning, duration=6)
+            return None
+        self.scale.setValue(reading.suggested_scale)
+        self.iface.messageBar().pushMessage(
+            "RSIR", f"{spec.path}: 98 % of its values are below {reading.p98:g}; value scale set to "
+            f"{reading.suggested_scale:g}", level=Qgis.Info, duration=8)
+        return reading.suggested_scale
 
     def options(self) -> builder.BuildOptions:
         return builder.BuildOptions(tile=self.tile.value(), stride=self.stride.value(),

@@ -408,3 +408,19 @@ def test_index_dialog_starts_a_task_over_loaded_layers(tmp_path, twin_raster, ti
         time.sleep(0.05)
     assert "index now holds 64 tiles" in qgis_iface.messageBar().get_messages(Qgis.Success)[-1]
     assert Index(out).n == 64
+
+
+def test_index_dialog_suggests_the_scale_of_a_16_bit_source(tmp_path, tiny_model, qgis_iface, qgis_new_project):
+    from qgis.PyQt.QtCore import Qt
+
+    from rsir_qgis_plugin.index_dialog import IndexDialog
+    from tests.rasters import mosaic_with_twin
+
+    raster = write_raster(str(tmp_path / "s2_16bit.tif"), mosaic_with_twin().astype(np.uint16) * 10 + 500)
+    _raster_layer(raster, qgis_iface)
+    dialog = IndexDialog(qgis_iface)
+    dialog.model.setFilePath(tiny_model)
+    assert dialog.suggest_scale() is None  # nothing chosen yet
+    dialog.source_list.item(0).setCheckState(Qt.Checked)
+    assert dialog.suggest_scale() == 3000 and dialog.options().scale == 3000  # 98 % of 500..3050 below ~2900
+    assert "value scale set to 3000" in qgis_iface.messageBar().get_messages(Qgis.Info)[-1]

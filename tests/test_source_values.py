@@ -205,3 +205,24 @@ def test_a_band_stack_tile_vrt_refers_to_its_band_files(tmp_path):
     assert os.path.abspath(str(tmp_path / "scene" / "s2_b1.tif")) in open(stack_vrt).read()
     ds = gdal.Open(out)  # a fresh open by path, as QGIS does
     np.testing.assert_array_equal(ds.ReadAsArray(), data[[2, 1, 0], 0:64, 192:256])
+
+
+def test_a_16_bit_scene_read_with_an_8_bit_scale_is_refused_with_the_fix(tiny_model, tmp_path, capsys):
+    """Reflectance-like values (1000-4000) divided by the model's 255: every tile would look alike (the issue's
+    hits at cosine 1.0000, Hamming 0). Refused before anything is written, with the scale to give."""
+    from core.archive.value_check import nice_scale
+
+    data = (mosaic_with_twin().astype(np.uint16) * 12 + 1000)  # 1000 .. 4060
+    raster = write_raster(str(tmp_path / "s2_16bit.tif"), data)
+    out = str(tmp_path / "idx")
+    assert main(["index", raster, "--model", tiny_model, "--out", out, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert f"{raster}: read as (raw) / 255, 100 % of its pixels are far above the model's range" in err
+    assert "--scale 5000 (rsir index)" in err and not os.path.exists(out)
+    # the user's own scale is respected, with the warning kept in the output; a sensible one is silent
+    assert main(["index", raster, "--model", tiny_model, "--out", out, "-q", "--scale", "255"]) == 0
+    assert "far above the model's range" in capsys.readouterr().out
+    assert main(["index", raster, "--model", tiny_model, "--out", str(tmp_path / "ok"), "-q", "--scale",
+                 "5000"]) == 0
+    assert "far above" not in capsys.readouterr().out
+    assert [nice_scale(v) for v in (2870, 41000, 255, 0.7)] == [3000, 50000, 300, 0.75]

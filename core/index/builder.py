@@ -23,6 +23,7 @@ from ..archive.footprints import FootprintMaker
 from ..archive.pixels import invalid_fraction, read_window
 from ..archive.sources import SourceSpec, expand_archive, open_source, resolve_bands
 from ..archive.tiling import TileWindow, plan_windows, source_gsd
+from ..archive.value_check import reading_problem, sample_reading
 from ..encoder import Encoder, ModelInfo
 from ..errors import Cancelled, RsirError
 from ..fileio import atomic_path, read_json, write_json
@@ -96,17 +97,25 @@ def _check_input_size(info: ModelInfo, size: int | None) -> None:
                         + (f"{lo} px only" if lo == hi else f"{lo} to {hi} px"))
 
 
-def _plan_source(spec: SourceSpec, encoder: Encoder, opts: BuildOptions) -> dict:
+def _plan_source(spec: SourceSpec, encoder: Encoder, opts: BuildOptions, check_values: bool = True) -> dict:
+    """A source opened, its bands resolved, its windows planned and its value reading checked (a sample read:
+    RsirError when the model's own scale is clearly wrong for it, a warning in the plan when the user's is)."""
     ds = open_source(spec)
     bands = resolve_bands(ds, opts.bands or encoder.info.bands, spec.path)
     if opts.tile <= 0 or (opts.stride is not None and opts.stride <= 0):
         raise RsirError(f"tile size and stride must be positive (got {opts.tile}, {opts.stride})")
     windows = plan_windows(ds, spec.kind, opts.tile, opts.stride or opts.tile, opts.gsd, spec.path)
-    return {"path": spec.path, "kind": spec.kind, "label": spec.label,
+    scale = spec.scale or opts.scale or encoder.info.scale
+    offset = float(spec.add_offset if spec.add_offset is not None else (opts.add_offset or 0.0))
+    problem = None
+    if check_values:
+        problem = reading_problem(sample_reading(ds, bands, scale, offset, spec.path), spec.path, scale, offset)
+        if problem and not (spec.scale or opts.scale):  # the model's default scale: refuse, nothing is written
+            raise RsirError(problem)
+    return {"path": spec.path, "kind": spec.kind, "label": spec.label, "value_warning": problem,
             "input_size": source_size(encoder.info, spec.kind, ds.RasterXSize, ds.RasterYSize, opts.tile,
                                       opts.input_size),
-            "scale": spec.scale or opts.scale or encoder.info.scale,
-            "add_offset": float(spec.add_offset if spec.add_offset is not None else (opts.add_offset or 0.0)),
+            "scale": scale, "add_offset": offset,
             "bands": bands,
             "crs": FootprintMaker(ds).crs, "width": ds.RasterXSize, "height": ds.RasterYSize,
             "geotransform": list(ds.GetGeoTransform()),
@@ -148,7 +157,10 @@ def build_index(archive: list[str], model_path: str, out_dir: str, opts: BuildOp
     n0 = manifest["counts"]["tiles"] if manifest else 0
 
     _check_input_size(encoder.info, opts.input_size)
-    plan = [_plan_source(s, encoder, opts) for s in new_specs]  # validates every source before any write
+    # validates every source before any write; of a folder of patches only the first is sampled for its values
+    plan = [_plan_source(s, encoder, opts, check_values=s.kind != "patch" or i == 0 or new_specs[i - 1].kind !=
+                         "patch") for i, s in enumerate(new_specs)]
+    report.notes += [p["value_warning"] for p in plan if p["value_warning"]]
     key = hashlib.sha256(json.dumps({"model": encoder.info.sha256, "n0": n0, "tiling": opts.tiling(),
                                      "sources": [(p["path"], p["bands"], p["scale"])
                                                  + ((p["add_offset"],) if p["add_offset"] else ()) for p in plan]},
@@ -323,7 +335,7 @@ def _finalize(plan, encoder, opts, out_dir, manifest, partial, state) -> None:
     kept_by_source = np.bincount(meta[:, 0], minlength=len(plan)) if len(meta) else np.zeros(len(plan), int)
     sources = list(manifest["sources"]) if manifest else []
     for si, p in enumerate(plan):
-        entry = {k: v for k, v in p.items() if k != "windows"}
+        entry = {k: v for k, v in p.items() if k not in ("windows", "value_warning")}
         entry.update(id=sid0 + si, windows=len(p["windows"]), tiles=int(kept_by_source[si]),
                      skipped=int(state["skipped_by_source"][si]))
         sources.append(entry)

@@ -1,0 +1,73 @@
+"""Is a source read with sensible values? A 16-bit scene divided by a model's 8-bit scale of 255 puts nearly every
+pixel far above 1: every tile then looks the same to the network (all hits at cosine 1, Hamming 0). A decimated
+read of the source tells that before anything is encoded, and suggests the scale that maps its bright end near 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from osgeo import gdal
+
+from .gdal_open import read_array
+
+SAMPLE_SIDE = 256  # the overview read: at most this many pixels a side
+TOO_BRIGHT = 1.5  # (raw + offset) / scale above this is beyond what an 8-bit-trained model ever saw
+MAX_BRIGHT_SHARE = 0.5  # more than this share of the valid pixels that bright: the reading is wrong
+
+
+@dataclass
+class ValueReading:
+    """What the sample saw: the share of valid pixels read above TOO_BRIGHT, their 98th percentile (raw), and
+    the scale that would map that percentile to about 1."""
+
+    bright_share: float
+    p98: float
+    suggested_scale: float
+
+    @property
+    def wrong(self) -> bool:
+        return self.bright_share > MAX_BRIGHT_SHARE
+
+
+def nice_scale(value: float) -> float:
+    """`value` rounded up to 1, 1.5, 2, 3, 5 or 7.5 times a power of ten (2870 -> 3000, 41000 -> 50000)."""
+    if value <= 0:
+        return 1.0
+    power = 10 ** np.floor(np.log10(value))
+    for step in (1, 1.5, 2, 3, 5, 7.5, 10):
+        if value <= step * power:
+            return float(step * power)
+    return float(10 * power)
+
+
+def sample_reading(ds: gdal.Dataset, bands: list[int], scale: float, add_offset: float, what: str) -> ValueReading:
+    """Read `bands` of `ds` decimated to at most SAMPLE_SIDE pixels a side and measure how they would reach the
+    model; nodata (GDAL masks) and all-zero pixels are left out."""
+    f = max(1, int(np.ceil(max(ds.RasterXSize, ds.RasterYSize) / SAMPLE_SIDE)))
+    w, h = max(1, ds.RasterXSize // f), max(1, ds.RasterYSize // f)
+    arr = np.asarray(read_array(ds, what, buf_xsize=w, buf_ysize=h, band_list=bands,
+                                resample_alg=gdal.GRIORA_NearestNeighbour), np.float64)
+    arr = arr.reshape(len(bands), -1)
+    valid = ~np.all(arr == 0, axis=0)
+    for i, b in enumerate(bands):
+        nodata = ds.GetRasterBand(b).GetNoDataValue()
+        if nodata is not None:
+            valid &= arr[i] != nodata
+    values = arr[:, valid].ravel()
+    if not values.size:
+        return ValueReading(0.0, 0.0, scale)
+    p98 = float(np.percentile(values, 98))
+    share = float(np.mean((values + add_offset) / scale > TOO_BRIGHT))
+    return ValueReading(share, p98, nice_scale(max(p98 + add_offset, 1.0)))
+
+
+def reading_problem(reading: ValueReading, path: str, scale: float, add_offset: float) -> str | None:
+    """One line naming the file, what is wrong and the fix; None when the reading looks right."""
+    if not reading.wrong:
+        return None
+    offset = f" + {add_offset:g}" if add_offset else ""
+    return (f"{path}: read as (raw{offset}) / {scale:g}, {100 * reading.bright_share:.0f} % of its pixels are far "
+            f"above the model's range (98th percentile {reading.p98:g}): every tile would look alike. Give its value "
+            f"scale: --scale {reading.suggested_scale:g} (rsir index), Value scale {reading.suggested_scale:g} (the "
+            "Build index dialog), or \"scale\" in its band-stack spec")
