@@ -16,6 +16,16 @@ class RsirPlugin:
         self.action = None
         self.missing: list[str] = []
 
+    def initProcessing(self) -> None:  # noqa: N802 - QGIS's name
+        """The Processing provider alone: what qgis_process (scripts, batch servers, CI) loads, with no GUI; the
+        desktop calls it too, before initGui."""
+        if self.provider is not None or deps.missing_modules():
+            return
+        from .processing_provider import RsirProvider
+
+        self.provider = RsirProvider()
+        QgsApplication.processingRegistry().addProvider(self.provider)
+
     def initGui(self) -> None:  # noqa: N802 - QGIS's name
         self.action = QAction("RSIR image retrieval", self.iface.mainWindow())
         self.action.setCheckable(True)
@@ -30,10 +40,8 @@ class RsirPlugin:
 
     def _start(self) -> None:
         from .dock import RsirDock
-        from .processing_provider import RsirProvider
 
-        self.provider = RsirProvider()
-        QgsApplication.processingRegistry().addProvider(self.provider)
+        self.initProcessing()
         self.dock = RsirDock(self.iface, self.iface.mainWindow())
         self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
         self.dock.visibilityChanged.connect(self.action.setChecked)
@@ -71,6 +79,7 @@ class RsirPlugin:
     def unload(self) -> None:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
         if self.dock is not None:
             self.dock._activate(None)  # noqa: SLF001 - release the map tools
             self.iface.removeDockWidget(self.dock)

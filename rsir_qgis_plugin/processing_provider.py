@@ -101,8 +101,11 @@ class BuildIndex(_Base):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers("SOURCES", "Rasters", QgsProcessing.TypeRaster))
-        self.addParameter(QgsProcessingParameterFile("MODEL", "ONNX model", extension="onnx",
-                                                     defaultValue=default_model_path() or None))
+        # optional, the shipped model when left out: qgis_process treats a mandatory parameter as missing even
+        # when it has a default
+        self.addParameter(QgsProcessingParameterFile("MODEL", "ONNX model (empty: the shipped default)",
+                                                     extension="onnx", defaultValue=default_model_path() or None,
+                                                     optional=True))
         self.addParameter(QgsProcessingParameterNumber("TILE", "Tile size (px)", defaultValue=64, minValue=4))
         self.addParameter(QgsProcessingParameterNumber("STRIDE", "Stride (px)", defaultValue=64, minValue=1))
         self.addParameter(QgsProcessingParameterNumber("SCALE", "Value scale: raw values are divided by it (0 = the "
@@ -121,8 +124,10 @@ class BuildIndex(_Base):
                                     scale=self.parameterAsDouble(parameters, "SCALE", context) or None,
                                     add_offset=self.parameterAsDouble(parameters, "ADD_OFFSET", context) or None)
         try:
-            report = builder.build_index([lyr.source() for lyr in layers],
-                                         self.parameterAsFile(parameters, "MODEL", context), out, opts,
+            model = self.parameterAsFile(parameters, "MODEL", context) or default_model_path()
+            if not model:
+                raise errors.RsirError("no MODEL given, and this installation ships no default model")
+            report = builder.build_index([lyr.source() for lyr in layers], model, out, opts,
                                          progress=lambda d, t: feedback.setProgress(100.0 * d / max(t, 1)),
                                          cancel=feedback.isCanceled)
         except errors.RsirError as exc:
