@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from osgeo import gdal, osr
 
-from .archive.footprints import FootprintMaker, srs_from_user
+from .archive.footprints import FootprintMaker, crs_name, srs_from_user
 from .archive.gdal_open import open_raster
 from .archive.pixels import invalid_fraction, read_window, resample_array
 from .archive.sources import SourceSpec, expand_archive, open_source, resolve_bands
@@ -206,6 +206,10 @@ def query_from_array(index: Index, encoder: Encoder, pixels: np.ndarray, scale: 
     return Query("image", description, emb[0], code[0], pixels=raw)
 
 
+def _short_box(bbox) -> str:
+    return "(" + ", ".join(f"{v:.10g}" for v in bbox) + ")"
+
+
 def box_to_window(ds, raster_path: str, bbox: tuple[float, float, float, float], bbox_crs: str | None) -> TileWindow:
     """Pixel window of a box (xmin, ymin, xmax, ymax) given in `bbox_crs` (default: the raster's CRS).
 
@@ -217,7 +221,7 @@ def box_to_window(ds, raster_path: str, bbox: tuple[float, float, float, float],
         raise RsirError(f"box {bbox} is empty: it needs xmin < xmax and ymin < ymax")
     wkt = ds.GetProjection()
     if bbox_crs and not wkt:
-        raise RsirError(f"{raster_path}: has no CRS, so a box in {bbox_crs} cannot be placed on it")
+        raise RsirError(f"{raster_path}: has no CRS, so a box in {crs_name(bbox_crs)} cannot be placed on it")
     pts = [(xmin + (xmax - xmin) * t / 20, ymin) for t in range(21)] + \
           [(xmax, ymin + (ymax - ymin) * t / 20) for t in range(21)] + \
           [(xmin + (xmax - xmin) * t / 20, ymax) for t in range(21)] + \
@@ -232,11 +236,11 @@ def box_to_window(ds, raster_path: str, bbox: tuple[float, float, float, float],
     c0, c1, r0, r1 = min(cols), max(cols), min(rows), max(rows)
     width, height = ds.RasterXSize, ds.RasterYSize
     if c1 <= 0 or r1 <= 0 or c0 >= width or r0 >= height:
-        raise RsirError(f"box {bbox} ({bbox_crs or 'raster CRS'}) lies outside raster {raster_path} "
+        raise RsirError(f"box {_short_box(bbox)} ({crs_name(bbox_crs)}) lies outside raster {raster_path} "
                         f"({width} x {height} px)")
     tol = 1e-6
     if c0 < -tol or r0 < -tol or c1 > width + tol or r1 > height + tol:
-        raise RsirError(f"box {bbox} ({bbox_crs or 'raster CRS'}) extends beyond raster {raster_path}; "
+        raise RsirError(f"box {_short_box(bbox)} ({crs_name(bbox_crs)}) extends beyond raster {raster_path}; "
                         "draw it inside the raster")
     x0, y0 = max(0, int(math.floor(c0 + tol))), max(0, int(math.floor(r0 + tol)))
     x1, y1 = min(width, int(math.ceil(c1 - tol))), min(height, int(math.ceil(r1 - tol)))

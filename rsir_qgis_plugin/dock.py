@@ -47,7 +47,9 @@ class RsirDock(QDockWidget):
         root = QVBoxLayout(body)
         self.index_widget = QgsFileWidget()
         self.index_widget.setStorageMode(QgsFileWidget.GetDirectory)
-        self.index_widget.fileChanged.connect(self.open_index)
+        # typed paths change on every keystroke: open only a folder that holds an index, and keep the open one
+        # meanwhile (a path chosen with the button is opened whatever it is, so a wrong choice says why)
+        self.index_widget.fileChanged.connect(self._index_path_changed)
         self.info = QLabel("Choose an index folder (made by `rsir index` or Build index…).")
         self.info.setWordWrap(True)
         form = QFormLayout()
@@ -57,6 +59,9 @@ class RsirDock(QDockWidget):
 
         self.raster_combo = QgsMapLayerComboBox()
         self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        # the plugin's own outputs (hit tiles, heat maps) are not query rasters: keep them out of the list
+        QgsProject.instance().layersAdded.connect(self._except_outputs)
+        self._except_outputs()
         self.k_spin = QSpinBox()
         self.k_spin.setRange(1, 10000)
         self.k_spin.setValue(20)
@@ -134,6 +139,10 @@ class RsirDock(QDockWidget):
         root.addWidget(self.index_button)
         self.setWidget(body)
 
+    def _except_outputs(self, *_args) -> None:
+        self.raster_combo.setExceptedLayerList(
+            [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.customProperty(layers.OUTPUT_PROPERTY)])
+
     def _activate(self, tool) -> None:
         canvas = self.iface.mapCanvas()
         self.box_button.setChecked(tool is self.box_tool)
@@ -151,12 +160,24 @@ class RsirDock(QDockWidget):
     def _open_index_dialog(self) -> None:
         from .index_dialog import IndexDialog
 
-        IndexDialog(self.iface, self).exec_()
+        dialog = IndexDialog(self.iface, self, on_built=self.open_index)  # the new index opens here when done
+        dialog.exec_()
 
     # -- messages -------------------------------------------------------------------------------------------
     def _error(self, text: str) -> None:
         self.iface.messageBar().pushMessage("RSIR", text, level=Qgis.Critical, duration=10)
         QgsMessageLog.logMessage(text, "RSIR", Qgis.Critical)
+
+    def _index_path_changed(self, path: str) -> None:
+        import os
+
+        if os.path.isfile(os.path.join(path, "manifest.json")):
+            self.open_index(path)
+        elif os.path.isdir(path) and self.session is None:
+            self.info.setText(f"{path} is not an rsir index (it has no manifest.json).")
+        elif self.session is None:
+            self.info.setText("Choose an index folder (it holds manifest.json; made by `rsir index` or Build "
+                              "index…).")
 
     # -- actions (also the API the tests drive) -------------------------------------------------------------
     def open_index(self, path: str) -> bool:

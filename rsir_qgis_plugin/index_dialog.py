@@ -12,8 +12,9 @@ from .tasks import IndexTask
 
 
 class IndexDialog(QDialog):
-    def __init__(self, iface, parent=None):
+    def __init__(self, iface, parent=None, on_built=None):
         super().__init__(parent)
+        self.on_built = on_built  # called with the index folder when a run finishes
         self.setWindowTitle("RSIR: build or extend an index")
         self.iface = iface
         self.task: IndexTask | None = None
@@ -126,4 +127,6 @@ class IndexDialog(QDialog):
 
     def _done(self, task: IndexTask, ok: bool) -> None:
         level = Qgis.Success if ok else (Qgis.Warning if task.was_cancelled else Qgis.Critical)
+        if ok and self.on_built is not None:
+            self.on_built(task.out_dir)
         self.iface.messageBar().pushMessage("RSIR", task.summary(), level=level, duration=10)

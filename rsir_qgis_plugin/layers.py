@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import os
 
-from qgis.core import (QgsClassificationEqualInterval, QgsColorRampShader, QgsFeature, QgsField, QgsFillSymbol,
-                       QgsGeometry, QgsGradientColorRamp, QgsGraduatedSymbolRenderer, QgsPalLayerSettings,
-                       QgsProject, QgsRasterLayer, QgsRasterShader, QgsSingleBandPseudoColorRenderer,
-                       QgsVectorLayer, QgsVectorLayerSimpleLabeling)
+from qgis.core import (QgsColorRampShader, QgsFeature, QgsField, QgsFillSymbol, QgsGeometry, QgsGradientColorRamp,
+                       QgsGraduatedSymbolRenderer, QgsPalLayerSettings, QgsProject, QgsRasterLayer, QgsRasterShader,
+                       QgsRendererRange, QgsSingleBandPseudoColorRenderer, QgsVectorLayer,
+                       QgsVectorLayerSimpleLabeling)
 from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QColor
 
 from .engine import tile_vrt
 
+OUTPUT_PROPERTY = "rsir/output"  # set on every layer the plugin adds: not offered as a query raster
 HIT_FIELDS = (("rank", QVariant.Int), ("score", QVariant.Double), ("hamming", QVariant.Int),
               ("tile_id", QVariant.Int), ("source", QVariant.String), ("label", QVariant.String),
               ("bucket", QVariant.String))
@@ -42,18 +43,35 @@ def hits_layer(hits, name: str, colour_by: str = "rank") -> QgsVectorLayer:
     layer.dataProvider().addFeatures(feats)
     layer.updateExtents()
     if len(hits) > 1:
-        renderer = QgsGraduatedSymbolRenderer(colour_by)
-        renderer.setSourceSymbol(QgsFillSymbol.createSimple({"color": "255,0,0,90", "outline_width": "0.6"}))
-        renderer.setClassificationMethod(QgsClassificationEqualInterval())
-        renderer.updateClasses(layer, min(5, len(hits)))
-        renderer.updateColorRamp(QgsGradientColorRamp(QColor(215, 25, 28), QColor(43, 131, 186)))
-        layer.setRenderer(renderer)
+        layer.setRenderer(_integer_classes(colour_by, [getattr(h, colour_by) for h in hits]))
     layer.setOpacity(0.6)  # the imagery and the heat map stay visible under the footprints
     labels = QgsPalLayerSettings()
     labels.fieldName = colour_by
     layer.setLabeling(QgsVectorLayerSimpleLabeling(labels))
     layer.setLabelsEnabled(True)
     return layer
+
+
+def integer_breaks(values: list[int], classes: int = 5) -> list[tuple[int, int]]:
+    """At most `classes` ranges of whole numbers covering `values` (ranks, Hamming distances): "1", "2-3", ...
+    instead of the fractional classes ("1 - 2.8") of equal intervals."""
+    lo, hi = min(values), max(values)
+    n = min(classes, hi - lo + 1)
+    edges = [lo + round(i * (hi - lo + 1) / n) for i in range(n + 1)]
+    return [(edges[i], edges[i + 1] - 1) for i in range(n) if edges[i + 1] > edges[i]]
+
+
+def _integer_classes(field: str, values: list[int]) -> QgsGraduatedSymbolRenderer:
+    """Graduated colours (red: nearest) over integer ranges of `field`, labelled with their whole numbers."""
+    ranges = integer_breaks(values)
+    ramp = QgsGradientColorRamp(QColor(215, 25, 28), QColor(43, 131, 186))
+    out = []
+    for i, (a, b) in enumerate(ranges):
+        symbol = QgsFillSymbol.createSimple({"color": "255,0,0,90", "outline_width": "0.6"})
+        symbol.setColor(ramp.color(i / max(1, len(ranges) - 1)))
+        # half-open bounds so whole numbers fall in exactly one class
+        out.append(QgsRendererRange(a - 0.5, b + 0.5, symbol, str(a) if a == b else f"{a}-{b}"))
+    return QgsGraduatedSymbolRenderer(field, out)
 
 
 def query_layer(query) -> QgsVectorLayer:
@@ -109,8 +127,15 @@ def add_result_group(session, result, project: QgsProject | None = None):
         arr = gdal.Open(result.heatmap_path).ReadAsArray()
         valid = arr[arr > -2]
         layers.append(heatmap_layer(result.heatmap_path, float(np.min(valid)), float(np.max(valid))))
-    group = project.layerTreeRoot().insertGroup(0, f"RSIR {result.title}")
+    root = project.layerTreeRoot()
+    for older in root.children():  # earlier queries stay in the tree, hidden and folded, so layers never stack
+        if older.name().startswith("RSIR ") and hasattr(older, "addLayer"):
+            older.setItemVisibilityChecked(False)
+            older.setExpanded(False)
+    group = root.insertGroup(0, f"RSIR {result.title}")
     for layer in layers:
+        layer.setCustomProperty(OUTPUT_PROPERTY, True)
         project.addMapLayer(layer, False)
         group.addLayer(layer)
+    group.setExpanded(True)
     return group

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from qgis.core import Qgis, QgsApplication
 from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMessageBox, QPushButton
 
 from . import deps
@@ -27,7 +28,10 @@ class RsirPlugin:
         QgsApplication.processingRegistry().addProvider(self.provider)
 
     def initGui(self) -> None:  # noqa: N802 - QGIS's name
-        self.action = QAction("RSIR image retrieval", self.iface.mainWindow())
+        import os
+
+        icon = QIcon(os.path.join(os.path.dirname(os.path.abspath(__file__)), "icon.png"))
+        self.action = QAction(icon, "RSIR image retrieval", self.iface.mainWindow())
         self.action.setCheckable(True)
         self.action.triggered.connect(self.toggle_dock)
         self.iface.addPluginToRasterMenu("&RSIR", self.action)

@@ -1,7 +1,7 @@
 """Batch indexing as a QgsTask: progress and cancel in QGIS's task manager; layers added in finished()."""
 from __future__ import annotations
 
-from qgis.core import Qgis, QgsMessageLog, QgsProject, QgsTask, QgsVectorLayer
+from qgis.core import Qgis, QgsFillSymbol, QgsMessageLog, QgsProject, QgsTask, QgsVectorLayer
 
 from .engine import builder, errors
 
@@ -40,7 +40,14 @@ class IndexTask(QgsTask):
         if ok and self.add_layer:
             layer = QgsVectorLayer(f"{self.out_dir}/tiles.gpkg|layername=tiles", "RSIR index tiles", "ogr")
             if layer.isValid():
-                QgsProject.instance().addMapLayer(layer)
+                # the index's footprints as outlines, off until wanted: thousands of filled squares hide the map
+                layer.setRenderer(layer.renderer().clone())
+                layer.renderer().setSymbol(QgsFillSymbol.createSimple(
+                    {"color": "0,0,0,0", "outline_color": "255,140,0,160", "outline_width": "0.2"}))
+                layer.setCustomProperty("rsir/output", True)
+                QgsProject.instance().addMapLayer(layer, False)
+                node = QgsProject.instance().layerTreeRoot().addLayer(layer)
+                node.setItemVisibilityChecked(False)
         if not ok:
             QgsMessageLog.logMessage(self.error or "indexing stopped", "RSIR", Qgis.Warning)
         if self.on_done:

@@ -99,3 +99,15 @@ def test_the_int8_default_model_ships_beside_it_and_embeds_alike():
     turned, _ = fast.encode(np.ascontiguousarray(np.rot90(raw, 1, axes=(2, 3))))
     assert np.sum(emb_fast * emb_f, axis=1).mean() > 0.8
     assert np.abs(turned - emb_fast).max() > 1e-2
+
+
+def test_two_builds_at_once_each_write_a_whole_zip(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = str(tmp_path / "dist" / "rsir_qgis_plugin.zip")
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(build, [out, out]))
+    assert results[0] == results[1]
+    with zipfile.ZipFile(out) as zf:
+        assert zf.testzip() is None and sorted(zf.namelist()) == sorted(results[0])
+    assert os.listdir(tmp_path / "dist") == ["rsir_qgis_plugin.zip"] and oct(os.stat(out).st_mode)[-3:] == "644"

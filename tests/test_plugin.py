@@ -216,7 +216,10 @@ def test_bad_input_gives_one_message_and_no_layers(dock, indexed, twin_raster, t
     dock.raster_combo.setLayer(layer)
     before = len(QgsProject.instance().layerTreeRoot().children())
     dock.box_tool.set_box(QgsRectangle(ORIGIN[0] - 320, ORIGIN[1] - 640, ORIGIN[0] + 320, ORIGIN[1]))
-    assert "extends beyond raster" in _critical(qgis_iface)[-1]
+    message = _critical(qgis_iface)[-1]
+    # short enough to read in the message bar: the CRS by its code, not its WKT
+    assert "extends beyond raster" in message and "(EPSG:32618)" in message and "PROJCS" not in message
+    assert "draw it inside the raster" in message and len(message) < 300
     gray = _raster_layer(write_raster(str(tmp_path / "gray.tif"), np.zeros((1, 256, 256), np.uint8)), qgis_iface)
     dock.raster_combo.setLayer(gray)
     dock.box_tool.set_box(BOX_00)
@@ -382,7 +385,8 @@ def test_index_dialog_starts_a_task_over_loaded_layers(tmp_path, twin_raster, ti
 
     _raster_layer(twin_raster, qgis_iface)
     qgis_iface.messageBar().clear_messages()
-    dialog = IndexDialog(qgis_iface)
+    built = []
+    dialog = IndexDialog(qgis_iface, on_built=built.append)  # the dock passes its open_index
     assert dialog.source_list.count() == 1  # the loaded raster layer is offered
     from rsir_qgis_plugin.engine import default_model_path
 
@@ -407,7 +411,11 @@ def test_index_dialog_starts_a_task_over_loaded_layers(tmp_path, twin_raster, ti
             break
         time.sleep(0.05)
     assert "index now holds 64 tiles" in qgis_iface.messageBar().get_messages(Qgis.Success)[-1]
-    assert Index(out).n == 64
+    assert Index(out).n == 64 and built == [out]
+    # the footprints come as outlines, switched off: not thousands of filled squares over the map
+    tiles = QgsProject.instance().mapLayersByName("RSIR index tiles")[0]
+    node = QgsProject.instance().layerTreeRoot().findLayer(tiles.id())
+    assert not node.itemVisibilityChecked() and tiles.renderer().symbol().color().alpha() == 0
 
 
 def test_index_dialog_suggests_the_scale_of_a_16_bit_source(tmp_path, tiny_model, qgis_iface, qgis_new_project):
@@ -424,3 +432,32 @@ def test_index_dialog_suggests_the_scale_of_a_16_bit_source(tmp_path, tiny_model
     dialog.source_list.item(0).setCheckState(Qt.Checked)
     assert dialog.suggest_scale() == 3000 and dialog.options().scale == 3000  # 98 % of 500..3050 below ~2900
     assert "value scale set to 3000" in qgis_iface.messageBar().get_messages(Qgis.Info)[-1]
+
+
+def test_quiet_dock_one_visible_query_integer_legend_and_no_outputs_as_query_rasters(dock, indexed, twin_raster,
+                                                                                     qgis_iface, tmp_path):
+    from rsir_qgis_plugin.layers import integer_breaks
+
+    layer = _raster_layer(twin_raster, qgis_iface)
+    # typing a path letter by letter opens nothing and shouts nothing; the index opens when the path is one
+    for partial in (indexed[:5], indexed[:-2], indexed):
+        dock.index_widget.setFilePath(partial)
+    assert not _critical(qgis_iface) and dock.session is not None and dock.session.index.dir == indexed
+    dock.index_widget.setFilePath(str(tmp_path))  # an existing folder that is no index: said, index kept
+    assert "is not an rsir index" not in dock.info.text() and dock.session.index.dir == indexed
+    dock.raster_combo.setLayer(layer)
+    dock.k_spin.setValue(10)
+    dock.tiles_spin.setValue(2)
+    dock.box_tool.set_box(BOX_00)
+    first = dock.last_group
+    dock.box_tool.set_box(BOX_00)
+    second = dock.last_group
+    assert second.isVisible() and second.isExpanded()
+    assert not first.itemVisibilityChecked() and not first.isExpanded()  # the older query hidden, folded
+    labels = [r.label() for r in second.children()[1].layer().renderer().ranges()]
+    assert labels == ["1-2", "3-4", "5-6", "7-8", "9-10"]
+    assert integer_breaks([1, 2, 3]) == [(1, 1), (2, 2), (3, 3)] and integer_breaks([0, 7], 3) == [(0, 2), (3, 4),
+                                                                                                  (5, 7)]
+    # the hit tiles are rasters too, but not query rasters
+    offered = [dock.raster_combo.layer(i) for i in range(dock.raster_combo.count())]
+    assert [lyr.name() for lyr in offered] == [layer.name()]

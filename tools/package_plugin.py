@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
+import tempfile
 import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,10 @@ def _files(folder: str):
 def build(out_path: str) -> list[str]:
     """Write the zip atomically; return the archive names."""
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = out_path + ".partial"
+    # a temporary name of its own: two builds at once must not write one file
+    fd, tmp = tempfile.mkstemp(prefix=".rsir_qgis_plugin.", suffix=".zip.partial",
+                               dir=os.path.dirname(os.path.abspath(out_path)))
+    os.close(fd)
     names = []
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         plugin = os.path.join(ROOT, "rsir_qgis_plugin")
@@ -43,6 +47,7 @@ def build(out_path: str) -> list[str]:
             zf.write(path, names[-1])
         zf.write(os.path.join(ROOT, "metadata.txt"), "rsir_qgis_plugin/metadata.txt")
         names.append("rsir_qgis_plugin/metadata.txt")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out_path)
     return names
 

@@ -30,6 +30,20 @@ def srs_label(srs: osr.SpatialReference | None) -> str:
     return f"{auth}:{code}" if code and auth else srs.ExportToWkt()
 
 
+def crs_name(text: str | None) -> str:
+    """A CRS as a user reads it in a message: `EPSG:32618`, or the CRS's own name ("WGS 84 / UTM zone 18N") for
+    a WKT without an authority code - never a screenful of WKT."""
+    if not text:
+        return "the raster's CRS"
+    try:
+        srs = srs_from_user(text)
+    except ValueError:
+        return text[:60]
+    label = srs_label(srs)
+    return label if not label.lstrip().startswith(("PROJCS", "GEOGCS", "PROJCRS", "GEOGCRS", "COMPD")) else \
+        (srs.GetName() or "a custom CRS")
+
+
 class FootprintMaker:
     """Footprints for one dataset; `None` geometries where the dataset has no georeference."""
 
