@@ -14,6 +14,19 @@ from .index.reader import Index
 NODATA = -2.0
 
 
+def _rectangle_sums(rows: int, cols: int, r0, c0, r1, c1, values) -> np.ndarray:
+    """(rows, cols) grid where each rectangle [r0, r1) x [c0, c1) adds its value: corner marks on a difference
+    grid, then cumulative sums along both axes - one pass however many tiles (a loop over 100k tiles froze
+    QGIS for seconds)."""
+    diff = np.zeros((rows + 1, cols + 1), np.float64)
+    values = np.asarray(values, np.float64)
+    np.add.at(diff, (r0, c0), values)
+    np.add.at(diff, (r0, c1), -values)
+    np.add.at(diff, (r1, c0), -values)
+    np.add.at(diff, (r1, c1), values)
+    return diff.cumsum(axis=0).cumsum(axis=1)[:rows, :cols]
+
+
 def similarity_heatmap(index: Index, query_embedding: np.ndarray, source_path: str, out_path: str,
                        max_cells: int = 4096) -> tuple[str, float, tuple[int, int]]:
     """Write a float32 GeoTIFF of cosine scores over `source_path`'s extent, on a grid fine enough that every tile
@@ -32,14 +45,13 @@ def similarity_heatmap(index: Index, query_embedding: np.ndarray, source_path: s
     cell = reduce(math.gcd, windows.ravel().tolist())
     cell = max(cell, math.ceil(max(entry["width"], entry["height"]) / max_cells))
     cols, rows = math.ceil(entry["width"] / cell), math.ceil(entry["height"] / cell)
-    total = np.zeros((rows, cols), np.float64)
-    count = np.zeros((rows, cols), np.int32)
     scores = index.embeddings(ids) @ np.asarray(query_embedding, np.float32)
-    for (x, y, w, h), s in zip(windows.tolist(), scores):
-        r0, c0 = y // cell, x // cell
-        r1, c1 = max(r0 + 1, (y + h) // cell), max(c0 + 1, (x + w) // cell)
-        total[r0:r1, c0:c1] += s
-        count[r0:r1, c0:c1] += 1
+    x, y, w, h = windows.T
+    r0, c0 = y // cell, x // cell
+    r1, c1 = np.maximum(r0 + 1, (y + h) // cell), np.maximum(c0 + 1, (x + w) // cell)
+    total, count = _rectangle_sums(rows, cols, r0, c0, r1, c1, scores), _rectangle_sums(
+        rows, cols, r0, c0, r1, c1, np.ones(len(scores)))
+    count = np.rint(count)
     grid = np.where(count > 0, total / np.maximum(count, 1), NODATA).astype(np.float32)
 
     from .archive.sources import SourceSpec

@@ -134,21 +134,7 @@ class RetrievalSession:
 
     def tile_at(self, lon: float, lat: float) -> int | None:
         """Id of the tile whose EPSG:4326 footprint contains (lon, lat), nearest centre first; None if none."""
-        from osgeo import ogr
-
-        layer = self.index._layer()  # noqa: SLF001 - the reader owns the GeoPackage handle
-        point = ogr.Geometry(ogr.wkbPoint)
-        point.AddPoint_2D(lon, lat)
-        layer.SetSpatialFilter(point)
-        best = None
-        for feat in layer:
-            geom = feat.GetGeometryRef()
-            if geom is not None and geom.Contains(point):
-                d = geom.Centroid().Distance(point)
-                if best is None or d < best[0]:
-                    best = (d, feat.GetFID())
-        layer.SetSpatialFilter(None)
-        return None if best is None else int(best[1])
+        return self.index.tile_at(lon, lat)
 
     def _finish(self, query, req: SearchRequest, raster: str | None):
         query = expansion.expand_query(self.index, query, req.expand, req.mode)

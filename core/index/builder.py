@@ -330,6 +330,7 @@ def _finalize(plan, encoder, opts, out_dir, manifest, partial, state) -> None:
             tiles_gpkg.add_tiles(layer, rows)
             rows = []
     tiles_gpkg.add_tiles(layer, rows)
+    tiles_gpkg.index_sources(gds)
     gds = None  # noqa: F841 - closes the GeoPackage
 
     kept_by_source = np.bincount(meta[:, 0], minlength=len(plan)) if len(meta) else np.zeros(len(plan), int)

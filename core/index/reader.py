@@ -262,14 +262,43 @@ class Index:
             src_crs=feat.GetField("src_crs") or "", src_wkt=feat.GetField("src_wkt"),
             footprint_wkt=geom.ExportToWkt() if geom is not None else None)
 
+    def _sql(self, query: str, args=()) -> list[tuple]:
+        """Rows of a read-only SQL query on tiles.gpkg (a GeoPackage is SQLite): whole columns in one call, not a
+        feature at a time through OGR; a connection of its own, so any thread may ask."""
+        import sqlite3
+
+        path = layout.path(self.dir, layout.TILES)
+        try:
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                return con.execute(query, args).fetchall()
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            raise RsirError(f"{path}: cannot be read ({exc})") from None
+
     def source_windows(self, source_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """(tile ids, (n, 4) x/y/w/h pixel windows) of one source, read in a single filtered pass."""
-        layer = self._layer()
-        layer.SetAttributeFilter(f"source_id = {int(source_id)}")
-        rows = [(f.GetFID(), f.GetField("x"), f.GetField("y"), f.GetField("w"), f.GetField("h")) for f in layer]
-        layer.SetAttributeFilter(None)
-        table = np.asarray(sorted(rows), dtype=np.int64).reshape(-1, 5)
+        """(tile ids, (n, 4) x/y/w/h pixel windows) of one source, in tile order."""
+        rows = self._sql("SELECT fid, x, y, w, h FROM tiles WHERE source_id = ? ORDER BY fid", (int(source_id),))
+        table = np.asarray(rows, dtype=np.int64).reshape(-1, 5)
         return table[:, 0], table[:, 1:]
+
+    def tile_at(self, lon: float, lat: float) -> int | None:
+        """Id of the tile whose EPSG:4326 footprint contains (lon, lat), the one with the nearest centre where
+        tiles overlap; None where there is none. Candidates come from the GeoPackage's R-tree."""
+        candidates = self._sql("SELECT id FROM rtree_tiles_geom WHERE minx <= ? AND maxx >= ? AND miny <= ? AND "
+                               "maxy >= ?", (lon, lon, lat, lat))
+        point = ogr.Geometry(ogr.wkbPoint)
+        point.AddPoint_2D(lon, lat)
+        best = None
+        for (tid,) in candidates:
+            wkt = self.tile(int(tid)).footprint_wkt
+            geom = ogr.CreateGeometryFromWkt(wkt) if wkt else None
+            if geom is not None and geom.Contains(point):
+                d = geom.Centroid().Distance(point)
+                if best is None or d < best[0]:
+                    best = (d, int(tid))
+        return None if best is None else best[1]
 
     def tiles_path(self) -> str:
         return layout.path(self.dir, layout.TILES)

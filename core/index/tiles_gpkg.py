@@ -44,3 +44,8 @@ def add_tiles(layer: ogr.Layer, rows: list[dict]) -> None:
         if layer.CreateFeature(feat) != 0:
             raise RuntimeError(f"could not write tile {row['id']} to tiles.gpkg")
     layer.CommitTransaction()
+
+
+def index_sources(ds: ogr.DataSource) -> None:
+    """An SQL index on source_id: a source's windows (heat maps) are read without a scan of every tile."""
+    ds.ExecuteSQL(f"CREATE INDEX IF NOT EXISTS {LAYER}_source_id ON {LAYER}(source_id)")
