@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from .engine import encoder as core_encoder
-from .engine import errors, expansion, heatmap, modality, queries, reader, search
+from .engine import errors, expansion, heatmap, modality, queries, reader, search, tile_vrt
 
 
 @dataclass
@@ -34,6 +34,8 @@ class SearchResult:
     radius_hits: list = field(default_factory=list)
     heatmap_path: str | None = None
     heatmap_max: float | None = None
+    heatmap_min: float | None = None
+    tile_vrts: list = field(default_factory=list)  # (path, layer name) of the top hits as VRT windows
     results_dir: str = ""
     raster: str | None = None       # raster the query was read from (box queries)
     tile_rasters: int = 5
@@ -154,6 +156,27 @@ class RetrievalSession:
                 try:
                     result.heatmap_path, result.heatmap_max, _ = heatmap.similarity_heatmap(
                         self.index, query.embedding, raster, path)
+                    result.heatmap_min = _lowest_score(path)
                 except errors.RsirError as exc:
                     result.warnings.append(f"no heat map: {exc}")
+        result.tile_vrts = self.write_tile_vrts(hits[:req.tile_rasters], result.results_dir)
         return result
+
+    def write_tile_vrts(self, hits, out_dir: str) -> list[tuple[str, str]]:
+        """(path, layer name) of each hit as a VRT window of its source with the index's bands: no pixel copies."""
+        out = []
+        for h in hits:
+            entry = self.index.sources[h.source_id]
+            path = tile_vrt.write_tile_vrt(h.source, entry["kind"], entry["bands"], h.x, h.y, h.w, h.h,
+                                           os.path.join(out_dir, f"rank{h.rank:03d}_tile{h.tile_id}.vrt"))
+            out.append((path, f"#{h.rank} tile {h.tile_id}"))
+        return out
+
+
+def _lowest_score(path: str) -> float:
+    """The lowest scored cell of a heat map (its nodata cells left out): the bottom of its colour ramp."""
+    import numpy as np
+    from osgeo import gdal
+
+    arr = gdal.Open(path).ReadAsArray()
+    return float(np.min(arr[arr > heatmap.NODATA]))

@@ -7,12 +7,14 @@ from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransfor
                        QgsMapLayerProxyModel, QgsMessageLog, QgsProject, QgsWkbTypes)
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                                 QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                                 QProgressBar, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
+                                 QWidget)
 
 from . import layers
 from .controller import RetrievalSession, SearchRequest
 from .engine import encoder, errors
 from .map_tool import BoxTool, PickTool
+from .tasks import SearchTask
 
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
 COLUMNS = ("rank", "tile", "score", "hamming", "label", "source")
@@ -35,6 +37,8 @@ class RsirDock(QDockWidget):
         self.session: RetrievalSession | None = None
         self.last_result = None
         self.last_group = None
+        self.task = None      # the search running in the background
+        self.pending = None   # the newest query asked for meanwhile
         canvas = iface.mapCanvas()
         self.box_tool, self.pick_tool = BoxTool(canvas), PickTool(canvas)
         self.box_tool.boxDrawn.connect(self.on_box)
@@ -129,6 +133,15 @@ class RsirDock(QDockWidget):
             buttons.addWidget(b)
         root.addLayout(buttons)
 
+        status_row = QHBoxLayout()
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)  # indeterminate: the search is running
+        self.busy.setMaximumHeight(10)
+        self.busy.setVisible(False)
+        self.status = QLabel("")
+        status_row.addWidget(self.status)
+        status_row.addWidget(self.busy)
+        root.addLayout(status_row)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
@@ -216,18 +229,22 @@ class RsirDock(QDockWidget):
             return
         crs = self.iface.mapCanvas().mapSettings().destinationCrs()
         box = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
-        self.run_search(lambda s, req: s.search_box(layer.source(), box, crs.toWkt(), req, within=within))
+        source, wkt = layer.source(), crs.toWkt()  # read here: QGIS objects stay on the main thread
+        return self.run_search(lambda s, req: s.search_box(source, box, wkt, req, within=within))
 
     def on_pick(self, point) -> None:
         if not self._need_session():
             return
         crs = self.iface.mapCanvas().mapSettings().destinationCrs()
         geo = QgsCoordinateTransform(crs, WGS84, QgsProject.instance()).transform(point)
-        tile = self.session.tile_at(geo.x(), geo.y())
-        if tile is None:
-            self._error("No indexed tile under that point.")
-            return
-        self.run_search(lambda s, req: s.search_tile(tile, req))
+
+        def search_there(s, req):  # in the task: the index is read by one thread at a time
+            tile = s.tile_at(geo.x(), geo.y())
+            if tile is None:
+                raise errors.RsirError("No indexed tile under that point.")
+            return s.search_tile(tile, req)
+
+        self.run_search(search_there)
 
     def search_selected_feature(self, layer):
         """Query with the selected polygons of `layer`: one polygon's tiles averaged (its bounding box read whole
@@ -246,14 +263,14 @@ class RsirDock(QDockWidget):
             geom.transform(to_canvas)
             geoms.append(geom)
         if len(geoms) == 1:
-            self.on_box(geoms[0].boundingBox(), within=geoms[0].asWkt())
-            return self.last_result
+            return self.on_box(geoms[0].boundingBox(), within=geoms[0].asWkt())
         raster = self.raster_combo.currentLayer()
         if raster is None:
             self._error("Choose the query raster layer the polygons are read from (Query raster).")
             return None
         wkts = [g.asWkt() for g in geoms]
-        return self.run_search(lambda s, req: s.search_polygons(raster.source(), wkts, canvas_crs.toWkt(), req))
+        source, wkt = raster.source(), canvas_crs.toWkt()
+        return self.run_search(lambda s, req: s.search_polygons(source, wkts, wkt, req))
 
     def search_image(self, path: str):
         return self.run_search(lambda s, req: s.search_image(path, req))
@@ -265,24 +282,61 @@ class RsirDock(QDockWidget):
         return True
 
     def run_search(self, make_result):
-        """Run a query; on success add its layer group and fill the table; on failure one message, no layers."""
+        """Start a query in a background task (the map stays responsive); its layers are added when it is done.
+        A query asked for while one runs waits for it, and only the newest waiting one runs: the older result is
+        dropped. Returns the task (tests and scripts call `wait()`)."""
         if not self._need_session():
             return None
+        task = SearchTask(self.session, make_result, self.request(), self._search_done)
+        if self.task is not None:  # one search at a time over the session's index and models
+            self.task.superseded = True
+            self.pending = task
+        else:
+            self._start(task)
+        return task
+
+    def _start(self, task) -> None:
+        from qgis.core import QgsApplication
+
+        self.task, self.pending = task, None
+        self.status.setText("Searching…")
+        self.busy.setVisible(True)
+        QgsApplication.taskManager().addTask(task)
+
+    def _search_done(self, task) -> None:
+        self.task = None
+        self.busy.setVisible(False)
+        self.status.setText("")
+        if self.pending is not None:  # a newer query is waiting: this result is moot
+            self._start(self.pending)
+            return
+        if task.result is None:
+            self._error(task.error or "search failed")
+            return
         try:
-            result = make_result(self.session, self.request())
-            group = layers.add_result_group(self.session, result)
-        except errors.RsirError as exc:
-            self._error(str(exc))
-            return None
+            group = layers.add_result_group(task.result)
         except Exception as exc:  # noqa: BLE001 - never an exception dialog in QGIS
             QgsMessageLog.logMessage(traceback.format_exc(), "RSIR", Qgis.Critical)
-            self._error(f"search failed: {type(exc).__name__}: {exc} (details in the RSIR log)")
-            return None
-        self.last_result, self.last_group = result, group
-        self._fill_table(result.hits)
-        for warning in result.warnings:
+            self._error(f"adding the result layers failed: {type(exc).__name__}: {exc}")
+            return
+        self.last_result, self.last_group = task.result, group
+        self._fill_table(task.result.hits)
+        self.status.setText(f"{len(task.result.hits)} hits in {task.seconds:.2f} s")
+        for warning in task.result.warnings:
             self.iface.messageBar().pushMessage("RSIR", warning, level=Qgis.Warning, duration=8)
-        return result
+
+    def wait(self, timeout: float = 120.0) -> bool:
+        """Process events until no search runs or waits (for tests and scripts); False on timeout."""
+        import time
+
+        from qgis.core import QgsApplication
+
+        end = time.monotonic() + timeout
+        while (self.task is not None or self.pending is not None) and time.monotonic() < end:
+            QgsApplication.processEvents()
+            time.sleep(0.005)
+        QgsApplication.processEvents()
+        return self.task is None and self.pending is None
 
     def _fill_table(self, hits) -> None:
         self.table.setRowCount(len(hits))

@@ -1,4 +1,4 @@
-"""SearchResult -> QGIS layers in one group per query (main thread only)."""
+"""SearchResult -> QGIS layers in one group per query (main thread only; the files are written by the search)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,6 @@ from qgis.core import (QgsColorRampShader, QgsFeature, QgsField, QgsFillSymbol, 
 from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QColor
 
-from .engine import tile_vrt
 
 OUTPUT_PROPERTY = "rsir/output"  # set on every layer the plugin adds: not offered as a query raster
 HIT_FIELDS = (("rank", QVariant.Int), ("score", QVariant.Double), ("hamming", QVariant.Int),
@@ -87,17 +86,6 @@ def query_layer(query) -> QgsVectorLayer:
     return layer
 
 
-def tile_layers(session, hits, out_dir: str, n: int) -> list[QgsRasterLayer]:
-    """The top `n` hits as raster layers: VRT windows of their sources (no pixel copies)."""
-    out = []
-    for h in hits[:n]:
-        entry = session.index.sources[h.source_id]
-        path = tile_vrt.write_tile_vrt(h.source, entry["kind"], entry["bands"], h.x, h.y, h.w, h.h,
-                                       os.path.join(out_dir, f"rank{h.rank:03d}_tile{h.tile_id}.vrt"))
-        out.append(QgsRasterLayer(path, f"#{h.rank} tile {h.tile_id}"))
-    return out
-
-
 def heatmap_layer(path: str, vmin: float, vmax: float) -> QgsRasterLayer:
     layer = QgsRasterLayer(path, "similarity heat map")
     ramp = QgsColorRampShader(vmin, vmax)
@@ -113,20 +101,16 @@ def heatmap_layer(path: str, vmin: float, vmax: float) -> QgsRasterLayer:
     return layer
 
 
-def add_result_group(session, result, project: QgsProject | None = None):
-    """Build every layer first, then add them in one group at the top of the layer tree."""
+def add_result_group(result, project: QgsProject | None = None):
+    """Build every layer of a finished search (its files are written: only layer objects are made here, on the
+    main thread), then add them in one group at the top of the layer tree."""
     project = project or QgsProject.instance()
     layers = [query_layer(result.query), hits_layer(result.hits, "hits")]
     if result.radius_hits:
         layers.append(hits_layer(result.radius_hits, "hash results (Hamming radius)", colour_by="hamming"))
-    layers += tile_layers(session, result.hits, result.results_dir, result.tile_rasters)
+    layers += [QgsRasterLayer(path, name) for path, name in result.tile_vrts]  # written by the search
     if result.heatmap_path:
-        import numpy as np
-        from osgeo import gdal
-
-        arr = gdal.Open(result.heatmap_path).ReadAsArray()
-        valid = arr[arr > -2]
-        layers.append(heatmap_layer(result.heatmap_path, float(np.min(valid)), float(np.max(valid))))
+        layers.append(heatmap_layer(result.heatmap_path, result.heatmap_min, result.heatmap_max))
     root = project.layerTreeRoot()
     for older in root.children():  # earlier queries stay in the tree, hidden and folded, so layers never stack
         if older.name().startswith("RSIR ") and hasattr(older, "addLayer"):

@@ -59,3 +59,40 @@ class IndexTask(QgsTask):
         r = self.report
         return (f"indexed {r.tiles_added} tiles ({r.skipped} skipped as nodata) in {r.seconds:.1f} s; "
                 f"index now holds {r.total_tiles} tiles")
+
+
+class SearchTask(QgsTask):
+    """One query off the main thread: reading and encoding it, ranking, the heat map and the tile VRTs all happen in
+    `run()` (the map keeps drawing); `finished()` hands the result object to `on_done` on the main thread, which
+    adds the layers. `superseded` marks a task whose result a newer query has made moot."""
+
+    def __init__(self, session, make_result, request, on_done, description: str = "RSIR: searching"):
+        super().__init__(description, QgsTask.CanCancel)
+        self.session, self.make_result, self.request, self.on_done = session, make_result, request, on_done
+        self.result = None
+        self.error: str | None = None
+        self.details: str = ""
+        self.superseded = False
+        self.seconds = 0.0
+
+    def run(self) -> bool:  # worker thread: no GUI, no layers
+        import time
+        import traceback
+
+        t0 = time.perf_counter()
+        try:
+            self.result = self.make_result(self.session, self.request)
+            return True
+        except errors.RsirError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - report, never crash QGIS
+            self.error = f"search failed: {type(exc).__name__}: {exc} (details in the RSIR log)"
+            self.details = traceback.format_exc()
+        finally:
+            self.seconds = time.perf_counter() - t0
+        return False
+
+    def finished(self, ok: bool) -> None:  # main thread
+        if self.details:
+            QgsMessageLog.logMessage(self.details, "RSIR", Qgis.Critical)
+        self.on_done(self)

@@ -41,6 +41,7 @@ def run():
         dock.k_spin.setValue(CFG.get("k", 5))
         dock.heat_check.setChecked(True)
         dock.box_tool.set_box(QgsRectangle(*CFG["box"]))
+        dock.wait()
         REPORT["layers"] = [child.name() for child in dock.last_group.children()]
         REPORT["hits"] = [h.tile_id for h in dock.last_result.hits]
         REPORT["table_rows"] = dock.table.rowCount()

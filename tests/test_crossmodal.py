@@ -366,6 +366,7 @@ def test_plugin_box_on_an_optical_layer_searches_the_sar_index(pair, sar_index, 
         x, y = (int(v) for v in load_pairs(_cfg(*pair, "unused", "crossmodal-ssl", 1))["train"].ids[0].split(","))
         x0, y1 = ORIGIN[0] + x * 10, ORIGIN[1] - y * 10
         dock.box_tool.set_box(QgsRectangle(x0, y1 - TILE * 10, x0 + TILE * 10, y1))
+        dock.wait()
         hits = dock.last_result.hits
         assert (hits[0].x, hits[0].y) == (x // 2, y // 2)  # the SAR tile under the box drawn on the optical layer
         hits_layer = dock.last_group.children()[1].layer()

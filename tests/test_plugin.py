@@ -31,6 +31,7 @@ def dock(qgis_iface, qgis_new_project):
     yield widget
     from qgis.PyQt import sip
 
+    widget.wait()  # no search task may outlive the dock it reports to
     widget._activate(None)
     for obj in (widget.box_tool, widget.pick_tool, widget):
         sip.delete(obj)  # now, not at exitQgis(): Qt objects left for QGIS's teardown crash it
@@ -43,6 +44,14 @@ def _raster_layer(path: str, iface) -> QgsRasterLayer:
     QgsProject.instance().addMapLayer(layer)
     iface.mapCanvas().setDestinationCrs(layer.crs())
     return layer
+
+
+def _done(dock, task):
+    """Wait for a search the dock started in the background; its result (None: it failed or never started)."""
+    if task is None:
+        return None
+    assert dock.wait()
+    return task.result
 
 
 def _critical(iface) -> list[str]:
@@ -64,6 +73,7 @@ def test_box_search_builds_the_layer_group(dock, indexed, twin_raster, qgis_ifac
     dock.tiles_spin.setValue(2)
     dock.heat_check.setChecked(True)
     dock.box_tool.set_box(BOX_00)  # as if the analyst dragged the box on the map
+    dock.wait()
     assert not _critical(qgis_iface)
     result, group = dock.last_result, dock.last_group
     assert group.name().startswith("RSIR ") and group.parent() == QgsProject.instance().layerTreeRoot()
@@ -110,10 +120,12 @@ def test_more_like_this_and_image_queries(dock, indexed, twin_raster, tmp_path, 
     # click at the centre of tile (0, 0), in the canvas CRS (the raster's UTM)
     from qgis.core import QgsPointXY
     dock.pick_tool.picked.emit(QgsPointXY(ORIGIN[0] + 320, ORIGIN[1] - 320))
+    dock.wait()
     assert dock.last_result.query.tile_id == 0 and dock.last_result.hits[0].tile_id == 14
     plain = [h.tile_id for h in dock.last_result.hits]
     dock.expand_spin.setValue(3)  # query expansion: the hits of the moved query, its description says so
     dock.pick_tool.picked.emit(QgsPointXY(ORIGIN[0] + 320, ORIGIN[1] - 320))
+    dock.wait()
     assert "expanded with its 3 nearest tiles" in dock.last_result.query.description
     from core.expansion import expand_query
     from core.queries import query_from_tile
@@ -126,6 +138,7 @@ def test_more_like_this_and_image_queries(dock, indexed, twin_raster, tmp_path, 
     dock.mode_combo.setCurrentIndex(1)
     dock.rerank_spin.setValue(6)
     dock.pick_tool.picked.emit(QgsPointXY(ORIGIN[0] + 320, ORIGIN[1] - 320))
+    dock.wait()
     want = search(index, query_from_tile(index, 0), k=len(plain), mode="hash", rerank=6)
     assert [h.tile_id for h in dock.last_result.hits] == [h.tile_id for h in want]
     scores = [h.score for h in dock.last_result.hits]
@@ -134,7 +147,7 @@ def test_more_like_this_and_image_queries(dock, indexed, twin_raster, tmp_path, 
     dock.rerank_spin.setValue(0)
     dock.mode_combo.setCurrentIndex(0)
     img = write_raster(str(tmp_path / "q.tif"), gdal.Open(twin_raster).ReadAsArray(0, 0, 64, 64), epsg=None)
-    result = dock.search_image(img)
+    result = _done(dock, dock.search_image(img))
     assert {h.tile_id for h in result.hits[:2]} == {0, 14}
 
 
@@ -150,13 +163,14 @@ def test_heat_map_that_cannot_be_drawn_leaves_the_hits_and_a_warning(dock, index
     dock.heat_check.setChecked(True)
     qgis_iface.messageBar().clear_messages()
     dock.box_tool.set_box(QgsRectangle(ORIGIN[0] + 50_000, ORIGIN[1] - 640, ORIGIN[0] + 50_640, ORIGIN[1]))
+    dock.wait()
     assert not _critical(qgis_iface)
     assert {h.tile_id for h in dock.last_result.hits} == {0, 14} and dock.last_result.heatmap_path is None
     assert [c.name() for c in dock.last_group.children()][:2] == ["query", "hits"]
     assert "similarity heat map" not in [c.name() for c in dock.last_group.children()]
     warning = qgis_iface.messageBar().get_messages(Qgis.Warning)[-1]
     assert "no heat map" in warning and "elsewhere.tif" in warning
-    result = dock.search_image(elsewhere)  # an image-file query has no raster to map either
+    result = _done(dock, dock.search_image(elsewhere))  # an image-file query has no raster to map either
     assert result.hits and "no heat map" in qgis_iface.messageBar().get_messages(Qgis.Warning)[-1]
 
 
@@ -175,7 +189,7 @@ def test_selected_polygon_query_and_zoom_to_hit(dock, indexed, twin_raster, qgis
     QgsProject.instance().addMapLayer(polys)
     assert dock.search_selected_feature(polys) is None and "Select a polygon" in _critical(qgis_iface)[-1]
     polys.selectAll()
-    result = dock.search_selected_feature(polys)
+    result = _done(dock, dock.search_selected_feature(polys))
     assert {h.tile_id for h in result.hits[:2]} == {0, 14}
     dock.zoom_to_hit(0)
     extent = qgis_iface.mapCanvas().extent()
@@ -190,7 +204,7 @@ def test_selected_polygon_query_and_zoom_to_hit(dock, indexed, twin_raster, qgis
     ell.dataProvider().addFeatures([feat])
     QgsProject.instance().addMapLayer(ell)
     ell.selectAll()
-    result = dock.search_selected_feature(ell)
+    result = _done(dock, dock.search_selected_feature(ell))
     assert "polygon" in result.query.description and "(2 x 2 tiles of 64 px, 3 averaged)" in result.query.description
     want = index.embeddings([0, 1, 4]).mean(axis=0)
     np.testing.assert_allclose(result.query.embedding, want / np.linalg.norm(want), atol=2e-3)
@@ -201,7 +215,7 @@ def test_selected_polygon_query_and_zoom_to_hit(dock, indexed, twin_raster, qgis
     both.dataProvider().addFeatures([feat, field])
     QgsProject.instance().addMapLayer(both)
     both.selectAll()
-    result = dock.search_selected_feature(both)
+    result = _done(dock, dock.search_selected_feature(both))
     assert result.query.description.startswith("2 polygons") and "(4 tiles averaged)" in result.query.description
     want = index.embeddings([0, 1, 4, 0]).mean(axis=0)
     np.testing.assert_allclose(result.query.embedding, want / np.linalg.norm(want), atol=3e-3)
@@ -216,6 +230,7 @@ def test_bad_input_gives_one_message_and_no_layers(dock, indexed, twin_raster, t
     dock.raster_combo.setLayer(layer)
     before = len(QgsProject.instance().layerTreeRoot().children())
     dock.box_tool.set_box(QgsRectangle(ORIGIN[0] - 320, ORIGIN[1] - 640, ORIGIN[0] + 320, ORIGIN[1]))
+    dock.wait()
     message = _critical(qgis_iface)[-1]
     # short enough to read in the message bar: the CRS by its code, not its WKT
     assert "extends beyond raster" in message and "(EPSG:32618)" in message and "PROJCS" not in message
@@ -223,6 +238,7 @@ def test_bad_input_gives_one_message_and_no_layers(dock, indexed, twin_raster, t
     gray = _raster_layer(write_raster(str(tmp_path / "gray.tif"), np.zeros((1, 256, 256), np.uint8)), qgis_iface)
     dock.raster_combo.setLayer(gray)
     dock.box_tool.set_box(BOX_00)
+    dock.wait()
     assert "gray.tif: has 1 band(s) but band 2 is needed" in _critical(qgis_iface)[-1]
     # degree-based CRS: works (box reprojected) but warns
     geo = write_raster(str(tmp_path / "geo.tif"), gdal.Open(twin_raster).ReadAsArray(), origin=(10.0, 1.0),
@@ -230,6 +246,7 @@ def test_bad_input_gives_one_message_and_no_layers(dock, indexed, twin_raster, t
     geo_layer = _raster_layer(geo, qgis_iface)
     dock.raster_combo.setLayer(geo_layer)
     dock.box_tool.set_box(QgsRectangle(10.0, 1.0 - 0.0064, 10.0064, 1.0))
+    dock.wait()
     assert "degree-based CRS" in bar.get_messages(Qgis.Warning)[-1]
     assert {h.tile_id for h in dock.last_result.hits[:2]} == {0, 14}
     layer_count = len(QgsProject.instance().layerTreeRoot().children())
@@ -449,8 +466,10 @@ def test_quiet_dock_one_visible_query_integer_legend_and_no_outputs_as_query_ras
     dock.k_spin.setValue(10)
     dock.tiles_spin.setValue(2)
     dock.box_tool.set_box(BOX_00)
+    dock.wait()
     first = dock.last_group
     dock.box_tool.set_box(BOX_00)
+    dock.wait()
     second = dock.last_group
     assert second.isVisible() and second.isExpanded()
     assert not first.itemVisibilityChecked() and not first.isExpanded()  # the older query hidden, folded
@@ -461,3 +480,22 @@ def test_quiet_dock_one_visible_query_integer_legend_and_no_outputs_as_query_ras
     # the hit tiles are rasters too, but not query rasters
     offered = [dock.raster_combo.layer(i) for i in range(dock.raster_combo.count())]
     assert [lyr.name() for lyr in offered] == [layer.name()]
+
+
+def test_searches_run_in_the_background_and_the_newest_query_wins(dock, indexed, twin_raster, qgis_iface):
+    layer = _raster_layer(twin_raster, qgis_iface)
+    dock.open_index(indexed)
+    dock.raster_combo.setLayer(layer)
+    root = QgsProject.instance().layerTreeRoot()
+    groups_before = len(root.children())
+    first = dock.box_tool.set_box(BOX_00)  # returns at once: the search runs in a QgsTask
+    assert dock.task is not None and not dock.busy.isHidden() and dock.status.text() == "Searching…"
+    box_33 = QgsRectangle(ORIGIN[0] + 1920, ORIGIN[1] - 2560, ORIGIN[0] + 2560, ORIGIN[1] - 1920)
+    dock.on_box(box_33)  # asked for while the first runs: it waits, and the first result is dropped
+    dock.on_box(BOX_00.buffered(-1))  # newer still: replaces the waiting one
+    assert dock.pending is not None
+    assert dock.wait()
+    assert len(root.children()) == groups_before + 1  # one result group: the newest query's
+    assert dock.last_result.query.description.startswith("box 500001,")
+    assert dock.busy.isHidden() and dock.status.text().endswith(" s") and "hits in" in dock.status.text()
+    del first
