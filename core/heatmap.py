@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from functools import reduce
 
 import numpy as np
 from osgeo import gdal
@@ -18,19 +17,19 @@ def _rectangle_sums(rows: int, cols: int, r0, c0, r1, c1, values) -> np.ndarray:
     """(rows, cols) grid where each rectangle [r0, r1) x [c0, c1) adds its value: corner marks on a difference
     grid, then cumulative sums along both axes - one pass however many tiles (a loop over 100k tiles froze
     QGIS for seconds)."""
-    diff = np.zeros((rows + 1, cols + 1), np.float64)
+    width, size = cols + 1, (rows + 1) * (cols + 1)
     values = np.asarray(values, np.float64)
-    np.add.at(diff, (r0, c0), values)
-    np.add.at(diff, (r0, c1), -values)
-    np.add.at(diff, (r1, c0), -values)
-    np.add.at(diff, (r1, c1), values)
+    corners = np.concatenate([r0 * width + c0, r0 * width + c1, r1 * width + c0, r1 * width + c1])
+    weights = np.concatenate([values, -values, -values, values])
+    diff = np.bincount(corners, weights, minlength=size).reshape(rows + 1, width)
     return diff.cumsum(axis=0).cumsum(axis=1)[:rows, :cols]
 
 
 def similarity_heatmap(index: Index, query_embedding: np.ndarray, source_path: str, out_path: str,
-                       max_cells: int = 4096) -> tuple[str, float, tuple[int, int]]:
+                       max_cells: int = 2048) -> tuple[str, float, tuple[int, int]]:
     """Write a float32 GeoTIFF of cosine scores over `source_path`'s extent, on a grid fine enough that every tile
-    window falls on cell edges (coarsened to at most `max_cells` cells a side); nodata where no tile was scored.
+    window falls on cell edges (coarsened to a quarter of the smallest tile and at most `max_cells` cells a side:
+    finer cells show nothing more of tiles that overlap every few pixels); nodata where no tile was scored.
     Returns (path, highest score, (x, y) source pixel of the best cell's corner)."""
     from .archive.sources import expand_archive, open_source
 
@@ -42,10 +41,10 @@ def similarity_heatmap(index: Index, query_embedding: np.ndarray, source_path: s
     ids, windows = index.source_windows(entry["id"])
     if not len(ids):
         raise RsirError(f"{source_path}: has no indexed tiles (all skipped as nodata)")
-    cell = reduce(math.gcd, windows.ravel().tolist())
-    cell = max(cell, math.ceil(max(entry["width"], entry["height"]) / max_cells))
+    cell = int(np.gcd.reduce(windows.ravel()))
+    cell = max(cell, math.ceil(max(entry["width"], entry["height"]) / max_cells), int(windows[:, 2:].min()) // 4)
     cols, rows = math.ceil(entry["width"] / cell), math.ceil(entry["height"] / cell)
-    scores = index.embeddings(ids) @ np.asarray(query_embedding, np.float32)
+    scores = index.scores(ids, query_embedding)
     x, y, w, h = windows.T
     r0, c0 = y // cell, x // cell
     r1, c1 = np.maximum(r0 + 1, (y + h) // cell), np.maximum(c0 + 1, (x + w) // cell)

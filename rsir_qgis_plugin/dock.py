@@ -314,7 +314,7 @@ class RsirDock(QDockWidget):
             self._error(task.error or "search failed")
             return
         try:
-            group = layers.add_result_group(task.result)
+            group = layers.add_result_group(task.result, layers=task.layers or None)
         except Exception as exc:  # noqa: BLE001 - never an exception dialog in QGIS
             QgsMessageLog.logMessage(traceback.format_exc(), "RSIR", Qgis.Critical)
             self._error(f"adding the result layers failed: {type(exc).__name__}: {exc}")

@@ -101,16 +101,29 @@ def heatmap_layer(path: str, vmin: float, vmax: float) -> QgsRasterLayer:
     return layer
 
 
-def add_result_group(result, project: QgsProject | None = None):
-    """Build every layer of a finished search (its files are written: only layer objects are made here, on the
-    main thread), then add them in one group at the top of the layer tree."""
-    project = project or QgsProject.instance()
+def result_layers(result) -> list:
+    """Every layer of a finished search, not yet in a project. A search task makes them in its worker thread and
+    hands them to the main thread: opening a tile VRT reads its source's headers (JPEG 2000 band files take tens of
+    milliseconds each), which is time the map must not wait."""
+    from qgis.core import QgsApplication
+
     layers = [query_layer(result.query), hits_layer(result.hits, "hits")]
     if result.radius_hits:
         layers.append(hits_layer(result.radius_hits, "hash results (Hamming radius)", colour_by="hamming"))
     layers += [QgsRasterLayer(path, name) for path, name in result.tile_vrts]  # written by the search
     if result.heatmap_path:
         layers.append(heatmap_layer(result.heatmap_path, result.heatmap_min, result.heatmap_max))
+    main = QgsApplication.instance().thread()
+    for layer in layers:
+        layer.moveToThread(main)  # a no-op on the main thread itself
+    return layers
+
+
+def add_result_group(result, project: QgsProject | None = None, layers: list | None = None):
+    """Add a search's layers (made by `result_layers`, here if not given) in one group at the top of the layer
+    tree."""
+    project = project or QgsProject.instance()
+    layers = layers if layers is not None else result_layers(result)
     root = project.layerTreeRoot()
     for older in root.children():  # earlier queries stay in the tree, hidden and folded, so layers never stack
         if older.name().startswith("RSIR ") and hasattr(older, "addLayer"):

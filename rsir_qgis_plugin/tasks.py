@@ -74,6 +74,7 @@ class SearchTask(QgsTask):
         self.details: str = ""
         self.superseded = False
         self.seconds = 0.0
+        self.layers: list = []
 
     def run(self) -> bool:  # worker thread: no GUI, no layers
         import time
@@ -82,6 +83,10 @@ class SearchTask(QgsTask):
         t0 = time.perf_counter()
         try:
             self.result = self.make_result(self.session, self.request)
+            if not self.superseded:
+                from .layers import result_layers
+
+                self.layers = result_layers(self.result)
             return True
         except errors.RsirError as exc:
             self.error = str(exc)

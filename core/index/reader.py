@@ -63,6 +63,7 @@ class Index:
         self._float = None
         self._binary = None
         self._gpkg = None
+        self._windows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _table(self, name: str, dtype, width: int) -> np.ndarray:
         path = layout.path(self.dir, name)
@@ -178,6 +179,19 @@ class Index:
     def embeddings(self, ids) -> np.ndarray:
         return l2_normalise(self._emb[self._check_ids(ids)].astype(np.float32))
 
+    def scores(self, ids: np.ndarray, query: np.ndarray, chunk: int = 65536) -> np.ndarray:
+        """Cosine similarity of `query` (unit, float32) to the tiles `ids` (sorted ascending), in chunks of the
+        memory-mapped table: a heat map over 100k tiles without a 100k x D float32 copy."""
+        ids = self._check_ids(ids)
+        query = np.asarray(query, np.float32)
+        out = np.empty(len(ids), np.float32)
+        for i in range(0, len(ids), chunk):
+            part = ids[i:i + chunk]
+            contiguous = len(part) and part[-1] - part[0] == len(part) - 1
+            rows = (self._emb[part[0]:part[-1] + 1] if contiguous else self._emb[part]).astype(np.float32)
+            out[i:i + chunk] = (rows @ query) / np.maximum(np.linalg.norm(rows, axis=1), 1e-12)
+        return out
+
     def all_embeddings(self) -> np.ndarray:
         """The float16 table itself (memory-mapped), row = tile id."""
         return self._emb
@@ -262,26 +276,35 @@ class Index:
             src_crs=feat.GetField("src_crs") or "", src_wkt=feat.GetField("src_wkt"),
             footprint_wkt=geom.ExportToWkt() if geom is not None else None)
 
-    def _sql(self, query: str, args=()) -> list[tuple]:
+    def _sql(self, query: str, args=(), batch: int = 4096) -> list[tuple]:
         """Rows of a read-only SQL query on tiles.gpkg (a GeoPackage is SQLite): whole columns in one call, not a
-        feature at a time through OGR; a connection of its own, so any thread may ask."""
+        feature at a time through OGR; a connection of its own, so any thread may ask. Fetched `batch` rows at a
+        time: one fetchall of 100k rows holds Python's lock long enough to freeze QGIS's map thread."""
         import sqlite3
 
         path = layout.path(self.dir, layout.TILES)
         try:
             con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
-                return con.execute(query, args).fetchall()
+                cursor, rows = con.execute(query, args), []
+                while part := cursor.fetchmany(batch):
+                    rows += part
+                return rows
             finally:
                 con.close()
         except sqlite3.Error as exc:
             raise RsirError(f"{path}: cannot be read ({exc})") from None
 
     def source_windows(self, source_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """(tile ids, (n, 4) x/y/w/h pixel windows) of one source, in tile order."""
-        rows = self._sql("SELECT fid, x, y, w, h FROM tiles WHERE source_id = ? ORDER BY fid", (int(source_id),))
-        table = np.asarray(rows, dtype=np.int64).reshape(-1, 5)
-        return table[:, 0], table[:, 1:]
+        """(tile ids, (n, 4) x/y/w/h pixel windows) of one source, in tile order; read once per open index (a
+        heat map per query must not re-read 100k rows) and kept as int32."""
+        if source_id not in self._windows:
+            rows = self._sql("SELECT fid, x, y, w, h FROM tiles WHERE source_id = ? ORDER BY fid",
+                             (int(source_id),))
+            table = np.concatenate([np.asarray(rows[i:i + 4096], np.int64).reshape(-1, 5)
+                                    for i in range(0, len(rows), 4096)] or [np.zeros((0, 5), np.int64)])
+            self._windows[source_id] = (table[:, 0], table[:, 1:].astype(np.int32))
+        return self._windows[source_id]
 
     def tile_at(self, lon: float, lat: float) -> int | None:
         """Id of the tile whose EPSG:4326 footprint contains (lon, lat), the one with the nearest centre where
