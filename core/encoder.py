@@ -240,6 +240,9 @@ def describe_method(meta: dict) -> str:
     if "rsir.input_size_range" in meta:
         lo, hi = json.loads(meta["rsir.input_size_range"])
         parts.append(f"input {lo}-{hi} px")
+    if "rsir.general_branch" in meta:
+        g = json.loads(meta["rsir.general_branch"])
+        parts.append(f"with a general ImageNet branch (PCA-{g.get('dims')}, weight {g.get('weight')})")
     if "rsir.invariance" in meta:
         parts.append(f"averaged over {meta['rsir.invariance']}")
     if "rsir.whitening" in meta:

@@ -92,6 +92,13 @@ def export_command(subparsers: argparse._SubParsersAction) -> None:
                    help="average the outputs over the input's 4 quarter turns (rot4) or those and their mirror "
                         "images (d4) inside the model: tiles and their rotated/flipped copies get the same "
                         "embedding and code, at 4x / 8x the encoding time (default: %(default)s)")
+    p.add_argument("--general-branch", type=float, default=0.0, metavar="WEIGHT",
+                   help="concatenate the untrained ImageNet network's features (PCA-reduced, fitted on the training "
+                        "images) to the trained embedding with this weight (0-1): keeps what training narrowed away, "
+                        "for land uses no training set named; the checkpoint must have model.frozen_blocks, whose "
+                        "blocks both branches share (default: off)")
+    p.add_argument("--general-dims", type=int, default=128, help="--general-branch: PCA dimensions (default: "
+                                                                 "%(default)s)")
     p.add_argument("--int8", metavar="ONNX", help="also write an int8 copy here (check it with rsir eval)")
     p.add_argument("--calibration", type=int, default=256, metavar="N",
                    help="--int8: calibrate activation ranges on N images of the checkpoint's training split "

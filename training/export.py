@@ -160,19 +160,26 @@ def _trained_metadata(ckpt: dict, cfg) -> dict[str, str]:
             "rsir.val_map100": f"{ckpt.get('val_map100', ckpt.get('best_map', float('nan'))):.3f}"}
 
 
-def export_checkpoint(checkpoint_path: str, out_path: str, invariance: str = "none") -> dict[str, str]:
+def export_checkpoint(checkpoint_path: str, out_path: str, invariance: str = "none",
+                      general: tuple[float, int] | None = None, log=None) -> dict[str, str]:
     """Export a `rsir train` checkpoint (best.pt or last.pt): its embedding, with the metadata core/ needs.
 
     `invariance` "rot4" / "d4" averages the outputs over the input's quarter turns (and mirror images) inside the
-    exported graph (training/models/invariant.py): orientation-invariant, at 4x / 8x the encoding cost."""
+    exported graph (training/models/invariant.py): orientation-invariant, at 4x / 8x the encoding cost.
+    `general` (weight, dims): concatenate the untrained ImageNet network's PCA-reduced features to the trained
+    embedding (training/general_branch.py)."""
     from . import checkpoint
     from .models.invariant import GroupAveraged
 
     ckpt = checkpoint.load(checkpoint_path)
     cfg = checkpoint.config_of(ckpt)
     multi = bool(ckpt.get("multi_label", False))
-    # multi-label models also export their classifier: its per-label scores are the query's predicted labels
-    net = checkpoint.model_from_checkpoint(ckpt).retrieval_net(with_classifier=multi)
+    extra = {}
+    if general:
+        net, extra = _with_general_branch(ckpt, cfg, *general, log=log)
+    else:
+        # multi-label models also export their classifier: its per-label scores are the query's predicted labels
+        net = checkpoint.model_from_checkpoint(ckpt).retrieval_net(with_classifier=multi)
     if invariance != "none":
         net = GroupAveraged(net, invariance)
     spec = ExportSpec(
@@ -180,9 +187,53 @@ def export_checkpoint(checkpoint_path: str, out_path: str, invariance: str = "no
         mean=list(ckpt["mean"]), std=list(ckpt["std"]), method=cfg.loss.name, class_names=list(ckpt["class_names"]),
         train_config=ckpt["config"], input_size_range=tuple(cfg.data.input_size_range) or None,
         extra={**_trained_metadata(ckpt, cfg), "rsir.label_kind": "multi" if multi else "single",
-               **({"rsir.invariance": invariance} if invariance != "none" else {})},
+               **({"rsir.invariance": invariance} if invariance != "none" else {}), **extra},
     )
     return export_onnx(net, spec, out_path)
+
+
+FIT_IMAGES_PER_SET = 4000  # training images per dataset the general branch's PCA is fitted on (stratified)
+
+
+def _with_general_branch(ckpt: dict, cfg, weight: float, dims: int, log=None):
+    """(the trained network with the general branch beside it, its metadata)."""
+    from core.errors import RsirError
+
+    from . import checkpoint
+    from .general_branch import GeneralAndTrained, fit_pca, pooled_features, shared_blocks_match
+    from .labelled_data import config_sets
+    from .models.efficientnet_lite import LITE_VARIANTS, efficientnet_lite
+
+    if cfg.model.backbone not in LITE_VARIANTS or len(cfg.data.bands) != 3:
+        raise RsirError(f"a general branch needs an RGB EfficientNet-Lite checkpoint, not {cfg.model.backbone} on "
+                        f"{len(cfg.data.bands)} bands")
+    if not 0 < weight < 1 or dims <= 0:
+        raise RsirError(f"general branch weight must be in (0, 1) and its dims positive, got {weight}, {dims}")
+    trained = checkpoint.model_from_checkpoint(ckpt)
+    imagenet = efficientnet_lite(cfg.model.backbone, pretrained=True).eval()
+    shared = cfg.model.frozen_blocks
+    if not shared_blocks_match(trained.backbone, imagenet, shared):
+        raise RsirError("the checkpoint's first blocks are not ImageNet's: train with model.frozen_blocks for a "
+                        "general branch that shares them")
+    mean_px = torch.tensor(ckpt["mean"], dtype=torch.float32)[None, :, None, None]
+    std_px = torch.tensor(ckpt["std"], dtype=torch.float32)[None, :, None, None]
+    sets = [data["train"].sample(FIT_IMAGES_PER_SET) for data in config_sets(cfg, ("train",))]
+    n = sum(len(s) for s in sets)
+    if log:
+        log(f"fitting the general branch's PCA-{dims} on the ImageNet features of {n} training images")
+
+    def batches():
+        for s in sets:
+            for i in range(0, len(s), 128):
+                x = torch.from_numpy(s.pixels[i:i + 128]).float() / float(cfg.data.scale)
+                yield (x - mean_px) / std_px
+
+    mean, projection = fit_pca(pooled_features(imagenet, batches()), dims)
+    net = GeneralAndTrained(trained, imagenet, shared, mean, projection, weight).eval()
+    meta = {"rsir.general_branch": json.dumps({"weight": weight, "dims": dims, "backbone": cfg.model.backbone,
+                                               "weights": "imagenet, untrained", "shared_blocks": shared,
+                                               "fit_images": n}, sort_keys=True)}
+    return net, meta
 
 
 def crossmodal_paths(out_path: str, modalities: list[str]) -> dict[str, str]:
@@ -238,6 +289,8 @@ class ExportOptions:
     int8: str | None = None
     calibration: int = 256  # int8: images to calibrate activation ranges on (0: weights only)
     half_weights: bool = False
+    general_branch: float = 0.0  # > 0: the weight of a general branch beside the trained embedding
+    general_dims: int = 128
 
 
 def export_files(opts: ExportOptions, log=print) -> list[str]:
@@ -258,7 +311,10 @@ def export_files(opts: ExportOptions, log=print) -> list[str]:
     if opts.pretrained:
         written = [_export_pretrained(opts, log)]
     else:
-        written = export_checkpoint_files(opts.checkpoint, opts.out, opts.invariance, log)
+        if opts.general_branch and ckpt.get("kind") == "crossmodal":
+            raise RsirError(f"{opts.checkpoint}: --general-branch is for single-model exports")
+        general = (opts.general_branch, opts.general_dims) if opts.general_branch else None
+        written = export_checkpoint_files(opts.checkpoint, opts.out, opts.invariance, log, general)
     if opts.int8:
         import os
 
@@ -302,7 +358,8 @@ def _export_pretrained(opts: ExportOptions, log) -> str:
     return opts.out
 
 
-def export_checkpoint_files(path: str, out: str, invariance: str = "none", log=print) -> list[str]:
+def export_checkpoint_files(path: str, out: str, invariance: str = "none", log=print,
+                            general: tuple[float, int] | None = None) -> list[str]:
     """Export `path` to `out` (a cross-modal checkpoint: one file per modality); returns the files written."""
     from core.errors import RsirError
 
@@ -317,7 +374,7 @@ def export_checkpoint_files(path: str, out: str, invariance: str = "none", log=p
             log(f"wrote {paths[m]}: {m} encoder ({meta['rsir.method']}, bands {meta['rsir.bands']}, "
                 f"{meta['rsir.embedding_dim']}-d, shared space {meta['rsir.shared_space'][:12]})")
         return [paths[m] for m in metas]
-    meta = export_checkpoint(path, out, invariance)
+    meta = export_checkpoint(path, out, invariance, general, log)
     sizes = (f"input {meta['rsir.input_size']} px" + (f" (any of {json.loads(meta['rsir.input_size_range'])[0]}-"
                                                        f"{json.loads(meta['rsir.input_size_range'])[1]})"
                                                        if "rsir.input_size_range" in meta else ""))

@@ -130,8 +130,18 @@ class EfficientNetLite(nn.Module):
         self._fc = nn.Linear(self.num_features, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features_from(self.prefix(x, 0), 0)
+
+    def prefix(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The stem and the first `n` blocks: the activations a network sharing them branches from."""
         x = self.act(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        for block in self._blocks[:n]:
+            x = block(x)
+        return x
+
+    def features_from(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The pooled features from the activations after block `n` (`prefix(x, n)`)."""
+        for block in self._blocks[n:]:
             x = block(x)
         x = self.act(self._bn1(self._conv_head(x)))
         return self._avg_pooling(x).flatten(1)

@@ -1,0 +1,70 @@
+"""The general branch (training/general_branch.py): the untrained ImageNet features beside the trained embedding,
+sharing the frozen first blocks; exported and run by core/ like any model."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.encoder import Encoder, describe_method
+from core.errors import RsirError
+from tests.rasters import write_class_folder
+from training.config import parse_config
+from training.export import export_checkpoint  # it checks onnxruntime against torch at every side it tries
+from training.general_branch import GeneralAndTrained, fit_pca, shared_blocks_match
+from training.models.efficientnet_lite import efficientnet_lite
+from training.models.factory import TrainNet
+from training.trainer import train
+
+
+def test_the_branches_share_the_prefix_and_concatenate_as_documented():
+    torch.manual_seed(0)
+    imagenet = efficientnet_lite("efficientnet_lite0", pretrained=False).eval()
+    trained = TrainNet(copy.deepcopy(imagenet), 16, frozen_blocks=3).eval()
+    with torch.no_grad():
+        for p in trained.backbone._blocks[5].parameters():  # training moved a later block
+            p.add_(0.05)
+    assert shared_blocks_match(trained.backbone, imagenet, 3) and not shared_blocks_match(trained.backbone,
+                                                                                          imagenet, 6)
+    feats = np.random.default_rng(0).normal(size=(50, 1280)).astype(np.float32)
+    mean, proj = fit_pca(feats, 8)
+    assert proj.shape == (1280, 8) and np.allclose(proj.T @ proj, np.eye(8), atol=1e-5)
+    net = GeneralAndTrained(trained, imagenet, 3, mean, proj, 0.3).eval()
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        out = net(x)
+        general = F.normalize((imagenet.features(x) - torch.from_numpy(mean)) @ torch.from_numpy(proj), dim=1)
+        specific = trained(x).emb
+    want = F.normalize(torch.cat([0.3 * general, 0.7 * specific], dim=1), dim=1)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
+    assert out.shape == (2, 24)
+
+
+@pytest.fixture(scope="module")
+def lite0_run(tmp_path_factory) -> str:
+    base = tmp_path_factory.mktemp("general")
+    data = write_class_folder(str(base / "data"), n_classes=3, per_class=12, size=32)
+    cfg = parse_config({"out_dir": str(base / "run"), "data": {"root": data, "input_size": 32,
+                                                               "input_size_range": [32, 48]},
+                        "model": {"backbone": "efficientnet_lite0", "embedding_dim": 16, "frozen_blocks": 4},
+                        "loss": {"name": "triplet-semi-hard"}, "optim": {"epochs": 1, "batch_size": 16}})
+    train(cfg, quiet=True)
+    return str(base / "run")
+
+
+def test_a_checkpoint_exports_with_its_general_branch(lite0_run, tmp_path):
+    out = str(tmp_path / "g.onnx")
+    meta = export_checkpoint(os.path.join(lite0_run, "best.pt"), out, general=(0.5, 8))
+    assert meta["rsir.embedding_dim"] == "24" and json.loads(meta["rsir.general_branch"])["shared_blocks"] == 4
+    enc = Encoder(out)
+    assert "with a general ImageNet branch (PCA-8, weight 0.5)" in describe_method(enc.info.metadata)
+    e32, _ = enc.encode(np.random.default_rng(0).uniform(0, 255, (2, 3, 32, 32)).astype(np.float32))
+    e48, _ = enc.encode(np.random.default_rng(0).uniform(0, 255, (2, 3, 48, 48)).astype(np.float32))
+    assert e32.shape == e48.shape == (2, 24)
+    with pytest.raises(RsirError, match="weight must be in"):
+        export_checkpoint(os.path.join(lite0_run, "best.pt"), str(tmp_path / "x.onnx"), general=(1.5, 8))

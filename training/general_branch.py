@@ -1,0 +1,70 @@
+"""A general branch beside the trained embedding: what the default model does to stay good on imagery and land
+uses no training set named (docs/results.md, "A default for imagery it was not trained on").
+
+Training on labelled classes separates those classes and narrows the network to them: on AID's 15 classes that no
+model here trains on, the trained embedding scored 44 mAP@100 where the untrained ImageNet features of the same
+network score 55, while on the trained classes it went from 53 to 91. The two are complementary, so the exported
+embedding is both, concatenated:
+
+    embedding = normalise([ w * normalise((f - mean) @ P),  (1 - w) * normalise(trained embedding) ])
+
+f: the untrained ImageNet network's pooled features, `mean` and `P` (PCA to `dims`) fitted on the training images;
+w the weight of the general part. With `model.frozen_blocks = k` the trained network's stem and first k blocks are
+ImageNet's own, so the two branches share them and part ways after block k: a second tail, not a second network.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models.efficientnet_lite import EfficientNetLite
+
+
+class GeneralAndTrained(nn.Module):
+    """Exported as the model: shared stem and first `shared` blocks, then the untrained tail (general) and the
+    trained tail (its embedding head), concatenated as above. Outputs the embedding only; codes come from
+    `rsir whiten --no-whitening --itq-codes BITS` on top."""
+
+    output_names = ["embedding"]
+
+    def __init__(self, trained: nn.Module, imagenet: EfficientNetLite, shared: int, mean: np.ndarray,
+                 projection: np.ndarray, weight: float):
+        super().__init__()
+        self.trained, self.imagenet, self.shared, self.weight = trained, imagenet, shared, float(weight)
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("projection", torch.as_tensor(projection, dtype=torch.float32))
+
+    def general(self, h: torch.Tensor) -> torch.Tensor:
+        return F.normalize((self.imagenet.features_from(h, self.shared) - self.mean) @ self.projection, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.imagenet.prefix(x, self.shared)  # = the trained network's own: those blocks stayed frozen
+        specific = F.normalize(self.trained.embed_head(self.trained.backbone.features_from(h, self.shared)), dim=1)
+        return F.normalize(torch.cat([self.weight * self.general(h), (1 - self.weight) * specific], dim=1), dim=1)
+
+
+def shared_blocks_match(trained_backbone: EfficientNetLite, imagenet: EfficientNetLite, n: int) -> bool:
+    """True when the stem and first `n` blocks of both hold the same weights and statistics."""
+    a = {k: v for k, v in trained_backbone.state_dict().items()}
+    b = imagenet.state_dict()
+    keys = [k for k in b if k.startswith(("_conv_stem", "_bn0")) or
+            (k.startswith("_blocks.") and int(k.split(".")[1]) < n)]
+    return all(torch.equal(a[k], b[k]) for k in keys)
+
+
+def fit_pca(features: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, (D, dims) projection onto the top principal directions) of `features` (N, D)."""
+    x = np.asarray(features, np.float64)
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    return mean.astype(np.float32), np.ascontiguousarray(vt[:dims].T, np.float32)
+
+
+@torch.no_grad()
+def pooled_features(net: EfficientNetLite, batches, log=None) -> np.ndarray:
+    """The pooled features of normalised image batches (an iterable of tensors)."""
+    net.eval()
+    out = [net.features(x).numpy() for x in batches]
+    return np.concatenate(out)
