@@ -1,7 +1,11 @@
 """Check the plugin's Python dependencies and install missing ones into a plugin-local folder.
 
 QGIS ships numpy and GDAL; onnxruntime and faiss usually have to be added. Installing goes to
-`<plugin>/python_deps` with `numpy<2` kept, so QGIS's own numpy-1.x-built GDAL keeps working.
+`<plugin>/python_deps`, appended to the path (QGIS's own packages keep precedence), with numpy pinned to the very
+version QGIS has already loaded: pip then picks the faiss-cpu and onnxruntime releases that declare support for it.
+(Debian 12's QGIS runs numpy 1.24, which a plugin cannot replace once QGIS has imported it; faiss-cpu 1.12 and
+later are built for numpy >= 1.25 and fail there with "No module named numpy._core", so an unpinned install left
+the plugin broken, also after a restart.)
 """
 from __future__ import annotations
 
@@ -40,19 +44,54 @@ def missing_message(missing: list[str], required: dict[str, str] | None = None) 
 
 
 def python_executable() -> str:
-    """The Python that runs QGIS (sys.executable is the qgis binary inside QGIS)."""
+    """The Python that runs QGIS, of the same version (inside QGIS sys.executable is the qgis binary; a python3
+    found on PATH may be another one, e.g. a pyenv shim)."""
     exe = sys.executable
     if os.path.basename(exe).startswith("python"):
         return exe
-    for cand in (os.path.join(sys.exec_prefix, "bin", "python3"), shutil.which("python3")):
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for cand in (os.path.join(sys.exec_prefix, "bin", version), os.path.join(sys.exec_prefix, "bin", "python3"),
+                 shutil.which(version)):
         if cand and os.path.exists(cand):
             return cand
-    return "python3"
+    return version
+
+
+# For a numpy older than 1.25 (Debian 12 / Ubuntu 22.04 QGIS): faiss-cpu 1.12 and later fail to import ("No module
+# named numpy._core"), 1.8 and 1.9 abort inside qgis_process (munmap_chunk in their std::regex), 1.10 and 1.11 work
+# although their metadata asks for numpy >= 1.25 - so they are installed without pip's dependency resolution, with
+# the dependencies they and onnxruntime 1.32 really have listed here (checked with /usr/bin/python3 and
+# qgis_process of Debian 12's QGIS 3.22; tests/test_installer.py repeats it).
+OLD_NUMPY_PINS = {"faiss": "faiss-cpu==1.11.0", "onnxruntime": "onnxruntime==1.32.0"}
+OLD_NUMPY_EXTRAS = ("packaging", "flatbuffers", "protobuf>=4.25.8")
+
+
+def loaded_numpy() -> str | None:
+    """The numpy version this Python has (QGIS imports it before any plugin, so it cannot be replaced)."""
+    try:
+        import numpy
+
+        return numpy.__version__
+    except ImportError:
+        return None
+
+
+def _old_numpy(version: str | None) -> bool:
+    major, minor = (int(p) for p in (version or "2.0").split(".")[:2])
+    return (major, minor) < (1, 25)
 
 
 def pip_install_command(missing: list[str], required: dict[str, str] | None = None) -> list[str]:
-    reqs = [(required or REQUIRED).get(m, m) for m in missing if m != "osgeo.gdal"]
-    return [python_executable(), "-m", "pip", "install", "--upgrade", "--target", DEPS_DIR, "numpy<2", *reqs]
+    """The command the installer runs, as shown to the user: numpy pinned to the loaded one, so pip picks the
+    releases that declare support for it; for numpy < 1.25 the tested pins above, without dependency resolution."""
+    wanted = [m for m in missing if m not in ("osgeo.gdal", "numpy")]
+    version = loaded_numpy()
+    base = [python_executable(), "-m", "pip", "install", "--upgrade", "--target", DEPS_DIR]
+    if version and _old_numpy(version) and required is None:
+        return base + ["--no-deps"] + [OLD_NUMPY_PINS.get(m, REQUIRED.get(m, m)) for m in wanted] + \
+            list(OLD_NUMPY_EXTRAS)
+    pin = f"numpy=={version}" if version else "numpy<2"
+    return base + [pin] + [(required or REQUIRED).get(m, m) for m in wanted]
 
 
 def pip_install(missing: list[str]) -> tuple[bool, str]:

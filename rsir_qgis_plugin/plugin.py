@@ -16,6 +16,7 @@ class RsirPlugin:
         self.provider = None
         self.action = None
         self.missing: list[str] = []
+        self.install_task = None
 
     def initProcessing(self) -> None:  # noqa: N802 - QGIS's name
         """The Processing provider alone: what qgis_process (scripts, batch servers, CI) loads, with no GUI; the
@@ -59,19 +60,32 @@ class RsirPlugin:
         item.layout().addWidget(button)
         bar.pushWidget(item, Qgis.Warning)
 
-    def install_dependencies(self) -> None:
-        cmd = " ".join(deps.pip_install_command(self.missing))
-        if QMessageBox.question(self.iface.mainWindow(), "RSIR", f"Install the missing packages with\n\n{cmd}\n\n"
-                                f"into {deps.DEPS_DIR}?") != QMessageBox.Yes:
-            return
-        ok, log = deps.pip_install(self.missing)
+    def install_dependencies(self, ask: bool = True):
+        """Run pip (the command shown is the one run) in a task with progress in QGIS's task manager; the dock
+        starts when the packages import."""
+        from .tasks import InstallTask
+
+        command = deps.pip_install_command(self.missing)
+        if ask and QMessageBox.question(self.iface.mainWindow(), "RSIR", "Install the missing packages with\n\n"
+                                        f"{' '.join(command)}\n\ninto {deps.DEPS_DIR}?") != QMessageBox.Yes:
+            return None
+        self.install_task = InstallTask(command, self._installed)
+        QgsApplication.taskManager().addTask(self.install_task)
+        self.iface.messageBar().pushMessage("RSIR", "Installing the Python packages in the background (see the "
+                                            "task manager)…", level=Qgis.Info, duration=5)
+        return self.install_task
+
+    def _installed(self, task) -> None:
+        import importlib
+
+        importlib.invalidate_caches()
         self.missing = deps.missing_modules()
-        if ok and not self.missing:
+        if task.ok and not self.missing:
             self.iface.messageBar().pushMessage("RSIR", "Dependencies installed.", level=Qgis.Success)
             self._start()
         else:
             self.iface.messageBar().pushMessage("RSIR", f"Installing failed; still missing {self.missing}. "
-                                                f"pip said: {log[-300:]}", level=Qgis.Critical)
+                                                f"pip said: {task.log[-300:]}", level=Qgis.Critical)
 
     def toggle_dock(self, checked: bool) -> None:
         if self.dock is None:

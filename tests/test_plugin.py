@@ -388,7 +388,19 @@ def test_missing_dependency_is_reported_not_fatal(qgis_iface, monkeypatch):
     assert plugin.missing == ["rsir_no_such_module"] and plugin.dock is None and plugin.provider is None
     item = qgis_iface.messageBar().currentItem()
     assert "rsir_no_such_module" in item.text() and "rsir-no-such-package" in item.text()
-    assert deps.pip_install_command(plugin.missing)[-2:] == ["numpy<2", "rsir-no-such-package"]
+    import sys
+
+    import numpy
+
+    command = deps.pip_install_command(plugin.missing)
+    # numpy pinned to the one QGIS has loaded: pip then picks faiss/onnxruntime releases that work with it
+    assert command[-2:] == [f"numpy=={numpy.__version__}", "rsir-no-such-package"]
+    assert command[0] == sys.executable or os.path.basename(command[0]).startswith("python3")
+    # Debian 12's QGIS runs numpy 1.24: the pins that import and run there, without pip's resolver
+    monkeypatch.setattr(deps, "loaded_numpy", lambda: "1.24.2")
+    old = deps.pip_install_command(["onnxruntime", "faiss"])
+    assert old[old.index("--no-deps"):] == ["--no-deps", "onnxruntime==1.32.0", "faiss-cpu==1.11.0", "packaging",
+                                            "flatbuffers", "protobuf>=4.25.8"]
     plugin.unload()
 
 
