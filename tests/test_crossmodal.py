@@ -362,7 +362,7 @@ def test_plugin_box_on_an_optical_layer_searches_the_sar_index(pair, sar_index, 
             "auto", "sar", "optical"]
         dock.raster_combo.setLayer(layer)
         dock.k_spin.setValue(3)
-        dock.tiles_spin.setValue(0)
+        dock.tiles_spin.setValue(2)
         x, y = (int(v) for v in load_pairs(_cfg(*pair, "unused", "crossmodal-ssl", 1))["train"].ids[0].split(","))
         x0, y1 = ORIGIN[0] + x * 10, ORIGIN[1] - y * 10
         dock.box_tool.set_box(QgsRectangle(x0, y1 - TILE * 10, x0 + TILE * 10, y1))
@@ -371,7 +371,9 @@ def test_plugin_box_on_an_optical_layer_searches_the_sar_index(pair, sar_index, 
         assert (hits[0].x, hits[0].y) == (x // 2, y // 2)  # the SAR tile under the box drawn on the optical layer
         hits_layer = dock.last_group.children()[1].layer()
         assert hits_layer.featureCount() == 3
+        assert all(child.layer().isValid() for child in dock.last_group.children())  # SAR tiles included
     finally:
+        dock.wait()
         dock._activate(None)
         for obj in (dock.box_tool, dock.pick_tool, dock):
             sip.delete(obj)

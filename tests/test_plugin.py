@@ -511,3 +511,50 @@ def test_searches_run_in_the_background_and_the_newest_query_wins(dock, indexed,
     assert dock.last_result.query.description.startswith("box 500001,")
     assert dock.busy.isHidden() and dock.status.text().endswith(" s") and "hits in" in dock.status.text()
     del first
+
+
+def _assert_all_valid(group) -> list[str]:
+    names = []
+    for child in group.children():
+        assert child.layer() is not None and child.layer().isValid(), child.name()
+        names.append(child.name())
+    return names
+
+
+def test_every_layer_is_valid_for_band_stack_and_patch_indexes(dock, tmp_path, tiny_model, qgis_iface):
+    """The hit tiles of a band-stack index were 'Unavailable layer!' (empty SourceFilename); those of a patch folder
+    must open too."""
+    import json
+
+    from tests.rasters import mosaic_with_twin, write_class_folder
+
+    data = mosaic_with_twin()
+    bands = []
+    for i, band in enumerate(data):
+        write_raster(str(tmp_path / f"b{i + 1}.tif"), band[None])
+        bands.append({"name": f"B{i + 1}", "path": f"b{i + 1}.tif"})
+    spec = tmp_path / "stack.json"
+    spec.write_text(json.dumps({"type": "rsir.band_stack", "bands": bands}))
+    stack_index = str(tmp_path / "stack_idx")
+    build_index([str(spec)], tiny_model, stack_index, BuildOptions(tile=64))
+    vrt = str(tmp_path / "stack.vrt")
+    gdal.BuildVRT(vrt, [str(tmp_path / f"b{i + 1}.tif") for i in range(3)], separate=True)
+    layer = _raster_layer(vrt, qgis_iface)  # as the analyst views a band stack in QGIS
+    dock.open_index(stack_index)
+    dock.raster_combo.setLayer(layer)
+    dock.tiles_spin.setValue(3)
+    dock.heat_check.setChecked(True)
+    dock.box_tool.set_box(BOX_00)
+    dock.wait()
+    assert not _critical(qgis_iface)
+    names = _assert_all_valid(dock.last_group)
+    assert sum(n.startswith("#") for n in names) == 3 and names[-1] == "similarity heat map"
+
+    patches = write_class_folder(str(tmp_path / "patches"), n_classes=2, per_class=4, size=32)
+    patch_index = str(tmp_path / "patch_idx")
+    build_index([patches], tiny_model, patch_index, BuildOptions())
+    dock.open_index(patch_index)
+    dock.heat_check.setChecked(False)
+    result = _done(dock, dock.search_image(os.path.join(patches, "class0", "img000.tif")))
+    assert result.hits[0].label == "class0"
+    assert sum(n.startswith("#") for n in _assert_all_valid(dock.last_group)) == 3
