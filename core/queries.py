@@ -35,7 +35,9 @@ class Query:
 
 
 def query_from_tile(index: Index, tile_id: int) -> Query:
-    return Query("tile", f"tile {tile_id}", index.embeddings([tile_id])[0], index.codes([tile_id])[0], tile_id=tile_id)
+    """An indexed tile as the query, with its footprint (the map shows and zooms to it like a drawn box)."""
+    return Query("tile", f"tile {tile_id}", index.embeddings([tile_id])[0], index.codes([tile_id])[0], tile_id=tile_id,
+                 footprint_wkt=index.tile(tile_id).footprint_wkt)
 
 
 def _query_reading(index: Index, encoder: Encoder, raster_path: str, ds, grid: list[dict], bands, scale, add_offset,
@@ -267,7 +269,9 @@ def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[floa
     size = input_side(index, encoder, grid)
     embedding, packed, used, pixels = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, size, raster)
     note, raw = _area_read(ds, chosen, win, parts, pixels, tile, used, size, raster)
-    description = f"{'polygon' if within else 'box'} {','.join(f'{v:.10g}' for v in bbox)} on {raster}{note}"
+    # a dragged box's corners carry float noise (637158.1234): metres to 0.1, degrees to 1e-6 say where it is
+    corners = ','.join(f"{round(v, 1 if abs(v) >= 1000 else 6):.10g}" for v in bbox)
+    description = f"{'polygon' if within else 'box'} {corners} on {raster}{note}"
     maker = FootprintMaker(ds)
     geo = maker.polygons(win)[1]
     if maker.srs is not None and maker.srs.IsGeographic():

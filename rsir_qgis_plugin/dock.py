@@ -29,6 +29,18 @@ def _off_spin(maximum: int, tooltip: str) -> QSpinBox:
     return spin
 
 
+def _bar_text(text: str, limit: int = 220) -> str:
+    """`text` for the one-line message bar: folders dropped from file paths (the whole text stays under "Show
+    more" and in the log), and a text still too long cut after a sentence or clause, with an ellipsis."""
+    import re
+
+    short = re.sub(r"(?<![\w.])(?:/[^/\s]+)+/([^/\s]+)", r"\1", text)
+    if len(short) <= limit:
+        return short
+    cut = max(short.rfind(sep, 0, limit) for sep in (". ", "; "))
+    return (short[:cut] if cut > 40 else short[:limit].rsplit(" ", 1)[0]) + " …"
+
+
 class RsirDock(QDockWidget):
     def __init__(self, iface, parent=None):
         super().__init__("RSIR image retrieval", parent)
@@ -146,6 +158,8 @@ class RsirDock(QDockWidget):
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.cellDoubleClicked.connect(lambda row, _col: self.zoom_to_hit(row))
+        self.table.verticalHeader().setVisible(False)  # the rank column numbers the rows
+        self.table.horizontalHeader().setStretchLastSection(True)
         root.addWidget(self.table)
         self.index_button = QPushButton("Build index…")
         self.index_button.clicked.connect(self._open_index_dialog)
@@ -178,7 +192,13 @@ class RsirDock(QDockWidget):
 
     # -- messages -------------------------------------------------------------------------------------------
     def _error(self, text: str) -> None:
-        self.iface.messageBar().pushMessage("RSIR", text, level=Qgis.Critical, duration=10)
+        """The message bar shows one line (`_bar_text`); all of the error is under "Show more" and in the RSIR
+        log."""
+        short = _bar_text(text)
+        if short == text:
+            self.iface.messageBar().pushMessage("RSIR", text, level=Qgis.Critical, duration=10)
+        else:
+            self.iface.messageBar().pushMessage("RSIR", short, text, level=Qgis.Critical, duration=15)
         QgsMessageLog.logMessage(text, "RSIR", Qgis.Critical)
 
     def _index_path_changed(self, path: str) -> None:
@@ -186,11 +206,15 @@ class RsirDock(QDockWidget):
 
         if os.path.isfile(os.path.join(path, "manifest.json")):
             self.open_index(path)
-        elif os.path.isdir(path) and self.session is None:
-            self.info.setText(f"{path} is not an rsir index (it has no manifest.json).")
+            return
+        still = f" Still open: {self.session.index.dir}." if self.session is not None else ""
+        if os.path.isdir(path):
+            self.info.setText(f"{path} is not an rsir index (it has no manifest.json).{still}")
         elif self.session is None:
             self.info.setText("Choose an index folder (it holds manifest.json; made by `rsir index` or Build "
                               "index…).")
+        else:
+            self.info.setText(f"{path}: no such folder.{still}")
 
     # -- actions (also the API the tests drive) -------------------------------------------------------------
     def open_index(self, path: str) -> bool:
@@ -201,6 +225,8 @@ class RsirDock(QDockWidget):
             self.info.setText("No index open.")
             self._error(str(exc))
             return False
+        self.last_result = None
+        self.table.setRowCount(0)  # the old index's hits are not this one's
         mods = self.session.modalities
         self.info.setText(self.session.describe() + (f"; cross-modal: queries from {', '.join(mods)}"
                                                      if len(mods) > 1 else ""))
@@ -305,6 +331,7 @@ class RsirDock(QDockWidget):
 
     def _search_done(self, task) -> None:
         self.task = None
+        self.box_tool.clearRubberBand()  # the query layer outlines the box from now on
         self.busy.setVisible(False)
         self.status.setText("")
         if self.pending is not None:  # a newer query is waiting: this result is moot
@@ -339,11 +366,13 @@ class RsirDock(QDockWidget):
         return self.task is None and self.pending is None
 
     def _fill_table(self, hits) -> None:
+        self.table.clearSelection()  # a row chosen in the last results is not a hit of these
         self.table.setRowCount(len(hits))
         for row, h in enumerate(hits):
             values = (h.rank, h.tile_id, f"{h.score:.4f}", h.hamming, h.label, h.source.rsplit("/", 1)[-1])
             for col, value in enumerate(values):
                 self.table.setItem(row, col, QTableWidgetItem(str(value)))
+        self.table.resizeColumnsToContents()
 
     def zoom_to_hit(self, row: int) -> None:
         if self.last_result is None or row >= len(self.last_result.hits):

@@ -6,7 +6,9 @@ try:  # packaged plugin
     from .core import default_model, encoder, errors, expansion, heatmap, hits_io, modality, queries, search, tile_vrt
     from .core.archive import footprints, sources, value_check
     from .core.index import builder, reader
-except ImportError:  # development checkout
+except ModuleNotFoundError as exc:
+    if exc.name != f"{__package__}.core":  # the packaged core is there but lacks a dependency (faiss...): say that
+        raise
     from core import default_model, encoder, errors, expansion, heatmap, hits_io, modality, queries, search, tile_vrt
     from core.archive import footprints, sources, value_check
     from core.index import builder, reader

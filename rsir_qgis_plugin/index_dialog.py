@@ -8,6 +8,7 @@ from qgis.PyQt.QtWidgets import (QDialog, QDialogButtonBox, QDoubleSpinBox, QFil
 from qgis.PyQt.QtCore import Qt
 
 from .engine import builder, default_model_path, encoder, errors, sources, value_check
+from .layers import OUTPUT_PROPERTY
 from .tasks import IndexTask
 
 
@@ -20,12 +21,18 @@ class IndexDialog(QDialog):
         self.task: IndexTask | None = None
         root = QVBoxLayout(self)
         self.source_list = QListWidget()
-        for layer in QgsProject.instance().mapLayers().values():
-            if layer.type() == QgsMapLayerType.RasterLayer:
-                item = QListWidgetItem(f"{layer.name()}  ({layer.source()})")
-                item.setData(Qt.UserRole, layer.source())
-                item.setCheckState(Qt.Unchecked)
-                self.source_list.addItem(item)
+        self.source_list.setMinimumHeight(140)
+        active = iface.activeLayer() if hasattr(iface, "activeLayer") else None
+        rasters = [layer for layer in QgsProject.instance().mapLayers().values()
+                   if layer.type() == QgsMapLayerType.RasterLayer and not layer.customProperty(OUTPUT_PROPERTY)]
+        # the plugin's own outputs (hit tiles, heat maps) are not archive imagery; the active raster (else the
+        # first) starts checked, the usual case being "index what I am looking at"
+        chosen = active if active in rasters else (rasters[0] if rasters else None)
+        for layer in rasters:
+            item = QListWidgetItem(f"{layer.name()}  ({layer.source()})")
+            item.setData(Qt.UserRole, layer.source())
+            item.setCheckState(Qt.Checked if layer is chosen else Qt.Unchecked)
+            self.source_list.addItem(item)
         add_files, add_folder = QPushButton("Add files…"), QPushButton("Add patch folder…")
         add_files.clicked.connect(self._add_files)
         add_folder.clicked.connect(self._add_folder)

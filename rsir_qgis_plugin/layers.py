@@ -5,8 +5,8 @@ import os
 
 from qgis.core import (QgsColorRampShader, QgsFeature, QgsField, QgsFillSymbol, QgsGeometry, QgsGradientColorRamp,
                        QgsGraduatedSymbolRenderer, QgsPalLayerSettings, QgsProject, QgsRasterLayer, QgsRasterShader,
-                       QgsRendererRange, QgsSingleBandPseudoColorRenderer, QgsVectorLayer,
-                       QgsVectorLayerSimpleLabeling)
+                       QgsRendererRange, QgsSingleBandPseudoColorRenderer, QgsTextBufferSettings, QgsTextFormat,
+                       QgsVectorLayer, QgsVectorLayerSimpleLabeling)
 from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QColor
 
@@ -43,9 +43,17 @@ def hits_layer(hits, name: str, colour_by: str = "rank") -> QgsVectorLayer:
     layer.updateExtents()
     if len(hits) > 1:
         layer.setRenderer(_integer_classes(colour_by, [getattr(h, colour_by) for h in hits]))
-    layer.setOpacity(0.6)  # the imagery and the heat map stay visible under the footprints
     labels = QgsPalLayerSettings()
     labels.fieldName = colour_by
+    text = QgsTextFormat()  # white on a dark halo: readable over dark fills and bright imagery alike
+    text.setColor(QColor("white"))
+    text.setSize(10)
+    halo = QgsTextBufferSettings()
+    halo.setEnabled(True)
+    halo.setColor(QColor(30, 30, 30))
+    halo.setSize(1.0)
+    text.setBuffer(halo)
+    labels.setFormat(text)
     layer.setLabeling(QgsVectorLayerSimpleLabeling(labels))
     layer.setLabelsEnabled(True)
     return layer
@@ -66,8 +74,10 @@ def _integer_classes(field: str, values: list[int]) -> QgsGraduatedSymbolRendere
     ramp = QgsGradientColorRamp(QColor(215, 25, 28), QColor(43, 131, 186))
     out = []
     for i, (a, b) in enumerate(ranges):
-        symbol = QgsFillSymbol.createSimple({"color": "255,0,0,90", "outline_width": "0.6"})
-        symbol.setColor(ramp.color(i / max(1, len(ranges) - 1)))
+        colour = ramp.color(i / max(1, len(ranges) - 1))
+        # a light wash and a strong outline: the tile's imagery stays readable under its footprint
+        symbol = QgsFillSymbol.createSimple({"color": f"{colour.red()},{colour.green()},{colour.blue()},40",
+                                             "outline_color": colour.name(), "outline_width": "0.6"})
         # half-open bounds so whole numbers fall in exactly one class
         out.append(QgsRendererRange(a - 0.5, b + 0.5, symbol, str(a) if a == b else f"{a}-{b}"))
     return QgsGraduatedSymbolRenderer(field, out)

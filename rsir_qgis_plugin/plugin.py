@@ -63,7 +63,7 @@ class RsirPlugin:
     def install_dependencies(self, ask: bool = True):
         """Run pip (the command shown is the one run) in a task with progress in QGIS's task manager; the dock
         starts when the packages import."""
-        from .tasks import InstallTask
+        from .install_task import InstallTask
 
         command = deps.pip_install_command(self.missing)
         if ask and QMessageBox.question(self.iface.mainWindow(), "RSIR", "Install the missing packages with\n\n"
@@ -89,8 +89,9 @@ class RsirPlugin:
 
     def toggle_dock(self, checked: bool) -> None:
         if self.dock is None:
-            if self.missing:
-                self.iface.messageBar().pushMessage("RSIR", deps.missing_message(self.missing), level=Qgis.Warning)
+            self.action.setChecked(False)
+            if self.missing:  # the warning again, with its Install… button (the first one may have been closed)
+                self._offer_install()
             return
         self.dock.setVisible(checked)
 

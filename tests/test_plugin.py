@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 from osgeo import gdal
-from qgis.core import Qgis, QgsApplication, QgsProject, QgsRasterLayer, QgsRectangle
+from qgis.core import Qgis, QgsApplication, QgsGeometry, QgsProject, QgsRasterLayer, QgsRectangle
 
 from core.index import BuildOptions, Index, build_index
 from tests.rasters import ORIGIN, write_raster
@@ -122,6 +122,12 @@ def test_more_like_this_and_image_queries(dock, indexed, twin_raster, tmp_path, 
     dock.pick_tool.picked.emit(QgsPointXY(ORIGIN[0] + 320, ORIGIN[1] - 320))
     dock.wait()
     assert dock.last_result.query.tile_id == 0 and dock.last_result.hits[0].tile_id == 14
+    # the query layer shows the picked tile's footprint (it had no geometry: zooming to it failed)
+    query_layer = next(n.layer() for n in dock.last_group.findLayers() if n.layer().name() == "query")
+    query_geom = next(query_layer.getFeatures()).geometry()
+    assert not query_geom.isEmpty()
+    assert query_geom.boundingBox().toString(6) == QgsGeometry.fromWkt(
+        dock.session.index.tile(0).footprint_wkt).boundingBox().toString(6)
     plain = [h.tile_id for h in dock.last_result.hits]
     dock.expand_spin.setValue(3)  # query expansion: the hits of the moved query, its description says so
     dock.pick_tool.picked.emit(QgsPointXY(ORIGIN[0] + 320, ORIGIN[1] - 320))
@@ -149,6 +155,9 @@ def test_more_like_this_and_image_queries(dock, indexed, twin_raster, tmp_path, 
     img = write_raster(str(tmp_path / "q.tif"), gdal.Open(twin_raster).ReadAsArray(0, 0, 64, 64), epsg=None)
     result = _done(dock, dock.search_image(img))
     assert {h.tile_id for h in result.hits[:2]} == {0, 14}
+    assert dock.table.rowCount() == len(result.hits) and dock.table.item(0, 0).text() == "1"
+    dock.open_index(indexed)  # another (here: the same) index opened: the old hits leave the table
+    assert dock.table.rowCount() == 0 and dock.last_result is None
 
 
 def test_heat_map_that_cannot_be_drawn_leaves_the_hits_and_a_warning(dock, indexed, twin_raster, tmp_path,
@@ -404,6 +413,41 @@ def test_missing_dependency_is_reported_not_fatal(qgis_iface, monkeypatch):
     plugin.unload()
 
 
+INSTALL_WITHOUT_FAISS = r"""
+import sys, time
+sys.modules["faiss"] = sys.modules["onnxruntime"] = None  # stock QGIS: neither is installed, so importing fails
+from qgis.core import QgsApplication
+app = QgsApplication([], False); app.initQgis()
+from rsir_qgis_plugin import deps, plugin
+from rsir_qgis_plugin.install_task import InstallTask
+print("missing", deps.missing_modules())
+done = []
+task = InstallTask([sys.executable, "-c", "print('pip would run here')"], done.append)
+QgsApplication.taskManager().addTask(task)
+t0 = time.time()
+while not done and time.time() - t0 < 60:
+    QgsApplication.processEvents(); time.sleep(0.05)
+print("ok", done[0].ok, done[0].log.strip())
+"""
+
+
+def test_the_installer_starts_where_faiss_and_onnxruntime_are_missing(tmp_path):
+    """The Install… button runs exactly when faiss/onnxruntime are absent: its task must not import core (it did,
+    through the indexing task's module, and failed with 'No module named faiss')."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "install.py"
+    script.write_text(INSTALL_WITHOUT_FAISS)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "missing ['onnxruntime', 'faiss']" in out.stdout
+    assert "ok True pip would run here" in out.stdout
+
+
 def test_index_dialog_starts_a_task_over_loaded_layers(tmp_path, twin_raster, tiny_model, qgis_iface,
                                                        qgis_new_project):
     import time
@@ -413,14 +457,19 @@ def test_index_dialog_starts_a_task_over_loaded_layers(tmp_path, twin_raster, ti
     from rsir_qgis_plugin.index_dialog import IndexDialog
 
     _raster_layer(twin_raster, qgis_iface)
+    output = QgsRasterLayer(twin_raster, "hit 1: tile 14")  # a result layer of the plugin is not offered
+    output.setCustomProperty("rsir/output", True)
+    QgsProject.instance().addMapLayer(output)
     qgis_iface.messageBar().clear_messages()
     built = []
     dialog = IndexDialog(qgis_iface, on_built=built.append)  # the dock passes its open_index
-    assert dialog.source_list.count() == 1  # the loaded raster layer is offered
+    assert dialog.source_list.count() == 1  # the loaded raster layer is offered, checked
+    assert dialog.source_list.item(0).checkState() == Qt.Checked and "hit 1" not in dialog.source_list.item(0).text()
     from rsir_qgis_plugin.engine import default_model_path
 
     assert dialog.model.filePath() == default_model_path() != ""  # starts on the shipped model
-    dialog.start()  # nothing chosen yet: a message, no task
+    dialog.source_list.item(0).setCheckState(Qt.Unchecked)
+    dialog.start()  # nothing chosen: a message, no task
     assert dialog.task is None and "Choose sources" in qgis_iface.messageBar().get_messages(Qgis.Warning)[-1]
     dialog.source_list.item(0).setCheckState(Qt.Checked)
     dialog.model.setFilePath(tiny_model)
@@ -457,7 +506,8 @@ def test_index_dialog_suggests_the_scale_of_a_16_bit_source(tmp_path, tiny_model
     _raster_layer(raster, qgis_iface)
     dialog = IndexDialog(qgis_iface)
     dialog.model.setFilePath(tiny_model)
-    assert dialog.suggest_scale() is None  # nothing chosen yet
+    dialog.source_list.item(0).setCheckState(Qt.Unchecked)
+    assert dialog.suggest_scale() is None  # nothing chosen
     dialog.source_list.item(0).setCheckState(Qt.Checked)
     assert dialog.suggest_scale() == 3000 and dialog.options().scale == 3000  # 98 % of 500..3050 below ~2900
     assert "value scale set to 3000" in qgis_iface.messageBar().get_messages(Qgis.Info)[-1]
@@ -473,7 +523,10 @@ def test_quiet_dock_one_visible_query_integer_legend_and_no_outputs_as_query_ras
         dock.index_widget.setFilePath(partial)
     assert not _critical(qgis_iface) and dock.session is not None and dock.session.index.dir == indexed
     dock.index_widget.setFilePath(str(tmp_path))  # an existing folder that is no index: said, index kept
-    assert "is not an rsir index" not in dock.info.text() and dock.session.index.dir == indexed
+    assert dock.info.text() == f"{tmp_path} is not an rsir index (it has no manifest.json). Still open: {indexed}."
+    assert dock.session.index.dir == indexed and not _critical(qgis_iface)
+    dock.index_widget.setFilePath(indexed)
+    assert dock.info.text().startswith(dock.session.describe()[:20])
     dock.raster_combo.setLayer(layer)
     dock.k_spin.setValue(10)
     dock.tiles_spin.setValue(2)

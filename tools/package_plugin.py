@@ -4,9 +4,9 @@
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import os
-import sys
 import tempfile
 import zipfile
 
@@ -52,6 +52,16 @@ def build(out_path: str) -> list[str]:
     return names
 
 
-if __name__ == "__main__":
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "dist", "rsir_qgis_plugin.zip")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the installable QGIS plugin zip (the plugin, a copy of "
+                                     "core/, the shipped models and metadata.txt).")
+    parser.add_argument("out", nargs="?", default=os.path.join(ROOT, "dist", "rsir_qgis_plugin.zip"),
+                        help="zip to write (default: dist/rsir_qgis_plugin.zip)")
+    out = parser.parse_args(argv).out
+    if not out.endswith(".zip"):
+        parser.error(f"{out}: the plugin zip's name must end in .zip")
     print(f"wrote {out} ({len(build(out))} files)")
+
+
+if __name__ == "__main__":
+    main()
