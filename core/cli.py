@@ -73,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gsd", type=float, default=None,
                    help="resample to this ground resolution (CRS units per pixel) before tiling")
     p.add_argument("--max-invalid", type=float, default=0.5,
-                   help="skip tiles whose share of nodata/empty pixels exceeds this")
+                   help="skip tiles whose share of nodata pixels exceeds this")
+    p.add_argument("--nodata", type=float, default=None,
+                   help="pixel value (in every band) that is empty in sources declaring no nodata of their own, "
+                        "e.g. 0 for the fill around a scene (default: such sources have no empty pixels; a zero, "
+                        "like radar water, is data)")
     p.add_argument("--float-factory", default=None, help="faiss factory string for the float index "
                    "(default: Flat up to 200k tiles, IVF above)")
     p.add_argument("--binary-factory", default=None, help="faiss factory string for the binary index "
@@ -150,7 +154,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     opts = BuildOptions(tile=args.tile, stride=args.stride, gsd=args.gsd, bands=parse_band_list(args.bands),
                         input_size=args.input_size,
-                        scale=args.scale, add_offset=args.add_offset, max_invalid=args.max_invalid,
+                        scale=args.scale, add_offset=args.add_offset, max_invalid=args.max_invalid, nodata=args.nodata,
                         float_factory=args.float_factory, binary_factory=args.binary_factory,
                         checkpoint_every=args.checkpoint_every,
                         device=args.device, threads=args.threads, batch_size=args.batch_size)

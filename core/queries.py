@@ -134,7 +134,8 @@ def _encode_parts(index: Index, encoder: Encoder, ds, bands: list, parts: list[T
     the index allows unless all have."""
     pixels = np.stack([read_window(ds, bands, w, size, what) for w in parts])
     if len(parts) > 1:
-        valid = [invalid_fraction(ds, bands, w, p) <= index.manifest["tiling"].get("max_invalid", 0.5)
+        tiling = index.manifest["tiling"]
+        valid = [invalid_fraction(ds, bands, w, p, tiling.get("nodata")) <= tiling.get("max_invalid", 0.5)
                  for w, p in zip(parts, pixels)]
         if any(valid):
             pixels = pixels[np.asarray(valid)]

@@ -6,10 +6,19 @@ from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtWidgets import (QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
                                  QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout)
 from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QDoubleValidator
 
 from .engine import builder, default_model_path, encoder, errors, sources, value_check
 from .layers import OUTPUT_PROPERTY
 from .tasks import IndexTask
+
+
+def _number(text: str) -> float | None:
+    """The number typed, or None (empty, or still being typed: "-")."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 class IndexDialog(QDialog):
@@ -60,6 +69,11 @@ class IndexDialog(QDialog):
         self.offset.setToolTip("Added to raw pixel values before they are divided by the scale, e.g. -1000 for "
                                "Sentinel-2 products of processing baseline 04.00 and later; a band-stack spec's own "
                                "add_offset wins")
+        self.nodata = QLineEdit()
+        self.nodata.setPlaceholderText("the file's own (zeros are data)")
+        self.nodata.setValidator(QDoubleValidator())
+        self.nodata.setToolTip("Pixel value (in every band) that is empty in sources declaring no nodata of their "
+                               "own, e.g. 0 for the fill around a scene. Left empty, a zero is data (radar water).")
         self.suggest = QPushButton("Suggest")
         self.suggest.setToolTip("Sample the first chosen source and set the scale that maps its bright end near 1 "
                                 "(16-bit imagery read with an 8-bit model's 255 makes every tile look alike)")
@@ -70,7 +84,7 @@ class IndexDialog(QDialog):
         form = QFormLayout()
         for label, widget in (("Model (.onnx)", self.model), ("Index folder", self.out), ("Tile (px)", self.tile),
                               ("Stride (px)", self.stride), ("Bands", self.bands), ("Value scale", scale_row),
-                              ("Value offset", self.offset)):
+                              ("Value offset", self.offset), ("Nodata value", self.nodata)):
             form.addRow(label, widget)
         root.addLayout(form)
         box = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
@@ -120,7 +134,8 @@ class IndexDialog(QDialog):
     def options(self) -> builder.BuildOptions:
         return builder.BuildOptions(tile=self.tile.value(), stride=self.stride.value(),
                                     bands=sources.parse_band_list(self.bands.text()),
-                                    scale=self.scale.value() or None, add_offset=self.offset.value() or None)
+                                    scale=self.scale.value() or None, add_offset=self.offset.value() or None,
+                                    nodata=_number(self.nodata.text()))
 
     def start(self) -> None:
         srcs, model, out = self.chosen_sources(), self.model.filePath(), self.out.filePath()

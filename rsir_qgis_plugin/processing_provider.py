@@ -114,6 +114,9 @@ class BuildIndex(_Base):
         self.addParameter(QgsProcessingParameterNumber("ADD_OFFSET", "Value offset: added to raw values before the "
                                                        "scale (-1000 for Sentinel-2 baseline 04.00+)",
                                                        QgsProcessingParameterNumber.Double, 0.0))
+        self.addParameter(QgsProcessingParameterNumber("NODATA", "Nodata value of sources that declare none, e.g. 0 "
+                                                       "for scene fill (empty: zeros are data)",
+                                                       QgsProcessingParameterNumber.Double, optional=True))
         self.addParameter(QgsProcessingParameterFile("OUT", "Index folder", behavior=QgsProcessingParameterFile.Folder))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -122,7 +125,9 @@ class BuildIndex(_Base):
         opts = builder.BuildOptions(tile=self.parameterAsInt(parameters, "TILE", context),
                                     stride=self.parameterAsInt(parameters, "STRIDE", context),
                                     scale=self.parameterAsDouble(parameters, "SCALE", context) or None,
-                                    add_offset=self.parameterAsDouble(parameters, "ADD_OFFSET", context) or None)
+                                    add_offset=self.parameterAsDouble(parameters, "ADD_OFFSET", context) or None,
+                                    nodata=(self.parameterAsDouble(parameters, "NODATA", context)
+                                            if parameters.get("NODATA") not in (None, "") else None))
         try:
             model = self.parameterAsFile(parameters, "MODEL", context) or default_model_path()
             if not model:

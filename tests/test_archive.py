@@ -83,10 +83,14 @@ def test_nodata_and_empty_fractions(tmp_path):
     data[:, :32, :32] = 0
     with_nodata = open_raster(write_raster(str(tmp_path / "nd.tif"), data, nodata=0))
     no_nodata = open_raster(write_raster(str(tmp_path / "plain.tif"), data))
-    for ds in (with_nodata, no_nodata):
-        left, right = TileWindow(0, 0, 64, 64), TileWindow(64, 0, 64, 64)
-        assert invalid_fraction(ds, [1, 2, 3], left, read_window(ds, [1, 2, 3], left, 64)) == pytest.approx(0.25)
-        assert invalid_fraction(ds, [1, 2, 3], right, read_window(ds, [1, 2, 3], right, 64)) == 1.0
+    left, right = TileWindow(0, 0, 64, 64), TileWindow(64, 0, 64, 64)
+    # the file's own nodata, or the value the user names for a file that declares none
+    for ds, told in ((with_nodata, None), (with_nodata, 7), (no_nodata, 0)):
+        assert invalid_fraction(ds, [1, 2, 3], left, read_window(ds, [1, 2, 3], left, 64), told) == \
+            pytest.approx(0.25)
+        assert invalid_fraction(ds, [1, 2, 3], right, read_window(ds, [1, 2, 3], right, 64), told) == 1.0
+    # a file that declares none, and nothing named: zeros are data
+    assert invalid_fraction(no_nodata, [1, 2, 3], right, read_window(no_nodata, [1, 2, 3], right, 64)) == 0.0
 
 
 def test_gsd_resampling_converts_tile_size_to_source_pixels(tmp_path):

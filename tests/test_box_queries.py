@@ -69,10 +69,10 @@ def test_a_two_tile_box_is_the_mean_of_its_tiles(twin_index, twin_raster, tiny_m
 
 def test_nodata_tiles_of_a_box_are_left_out(tmp_path, tiny_model):
     img = mosaic_with_twin()
-    img[:, :, 128:] = 0  # the right half is empty (no nodata value: all-zero pixels count as empty)
+    img[:, :, 128:] = 0  # the right half is scene fill: the raster declares no nodata, the index run says 0
     raster = write_raster(str(tmp_path / "half.tif"), img)
     out = str(tmp_path / "idx")
-    build_index([raster], tiny_model, out, BuildOptions(tile=64))
+    build_index([raster], tiny_model, out, BuildOptions(tile=64, nodata=0))
     index = Index(out)
     assert index.n == 8  # the empty tiles were skipped
     query = query_from_box(index, Encoder(tiny_model), raster, _box(0, 1, cols=2))  # tiles (0,1) and (0,2)

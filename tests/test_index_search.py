@@ -145,6 +145,25 @@ def _snapshot(idx_dir: str) -> dict:
             "sources": [{k: v for k, v in s.items()} for s in index.sources]}
 
 
+def test_zero_pixels_are_data_unless_declared_nodata(tmp_path, tiny_model):
+    """Calibrated radar is 0 over open water: a raster without nodata keeps its zero-heavy tiles (a lake query must
+    find them); the declared nodata value, or --nodata for a fill value the file does not declare, makes them
+    empty."""
+    data = mosaic_with_twin()
+    data[:, :64, :64] = 0                 # tile (0, 0): all zero, like a radar lake
+    data[:, 64:128, :48] = 0              # tile (1, 0): its left three quarters zero
+    raster = write_raster(str(tmp_path / "radar.tif"), data)
+    plain = build_index([raster], tiny_model, str(tmp_path / "plain"), BuildOptions(tile=64))
+    assert (plain.tiles_added, plain.skipped) == (16, 0)
+    assert "nodata" not in Index(str(tmp_path / "plain")).manifest["tiling"]
+    told = build_index([raster], tiny_model, str(tmp_path / "told"), BuildOptions(tile=64, nodata=0))
+    assert (told.tiles_added, told.skipped) == (14, 2)
+    assert Index(str(tmp_path / "told")).manifest["tiling"]["nodata"] == 0
+    declared = write_raster(str(tmp_path / "declared.tif"), data, nodata=0)
+    own = build_index([declared], tiny_model, str(tmp_path / "own"), BuildOptions(tile=64))
+    assert (own.tiles_added, own.skipped) == (14, 2)
+
+
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny_model):
     data = np.concatenate([mosaic_with_twin(seed=s) for s in range(3)], axis=1)  # 768 x 256: 48 tiles
     data[:, 256:320, :] = 0  # one row of empty tiles, skipped

@@ -308,14 +308,16 @@ def test_processing_algorithms(tmp_path, twin_raster, tiny_model, qgis_processin
         res = processing.run("rsir:buildindex", {"SOURCES": [layer], "MODEL": tiny_model, "TILE": 64, "STRIDE": 64,
                                                  "OUT": out})
         assert res["TILES"] == 16 and os.path.exists(os.path.join(out, "manifest.json"))
+        assert "nodata" not in Index(out).manifest["tiling"]  # no NODATA given: zeros are data
         # a 16-bit copy stored with +1000, indexed with the offset that undoes it: the same vectors
         shifted = write_raster(str(tmp_path / "shifted.tif"),
                                gdal.Open(twin_raster).ReadAsArray().astype(np.uint16) + 1000)
         res = processing.run("rsir:buildindex", {"SOURCES": [QgsRasterLayer(shifted, "shifted")], "MODEL": tiny_model,
                                                  "TILE": 64, "STRIDE": 64, "SCALE": 255, "ADD_OFFSET": -1000,
-                                                 "OUT": str(tmp_path / "shifted_idx")})
+                                                 "NODATA": 0, "OUT": str(tmp_path / "shifted_idx")})
         shifted_index = Index(str(tmp_path / "shifted_idx"))
-        assert shifted_index.manifest["tiling"]["add_offset"] == -1000
+        tiling = shifted_index.manifest["tiling"]
+        assert (tiling["add_offset"], tiling["nodata"]) == (-1000, 0)
         np.testing.assert_allclose(shifted_index.embeddings(list(range(16))), Index(out).embeddings(list(range(16))),
                                    atol=2e-3)
         extent = f"{BOX_00.xMinimum()},{BOX_00.xMaximum()},{BOX_00.yMinimum()},{BOX_00.yMaximum()} [EPSG:32618]"
@@ -482,6 +484,10 @@ def test_index_dialog_starts_a_task_over_loaded_layers(tmp_path, twin_raster, ti
     dialog.offset.setValue(-1000)
     assert dialog.options().add_offset == -1000
     dialog.offset.setValue(0)
+    dialog.nodata.setText("0")
+    assert dialog.options().nodata == 0.0
+    dialog.nodata.setText("")
+    assert dialog.options().nodata is None
     dialog.start()
     for _ in range(600):
         QgsApplication.processEvents()

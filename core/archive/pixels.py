@@ -26,9 +26,11 @@ def resample_array(arr: np.ndarray, size: int, what: str = "array") -> np.ndarra
                        TileWindow(0, 0, arr.shape[2], arr.shape[1]), size, what)
 
 
-def invalid_fraction(ds: gdal.Dataset, bands: list[int], win: TileWindow, pixels: np.ndarray) -> float:
-    """Share of the tile's pixels that are nodata (GDAL masks: nodata value, alpha, mask band) in any band,
-    or, for rasters with no nodata at all, exactly zero in every band (the fill around scenes)."""
+def invalid_fraction(ds: gdal.Dataset, bands: list[int], win: TileWindow, pixels: np.ndarray,
+                     nodata: float | None = None) -> float:
+    """Share of the tile's pixels that are nodata (GDAL masks: nodata value, alpha, mask band) in any band. A
+    raster that declares none has no empty pixels, unless `nodata` names its fill value (the value in every band):
+    a zero is data (radar water is 0 after calibration), and only what the data or the user declares is empty."""
     size = pixels.shape[-1]
     invalid = np.zeros((size, size), dtype=bool)
     any_mask = False
@@ -39,6 +41,6 @@ def invalid_fraction(ds: gdal.Dataset, bands: list[int], win: TileWindow, pixels
         any_mask = True
         mask = band.GetMaskBand().ReadAsArray(win.x, win.y, win.w, win.h, buf_xsize=size, buf_ysize=size)
         invalid |= mask == 0
-    if not any_mask:
-        invalid = np.all(pixels == 0, axis=0)
+    if not any_mask and nodata is not None:
+        invalid = np.all(pixels == np.float32(nodata), axis=0)
     return float(invalid.mean())

@@ -45,7 +45,8 @@ class BuildOptions:
     input_size: int | None = None       # encode every tile at this side (default: the model's rule, `source_size`)
     scale: float | None = None          # override the model's value scale for sources without their own
     add_offset: float | None = None     # added to raw values before the scale, for sources without their own
-    max_invalid: float = 0.5            # skip tiles with more nodata/empty pixels than this share
+    max_invalid: float = 0.5            # skip tiles with more nodata pixels than this share
+    nodata: float | None = None         # fill value of sources that declare no nodata (else: none is empty)
     float_factory: str | None = None    # faiss factory strings; default chosen by size
     binary_factory: str | None = None
     checkpoint_every: int = 2048        # windows per checkpoint
@@ -58,6 +59,7 @@ class BuildOptions:
                 "scale": self.scale, "max_invalid": self.max_invalid,
                 # only when set, so indexes and unfinished runs from before the options keep matching
                 **({"add_offset": self.add_offset} if self.add_offset else {}),
+                **({"nodata": self.nodata} if self.nodata is not None else {}),
                 **({"input_size": self.input_size} if self.input_size else {})}
 
 
@@ -228,7 +230,7 @@ def _encode(plan, encoder, opts, partial, state, state_path, progress, cancel) -
             for si, win in chunk[start:start + opts.batch_size]:
                 ds = dataset(si)
                 raw = read_window(ds, plan[si]["bands"], win, plan[si]["input_size"], plan[si]["path"])
-                if invalid_fraction(ds, plan[si]["bands"], win, raw) > opts.max_invalid:
+                if invalid_fraction(ds, plan[si]["bands"], win, raw, opts.nodata) > opts.max_invalid:
                     skipped_here[si] += 1
                     continue
                 batch_pix, batch_meta = by_size.setdefault(plan[si]["input_size"], ([], []))
