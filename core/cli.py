@@ -321,8 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .archive.gdal_open import gdal_messages_once
+
     try:
-        return args.func(args) or 0
+        with gdal_messages_once():
+            return args.func(args) or 0
     except Cancelled as exc:
         print(f"rsir {args.command}: {exc}", file=sys.stderr)
         return 130

@@ -51,6 +51,7 @@ class RsirDock(QDockWidget):
         self.last_group = None
         self.task = None      # the search running in the background
         self.pending = None   # the newest query asked for meanwhile
+        self.warned: set[str] = set()  # warnings shown for the open index
         canvas = iface.mapCanvas()
         self.box_tool, self.pick_tool = BoxTool(canvas), PickTool(canvas)
         self.box_tool.boxDrawn.connect(self.on_box)
@@ -226,6 +227,7 @@ class RsirDock(QDockWidget):
             self._error(str(exc))
             return False
         self.last_result = None
+        self.warned.clear()
         self.table.setRowCount(0)  # the old index's hits are not this one's
         mods = self.session.modalities
         self.info.setText(self.session.describe() + (f"; cross-modal: queries from {', '.join(mods)}"
@@ -350,7 +352,9 @@ class RsirDock(QDockWidget):
         self._fill_table(task.result.hits)
         self.status.setText(f"{len(task.result.hits)} hits in {task.seconds:.2f} s")
         for warning in task.result.warnings:
-            self.iface.messageBar().pushMessage("RSIR", warning, level=Qgis.Warning, duration=8)
+            if warning not in self.warned:  # said once per open index: the tenth box on a source needs no repeat
+                self.warned.add(warning)
+                self.iface.messageBar().pushMessage("RSIR", warning, level=Qgis.Warning, duration=8)
 
     def wait(self, timeout: float = 120.0) -> bool:
         """Process events until no search runs or waits (for tests and scripts); False on timeout."""

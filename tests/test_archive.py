@@ -117,3 +117,21 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(RsirError, match="missing.tif: no such file"):
         open_source(expand_archive([str(spec)])[0])
     assert ogr  # OGR is imported by the footprint code under test
+
+
+def test_gdal_messages_print_once_each(capsys):
+    """A GeoTIFF whose CRS keys differ from the EPSG registry made GDAL warn on every footprint and search: the
+    command line prints each distinct message once."""
+    from osgeo import gdal
+
+    from core.archive.gdal_open import gdal_messages_once
+
+    with gdal_messages_once():
+        for _ in range(3):
+            gdal.Error(gdal.CE_Warning, 1, "The definition of geographic CRS EPSG:4326 got from GeoTIFF keys ...")
+        gdal.Error(gdal.CE_Warning, 1, "another warning")
+        gdal.Error(gdal.CE_Debug, 1, "debug chatter")
+    gdal.Error(gdal.CE_Warning, 1, "after the block: GDAL's own handler again")
+    err = capsys.readouterr().err
+    assert err.count("GDAL warning: The definition of geographic CRS EPSG:4326") == 1
+    assert "GDAL warning: another warning" in err and "debug chatter" not in err and "after the block" not in err

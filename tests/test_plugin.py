@@ -258,8 +258,11 @@ def test_bad_input_gives_one_message_and_no_layers(dock, indexed, twin_raster, t
     dock.wait()
     assert "degree-based CRS" in bar.get_messages(Qgis.Warning)[-1]
     assert {h.tile_id for h in dock.last_result.hits[:2]} == {0, 14}
+    dock.box_tool.set_box(QgsRectangle(10.0, 1.0 - 0.0064, 10.0064, 1.0))  # the same source again: said once
+    dock.wait()
+    assert sum("degree-based CRS" in m for m in bar.get_messages(Qgis.Warning)) == 1
     layer_count = len(QgsProject.instance().layerTreeRoot().children())
-    assert layer_count == before + 2 + 1  # gray and geo layers, one successful result group; failures added none
+    assert layer_count == before + 2 + 2  # gray and geo layers, two result groups; failures added none
 
 
 def test_index_task_runs_and_resumes_after_cancel(tmp_path, twin_raster, tiny_model, qgis_new_project):

@@ -1,7 +1,9 @@
 """Open rasters with GDAL and turn its failures into RsirError messages naming the file."""
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 from osgeo import gdal
 
@@ -37,3 +39,23 @@ def read_array(ds: gdal.Dataset, what: str, **kwargs):
     if arr is None:
         raise RsirError(f"{what}: reading pixels failed ({msg or 'unknown GDAL error'})")
     return arr
+
+
+@contextlib.contextmanager
+def gdal_messages_once(stream=None):
+    """GDAL's warnings and errors printed once each while the block runs, not once per call: a GeoTIFF whose CRS
+    keys differ from the EPSG registry warned on every footprint, tile and search. For command-line runs; QGIS
+    keeps its own handler (its log)."""
+    seen: set[tuple[int, str]] = set()
+
+    def handler(err_class, _err_no, message):
+        if err_class >= gdal.CE_Warning and (err_class, message) not in seen:
+            seen.add((err_class, message))
+            kind = "warning" if err_class == gdal.CE_Warning else "error"
+            print(f"GDAL {kind}: {message}", file=stream or sys.stderr)
+
+    gdal.PushErrorHandler(handler)
+    try:
+        yield seen
+    finally:
+        gdal.PopErrorHandler()
