@@ -112,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "resampled to the model input, instead of as index-sized tiles whose embeddings are "
                         "averaged (the default)")
     p.add_argument("--model", default=None,
-                   help="ONNX model for image/box queries (default: the model recorded in the index)")
+                   help="ONNX model for image/box queries (default: the index's own, or for a cross-modal index "
+                        "the encoder of the query's modality, see --modality)")
+    p.add_argument("--modality", default="auto",
+                   help="cross-modal indexes: which encoder reads the query (e.g. optical, sar). auto: the index's "
+                        "own for its sources, else the raster's RSIR_MODALITY tag or sensor metadata, else its band "
+                        "count; a guess is said")
     p.add_argument("-k", type=int, default=20, help="number of hits")
     p.add_argument("--hash", action="store_true", help="rank by Hamming distance of the binary codes")
     p.add_argument("--radius", type=int, default=None, help="with --hash: every tile within this Hamming distance")
@@ -205,6 +210,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         model = args.model or index.model["path"]
         if not os.path.exists(model):
             raise RsirError(f"{model}: the index's model is not there any more; pass --model")
+        said = []
+        if not args.model:  # a cross-modal index: the encoder of the query's modality
+            from .modality import choose_for_path, modality_models
+
+            encoders = modality_models(index.model_info)
+            choice = choose_for_path(index, encoders, args.image or args.raster, args.modality,
+                                     how_to_choose="pass --modality")
+            model, said = encoders[choice.modality].path, [choice.warning] if choice.warning else []
+            if len(encoders) > 1:
+                print(f"query read with the {choice.modality} encoder ({choice.reason})")
         encoder = Encoder(model, device=args.device, threads=args.threads)
         if args.image:
             query = query_from_image(index, encoder, args.image, bands, args.scale, args.add_offset,
@@ -218,6 +233,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         else:
             query = query_from_box(index, encoder, args.raster, args.bbox, args.crs, bands, args.scale,
                                    args.add_offset, whole=args.whole_box)
+        query.warnings[:0] = said
     mode = "hash" if args.hash else "float"
     query = expand_query(index, query, args.expand, mode, args.nprobe)
     hits = search(index, query, k=args.k, mode=mode, radius=args.radius, nprobe=args.nprobe, rerank=args.rerank)

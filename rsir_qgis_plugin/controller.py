@@ -81,17 +81,18 @@ class RetrievalSession:
             self._encoders[(device, which)] = core_encoder.Encoder(model, device=device)
         return self._encoders[(device, which)]
 
-    def query_modality(self, raster: str, req: SearchRequest) -> str:
-        """The modality of a query raster: the user's choice, else detected from its band count."""
+    def query_modality(self, raster: str, req: SearchRequest):
+        """How a query raster is read (core.modality.ModalityChoice): the user's choice, else what the index, the
+        raster's metadata and its band count tell, with a warning when that is a guess."""
         if len(self.modality_models) == 1 and req.query_modality in ("auto", self.index.model_info.modality):
-            return self.index.model_info.modality
-        from osgeo import gdal
+            return modality.ModalityChoice(self.index.model_info.modality, "the index has one encoder")
+        return modality.choose_for_path(self.index, self.modality_models, raster, req.query_modality,
+                                        how_to_choose="set Query modality in the dock")
 
-        ds = gdal.OpenEx(raster, gdal.OF_RASTER)
-        if ds is None:
-            raise errors.RsirError(f"{raster}: GDAL cannot open it as a raster")
-        return modality.pick_query_modality(self.index.model_info, self.modality_models, ds.RasterCount,
-                                            req.query_modality, os.path.basename(raster))
+    def _query_encoder(self, raster: str, req: SearchRequest):
+        """(encoder, warnings) for a box, polygon or image query from `raster`."""
+        choice = self.query_modality(raster, req)
+        return self.encoder(req.device, choice.modality), [choice.warning] if choice.warning else []
 
     def summary(self) -> dict:
         m = self.index.manifest
@@ -114,14 +115,16 @@ class RetrievalSession:
     def search_box(self, raster: str, box: tuple[float, float, float, float], box_crs: str,
                    req: SearchRequest, within: str | None = None) -> SearchResult:
         """`within`: a polygon (WKT in `box_crs`) whose bounding box `box` is; only its tiles are averaged."""
-        enc = self.encoder(req.device, self.query_modality(raster, req))
+        enc, said = self._query_encoder(raster, req)
         query = queries.query_from_box(self.index, enc, raster, box, box_crs, whole=req.whole_box, within=within)
+        query.warnings[:0] = said
         return self._finish(query, req, raster)
 
     def search_polygons(self, raster: str, polygons: list[str], crs: str, req: SearchRequest) -> SearchResult:
         """Several polygons (WKT in `crs`) as one query: the tiles inside each, averaged together."""
-        enc = self.encoder(req.device, self.query_modality(raster, req))
+        enc, said = self._query_encoder(raster, req)
         query = queries.query_from_polygons(self.index, enc, raster, polygons, crs)
+        query.warnings[:0] = said
         return self._finish(query, req, raster)
 
     def search_tile(self, tile_id: int, req: SearchRequest) -> SearchResult:
@@ -129,8 +132,9 @@ class RetrievalSession:
         return self._finish(query, req, self.index.tile(tile_id).source)
 
     def search_image(self, path: str, req: SearchRequest) -> SearchResult:
-        query = queries.query_from_image(self.index, self.encoder(req.device, self.query_modality(path, req)), path,
-                                        whole=req.whole_box)
+        enc, said = self._query_encoder(path, req)
+        query = queries.query_from_image(self.index, enc, path, whole=req.whole_box)
+        query.warnings[:0] = said
         in_index = self.index.source_entry(path) is not None
         return self._finish(query, req, path if in_index else None)
 

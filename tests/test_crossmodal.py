@@ -5,6 +5,7 @@ other."""
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from core.encoder import Encoder
 from core.errors import RsirError
 from core.index.builder import BuildOptions, build_index
 from core.index.reader import Index
+from core.modality import ModalityChoice
 from core.queries import query_from_box
 from core.search import search
 from tests.rasters import ORIGIN, tile_pattern, write_polygons, write_raster
@@ -336,6 +338,57 @@ def sar_index(pair, ssl_models, tmp_path) -> str:
     return out
 
 
+def test_query_modality_from_what_is_known_and_said_when_guessed(pair, sar_index, tmp_path):
+    """Band count cannot tell a Pauli RGB radar composite from an RGB photo: the index's sources, a modality tag or
+    sensor metadata decide; a guess between encoders that take the same bands is said, with how to change it."""
+    import dataclasses
+
+    from osgeo import gdal
+
+    from core.modality import choose_for_path, modality_models
+
+    index = Index(sar_index)
+    encoders = modality_models(index.model_info)
+    # both encoders take 3 bands here, as for a Pauli RGB radar index queried from an RGB orthophoto
+    same = dict(encoders, sar=dataclasses.replace(encoders["sar"], bands=[1, 2, 3]))
+    a, _ = pair
+    guess = choose_for_path(index, same, a, how_to_choose="pass --modality")
+    assert (guess.modality, guess.reason) == ("sar", "guessed")
+    assert guess.warning.startswith("optical.tif is not a source of this index and its 3 bands fit the optical and "
+                                    "sar encoders: read as sar (the index's own); if it is optical, pass --modality")
+    own = choose_for_path(index, same, os.path.join(os.path.dirname(sar_index), "sar_grid.tif"))
+    assert (own.modality, own.warning) == ("sar", None)  # an indexed source: the index's encoder, no doubt
+    tagged = write_raster(str(tmp_path / "tagged.tif"), gdal.Open(a).ReadAsArray())
+    ds = gdal.Open(tagged, gdal.GA_Update)
+    ds.SetMetadataItem("RSIR_MODALITY", "optical")
+    ds = None
+    assert choose_for_path(index, same, tagged) == ModalityChoice("optical", "its RSIR_MODALITY tag")
+    ds = gdal.Open(tagged, gdal.GA_Update)
+    ds.SetMetadata({"MISSION": "SENTINEL-1A", "POLARISATION": "VV"})  # the tag replaced by sensor metadata
+    ds = None
+    assert choose_for_path(index, same, tagged) == ModalityChoice("sar", "its metadata")
+    assert choose_for_path(index, same, tagged, "optical").modality == "optical"  # the user's choice wins
+    ds = gdal.Open(tagged, gdal.GA_Update)
+    ds.SetMetadata({"RSIR_MODALITY": "lidar"})
+    ds = None
+    with pytest.raises(RsirError, match="tagged.tif: its RSIR_MODALITY tag says lidar, but this index has encoders "
+                                        "for optical, sar"):
+        choose_for_path(index, same, tagged)
+
+
+
+def test_cli_box_on_the_optical_raster_uses_the_optical_encoder(pair, sar_index, capsys):
+    """Without --model the optical box over a SAR index was read with the SAR encoder, silently."""
+    from core.cli import main
+
+    a, _ = pair
+    box = f"{ORIGIN[0]},{ORIGIN[1] - 320},{ORIGIN[0] + 320},{ORIGIN[1]}"
+    assert main(["search", sar_index, "--bbox", box, "--raster", a, "-k", "3"]) == 0
+    assert "query read with the optical encoder (its 3 band(s))" in capsys.readouterr().out
+    assert main(["search", sar_index, "--bbox", box, "--raster", a, "-k", "3", "--modality", "sar"]) == 0
+    assert "query read with the sar encoder (chosen)" in capsys.readouterr().out  # the user's word wins
+
+
 def test_plugin_box_on_an_optical_layer_searches_the_sar_index(pair, sar_index, qgis_iface, qgis_new_project):
     from qgis.core import QgsProject, QgsRasterLayer, QgsRectangle
     from qgis.PyQt import sip
@@ -347,8 +400,9 @@ def test_plugin_box_on_an_optical_layer_searches_the_sar_index(pair, sar_index, 
     a, _ = pair
     session = RetrievalSession(sar_index)
     assert session.modalities == ["sar", "optical"]
-    assert session.query_modality(a, SearchRequest()) == "optical"  # 3 bands: the optical encoder
-    assert session.query_modality(sar_index + "/../sar_grid.tif", SearchRequest()) == "sar"
+    # 3 bands: only the optical encoder takes them, so nothing to say
+    assert session.query_modality(a, SearchRequest()) == ModalityChoice("optical", "its 3 band(s)")
+    assert session.query_modality(sar_index + "/../sar_grid.tif", SearchRequest()).modality == "sar"
     with pytest.raises(RsirError, match="no lidar encoder"):
         session.query_modality(a, SearchRequest(query_modality="lidar"))
 
