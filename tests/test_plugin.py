@@ -328,6 +328,17 @@ def test_processing_algorithms(tmp_path, twin_raster, tiny_model, qgis_processin
                                                      "HASH": False, "OUTPUT": "memory:"})
         feats = sorted(res["OUTPUT"].getFeatures(), key=lambda f: f["rank"])
         assert {feats[0]["tile_id"], feats[1]["tile_id"]} == {0, 14}
+        # west of Greenwich and south of the equator: an extent of negative numbers, as QGIS writes it
+        from tests.rasters import mosaic_with_twin
+        south_west = write_raster(str(tmp_path / "south_west.tif"), mosaic_with_twin(), origin=(-60.0, -30.0),
+                                  gsd=0.0001, epsg=4326)
+        sw_layer = QgsRasterLayer(south_west, "south west")
+        processing.run("rsir:buildindex", {"SOURCES": [sw_layer], "MODEL": tiny_model, "TILE": 64, "STRIDE": 64,
+                                           "OUT": str(tmp_path / "sw_idx")})
+        res = processing.run("rsir:searchbyextent", {"INDEX": str(tmp_path / "sw_idx"), "RASTER": sw_layer,
+                                                     "EXTENT": "-60.0,-59.9936,-30.0064,-30.0 [EPSG:4326]", "K": 2,
+                                                     "HASH": False, "OUTPUT": "memory:"})
+        assert {f["tile_id"] for f in res["OUTPUT"].getFeatures()} == {0, 14}
         # polygons in batch: a field over tile (0, 0) and an L over tiles 0, 1 and 4, each with its own hits
         from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
         fields_layer = QgsVectorLayer("Polygon?crs=EPSG:32618", "fields", "memory")
