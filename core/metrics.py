@@ -86,3 +86,19 @@ def ndcg_at_k(shared: np.ndarray, ideal: np.ndarray, k: int) -> np.ndarray:
 def hamming_loss(predicted: np.ndarray, truth: np.ndarray) -> float:
     """Share of (image, label) decisions the classifier gets wrong: mean of predicted XOR true (0/1 matrices)."""
     return float(np.mean(np.asarray(predicted, bool) != np.asarray(truth, bool)))
+
+
+def same_place_ranks(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
+    """1-based rank of each query's own item (row i of `database` belongs to query i: the same place seen by the
+    other sensor) when the database is ranked by cosine similarity (rows L2-normalised). Ties count against the
+    query: a hub tile that scores as high as the true partner is ranked first."""
+    scores = queries @ database.T
+    own = np.einsum("ij,ij->i", queries, database)
+    return (scores >= own[:, None] - 1e-6).sum(axis=1)  # the own item counts itself: rank 1 when none beats it
+
+
+def same_place_summary(ranks: np.ndarray, ks: tuple[int, ...] = (1, 10)) -> dict[str, float]:
+    """Recall@k of the own place (share of queries whose partner ranks k or better, in %) and the median rank."""
+    out = {f"same-place R@{k}": float(100.0 * np.mean(ranks <= k)) for k in ks}
+    out["median rank"] = float(np.median(ranks))
+    return out

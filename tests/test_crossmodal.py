@@ -211,6 +211,13 @@ def test_eval_pairs_scores_both_directions_next_to_the_untrained_baseline(pair, 
     assert 2 < rows["chance (random ranking)"]["map"] < 30
     assert rows["ImageNet Lite0 (untrained): optical -> sar"]["map"] < 60
     assert "mAP@10 (optical -> sar) = 100.00" in printed
+    # the instance-level table: partners ranked first, so R@1 100 and median rank 1 both ways
+    same = json.load(open(out / "results.json"))["same_place"]
+    assert [(r["features"], r["direction"]) for r in same][:2] == [("model", "optical -> sar"),
+                                                                    ("model", "sar -> optical")]
+    assert all(r["same-place R@1"] == 100.0 and r["median rank"] == 1.0 for r in same[:2])
+    assert "| model | sar -> optical | 100.0 | 100.0 | 1.0 |" in printed
+    assert same[2]["features"] == "ImageNet Lite0 (untrained)" and same[2]["same-place R@1"] < 100
 
 
 def test_eval_pairs_with_labels_scores_all_four_directions_by_class(pair, ssl_models, tmp_path, capsys):

@@ -29,3 +29,18 @@ def test_map_precision_recall_and_pr_curve():
     precision, recall = pr_curve(rel, n_rel)
     assert precision.tolist() == pytest.approx([1.0, 0.75, 2 / 3])
     assert recall.tolist() == pytest.approx([(1 / 2 + 1 / 3) / 2, (1 / 2 + 2 / 3) / 2, (1 + 2 / 3) / 2])
+
+
+def test_same_place_ranks_on_a_constructed_case():
+    from core.metrics import same_place_ranks, same_place_summary
+
+    # three places seen by two sensors; place 1's radar tile is a near-copy of place 0's (a hub), and place 2's
+    # partner is orthogonal to it
+    optical = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], float)
+    radar = np.array([[1, 0, 0], [0.8, 0.6, 0], [0, 1, 0]], float)
+    ranks = same_place_ranks(optical, radar)
+    # place 0: its partner scores 1 and place 1's 0.8: rank 1; place 1: partner 0.6, place 2's 1.0 above: rank 2;
+    # place 2: partner 0 and every tile scores 0: all tie, ties count against it: rank 3
+    assert ranks.tolist() == [1, 2, 3]
+    assert same_place_summary(ranks, ks=(1, 2)) == pytest.approx({"same-place R@1": 100 / 3,
+                                                                  "same-place R@2": 200 / 3, "median rank": 2.0})

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.encoder import Encoder
+from core.encoder import Encoder, l2_normalise
 from core.errors import RsirError
+from core.metrics import same_place_ranks, same_place_summary
 
 from .config import load_config
 from .crossmodal_trainer import cross_modal_results, imagenet_pair_features, load_pairs
@@ -78,8 +79,37 @@ def eval_pairs(opts: PairsEvalOptions, log=print) -> tuple[list, int]:
     log(f"\n{len(queries)} {opts.queries} pairs -> {len(database)} "
           f"{'train pairs (same class relevant)' if queries.labelled else 'the same pairs (partner relevant)'}\n")
     log(results_table(results, k))
+    # instance level: does a tile find the other sensor's tile of the same place? (class-level mAP hides hub
+    # tiles that answer every query with the right class)
+    places = {"model": {m: encoded[m][0][0] for m in mods}}
+    if not opts.no_baselines:
+        places["ImageNet Lite0 (untrained)"] = {m: l2_normalise(base[m][0]) for m in mods}
+    same_place = same_place_rows(places, mods)
+    log(f"\nsame place: each of the {len(queries)} {opts.queries} tiles against the other sensor's "
+        f"{len(queries)} {opts.queries} tiles, its own partner relevant\n")
+    log(same_place_table(same_place))
     if opts.out:
         write_report(results, opts.out, k, {"models": [os.path.abspath(m) for m in opts.models],
-                                            "config": os.path.abspath(opts.config), "queries": opts.queries})
+                                            "config": os.path.abspath(opts.config), "queries": opts.queries,
+                                            "same_place": same_place})
         log(f"\nwrote {opts.out}/results.json, results.md")
     return results, k
+
+
+def same_place_rows(features: dict[str, dict[str, np.ndarray]], mods: list[str]) -> list[dict]:
+    """Same-place recall@1/@10 and median rank, both directions, of each feature set ({name: {modality: rows}},
+    row i of every modality the same place)."""
+    rows = []
+    for name, emb in features.items():
+        for src, dst in ((mods[0], mods[1]), (mods[1], mods[0])):
+            rows.append({"features": name, "direction": f"{src} -> {dst}",
+                         **same_place_summary(same_place_ranks(emb[src], emb[dst]))})
+    return rows
+
+
+def same_place_table(rows: list[dict]) -> str:
+    keys = [k for k in rows[0] if k not in ("features", "direction")]
+    lines = ["| features | direction | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    lines += [f"| {r['features']} | {r['direction']} | " + " | ".join(f"{r[k]:.1f}" for k in keys) + " |"
+              for r in rows]
+    return "\n".join(lines)
