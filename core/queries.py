@@ -209,8 +209,13 @@ def query_from_array(index: Index, encoder: Encoder, pixels: np.ndarray, scale: 
     return Query("image", description, emb[0], code[0], pixels=raw)
 
 
+def _corner(v: float) -> str:
+    """A box coordinate as a person reads it: metres to 0.1, degrees to 1e-6 (a dragged box carries float noise)."""
+    return f"{round(v, 1 if abs(v) >= 1000 else 6):.10g}"
+
+
 def _short_box(bbox) -> str:
-    return "(" + ", ".join(f"{v:.10g}" for v in bbox) + ")"
+    return "(" + ", ".join(_corner(v) for v in bbox) + ")"
 
 
 def box_to_window(ds, raster_path: str, bbox: tuple[float, float, float, float], bbox_crs: str | None) -> TileWindow:
@@ -244,7 +249,7 @@ def box_to_window(ds, raster_path: str, bbox: tuple[float, float, float, float],
     tol = 1e-6
     if c0 < -tol or r0 < -tol or c1 > width + tol or r1 > height + tol:
         raise RsirError(f"box {_short_box(bbox)} ({crs_name(bbox_crs)}) extends beyond raster {raster_path}; "
-                        "draw it inside the raster")
+                        "draw it inside")
     x0, y0 = max(0, int(math.floor(c0 + tol))), max(0, int(math.floor(r0 + tol)))
     x1, y1 = min(width, int(math.ceil(c1 - tol))), min(height, int(math.ceil(r1 - tol)))
     return TileWindow(x0, y0, max(1, x1 - x0), max(1, y1 - y0))
@@ -270,8 +275,7 @@ def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[floa
     size = input_side(index, encoder, grid)
     embedding, packed, used, pixels = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, size, raster)
     note, raw = _area_read(ds, chosen, win, parts, pixels, tile, used, size, raster)
-    # a dragged box's corners carry float noise (637158.1234): metres to 0.1, degrees to 1e-6 say where it is
-    corners = ','.join(f"{round(v, 1 if abs(v) >= 1000 else 6):.10g}" for v in bbox)
+    corners = ','.join(_corner(v) for v in bbox)
     description = f"{'polygon' if within else 'box'} {corners} on {raster}{note}"
     maker = FootprintMaker(ds)
     geo = maker.polygons(win)[1]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 from osgeo import gdal
 
 from .archive.sources import SourceSpec, open_source
@@ -26,3 +27,22 @@ def write_tile_vrt(source: str, kind: str, bands: list[int], x: int, y: int, w: 
             raise RuntimeError(f"{source}: could not write a VRT window ({gdal.GetLastErrorMsg()})")
         out = None  # flush
     return out_path
+
+
+def display_range(source: str, kind: str, bands: list[int], low: float = 2.0, high: float = 98.0,
+                  side: int = 512) -> list[tuple[float, float]]:
+    """(min, max) per band of the whole source at the `low`/`high` percentiles of its valid pixels (read at most
+    `side` px across): the stretch QGIS gives the full scene, so a hit tile drawn with it looks like its place on
+    the map (each tile stretched on its own made sea look like dark ground)."""
+    ds = open_source(SourceSpec(source, kind))
+    scale = min(1.0, side / max(ds.RasterXSize, ds.RasterYSize))
+    w, h = max(1, int(ds.RasterXSize * scale)), max(1, int(ds.RasterYSize * scale))
+    out = []
+    for b in bands:
+        band = ds.GetRasterBand(b)
+        arr = band.ReadAsArray(buf_xsize=w, buf_ysize=h, resample_alg=gdal.GRIORA_NearestNeighbour)
+        valid = band.GetMaskBand().ReadAsArray(buf_xsize=w, buf_ysize=h) != 0
+        values = arr[valid] if valid.any() else arr.ravel()
+        lo, hi = np.percentile(values, [low, high]) if values.size else (0.0, 1.0)
+        out.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
+    return out

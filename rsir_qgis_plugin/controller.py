@@ -35,7 +35,7 @@ class SearchResult:
     heatmap_path: str | None = None
     heatmap_max: float | None = None
     heatmap_min: float | None = None
-    tile_vrts: list = field(default_factory=list)  # (path, layer name) of the top hits as VRT windows
+    tile_vrts: list = field(default_factory=list)  # (path, layer name, display range) of the top hits as VRTs
     results_dir: str = ""
     raster: str | None = None       # raster the query was read from (box queries)
     tile_rasters: int = 5
@@ -44,7 +44,11 @@ class SearchResult:
 
     @property
     def title(self) -> str:
-        return f"{_dt.datetime.now():%H:%M:%S} {self.query.description} ({self.ranking})"
+        """The layer group's name: time, query (the raster by its file name: the tree is narrow), ranking."""
+        description = self.query.description
+        if self.raster:
+            description = description.replace(self.raster, os.path.basename(self.raster))
+        return f"{_dt.datetime.now():%H:%M:%S} {description} ({self.ranking})"
 
 
 def results_folder() -> str:
@@ -60,6 +64,7 @@ class RetrievalSession:
     def __init__(self, index_dir: str):
         self.index = reader.Index(index_dir)
         self._encoders: dict[tuple[str, str], object] = {}
+        self._display_ranges: dict[tuple, list] = {}  # per source and bands: the whole scene's stretch
         own = self.index.model_info
         # cross-modal indexes: the other modalities' encoders exported beside the index's model
         self.modality_models = modality.modality_models(own) if os.path.exists(own.path) else {own.modality: own}
@@ -166,14 +171,19 @@ class RetrievalSession:
         result.tile_vrts = self.write_tile_vrts(hits[:req.tile_rasters], result.results_dir)
         return result
 
-    def write_tile_vrts(self, hits, out_dir: str) -> list[tuple[str, str]]:
-        """(path, layer name) of each hit as a VRT window of its source with the index's bands: no pixel copies."""
+    def write_tile_vrts(self, hits, out_dir: str) -> list[tuple[str, str, list | None]]:
+        """(path, layer name, display range) of each hit as a VRT window of its source with the index's bands: no
+        pixel copies. The display range is the whole source's (a patch is its own source), computed once per
+        source for the session."""
         out = []
         for h in hits:
             entry = self.index.sources[h.source_id]
             path = tile_vrt.write_tile_vrt(h.source, entry["kind"], entry["bands"], h.x, h.y, h.w, h.h,
                                            os.path.join(out_dir, f"rank{h.rank:03d}_tile{h.tile_id}.vrt"))
-            out.append((path, f"#{h.rank} tile {h.tile_id}"))
+            key = (h.source, tuple(entry["bands"]))
+            if key not in self._display_ranges and entry["kind"] != "patch":
+                self._display_ranges[key] = tile_vrt.display_range(h.source, entry["kind"], entry["bands"])
+            out.append((path, f"#{h.rank} tile {h.tile_id}", self._display_ranges.get(key)))
         return out
 
 

@@ -47,11 +47,11 @@ def python_executable() -> str:
     """The Python that runs QGIS, of the same version (inside QGIS sys.executable is the qgis binary; a python3
     found on PATH may be another one, e.g. a pyenv shim)."""
     exe = sys.executable
-    if os.path.basename(exe).startswith("python"):
-        return exe
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    # the interpreter of this very installation first: embedded in QGIS, sys.executable is whatever "python3" PATH
+    # finds first (a pyenv shim ran pip for QGIS's Debian Python)
     for cand in (os.path.join(sys.exec_prefix, "bin", version), os.path.join(sys.exec_prefix, "bin", "python3"),
-                 shutil.which(version)):
+                 exe if os.path.basename(exe).startswith("python") else None, shutil.which(version)):
         if cand and os.path.exists(cand):
             return cand
     return version

@@ -29,7 +29,7 @@ def _off_spin(maximum: int, tooltip: str) -> QSpinBox:
     return spin
 
 
-def _bar_text(text: str, limit: int = 220) -> str:
+def _bar_text(text: str, limit: int = 120) -> str:
     """`text` for the one-line message bar: folders dropped from file paths (the whole text stays under "Show
     more" and in the log), and a text still too long cut after a sentence or clause, with an ellipsis."""
     import re
@@ -227,6 +227,7 @@ class RsirDock(QDockWidget):
             self._error(str(exc))
             return False
         self.last_result = None
+        self.status.setText("")
         self.warned.clear()
         self.table.setRowCount(0)  # the old index's hits are not this one's
         mods = self.session.modalities

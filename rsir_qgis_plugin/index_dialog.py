@@ -26,6 +26,7 @@ class IndexDialog(QDialog):
         super().__init__(parent)
         self.on_built = on_built  # called with the index folder when a run finishes
         self.setWindowTitle("RSIR: build or extend an index")
+        self.setMinimumWidth(640)  # model paths and the bands hint were cut at the default width
         self.iface = iface
         self.task: IndexTask | None = None
         root = QVBoxLayout(self)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 
-from qgis.core import (QgsColorRampShader, QgsFeature, QgsField, QgsFillSymbol, QgsGeometry, QgsGradientColorRamp,
-                       QgsGraduatedSymbolRenderer, QgsPalLayerSettings, QgsProject, QgsRasterLayer, QgsRasterShader,
-                       QgsRendererRange, QgsSingleBandPseudoColorRenderer, QgsTextBufferSettings, QgsTextFormat,
-                       QgsVectorLayer, QgsVectorLayerSimpleLabeling)
+from qgis.core import (QgsColorRampShader, QgsContrastEnhancement, QgsFeature, QgsField, QgsFillSymbol, QgsGeometry,
+                       QgsGradientColorRamp, QgsGraduatedSymbolRenderer, QgsMultiBandColorRenderer,
+                       QgsPalLayerSettings, QgsProject, QgsRasterLayer, QgsRasterShader, QgsRendererRange,
+                       QgsSingleBandGrayRenderer, QgsSingleBandPseudoColorRenderer, QgsTextBufferSettings,
+                       QgsTextFormat, QgsVectorLayer, QgsVectorLayerSimpleLabeling)
 from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QColor
 
@@ -111,6 +112,29 @@ def heatmap_layer(path: str, vmin: float, vmax: float) -> QgsRasterLayer:
     return layer
 
 
+def tile_layer(path: str, name: str, stretch: list | None) -> QgsRasterLayer:
+    """A hit tile (a VRT window) drawn with its whole source's stretch, so it looks as it does in the scene."""
+    layer = QgsRasterLayer(path, name)
+    renderer = layer.renderer()
+    if stretch and isinstance(renderer, QgsMultiBandColorRenderer) and layer.bandCount() >= 3:
+        for band, set_enhancement in zip((renderer.redBand(), renderer.greenBand(), renderer.blueBand()),
+                                         (renderer.setRedContrastEnhancement, renderer.setGreenContrastEnhancement,
+                                          renderer.setBlueContrastEnhancement)):
+            lo, hi = stretch[band - 1]
+            enhancement = QgsContrastEnhancement(layer.dataProvider().dataType(band))
+            enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+            enhancement.setMinimumValue(lo)
+            enhancement.setMaximumValue(hi)
+            set_enhancement(enhancement)
+    elif stretch and isinstance(renderer, QgsSingleBandGrayRenderer):
+        enhancement = QgsContrastEnhancement(layer.dataProvider().dataType(renderer.grayBand()))
+        enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+        enhancement.setMinimumValue(stretch[renderer.grayBand() - 1][0])
+        enhancement.setMaximumValue(stretch[renderer.grayBand() - 1][1])
+        renderer.setContrastEnhancement(enhancement)
+    return layer
+
+
 def result_layers(result) -> list:
     """Every layer of a finished search, not yet in a project. A search task makes them in its worker thread and
     hands them to the main thread: opening a tile VRT reads its source's headers (JPEG 2000 band files take tens of
@@ -120,7 +144,7 @@ def result_layers(result) -> list:
     layers = [query_layer(result.query), hits_layer(result.hits, "hits")]
     if result.radius_hits:
         layers.append(hits_layer(result.radius_hits, "hash results (Hamming radius)", colour_by="hamming"))
-    layers += [QgsRasterLayer(path, name) for path, name in result.tile_vrts]  # written by the search
+    layers += [tile_layer(path, name, stretch) for path, name, stretch in result.tile_vrts]  # written by the search
     if result.heatmap_path:
         layers.append(heatmap_layer(result.heatmap_path, result.heatmap_min, result.heatmap_max))
     main = QgsApplication.instance().thread()

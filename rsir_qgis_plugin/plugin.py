@@ -17,6 +17,7 @@ class RsirPlugin:
         self.action = None
         self.missing: list[str] = []
         self.install_task = None
+        self.install_item = None  # the message-bar warning with the Install… button
 
     def initProcessing(self) -> None:  # noqa: N802 - QGIS's name
         """The Processing provider alone: what qgis_process (scripts, batch servers, CI) loads, with no GUI; the
@@ -56,9 +57,11 @@ class RsirPlugin:
         bar = self.iface.messageBar()
         item = bar.createMessage("RSIR", text)
         button = QPushButton("Install…")
-        button.clicked.connect(self.install_dependencies)
+        # clicked(bool) would arrive as `ask` = False: the command must be shown and confirmed first
+        button.clicked.connect(lambda _checked=False: self.install_dependencies(ask=True))
         item.layout().addWidget(button)
         bar.pushWidget(item, Qgis.Warning)
+        self.install_item = item
 
     def install_dependencies(self, ask: bool = True):
         """Run pip (the command shown is the one run) in a task with progress in QGIS's task manager; the dock
@@ -81,6 +84,12 @@ class RsirPlugin:
         importlib.invalidate_caches()
         self.missing = deps.missing_modules()
         if task.ok and not self.missing:
+            if self.install_item is not None:  # "needs packages" is no longer true
+                try:
+                    self.iface.messageBar().popWidget(self.install_item)
+                except RuntimeError:  # closed by the user meanwhile
+                    pass
+                self.install_item = None
             self.iface.messageBar().pushMessage("RSIR", "Dependencies installed.", level=Qgis.Success)
             self._start()
         else:

@@ -103,6 +103,11 @@ def test_box_search_builds_the_layer_group(dock, indexed, twin_raster, qgis_ifac
     x, y = (0, 0) if tid == 0 else (128, 192)
     src = gdal.Open(twin_raster).ReadAsArray(x, y, 64, 64)
     np.testing.assert_array_equal(gdal.Open(vrt.source()).ReadAsArray(), src)
+    # drawn with the whole scene's stretch (2-98 %), not one of its own: a tile looks as it does on the map
+    scene = np.asarray(gdal.Open(twin_raster).ReadAsArray(), float)
+    red = vrt.renderer().redContrastEnhancement()
+    assert (red.minimumValue(), red.maximumValue()) == pytest.approx(tuple(np.percentile(scene[0], [2, 98])))
+    assert (red.minimumValue(), red.maximumValue()) != pytest.approx(tuple(np.percentile(src[0], [2, 98])))
 
     # heat map: maximal on the query tile and its twin, lower elsewhere
     heat = gdal.Open(result.heatmap_path).ReadAsArray()
@@ -243,7 +248,7 @@ def test_bad_input_gives_one_message_and_no_layers(dock, indexed, twin_raster, t
     message = _critical(qgis_iface)[-1]
     # short enough to read in the message bar: the CRS by its code, not its WKT
     assert "extends beyond raster" in message and "(EPSG:32618)" in message and "PROJCS" not in message
-    assert "draw it inside the raster" in message and len(message) < 300
+    assert "draw it inside" in message and len(message) <= 122  # one line in the message bar
     gray = _raster_layer(write_raster(str(tmp_path / "gray.tif"), np.zeros((1, 256, 256), np.uint8)), qgis_iface)
     dock.raster_combo.setLayer(gray)
     dock.box_tool.set_box(BOX_00)
@@ -413,6 +418,14 @@ def test_missing_dependency_is_reported_not_fatal(qgis_iface, monkeypatch):
     assert plugin.missing == ["rsir_no_such_module"] and plugin.dock is None and plugin.provider is None
     item = qgis_iface.messageBar().currentItem()
     assert "rsir_no_such_module" in item.text() and "rsir-no-such-package" in item.text()
+    # the Install… button asks first, showing the command (its clicked(bool) once skipped the question and ran pip)
+    from qgis.PyQt.QtWidgets import QMessageBox, QPushButton
+
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda _parent, _title, text: asked.append(text) or QMessageBox.No)
+    button = next(b for b in item.findChildren(QPushButton) if b.text() == "Install…")
+    button.click()
+    assert len(asked) == 1 and "pip install" in asked[0] and plugin.install_task is None
     import sys
 
     import numpy
