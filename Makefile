@@ -15,7 +15,7 @@ CACHE   := cache
 # The shipped default model (EuroSAT-trained, MiLAN hashing on a semi-hard triplet model, within-class whitened;
 # default_model/README.md); the untrained ImageNet + LSH
 # model is exported for the benchmarks.
-MODEL   := default_model/eurosat_rgb_lite2_milan128_rot4_wcw.onnx
+MODEL   := $(firstword $(sort $(wildcard default_model/*.onnx)))
 # One demo index per model file content: an index refuses a model it was not built with, and a pull that
 # replaces the default model under the same name must not leave make demo stuck on the old index.
 DEMO_INDEX = $(DEMO)/index-$(notdir $(basename $(MODEL)))-$(shell sha256sum $(MODEL) | cut -c1-12)

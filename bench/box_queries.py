@@ -100,8 +100,9 @@ def main() -> int:
     from osgeo import gdal_array
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", nargs="?", default=os.path.join(ROOT, "default_model",
-                                                             "eurosat_rgb_lite2_milan128_rot4_wcw.onnx"))
+    from core.default_model import default_model_path
+
+    ap.add_argument("model", nargs="?", default=default_model_path())
     ap.add_argument("dataset", nargs="?", default=os.path.join(ROOT, "..", "shared", "data", "eurosat_rgb"))
     ap.add_argument("--sides", default="2,3", help="box sides in tiles")
     ap.add_argument("--cache-dir", default="cache/datasets", help="decoded-image cache of training/ ('' = none)")

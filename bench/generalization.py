@@ -1,6 +1,6 @@
 """Generalization benchmark: models on data they were not tuned on, next to untrained ImageNet features.
 
-    .venv/bin/python bench/generalization.py default_model/eurosat_rgb_lite2_milan128_rot4_wcw.onnx [MORE.onnx ...]
+    .venv/bin/python bench/generalization.py default_model/*.onnx [MORE.onnx ...]
 
 Tasks (test -> train, mAP@100, float cosine and Hamming):
 - EuroSAT (Sentinel-2, 10 classes; queries and database subsampled, stratified, see the note under the table);

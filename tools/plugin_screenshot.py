@@ -36,8 +36,9 @@ def main() -> int:
     from tools.package_plugin import build
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=os.path.join(ROOT, "default_model",
-                                                    "eurosat_rgb_lite2_milan128_rot4_wcw.onnx"))
+    from core.default_model import default_model_path
+
+    ap.add_argument("--model", default=default_model_path(), help="model of the demo index (default: the shipped one)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "img", "qgis_plugin.png"))
     ap.add_argument("-k", type=int, default=10)
     args = ap.parse_args()
