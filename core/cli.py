@@ -341,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with gdal_messages_once():
-            return args.func(args) or 0
+            code = args.func(args) or 0
+        sys.stdout.flush()  # here, so a reader that left early (| head) is met below, not at interpreter exit
+        return code
     except Cancelled as exc:
         print(f"rsir {args.command}: {exc}", file=sys.stderr)
         return 130
@@ -351,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nrsir {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `rsir search ... | head`: the reader has what it wanted; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

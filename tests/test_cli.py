@@ -159,3 +159,17 @@ def test_boxes_west_of_greenwich_and_south_of_the_equator_parse_as_written(tiny_
     rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
     # tile 0 itself and its twin (row 3, col 2), both at cosine 1
     assert {rows[0][1], rows[1][1]} == {"0", "14"} and min(float(rows[0][2]), float(rows[1][2])) > 0.999
+
+
+def test_output_piped_to_head_ends_quietly(cli_index, tmp_path):
+    """`rsir search IDX ... | head -3` printed a BrokenPipeError traceback: here the reader leaves at once."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"import sys; sys.path.insert(0, {root!r}); from core.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "search", cli_index, "--tile", "0", "-k", "16"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # like head after its lines
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
