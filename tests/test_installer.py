@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -48,7 +49,9 @@ def test_the_installer_makes_the_plugin_work_in_stock_qgis(tmp_path, twin_raster
                                   or "Temporary failure in name resolution" in out):
         pytest.skip(f"the package registry cannot be reached: {out[-300:]}")
     assert "pip ok True" in out and "still missing []" in out, out[-3000:]
-    assert "command /usr/bin/python3 -m pip install --upgrade --target" in out and "faiss-cpu==1.11.0" in out
+    # the Python of the installation itself (sys.exec_prefix), of QGIS's own version
+    py = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    assert f"command {py} -m pip install --upgrade --target" in out and "faiss-cpu==1.11.0" in out
 
     # a new QGIS process: the plugin and its installed packages, nothing from the project's venv
     def qgis_process(*args):
