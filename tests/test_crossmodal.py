@@ -438,3 +438,29 @@ def test_plugin_box_on_an_optical_layer_searches_the_sar_index(pair, sar_index, 
         dock._activate(None)
         for obj in (dock.box_tool, dock.pick_tool, dock):
             sip.delete(obj)
+
+
+def test_supervised_ssl_loss_has_both_term_families():
+    """crossmodal-supervised-ssl: the class terms of the supervised loss and the same-place terms of the
+    self-supervised one (class terms alone let hub tiles answer every query of a class)."""
+    from training.config import LossConfig
+    from training.crossmodal import CrossModalMethod, CrossModalNet
+    from training.models.factory import TrainNet
+    from training.models.tiny import TinyConvNet
+
+    torch.manual_seed(0)
+    nets = {m: TrainNet(TinyConvNet(3, seed=i), 16) for i, m in enumerate(("optical", "sar"))}
+    model = CrossModalNet(nets)
+    xa, xb, y = torch.rand(8, 3, 16, 16), torch.rand(8, 3, 16, 16), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    got = {}
+    for name in ("crossmodal-supervised", "crossmodal-ssl", "crossmodal-supervised-ssl"):
+        total, stats = CrossModalMethod(LossConfig(name=name, ce_weight=0.0)).loss(model, xa, xb, y)
+        got[name] = {k: v for k, v in stats.items() if k != "loss"}  # the terms, without their weighted sum
+        assert torch.isfinite(total)
+    assert set(got["crossmodal-supervised"]) == {"triplet", "pairwise"}
+    assert set(got["crossmodal-ssl"]) == {"infonce", "angular", "intra"}
+    both = got["crossmodal-supervised-ssl"]
+    assert set(both) == {"triplet", "pairwise", "infonce", "angular", "intra"}
+    for key in both:  # the same terms, computed the same way
+        other = got["crossmodal-supervised"] if key in ("triplet", "pairwise") else got["crossmodal-ssl"]
+        assert both[key] == pytest.approx(other[key])

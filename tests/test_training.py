@@ -252,4 +252,4 @@ def test_the_registry_names_a_method_for_every_loss():
     assert kinds["triplet-semi-hard"] == "PMLMethod" and kinds["snca-hash"] == "BankMethod"
     assert kinds["milan"] == "MiLANMethod" and kinds["bce"] == "ClassifierMethod"
     assert set(loss_names(hash_bits=True)) == {"milan", "snca-hash"}
-    assert set(loss_names(labels="paired")) == {"crossmodal-supervised", "crossmodal-ssl"}
+    assert set(loss_names(labels="paired")) == {"crossmodal-supervised", "crossmodal-ssl", "crossmodal-supervised-ssl"}

@@ -105,7 +105,11 @@ class CrossModalMethod:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.supervised = "supervised" in loss_spec(cfg.name).terms
+        terms = loss_spec(cfg.name).terms
+        self.supervised = "supervised" in terms
+        # the self-supervised terms tell each place from the others: a class-level loss alone lets a few "hub"
+        # tiles of a class answer every query of it
+        self.self_supervised = "ssl" in terms or not self.supervised
         self.triplet = InterModalTriplet(cfg.margin) if self.supervised else None
 
     @property
@@ -122,7 +126,7 @@ class CrossModalMethod:
             terms["pairwise"] = (c.pairwise_weight, inter_modal_pairwise_loss(za, zb, y))
             if oa.logits is not None:
                 terms["ce"] = (c.ce_weight, (F.cross_entropy(oa.logits, y) + F.cross_entropy(ob.logits, y)) / 2)
-        else:
+        if self.self_supervised:
             terms["infonce"] = (c.infonce_weight, cross_modal_infonce(za, zb, t))
             terms["angular"] = (c.angular_weight, tuple_angular_loss(za, zb))
             intra = (intra_modal_neighbour_loss(za, t) + intra_modal_neighbour_loss(zb, t)) / 2

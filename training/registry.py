@@ -48,6 +48,8 @@ LOSSES: dict[str, LossSpec] = {s.name: s for s in (
              summary="inter-modal triplet + pairwise likelihood + shared classifier"),
     LossSpec("crossmodal-ssl", "crossmodal", labels="paired",
              summary="InfoNCE across modalities + tuple angle + intra-modal neighbours"),
+    LossSpec("crossmodal-supervised-ssl", "crossmodal", labels="paired", terms=frozenset({"supervised", "ssl"}),
+             summary="both: class terms, and InfoNCE / angle / neighbours that keep each place apart"),
 )}
 
 
