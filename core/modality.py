@@ -116,8 +116,8 @@ def choose_query_modality(index, encoders: dict[str, ModelInfo], ds, path: str, 
 def choose_for_path(index, encoders: dict[str, ModelInfo], path: str, chosen: str | None = None,
                     how_to_choose: str = "choose the query modality") -> ModalityChoice:
     """`choose_query_modality` for a raster, band-stack spec or image file given by path."""
-    if len(encoders) == 1 and (not chosen or chosen == "auto"):
-        return ModalityChoice(index.model_info.modality, "the index has one encoder")
+    if len(encoders) == 1 and chosen in (None, "auto", index.model_info.modality):
+        return ModalityChoice(index.model_info.modality, "the index has one encoder")  # nothing to open
     from .archive.sources import SourceSpec, expand_archive, open_source
 
     spec = expand_archive([path])[0]

@@ -89,8 +89,6 @@ class RetrievalSession:
     def query_modality(self, raster: str, req: SearchRequest):
         """How a query raster is read (core.modality.ModalityChoice): the user's choice, else what the index, the
         raster's metadata and its band count tell, with a warning when that is a guess."""
-        if len(self.modality_models) == 1 and req.query_modality in ("auto", self.index.model_info.modality):
-            return modality.ModalityChoice(self.index.model_info.modality, "the index has one encoder")
         return modality.choose_for_path(self.index, self.modality_models, raster, req.query_modality,
                                         how_to_choose="set Query modality in the dock")
 

@@ -112,26 +112,25 @@ def heatmap_layer(path: str, vmin: float, vmax: float) -> QgsRasterLayer:
     return layer
 
 
+def _min_max_stretch(layer: QgsRasterLayer, band: int, stretch: list) -> QgsContrastEnhancement:
+    """A linear stretch of `band` over its (min, max) in `stretch` (one pair per band of the layer)."""
+    enhancement = QgsContrastEnhancement(layer.dataProvider().dataType(band))
+    enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+    enhancement.setMinimumValue(stretch[band - 1][0])
+    enhancement.setMaximumValue(stretch[band - 1][1])
+    return enhancement
+
+
 def tile_layer(path: str, name: str, stretch: list | None) -> QgsRasterLayer:
     """A hit tile (a VRT window) drawn with its whole source's stretch, so it looks as it does in the scene."""
     layer = QgsRasterLayer(path, name)
     renderer = layer.renderer()
     if stretch and isinstance(renderer, QgsMultiBandColorRenderer) and layer.bandCount() >= 3:
-        for band, set_enhancement in zip((renderer.redBand(), renderer.greenBand(), renderer.blueBand()),
-                                         (renderer.setRedContrastEnhancement, renderer.setGreenContrastEnhancement,
-                                          renderer.setBlueContrastEnhancement)):
-            lo, hi = stretch[band - 1]
-            enhancement = QgsContrastEnhancement(layer.dataProvider().dataType(band))
-            enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
-            enhancement.setMinimumValue(lo)
-            enhancement.setMaximumValue(hi)
-            set_enhancement(enhancement)
+        renderer.setRedContrastEnhancement(_min_max_stretch(layer, renderer.redBand(), stretch))
+        renderer.setGreenContrastEnhancement(_min_max_stretch(layer, renderer.greenBand(), stretch))
+        renderer.setBlueContrastEnhancement(_min_max_stretch(layer, renderer.blueBand(), stretch))
     elif stretch and isinstance(renderer, QgsSingleBandGrayRenderer):
-        enhancement = QgsContrastEnhancement(layer.dataProvider().dataType(renderer.grayBand()))
-        enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
-        enhancement.setMinimumValue(stretch[renderer.grayBand() - 1][0])
-        enhancement.setMaximumValue(stretch[renderer.grayBand() - 1][1])
-        renderer.setContrastEnhancement(enhancement)
+        renderer.setContrastEnhancement(_min_max_stretch(layer, renderer.grayBand(), stretch))
     return layer
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.encoder import Encoder, l2_normalise
+from core.encoder import Encoder
 from core.errors import RsirError
 from core.metrics import same_place_ranks, same_place_summary
 
@@ -83,7 +83,7 @@ def eval_pairs(opts: PairsEvalOptions, log=print) -> tuple[list, int]:
     # tiles that answer every query with the right class)
     places = {"model": {m: encoded[m][0][0] for m in mods}}
     if not opts.no_baselines:
-        places["ImageNet Lite0 (untrained)"] = {m: l2_normalise(base[m][0]) for m in mods}
+        places["ImageNet Lite0 (untrained)"] = {m: base[m][0] for m in mods}  # L2-normalised already
     same_place = same_place_rows(places, mods)
     log(f"\nsame place: each of the {len(queries)} {opts.queries} tiles against the other sensor's "
         f"{len(queries)} {opts.queries} tiles, its own partner relevant\n")
