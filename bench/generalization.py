@@ -41,6 +41,13 @@ BASELINES = (("efficientnet_lite0", 96), ("efficientnet_lite0", 224), ("efficien
 RESOLUTION_AWARE = ("efficientnet_lite2", (96, 256))
 
 
+def model_contender(arg: str) -> Contender:
+    """MODEL.onnx, or MODEL.onnx@SIZE (every dataset read at SIZE px)."""
+    path, _, size = arg.rpartition("@") if arg.rpartition("@")[2].isdigit() else (arg, "", "")
+    label = os.path.splitext(os.path.basename(path))[0]
+    return Contender(f"{label} @ {size} px", path, size=int(size)) if size else Contender(label, path)
+
+
 def baseline_model(cache: str, backbone: str, size: int, size_range: tuple[int, int] | None = None) -> str:
     """The untrained ImageNet model at one input size (or resolution-aware over `size_range`), exported once into
     the cache."""
@@ -64,7 +71,8 @@ def suite_tasks(aid_classes: list[str], unseen: tuple[str, ...], eurosat_queries
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="*", help="ONNX models to score")
+    ap.add_argument("models", nargs="*", help="ONNX models to score; MODEL.onnx@224 reads every dataset at 224 px "
+                    "instead of the model's own size rule")
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"),
                     help="folder holding eurosat_rgb/ and aid/ (default: ../shared/data)")
     ap.add_argument("--cache", default=os.path.join(ROOT, "cache", "generalization"))
@@ -87,7 +95,7 @@ def main() -> int:
                 SuiteDataset("aid", os.path.join(args.data, "aid"))]
     aid_classes = sorted(d for d in os.listdir(datasets[1].root) if os.path.isdir(os.path.join(datasets[1].root, d)))
     tasks = suite_tasks(aid_classes, tuple(read_class_list(UNSEEN_FILE)), args.eurosat_queries, args.eurosat_database)
-    contenders = [Contender(os.path.splitext(os.path.basename(m))[0], m) for m in args.models]
+    contenders = [model_contender(m) for m in args.models]
     if not args.no_baselines:
         contenders += [Contender(f"untrained ImageNet {b.split('_')[1].capitalize()}, {s} px",
                                  baseline_model(cache, b, s), hash="itq") for b, s in BASELINES]

@@ -464,3 +464,40 @@ def test_supervised_ssl_loss_has_both_term_families():
     for key in both:  # the same terms, computed the same way
         other = got["crossmodal-supervised"] if key in ("triplet", "pairwise") else got["crossmodal-ssl"]
         assert both[key] == pytest.approx(other[key])
+
+
+def test_class_dims_split_the_embedding_between_the_term_families():
+    """loss.class_dims = N: the class terms see only the first N dims (and the classifier reads them), the
+    same-place terms only the rest, each part renormalised: the terms equal those of the two parts alone."""
+    from training.config import LossConfig
+    from training.crossmodal import (CrossModalMethod, CrossModalNet, cross_modal_infonce, inter_modal_pairwise_loss,
+                                     split_embedding)
+    from training.models.factory import TrainNet
+    from training.models.tiny import TinyConvNet
+
+    torch.manual_seed(0)
+    nets = {m: TrainNet(TinyConvNet(3, seed=i), 16, num_classes=4, classifier_dims=6)
+            for i, m in enumerate(("optical", "sar"))}
+    model = CrossModalNet(nets)
+    assert model.nets["optical"].classifier.weight.shape == (4, 6)
+    xa, xb, y = torch.rand(8, 3, 16, 16), torch.rand(8, 3, 16, 16), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    cfg = LossConfig(name="crossmodal-supervised-ssl", class_dims=6, temperature=0.1)
+    _, stats = CrossModalMethod(cfg).loss(model, xa, xb, y)
+    with torch.no_grad():
+        oa, ob = model(xa, xb)
+    (ca, cb), (pa, pb) = split_embedding(oa.emb, ob.emb, 6)
+    assert ca.shape == (8, 6) and pa.shape == (8, 10)
+    assert torch.allclose(ca, F.normalize(oa.emb[:, :6], dim=1)) and torch.allclose(pb, F.normalize(ob.emb[:, 6:], dim=1))
+    assert stats["pairwise"] == pytest.approx(float(inter_modal_pairwise_loss(ca, cb, y)), rel=1e-5)
+    assert stats["infonce"] == pytest.approx(float(cross_modal_infonce(pa, pb, 0.1)), rel=1e-5)
+    assert torch.allclose(oa.logits, model.nets["optical"].classifier(ca), atol=1e-6)
+    # the place part gets no gradient from the class terms and the class part none from the place terms
+    emb = oa.emb.detach().requires_grad_(True)
+    (c_part, _), (p_part, _) = split_embedding(emb, ob.emb.detach(), 6)
+    cross_modal_infonce(p_part, split_embedding(emb, ob.emb.detach(), 6)[1][1], 0.1).backward()
+    assert emb.grad[:, :6].abs().max() == 0 and emb.grad[:, 6:].abs().max() > 0
+    with pytest.raises(RsirError, match="class_dims must be between 1 and 15"):
+        parse_config({"out_dir": "o", "data": {"kind": "paired", "root": "a", "root_b": "b", "bands": [1],
+                                                "bands_b": [1], "modality": "optical", "modality_b": "sar"},
+                      "model": {"backbone": "tiny", "pretrained": False, "embedding_dim": 16},
+                      "loss": {"name": "crossmodal-supervised-ssl", "class_dims": 16}})

@@ -94,6 +94,8 @@ class LossConfig:
     infonce_weight: float = 1.0
     angular_weight: float = 1.0
     intra_weight: float = 0.5
+    class_dims: int = 0  # crossmodal-supervised-ssl: the class terms on the first N embedding dims (or code bits),
+    # the same-place terms on the rest (0 = both on all of it); the whole vector ranks class first, place within it
     # regularisers towards the backbone training started from (training/regularisers.py), with any loss
     l2sp_weight: float = 0.0  # L2-SP: squared distance of the backbone weights from their starting values
     distill_weight: float = 0.0  # the batch's cosine similarities kept close to the starting backbone's
@@ -221,6 +223,14 @@ def _check(cfg: TrainConfig, path: str) -> None:
                         f"got {cfg.model.hash_bits}")
     if cfg.optim.batch_size < 2:
         raise RsirError(f"{path}: optim.batch_size must be at least 2 for metric learning")
+    if cfg.loss.class_dims:
+        width = cfg.model.hash_bits or cfg.model.embedding_dim
+        if cfg.loss.name != "crossmodal-supervised-ssl":
+            raise RsirError(f"{path}: loss.class_dims splits crossmodal-supervised-ssl's embedding; loss.name is "
+                            f"{cfg.loss.name!r}")
+        if not 0 < cfg.loss.class_dims < width:
+            raise RsirError(f"{path}: loss.class_dims must be between 1 and {width - 1} (the embedding has {width} "
+                            f"dims), got {cfg.loss.class_dims}")
     if cfg.loss.rotation_angles not in ("quarter", "any"):
         raise RsirError(f"{path}: loss.rotation_angles must be quarter or any, got {cfg.loss.rotation_angles!r}")
     if not 0 <= cfg.loss.momentum < 1:

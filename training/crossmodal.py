@@ -65,6 +65,16 @@ def inter_modal_pairwise_loss(za: torch.Tensor, zb: torch.Tensor, labels: torch.
     return pos + nll[~same].mean() if (~same).any() else pos
 
 
+def split_embedding(za: torch.Tensor, zb: torch.Tensor, class_dims: int):
+    """((class part of A, of B), (place part of A, of B)), each part unit-norm; with class_dims 0 both parts are
+    the whole embedding. Trained apart, the class part pulls a class together (hub tiles, alone) while the place
+    part keeps the places of a class apart: the concatenation ranks by class first and by place within it."""
+    if not class_dims:
+        return (za, zb), (za, zb)
+    cut = [(F.normalize(z[:, :class_dims], dim=1), F.normalize(z[:, class_dims:], dim=1)) for z in (za, zb)]
+    return (cut[0][0], cut[1][0]), (cut[0][1], cut[1][1])
+
+
 class InterModalTriplet:
     """Triplets across modalities with semi-hard mining (pytorch-metric-learning, `ref_emb`), A->B and B->A."""
 
@@ -118,18 +128,18 @@ class CrossModalMethod:
 
     def loss(self, model: CrossModalNet, xa, xb, y) -> tuple[torch.Tensor, dict]:
         oa, ob = model(xa, xb)
-        za, zb = oa.emb, ob.emb
         c, t = self.cfg, self.cfg.temperature
+        (ca, cb), (pa, pb) = split_embedding(oa.emb, ob.emb, c.class_dims)
         terms = {}
         if self.supervised:
-            terms["triplet"] = (c.triplet_weight, self.triplet(za, zb, y))
-            terms["pairwise"] = (c.pairwise_weight, inter_modal_pairwise_loss(za, zb, y))
+            terms["triplet"] = (c.triplet_weight, self.triplet(ca, cb, y))
+            terms["pairwise"] = (c.pairwise_weight, inter_modal_pairwise_loss(ca, cb, y))
             if oa.logits is not None:
                 terms["ce"] = (c.ce_weight, (F.cross_entropy(oa.logits, y) + F.cross_entropy(ob.logits, y)) / 2)
         if self.self_supervised:
-            terms["infonce"] = (c.infonce_weight, cross_modal_infonce(za, zb, t))
-            terms["angular"] = (c.angular_weight, tuple_angular_loss(za, zb))
-            intra = (intra_modal_neighbour_loss(za, t) + intra_modal_neighbour_loss(zb, t)) / 2
+            terms["infonce"] = (c.infonce_weight, cross_modal_infonce(pa, pb, t))
+            terms["angular"] = (c.angular_weight, tuple_angular_loss(pa, pb))
+            intra = (intra_modal_neighbour_loss(pa, t) + intra_modal_neighbour_loss(pb, t)) / 2
             terms["intra"] = (c.intra_weight, intra)
         if oa.codes is not None:
             codes = torch.cat([oa.codes, ob.codes])

@@ -99,7 +99,8 @@ def train_crossmodal(cfg: TrainConfig, restart: bool = False, quiet: bool = Fals
             backbone = build_backbone(cfg.model.backbone, cfg.model.pretrained and resume is None, channels[m])
         except ValueError as exc:
             raise RsirError(f"{cfg.source}: {exc}") from None
-        nets[m] = TrainNet(backbone, cfg.model.embedding_dim, n_cls, cfg.model.hash_bits)
+        nets[m] = TrainNet(backbone, cfg.model.embedding_dim, n_cls, cfg.model.hash_bits,
+                           classifier_dims=cfg.loss.class_dims)
     model = CrossModalNet(nets).to(device)
     batches = {}
     for split, pairs in sets.items():
@@ -150,7 +151,8 @@ def model_from_crossmodal_checkpoint(ckpt: dict) -> CrossModalNet:
     d = cfg.data
     channels = {d.modality: len(d.bands), d.modality_b: len(d.bands_b)}
     nets = {m: TrainNet(build_backbone(cfg.model.backbone, False, channels[m]), cfg.model.embedding_dim,
-                        ckpt["num_classifier_classes"], cfg.model.hash_bits) for m in ckpt["modalities"]}
+                        ckpt["num_classifier_classes"], cfg.model.hash_bits, classifier_dims=cfg.loss.class_dims)
+            for m in ckpt["modalities"]}
     model = CrossModalNet(nets)
     model.load_state_dict(ckpt["model"])
     return model.eval()

@@ -58,7 +58,7 @@ class TrainNet(nn.Module):
     (its float view), and the export carries the hash logits whose signs are the codes."""
 
     def __init__(self, backbone: nn.Module, embedding_dim: int, num_classes: int = 0, hash_bits: int = 0,
-                 multi_label: bool = False, frozen_blocks: int = 0):
+                 multi_label: bool = False, frozen_blocks: int = 0, classifier_dims: int = 0):
         super().__init__()
         self.backbone = backbone
         if frozen_blocks and not hasattr(backbone, "first_layers"):
@@ -73,7 +73,11 @@ class TrainNet(nn.Module):
             embedding_dim = hash_bits
         else:
             self.embed_head = EmbeddingHead(backbone.num_features, embedding_dim)
-        self.classifier = CosineClassifier(embedding_dim, num_classes, bias=multi_label) if num_classes else None
+        # classifier_dims: the classifier reads the first N dims only (a split embedding whose class part
+        # is trained apart from the rest, training/crossmodal.py)
+        self.classifier_dims = classifier_dims if 0 < classifier_dims < embedding_dim else 0
+        self.classifier = CosineClassifier(self.classifier_dims or embedding_dim, num_classes,
+                                           bias=multi_label) if num_classes else None
 
     def train(self, mode: bool = True) -> TrainNet:
         """Frozen layers stay in eval mode: their batch-norm statistics keep their starting values too."""
@@ -89,7 +93,10 @@ class TrainNet(nn.Module):
             emb = torch.nn.functional.normalize(codes, dim=1)
         else:
             codes, emb = None, self.embed_head(feats)
-        return Outputs(emb, self.classifier(emb) if self.classifier is not None else None, codes)
+        if self.classifier is None:
+            return Outputs(emb, None, codes)
+        cls_in = torch.nn.functional.normalize(emb[:, :self.classifier_dims], dim=1) if self.classifier_dims else emb
+        return Outputs(emb, self.classifier(cls_in), codes)
 
     def retrieval_net(self, with_classifier: bool = False) -> RetrievalNet:
         return RetrievalNet(self.backbone, embed_head=self.embed_head, hash_head=self.hash_head,
