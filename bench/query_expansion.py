@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core.encoder import Encoder  # noqa: E402
 from training.datasets import load_folder, model_band_indices  # noqa: E402
-from training.evaluate import pm1, expand_query_set, score  # noqa: E402
+from training.evaluate import expand_query_set, pm1, score  # noqa: E402
 
 
 def _scores(q_e, q_c, q_y, db_e, db_c, db_y, n, bits, names) -> tuple:

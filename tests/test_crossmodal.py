@@ -470,8 +470,13 @@ def test_class_dims_split_the_embedding_between_the_term_families():
     """loss.class_dims = N: the class terms see only the first N dims (and the classifier reads them), the
     same-place terms only the rest, each part renormalised: the terms equal those of the two parts alone."""
     from training.config import LossConfig
-    from training.crossmodal import (CrossModalMethod, CrossModalNet, cross_modal_infonce, inter_modal_pairwise_loss,
-                                     split_embedding)
+    from training.crossmodal import (
+        CrossModalMethod,
+        CrossModalNet,
+        cross_modal_infonce,
+        inter_modal_pairwise_loss,
+        split_embedding,
+    )
     from training.models.factory import TrainNet
     from training.models.tiny import TinyConvNet
 
@@ -487,7 +492,8 @@ def test_class_dims_split_the_embedding_between_the_term_families():
         oa, ob = model(xa, xb)
     (ca, cb), (pa, pb) = split_embedding(oa.emb, ob.emb, 6)
     assert ca.shape == (8, 6) and pa.shape == (8, 10)
-    assert torch.allclose(ca, F.normalize(oa.emb[:, :6], dim=1)) and torch.allclose(pb, F.normalize(ob.emb[:, 6:], dim=1))
+    assert torch.allclose(ca, F.normalize(oa.emb[:, :6], dim=1))
+    assert torch.allclose(pb, F.normalize(ob.emb[:, 6:], dim=1))
     assert stats["pairwise"] == pytest.approx(float(inter_modal_pairwise_loss(ca, cb, y)), rel=1e-5)
     assert stats["infonce"] == pytest.approx(float(cross_modal_infonce(pa, pb, 0.1)), rel=1e-5)
     assert torch.allclose(oa.logits, model.nets["optical"].classifier(ca), atol=1e-6)
@@ -501,3 +507,27 @@ def test_class_dims_split_the_embedding_between_the_term_families():
                                                 "bands_b": [1], "modality": "optical", "modality_b": "sar"},
                       "model": {"backbone": "tiny", "pretrained": False, "embedding_dim": 16},
                       "loss": {"name": "crossmodal-supervised-ssl", "class_dims": 16}})
+
+
+def test_neighbour_batches_put_a_tiles_nearest_places_in_its_batch():
+    """data.neighbour_batches: a share of each batch is one tile's nearest tiles on the ground, the rest random;
+    batches are full, without repeats, one per seed tile, and the same for the same seed."""
+    from training.batches import NeighbourBatches
+
+    xy = np.array([[x * 32, y * 32] for y in range(6) for x in range(6)])  # a 6 x 6 grid of 32 px tiles
+    plan = NeighbourBatches(xy, 0.5)
+    batches = plan.epoch_batches(torch.Generator().manual_seed(3), 8)
+    assert len(batches) == 36 // 8
+    for b in batches:
+        ids = b.tolist()
+        assert len(ids) == 8 == len(set(ids))
+        seed, near = ids[0], ids[:4]
+        d = np.abs(xy[near] - xy[seed]).max(axis=1)
+        assert d.max() <= 32  # the seed and three of its 8-neighbours (ties broken by position order)
+        assert sorted(np.hypot(*(xy - xy[seed]).T)[near]) == sorted(np.sort(np.hypot(*(xy - xy[seed]).T))[:4])
+    again = plan.epoch_batches(torch.Generator().manual_seed(3), 8)
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    with pytest.raises(RsirError, match="neighbour_batches must be a share between 0 and 1"):
+        parse_config({"out_dir": "o", "data": {"kind": "paired", "root": "a", "root_b": "b", "bands": [1],
+                                                "bands_b": [1], "neighbour_batches": 2.0},
+                      "loss": {"name": "crossmodal-ssl"}})

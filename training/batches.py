@@ -87,3 +87,26 @@ class MultiBatches:
                 order = order[:cap]
             batches += [order[i * batch:(i + 1) * batch] + off for i in range(len(order) // batch)]
         return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+class NeighbourBatches:
+    """Batches of which a share is one random tile's nearest tiles on the ground (by position), the rest drawn at
+    random: the same-place terms then have neighbouring places as negatives, the ones a place must beat in an index.
+    Every item is a seed once per epoch, in a seeded order."""
+
+    def __init__(self, positions: np.ndarray, share: float):
+        self.positions = np.asarray(positions, np.float64)
+        self.share = share
+
+    def epoch_batches(self, gen: torch.Generator, batch: int) -> list[torch.Tensor]:
+        n = len(self.positions)
+        near = max(1, min(batch, round(batch * self.share)))
+        seeds = torch.randperm(n, generator=gen)[: n // batch].tolist()
+        out = []
+        for s in seeds:
+            dist = ((self.positions - self.positions[s]) ** 2).sum(axis=1)
+            chosen = np.argsort(dist, kind="stable")[:near]
+            rest = np.setdiff1d(np.arange(n), chosen)
+            extra = rest[torch.randperm(len(rest), generator=gen)[: batch - near].numpy()]
+            out.append(torch.from_numpy(np.concatenate([chosen, extra]).astype(np.int64)))
+        return out

@@ -53,6 +53,8 @@ class DataConfig:
     modality_b: str = "sar"
     tile: int = 64  # tile side in raster A pixels (read at input_size)
     stride: int = 0  # 0 = tile (no overlap)
+    neighbour_batches: float = 0.0  # paired: this share of each batch is one tile's nearest tiles on the ground
+    # (hard negatives for the same-place terms: what a place must beat in an index are the places around it)
     # kind = multi: the datasets, each its own labels, input size and batches
     sets: list = field(default_factory=list)
     # [smallest, largest] input side of the exported model (dynamic spatial axes: core encodes each source near
@@ -223,6 +225,9 @@ def _check(cfg: TrainConfig, path: str) -> None:
                         f"got {cfg.model.hash_bits}")
     if cfg.optim.batch_size < 2:
         raise RsirError(f"{path}: optim.batch_size must be at least 2 for metric learning")
+    if not 0 <= cfg.data.neighbour_batches <= 1:
+        raise RsirError(f"{path}: data.neighbour_batches must be a share between 0 and 1, got "
+                        f"{cfg.data.neighbour_batches}")
     if cfg.loss.class_dims:
         width = cfg.model.hash_bits or cfg.model.embedding_dim
         if cfg.loss.name != "crossmodal-supervised-ssl":

@@ -14,7 +14,7 @@ from core.encoder import l2_normalise
 from core.errors import RsirError
 
 from . import checkpoint
-from .batches import SetBatches
+from .batches import NeighbourBatches, SetBatches
 from .config import TrainConfig
 from .crossmodal import CrossModalMethod, CrossModalNet
 from .datasets import ImageSet
@@ -119,6 +119,8 @@ def train_crossmodal(cfg: TrainConfig, restart: bool = False, quiet: bool = Fals
               "kind": "crossmodal", "modalities": mods, "class_names": train_set.class_names,
               "norm": {m: [list(norm[m][0]), list(norm[m][1])] for m in mods}, "num_classifier_classes": n_cls}
     labels = torch.from_numpy(train_set.labels)
+    plan = (NeighbourBatches(train_set.positions(), cfg.data.neighbour_batches) if cfg.data.neighbour_batches
+            else len(train_set))
     model.train()
 
     def step(idx: torch.Tensor, gen: torch.Generator):
@@ -132,7 +134,7 @@ def train_crossmodal(cfg: TrainConfig, restart: bool = False, quiet: bool = Fals
 
     for epoch in range(start_epoch, cfg.optim.epochs):
         t0 = time.perf_counter()
-        losses = run_epoch(cfg, epoch, len(train_set), step, opt, sched, quiet, should_stop)
+        losses = run_epoch(cfg, epoch, plan, step, opt, sched, quiet, should_stop)
         val_map = float("nan")
         if "val" in batches:
             res = _directions(model, batches, val_q, val_db)

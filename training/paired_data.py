@@ -37,6 +37,10 @@ class PairedSet:
     def labelled(self) -> bool:
         return bool(self.class_names)
 
+    def positions(self) -> np.ndarray:
+        """(N, 2) pixel offsets of the tiles in raster A (their ids are "x,y")."""
+        return np.array([[int(v) for v in i.split(",")] for i in self.ids], np.int64)
+
     def subset(self, idx) -> PairedSet:
         idx = np.asarray(idx, dtype=np.int64)
         labels = self.labels[idx] if self.labelled else np.arange(len(idx), dtype=np.int64)
