@@ -242,7 +242,8 @@ def describe_method(meta: dict) -> str:
         parts.append(f"input {lo}-{hi} px")
     if "rsir.general_branch" in meta:
         g = json.loads(meta["rsir.general_branch"])
-        parts.append(f"with a general ImageNet branch (PCA-{g.get('dims')}, weight {g.get('weight')})")
+        where = f", {g['features']} features" if g.get("features", "head") != "head" else ""
+        parts.append(f"with a general ImageNet branch (PCA-{g.get('dims')}, weight {g.get('weight')}{where})")
     if "rsir.invariance" in meta:
         parts.append(f"averaged over {meta['rsir.invariance']}")
     if "rsir.whitening" in meta:

@@ -43,6 +43,17 @@ def test_the_branches_share_the_prefix_and_concatenate_as_documented():
     want = F.normalize(torch.cat([0.3 * general, 0.7 * specific], dim=1), dim=1)
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
     assert out.shape == (2, 24)
+    # tap = N: the general part is block N's output, mean-pooled, instead of the head's features
+    h = imagenet.act(imagenet._bn0(imagenet._conv_stem(x)))
+    with torch.no_grad():
+        for block in imagenet._blocks[:10]:
+            h = block(h)
+        mid = h.mean(dim=(2, 3))
+        m_mean, m_proj = fit_pca(np.random.default_rng(1).normal(size=(50, mid.shape[1])).astype(np.float32), 8)
+        tapped = GeneralAndTrained(trained, imagenet, 3, m_mean, m_proj, 0.3, tap=10).eval()(x)
+        general = F.normalize((mid - torch.from_numpy(m_mean)) @ torch.from_numpy(m_proj), dim=1)
+    torch.testing.assert_close(tapped, F.normalize(torch.cat([0.3 * general, 0.7 * specific], dim=1), dim=1),
+                               atol=1e-5, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -66,5 +77,11 @@ def test_a_checkpoint_exports_with_its_general_branch(lite0_run, tmp_path):
     e32, _ = enc.encode(np.random.default_rng(0).uniform(0, 255, (2, 3, 32, 32)).astype(np.float32))
     e48, _ = enc.encode(np.random.default_rng(0).uniform(0, 255, (2, 3, 48, 48)).astype(np.float32))
     assert e32.shape == e48.shape == (2, 24)
+    tapped = str(tmp_path / "g10.onnx")
+    meta = export_checkpoint(os.path.join(lite0_run, "best.pt"), tapped, general=(0.5, 8, 10))
+    assert json.loads(meta["rsir.general_branch"])["features"] == "block 10"
+    assert "PCA-8, weight 0.5, block 10 features" in describe_method(Encoder(tapped).info.metadata)
+    with pytest.raises(RsirError, match="--general-block must be after the shared blocks"):
+        export_checkpoint(os.path.join(lite0_run, "best.pt"), str(tmp_path / "x.onnx"), general=(0.5, 8, 4))
     with pytest.raises(RsirError, match="weight must be in"):
         export_checkpoint(os.path.join(lite0_run, "best.pt"), str(tmp_path / "x.onnx"), general=(1.5, 8))

@@ -99,6 +99,9 @@ def export_command(subparsers: argparse._SubParsersAction) -> None:
                         "blocks both branches share (default: off)")
     p.add_argument("--general-dims", type=int, default=128, help="--general-branch: PCA dimensions (default: "
                                                                  "%(default)s)")
+    p.add_argument("--general-block", type=int, default=0, metavar="N",
+                   help="--general-branch: pool block N's output instead of the network's head (mid-level features "
+                        "carry better to unseen land uses; default: the head)")
     p.add_argument("--int8", metavar="ONNX", help="also write an int8 copy here (check it with rsir eval)")
     p.add_argument("--calibration", type=int, default=256, metavar="N",
                    help="--int8: calibrate activation ranges on N images of the checkpoint's training split "

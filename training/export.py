@@ -161,12 +161,12 @@ def _trained_metadata(ckpt: dict, cfg) -> dict[str, str]:
 
 
 def export_checkpoint(checkpoint_path: str, out_path: str, invariance: str = "none",
-                      general: tuple[float, int] | None = None, log=None) -> dict[str, str]:
+                      general: tuple[float, int, int] | None = None, log=None) -> dict[str, str]:
     """Export a `rsir train` checkpoint (best.pt or last.pt): its embedding, with the metadata core/ needs.
 
     `invariance` "rot4" / "d4" averages the outputs over the input's quarter turns (and mirror images) inside the
     exported graph (training/models/invariant.py): orientation-invariant, at 4x / 8x the encoding cost.
-    `general` (weight, dims): concatenate the untrained ImageNet network's PCA-reduced features to the trained
+    `general` (weight, dims, block): concatenate the untrained ImageNet network's PCA-reduced features to the trained
     embedding (training/general_branch.py)."""
     from . import checkpoint
     from .models.invariant import GroupAveraged
@@ -195,7 +195,7 @@ def export_checkpoint(checkpoint_path: str, out_path: str, invariance: str = "no
 FIT_IMAGES_PER_SET = 4000  # training images per dataset the general branch's PCA is fitted on (stratified)
 
 
-def _with_general_branch(ckpt: dict, cfg, weight: float, dims: int, log=None):
+def _with_general_branch(ckpt: dict, cfg, weight: float, dims: int, tap: int = 0, log=None):
     """(the trained network with the general branch beside it, its metadata)."""
     from core.errors import RsirError
 
@@ -212,6 +212,9 @@ def _with_general_branch(ckpt: dict, cfg, weight: float, dims: int, log=None):
     trained = checkpoint.model_from_checkpoint(ckpt)
     imagenet = efficientnet_lite(cfg.model.backbone, pretrained=True).eval()
     shared = cfg.model.frozen_blocks
+    if tap and not shared < tap <= len(imagenet._blocks):
+        raise RsirError(f"--general-block must be after the shared blocks and at most {len(imagenet._blocks)} "
+                        f"({cfg.model.backbone}), got {tap}")
     if not shared_blocks_match(trained.backbone, imagenet, shared):
         raise RsirError("the checkpoint's first blocks are not ImageNet's: train with model.frozen_blocks for a "
                         "general branch that shares them")
@@ -228,9 +231,10 @@ def _with_general_branch(ckpt: dict, cfg, weight: float, dims: int, log=None):
                 x = torch.from_numpy(s.pixels[i:i + 128]).float() / float(cfg.data.scale)
                 yield (x - mean_px) / std_px
 
-    mean, projection = fit_pca(pooled_features(imagenet, batches()), dims)
-    net = GeneralAndTrained(trained, imagenet, shared, mean, projection, weight).eval()
+    mean, projection = fit_pca(pooled_features(imagenet, batches(), tap), dims)
+    net = GeneralAndTrained(trained, imagenet, shared, mean, projection, weight, tap).eval()
     meta = {"rsir.general_branch": json.dumps({"weight": weight, "dims": dims, "backbone": cfg.model.backbone,
+                                               "features": f"block {tap}" if tap else "head",
                                                "weights": "imagenet, untrained", "shared_blocks": shared,
                                                "fit_images": n}, sort_keys=True)}
     return net, meta
@@ -291,6 +295,7 @@ class ExportOptions:
     half_weights: bool = False
     general_branch: float = 0.0  # > 0: the weight of a general branch beside the trained embedding
     general_dims: int = 128
+    general_block: int = 0  # > 0: the general branch pools this block's output instead of the head's
 
 
 def export_files(opts: ExportOptions, log=print) -> list[str]:
@@ -313,7 +318,7 @@ def export_files(opts: ExportOptions, log=print) -> list[str]:
     else:
         if opts.general_branch and ckpt.get("kind") == "crossmodal":
             raise RsirError(f"{opts.checkpoint}: --general-branch is for single-model exports")
-        general = (opts.general_branch, opts.general_dims) if opts.general_branch else None
+        general = (opts.general_branch, opts.general_dims, opts.general_block) if opts.general_branch else None
         written = export_checkpoint_files(opts.checkpoint, opts.out, opts.invariance, log, general)
     if opts.int8:
         import os
@@ -359,7 +364,7 @@ def _export_pretrained(opts: ExportOptions, log) -> str:
 
 
 def export_checkpoint_files(path: str, out: str, invariance: str = "none", log=print,
-                            general: tuple[float, int] | None = None) -> list[str]:
+                            general: tuple[float, int, int] | None = None) -> list[str]:
     """Export `path` to `out` (a cross-modal checkpoint: one file per modality); returns the files written."""
     from core.errors import RsirError
 

@@ -8,7 +8,9 @@ embedding is both, concatenated:
 
     embedding = normalise([ w * normalise((f - mean) @ P),  (1 - w) * normalise(trained embedding) ])
 
-f: the untrained ImageNet network's pooled features, `mean` and `P` (PCA to `dims`) fitted on the training images;
+f: the untrained ImageNet network's pooled features (of its head, or with `tap = N` of block N's output: on AID's
+unseen classes the untrained Lite2 at 150 px scores 61.6 mAP@100 from block 17's pooled output against 56.3 from
+its head), `mean` and `P` (PCA to `dims`) fitted on the training images;
 w the weight of the general part. With `model.frozen_blocks = k` the trained network's stem and first k blocks are
 ImageNet's own, so the two branches share them and part ways after block k: a second tail, not a second network.
 """
@@ -30,14 +32,16 @@ class GeneralAndTrained(nn.Module):
     output_names = ["embedding"]
 
     def __init__(self, trained: nn.Module, imagenet: EfficientNetLite, shared: int, mean: np.ndarray,
-                 projection: np.ndarray, weight: float):
+                 projection: np.ndarray, weight: float, tap: int = 0):
         super().__init__()
         self.trained, self.imagenet, self.shared, self.weight = trained, imagenet, shared, float(weight)
+        self.tap = tap
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("projection", torch.as_tensor(projection, dtype=torch.float32))
 
     def general(self, h: torch.Tensor) -> torch.Tensor:
-        return F.normalize((self.imagenet.features_from(h, self.shared) - self.mean) @ self.projection, dim=1)
+        return F.normalize((untrained_features(self.imagenet, h, self.shared, self.tap) - self.mean) @ self.projection,
+                           dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.imagenet.prefix(x, self.shared)  # = the trained network's own: those blocks stayed frozen
@@ -62,9 +66,15 @@ def fit_pca(features: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), np.ascontiguousarray(vt[:dims].T, np.float32)
 
 
+def untrained_features(net: EfficientNetLite, h: torch.Tensor, start: int, tap: int) -> torch.Tensor:
+    """The general branch's features from the activations after block `start`: the head's pooled features, or
+    with `tap` block `tap`'s pooled output."""
+    return net.pooled_between(h, start, tap) if tap else net.features_from(h, start)
+
+
 @torch.no_grad()
-def pooled_features(net: EfficientNetLite, batches, log=None) -> np.ndarray:
-    """The pooled features of normalised image batches (an iterable of tensors)."""
+def pooled_features(net: EfficientNetLite, batches, tap: int = 0) -> np.ndarray:
+    """The general branch's features (`untrained_features`) of normalised image batches."""
     net.eval()
-    out = [net.features(x).numpy() for x in batches]
+    out = [untrained_features(net, net.prefix(x, 0), 0, tap).numpy() for x in batches]
     return np.concatenate(out)

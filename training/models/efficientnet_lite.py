@@ -146,6 +146,13 @@ class EfficientNetLite(nn.Module):
         x = self.act(self._bn1(self._conv_head(x)))
         return self._avg_pooling(x).flatten(1)
 
+    def pooled_between(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Blocks `start`..`end`-1 on the activations after block `start`, then their output pooled: mid-level
+        features, without the head."""
+        for block in self._blocks[start:end]:
+            x = block(x)
+        return x.mean(dim=(2, 3))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self._dropout(self.features(x)))
 
