@@ -66,8 +66,11 @@ def main() -> int:
                  for batch, n in ((1, args.images // 4), (64, args.images))]
         base = base or rates
         meta = enc.session.get_modelmeta().custom_metadata_map
+        # a copy: the same training run, input and embedding (the fast copy drops the general branch, and
+        # another general branch gives another embedding from the same run)
         same = (meta.get("rsir.train_config_sha256") == base_info.metadata.get("rsir.train_config_sha256")
-                and enc.info.input_size == base_info.input_size)
+                and enc.info.input_size == base_info.input_size and enc.info.embedding_dim == base_info.embedding_dim
+                and meta.get("rsir.general_branch") == base_info.metadata.get("rsir.general_branch"))
         cos = f"{float(np.mean(np.sum(enc.encode(raw)[0] * emb0, axis=1))):.4f}" if same else "-"
         quant = meta.get("rsir.quantization", "float32").split(" (")[0]
         if "rsir.weight_storage" in meta:
