@@ -132,26 +132,25 @@ class EfficientNetLite(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features_from(self.prefix(x, 0), 0)
 
-    def prefix(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """The stem and the first `n` blocks: the activations a network sharing them branches from."""
-        x = self.act(self._bn0(self._conv_stem(x)))
-        for block in self._blocks[:n]:
+    def blocks(self, x: torch.Tensor, start: int, end: int | None = None) -> torch.Tensor:
+        """Blocks `start`..`end`-1 (to the last with `end` None) on the activations after block `start`."""
+        for block in self._blocks[start:end]:
             x = block(x)
         return x
 
+    def prefix(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The stem and the first `n` blocks: the activations a network sharing them branches from."""
+        return self.blocks(self.act(self._bn0(self._conv_stem(x))), 0, n)
+
     def features_from(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """The pooled features from the activations after block `n` (`prefix(x, n)`)."""
-        for block in self._blocks[n:]:
-            x = block(x)
-        x = self.act(self._bn1(self._conv_head(x)))
+        x = self.act(self._bn1(self._conv_head(self.blocks(x, n))))
         return self._avg_pooling(x).flatten(1)
 
     def pooled_between(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        """Blocks `start`..`end`-1 on the activations after block `start`, then their output pooled: mid-level
-        features, without the head."""
-        for block in self._blocks[start:end]:
-            x = block(x)
-        return x.mean(dim=(2, 3))
+        """Block `end`'s output pooled, from the activations after block `start`: mid-level features, without the
+        head."""
+        return self.blocks(x, start, end).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self._dropout(self.features(x)))
