@@ -1,10 +1,19 @@
 """Training checkpoints: `last.pt` (everything needed to resume) and `best.pt` (the model to export).
 
-Both carry the resolved config, class names and normalisation, so `rsir export CHECKPOINT` needs nothing else."""
+Both carry the resolved config, class names and normalisation, so `rsir export CHECKPOINT` needs nothing else.
+
+A checkpoint is a pickle, and unpickling can call any function the file names: `load` reads it with torch's
+weights-only unpickler (tensors, containers and plain values; numpy scalars of older checkpoints besides), so a
+crafted file is refused before anything in it runs, and `save` writes only such values."""
 from __future__ import annotations
 
+import copy
 import os
+import pickle
+import re
+import warnings
 
+import numpy as np
 import torch
 
 from core.errors import RsirError
@@ -17,16 +26,65 @@ FORMAT = "rsir.checkpoint/1"
 
 
 def save(path: str, payload: dict) -> None:
-    """Write atomically: an interrupted save leaves the previous checkpoint intact."""
+    """Write atomically: an interrupted save leaves the previous checkpoint intact. numpy values become plain
+    Python ones, which `load` reads back."""
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **payload}, tmp)
+        torch.save({"format": FORMAT, **plain(payload)}, tmp)
+
+
+def plain(obj):
+    """`obj` with numpy scalars as Python numbers and numpy arrays as lists, in dicts, lists and tuples at any
+    depth; containers without numpy values inside come back as they are (a state_dict keeps its metadata)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, dict):
+        changed = {k: new for k, v in obj.items() if (new := plain(v)) is not v}
+        if not changed:
+            return obj
+        out = copy.copy(obj)  # keeps the type and attributes (a state_dict's _metadata)
+        out.update(changed)
+        return out
+    if type(obj) in (list, tuple):
+        items = [plain(v) for v in obj]
+        return obj if all(a is b for a, b in zip(items, obj)) else type(obj)(items)
+    return obj
+
+
+def _numpy_scalar_globals() -> list:
+    """What unpickling a numpy scalar names (checkpoints of older versions stored a few): the scalar is rebuilt
+    from its raw bytes and a dtype; nothing else of numpy's is allowed."""
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy before 1.26 has no numpy._core
+        from numpy.core.multiarray import scalar
+    dtypes = sorted({type(np.dtype(c)) for c in "?bhilqBHILQefd"}, key=lambda t: t.__name__)
+    return [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype,
+            *dtypes]
+
+
+def _refusal(path: str, exc: Exception) -> RsirError:
+    """One line for torch's weights-only refusal (several paragraphs that end in advice to load unsafely)."""
+    msg = str(exc)
+    named = re.search(r"GLOBAL ([\w.]+)", msg)
+    if named:
+        return RsirError(f"{path}: not an rsir training checkpoint: refused, it would call {named.group(1)} when "
+                         "loaded (a checkpoint holds only tensors and plain values)")
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", msg, re.S)
+    reason = " ".join((found.group(1) if found else msg.strip().split("\n")[0]).split())
+    return RsirError(f"{path}: not a readable checkpoint ({reason[:200]})")
 
 
 def load(path: str) -> dict:
     if not os.path.isfile(path):
         raise RsirError(f"{path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_numpy_scalar_globals()):
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # the weights-only unpickler refused it: nothing in it ran
+        raise _refusal(path, exc) from None
     except Exception as exc:  # torch raises several types for a non-checkpoint file
         raise RsirError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
