@@ -56,7 +56,7 @@ def scene_table(index_dir: str, raster: str, labels: str, sides: list[int]) -> N
     from core.queries import query_from_box
 
     index = Index(index_dir)
-    enc = Encoder(index.model["path"])
+    enc = Encoder(index.model.path)
     source = ogr.Open(labels)  # kept: the layer dies with it
     layer = source.GetLayer(0)
     label_of, where = {}, {}

@@ -142,7 +142,7 @@ def main() -> int:
 
     out = tempfile.mkdtemp(prefix="rsir-bench-index-")
     shutil.rmtree(out)
-    task = IndexTask([args.archive or args.raster], dock.session.index.model["path"], out,
+    task = IndexTask([args.archive or args.raster], dock.session.index.model.path, out,
                      builder.BuildOptions(tile=64, scale=3000), add_layer=False)
     probe.start()
     t0 = time.perf_counter()

@@ -30,11 +30,12 @@ def build_synthetic(raster: str, out: str, tiles: int, model: str, tile: int = 6
     spec = expand_archive([raster])[0]
     encoder = Encoder(model)
     probe = builder._plan_source(spec, encoder, builder.BuildOptions(tile=tile), check_values=False)
-    w, h = probe["width"], probe["height"]
+    w, h = probe.width, probe.height
     stride = max(1, int(math.sqrt((w - tile) * (h - tile) / max(tiles, 1))))
-    opts = builder.BuildOptions(tile=tile, stride=stride, scale=probe["scale"])
+    opts = builder.BuildOptions(tile=tile, stride=stride, scale=probe.scale)
     plan = [builder._plan_source(spec, encoder, opts, check_values=False)]
-    windows = np.asarray(plan[0]["windows"], np.int64)
+    grid = plan[0].windows
+    windows = np.asarray([(w.x, w.y, w.w, w.h) for w in grid], np.int64)
     shutil.rmtree(out, ignore_errors=True)
     partial = layout.path(out, layout.PARTIAL)
     os.makedirs(partial)
@@ -49,8 +50,8 @@ def build_synthetic(raster: str, out: str, tiles: int, model: str, tile: int = 6
         np.savez(os.path.join(partial, name), emb=emb, codes=codes, meta=meta)
         state["chunks"].append(name)
         state["kept"] += len(part)
-    builder._finalize(plan, encoder, opts, os.path.abspath(out), None, partial, state)
-    builder._install(os.path.abspath(out), partial)
+    generation = builder._finalize(plan, encoder, opts, os.path.abspath(out), None, partial, state)
+    builder._install(os.path.abspath(out), partial, generation)
     return len(windows)
 
 

@@ -207,7 +207,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.tile is not None:
         query = query_from_tile(index, args.tile)
     else:
-        model = args.model or index.model["path"]
+        model = args.model or index.model.path
         if not os.path.exists(model):
             raise RsirError(f"{model}: the index's model is not there any more; pass --model")
         said = []
@@ -265,14 +265,14 @@ def _write_png(path: str, index, query, hits) -> None:
     pixels = []
     for h in hits[:23]:
         entry = index.sources[h.source_id]
-        pixels.append(read_tile_pixels(h.source, entry["kind"], entry["bands"], TileWindow(h.x, h.y, h.w, h.h), size))
+        pixels.append(read_tile_pixels(h.source, entry.kind, list(entry.bands), TileWindow(h.x, h.y, h.w, h.h), size))
     qpix = None
     if query.pixels is not None:
         qpix = query.pixels
     elif query.tile_id is not None:
         t = index.tile(query.tile_id)
         entry = index.sources[t.source_id]
-        qpix = read_tile_pixels(t.source, entry["kind"], entry["bands"], TileWindow(t.x, t.y, t.w, t.h), size)
+        qpix = read_tile_pixels(t.source, entry.kind, list(entry.bands), TileWindow(t.x, t.y, t.w, t.h), size)
     if qpix is not None and qpix.shape[-1] != size:
         from .archive.pixels import resample_array
 
@@ -286,30 +286,30 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     index = Index(args.index)
     m = index.manifest
-    meta = m["model"]["metadata"]
-    t = m["tiling"]
-    crs = sorted({s["crs"] or "(none)" for s in m["sources"]})
+    meta = m.model.metadata
+    t = m.tiling
+    crs = sorted({s.crs or "(none)" for s in m.sources})
     print(f"index      {index.dir}")
-    print(f"tiles      {m['counts']['tiles']} indexed, {m['counts']['skipped']} skipped as nodata/empty, "
-          f"from {m['counts']['sources']} source(s)")
-    print(f"model      {m['model']['path']} (sha256 {m['model']['sha256'][:12]}, {describe_method(meta)}, "
+    print(f"tiles      {m.tiles} indexed, {m.skipped} skipped as nodata/empty, from {len(m.sources)} source(s)")
+    print(f"model      {m.model.path} (sha256 {m.model.sha256[:12]}, {describe_method(meta)}, "
           f"input {meta.get('rsir.input_size')} px, bands {meta.get('rsir.bands')})")
-    print(f"vectors    {m['embedding_dim']}-d float ({m['faiss']['float']}), {m['code_bits']}-bit codes "
-          f"({m['faiss']['binary']}, from {m['code_source']})")
+    print(f"vectors    {m.embedding_dim}-d float ({m.float_factory}), {m.code_bits}-bit codes "
+          f"({m.binary_factory}, from {m.code_source})")
     ground = index.tile_ground_size()
-    options = ((f", gsd {t['gsd']}" if t["gsd"] else "") + (f", bands {t['bands']}" if t["bands"] else "")
-               + (f", scale {t['scale']}" if t["scale"] else "")
-               + (f", add_offset {t['add_offset']:g}" if t.get("add_offset") else ""))
-    if all(s["kind"] == "patch" for s in m["sources"]):  # --tile and --stride do not apply to patches
+    options = ((f", gsd {t.gsd}" if t.gsd else "") + (f", bands {list(t.bands)}" if t.bands else "")
+               + (f", scale {t.scale}" if t.scale else "")
+               + (f", add_offset {t.add_offset:g}" if t.add_offset else ""))
+    if all(s.kind == "patch" for s in m.sources):  # --tile and --stride do not apply to patches
         print("tiling     each patch is one tile, read whole" + options)
     else:
-        patches = sum(s["kind"] == "patch" for s in m["sources"])
-        print(f"tiling     tile {t['tile']} px" + (f" ({ground})" if ground else "") + f", stride {t['stride']} px"
+        patches = sum(s.kind == "patch" for s in m.sources)
+        print(f"tiling     tile {t.tile} px" + (f" ({ground})" if ground else "") + f", stride {t.stride} px"
               + options + (f"; {patches} patch(es), each one tile read whole" if patches else ""))
     print(f"encoded at {index.describe_input_sizes()}")
     print(f"crs        {', '.join(crs)}")
     print(f"values     {index.describe_values()}")
-    print(f"updated    {m['updated']} (created {m['created']})")
+    print(f"stored     {os.path.relpath(index.data_dir, index.dir)} (generation {m.generation}, format {m.format})")
+    print(f"updated    {m.updated} (created {m.created})")
     return 0
 
 

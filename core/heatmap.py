@@ -38,12 +38,12 @@ def similarity_heatmap(index: Index, query_embedding: np.ndarray, source_path: s
     if entry is None:
         raise RsirError(f"{source_path}: is not in index {index.dir}, nor on the pixel grid of a raster that is; a "
                         "heat map scores indexed tiles, so index the raster first")
-    ids, windows = index.source_windows(entry["id"])
+    ids, windows = index.source_windows(entry.id)
     if not len(ids):
         raise RsirError(f"{source_path}: has no indexed tiles (all skipped as nodata)")
     cell = int(np.gcd.reduce(windows.ravel()))
-    cell = max(cell, math.ceil(max(entry["width"], entry["height"]) / max_cells), int(windows[:, 2:].min()) // 4)
-    cols, rows = math.ceil(entry["width"] / cell), math.ceil(entry["height"] / cell)
+    cell = max(cell, math.ceil(max(entry.width, entry.height) / max_cells), int(windows[:, 2:].min()) // 4)
+    cols, rows = math.ceil(entry.width / cell), math.ceil(entry.height / cell)
     scores = index.scores(ids, query_embedding)
     x, y, w, h = windows.T
     r0, c0 = y // cell, x // cell
@@ -55,7 +55,7 @@ def similarity_heatmap(index: Index, query_embedding: np.ndarray, source_path: s
 
     from .archive.sources import SourceSpec
 
-    src = open_source(SourceSpec(entry["path"], entry["kind"]))
+    src = open_source(SourceSpec(entry.path, entry.kind))
     gt = src.GetGeoTransform()
     with atomic_path(out_path) as tmp:
         ds = gdal.GetDriverByName("GTiff").Create(tmp, cols, rows, 1, gdal.GDT_Float32, ["COMPRESS=DEFLATE"])

@@ -17,6 +17,7 @@ from .archive.sources import SourceSpec, expand_archive, open_source, resolve_ba
 from .archive.tiling import TileWindow, cover_windows, source_gsd
 from .encoder import Encoder, l2_normalise
 from .errors import RsirError
+from .index.manifest import SourceEntry
 from .index.reader import Index
 
 
@@ -40,8 +41,8 @@ def query_from_tile(index: Index, tile_id: int) -> Query:
                  footprint_wkt=index.tile(tile_id).footprint_wkt)
 
 
-def _query_reading(index: Index, encoder: Encoder, raster_path: str, ds, grid: list[dict], bands, scale, add_offset,
-                   own: SourceSpec | None = None) -> tuple[list, float, float, list[str]]:
+def _query_reading(index: Index, encoder: Encoder, raster_path: str, ds, grid: list[SourceEntry], bands, scale,
+                   add_offset, own: SourceSpec | None = None) -> tuple[list, float, float, list[str]]:
     """Bands, value scale and offset to read a query with, and any warning about them.
 
     Values: the caller's, else the query source's own (a band-stack spec's), else what the index used for that
@@ -54,13 +55,14 @@ def _query_reading(index: Index, encoder: Encoder, raster_path: str, ds, grid: l
     if index.is_cross_modal(encoder.info):  # the index's bands and scale are the other modality's
         chosen = resolve_bands(ds, bands or encoder.info.bands, raster_path)
         return chosen, float(scale or own_scale or encoder.info.scale), float(_first(add_offset, own_offset, 0.0)), []
-    tiling = index.manifest["tiling"]
-    chosen = resolve_bands(ds, bands or tiling.get("bands") or encoder.info.bands, raster_path)
+    tiling = index.manifest.tiling
+    chosen = resolve_bands(ds, bands or (list(tiling.bands) if tiling.bands else None) or encoder.info.bands,
+                           raster_path)
     sources = grid or index.sources
-    scales = {float(s["scale"]) for s in sources}
-    offsets = {float(s.get("add_offset", 0.0)) for s in sources}  # indexes before add_offset: 0
-    stored = (next(iter(scales)) if len(scales) == 1 else tiling.get("scale") or encoder.info.scale,
-              next(iter(offsets)) if len(offsets) == 1 else tiling.get("add_offset") or 0.0)
+    scales = {s.scale for s in sources}
+    offsets = {s.add_offset for s in sources}
+    stored = (next(iter(scales)) if len(scales) == 1 else tiling.scale or encoder.info.scale,
+              next(iter(offsets)) if len(offsets) == 1 else tiling.add_offset or 0.0)
     warnings = []
     if index.source_entry(raster_path) is None and ds.GetRasterBand(1).DataType == gdal.GDT_Byte and \
             stored[0] > 255:
@@ -112,19 +114,19 @@ def _area_parts(win: TileWindow, tile: int | None, inside=None) -> list[TileWind
     return parts
 
 
-def input_side(index: Index, encoder: Encoder, grid: list[dict], native: int | None = None) -> int:
+def input_side(index: Index, encoder: Encoder, grid: list[SourceEntry], native: int | None = None) -> int:
     """The input side a query is encoded at, as the archive was read: `rsir index --input-size` when given; else
     the side the indexed sources on the query's grid were encoded at, when they agree; else the query encoder's
     rule (`ModelInfo.encode_size`) applied to `native` (a whole image's larger side) or to the index's tile
     size. Models of one input size always take that size."""
-    forced = index.manifest["tiling"].get("input_size")
+    forced = index.manifest.tiling.input_size
     if forced and encoder.info.dynamic_size:
         return encoder.info.encode_size(forced)
     if not index.is_cross_modal(encoder.info):
         sizes = {index.source_input_size(s) for s in grid}
         if len(sizes) == 1:
             return sizes.pop()
-    return encoder.info.encode_size(native or index.manifest["tiling"]["tile"])
+    return encoder.info.encode_size(native or index.manifest.tiling.tile)
 
 
 def _encode_parts(index: Index, encoder: Encoder, ds, bands: list, parts: list[TileWindow], scale: float,
@@ -134,8 +136,8 @@ def _encode_parts(index: Index, encoder: Encoder, ds, bands: list, parts: list[T
     the index allows unless all have."""
     pixels = np.stack([read_window(ds, bands, w, size, what) for w in parts])
     if len(parts) > 1:
-        tiling = index.manifest["tiling"]
-        valid = [invalid_fraction(ds, bands, w, p, tiling.get("nodata")) <= tiling.get("max_invalid", 0.5)
+        tiling = index.manifest.tiling
+        valid = [invalid_fraction(ds, bands, w, p, tiling.nodata) <= tiling.max_invalid
                  for w, p in zip(parts, pixels)]
         if any(valid):
             pixels = pixels[np.asarray(valid)]
@@ -204,7 +206,7 @@ def query_from_array(index: Index, encoder: Encoder, pixels: np.ndarray, scale: 
     if arr.shape[0] != encoder.info.channels:
         raise RsirError(f"{description}: has {arr.shape[0]} band(s), the model needs {encoder.info.channels}")
     raw = resample_array(arr, input_side(index, encoder, [], max(arr.shape[1:])), description)
-    own_scale = None if index.is_cross_modal(encoder.info) else index.manifest["tiling"].get("scale")
+    own_scale = None if index.is_cross_modal(encoder.info) else index.manifest.tiling.scale
     emb, code = encoder.encode(raw[None], scale=scale or own_scale or encoder.info.scale)
     return Query("image", description, emb[0], code[0], pixels=raw)
 
@@ -331,15 +333,15 @@ def query_from_polygons(index: Index, encoder: Encoder, raster: str, polygons: l
                  pixels=read_window(ds, chosen, win, size, raster), warnings=warnings)
 
 
-def _index_tile_pixels(index: Index, ds, grid: list[dict]) -> int | None:
+def _index_tile_pixels(index: Index, ds, grid: list[SourceEntry]) -> int | None:
     """The side of the index's tiles in pixels of the query raster `ds`: the tile size at the index's ground
     resolution (its --gsd, else the gsd shared by the indexed sources on the raster's grid or by all of them, else
     the raster's own) over the raster's pixel size. Patch-folder indexes: the patches' common width, if any."""
     sources = grid or index.sources
-    tiling = index.manifest["tiling"]
-    if all(s["kind"] == "patch" for s in sources):
-        widths = {s["width"] for s in sources}
+    tiling = index.manifest.tiling
+    if all(s.kind == "patch" for s in sources):
+        widths = {s.width for s in sources}
         return widths.pop() if len(widths) == 1 else None
-    gsds = {float(s["gsd"]) for s in sources if s["kind"] != "patch"}
-    index_gsd = tiling.get("gsd") or (gsds.pop() if len(gsds) == 1 else source_gsd(ds))
-    return max(1, round(tiling["tile"] * index_gsd / source_gsd(ds)))
+    gsds = {s.gsd for s in sources if s.kind != "patch"}
+    index_gsd = tiling.gsd or (gsds.pop() if len(gsds) == 1 else source_gsd(ds))
+    return max(1, round(tiling.tile * index_gsd / source_gsd(ds)))

@@ -101,6 +101,7 @@ def search(index: Index, query: Query, k: int = 20, mode: str = "float", radius:
     `max_radius_hits`), else the k nearest."""
     if k <= 0:
         raise RsirError(f"k must be positive, got {k}")
+    index.refresh()  # an update installed since the index was opened (tile ids only grow: the query stays valid)
     if radius is None:
         ids = nearest_ids(index, query, k, mode, nprobe, exclude_query_tile, rerank)
     elif rerank:

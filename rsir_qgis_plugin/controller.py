@@ -99,11 +99,11 @@ class RetrievalSession:
 
     def summary(self) -> dict:
         m = self.index.manifest
-        meta = m["model"]["metadata"]
-        return {"model": os.path.basename(m["model"]["path"]), "method": core_encoder.describe_method(meta),
-                "tile": m["tiling"]["tile"], "stride": m["tiling"]["stride"], "tiles": m["counts"]["tiles"],
-                "crs": sorted({s["crs"] or "(none)" for s in m["sources"]}), "code_bits": m["code_bits"],
-                "has_hash": m["code_source"] == "hash", "sources": len(m["sources"])}
+        meta = m.model.metadata
+        return {"model": os.path.basename(m.model.path), "method": core_encoder.describe_method(meta),
+                "tile": m.tiling.tile, "stride": m.tiling.stride, "tiles": m.tiles,
+                "crs": sorted({s.crs or "(none)" for s in m.sources}), "code_bits": m.code_bits,
+                "has_hash": m.code_source == "hash", "sources": len(m.sources)}
 
     def describe(self) -> str:
         s = self.summary()
@@ -118,6 +118,7 @@ class RetrievalSession:
     def search_box(self, raster: str, box: tuple[float, float, float, float], box_crs: str,
                    req: SearchRequest, within: str | None = None) -> SearchResult:
         """`within`: a polygon (WKT in `box_crs`) whose bounding box `box` is; only its tiles are averaged."""
+        self.index.refresh()  # an update since the index was opened: search its newest generation
         enc, said = self._query_encoder(raster, req)
         query = queries.query_from_box(self.index, enc, raster, box, box_crs, whole=req.whole_box, within=within)
         query.warnings[:0] = said
@@ -125,16 +126,19 @@ class RetrievalSession:
 
     def search_polygons(self, raster: str, polygons: list[str], crs: str, req: SearchRequest) -> SearchResult:
         """Several polygons (WKT in `crs`) as one query: the tiles inside each, averaged together."""
+        self.index.refresh()
         enc, said = self._query_encoder(raster, req)
         query = queries.query_from_polygons(self.index, enc, raster, polygons, crs)
         query.warnings[:0] = said
         return self._finish(query, req, raster)
 
     def search_tile(self, tile_id: int, req: SearchRequest) -> SearchResult:
+        self.index.refresh()
         query = queries.query_from_tile(self.index, tile_id)
         return self._finish(query, req, self.index.tile(tile_id).source)
 
     def search_image(self, path: str, req: SearchRequest) -> SearchResult:
+        self.index.refresh()
         enc, said = self._query_encoder(path, req)
         query = queries.query_from_image(self.index, enc, path, whole=req.whole_box)
         query.warnings[:0] = said
@@ -143,6 +147,7 @@ class RetrievalSession:
 
     def tile_at(self, lon: float, lat: float) -> int | None:
         """Id of the tile whose EPSG:4326 footprint contains (lon, lat), nearest centre first; None if none."""
+        self.index.refresh()
         return self.index.tile_at(lon, lat)
 
     def _finish(self, query, req: SearchRequest, raster: str | None):
@@ -176,11 +181,11 @@ class RetrievalSession:
         out = []
         for h in hits:
             entry = self.index.sources[h.source_id]
-            path = tile_vrt.write_tile_vrt(h.source, entry["kind"], entry["bands"], h.x, h.y, h.w, h.h,
+            path = tile_vrt.write_tile_vrt(h.source, entry.kind, list(entry.bands), h.x, h.y, h.w, h.h,
                                            os.path.join(out_dir, f"rank{h.rank:03d}_tile{h.tile_id}.vrt"))
-            key = (h.source, tuple(entry["bands"]))
-            if key not in self._display_ranges and entry["kind"] != "patch":
-                self._display_ranges[key] = tile_vrt.display_range(h.source, entry["kind"], entry["bands"])
+            key = (h.source, tuple(entry.bands))
+            if key not in self._display_ranges and entry.kind != "patch":
+                self._display_ranges[key] = tile_vrt.display_range(h.source, entry.kind, list(entry.bands))
             out.append((path, f"#{h.rank} tile {h.tile_id}", self._display_ranges.get(key)))
         return out
 

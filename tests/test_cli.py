@@ -141,7 +141,7 @@ def test_index_without_a_model_uses_the_shipped_default(twin_raster, tmp_path, c
     code, stdout, _ = run(capsys, "index", twin_raster, "--out", out, "-q")
     assert code == 0 and f"model: {default_model_path()} (the default" in stdout
     assert os.path.basename(default_model_path()).endswith(".onnx")
-    assert Index(out).model["path"] == os.path.abspath(default_model_path()) and Index(out).n == 16
+    assert Index(out).model.path == os.path.abspath(default_model_path()) and Index(out).n == 16
 
 
 def test_boxes_west_of_greenwich_and_south_of_the_equator_parse_as_written(tiny_model, tmp_path, capsys):

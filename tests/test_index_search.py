@@ -47,7 +47,7 @@ def test_round_trip_ids_windows_and_vectors(built, twin_raster, tiny_model):
     emb, code = enc.encode(raw[None])
     np.testing.assert_allclose(index.embeddings([TWIN_AT])[0], emb[0], atol=2e-3)  # float16 storage
     assert index.codes([TWIN_AT])[0].tolist() == code[0].tolist()
-    assert index.manifest["counts"] == {"tiles": 16, "skipped": 0, "sources": 1}
+    assert (index.manifest.tiles, index.manifest.skipped, len(index.manifest.sources)) == (16, 0, 1)
 
 
 def test_box_search_finds_duplicate_at_rank_1_or_2(built, twin_raster, tiny_model):
@@ -139,10 +139,10 @@ def _snapshot(idx_dir: str) -> dict:
     gpkg = ogr.Open(index.tiles_path())  # keep the datasource alive while its layer is read
     layer = gpkg.GetLayer(0)
     rows = sorted((f.GetFID(), f.GetField("x"), f.GetField("y"), f.GetGeometryRef().ExportToWkt()) for f in layer)
-    return {"emb": open(os.path.join(idx_dir, "embeddings.f16"), "rb").read(),
-            "codes": open(os.path.join(idx_dir, "codes.u8"), "rb").read(), "ids": ids.tolist(),
-            "hids": hids.tolist(), "rows": rows, "counts": index.manifest["counts"],
-            "sources": [{k: v for k, v in s.items()} for s in index.sources]}
+    return {"emb": open(index.data_path("embeddings.f16"), "rb").read(),
+            "codes": open(index.data_path("codes.u8"), "rb").read(), "ids": ids.tolist(),
+            "hids": hids.tolist(), "rows": rows, "counts": (index.manifest.tiles, index.manifest.skipped),
+            "sources": [s.to_dict() for s in index.sources]}
 
 
 def test_zero_pixels_are_data_unless_declared_nodata(tmp_path, tiny_model):
@@ -155,10 +155,10 @@ def test_zero_pixels_are_data_unless_declared_nodata(tmp_path, tiny_model):
     raster = write_raster(str(tmp_path / "radar.tif"), data)
     plain = build_index([raster], tiny_model, str(tmp_path / "plain"), BuildOptions(tile=64))
     assert (plain.tiles_added, plain.skipped) == (16, 0)
-    assert "nodata" not in Index(str(tmp_path / "plain")).manifest["tiling"]
+    assert Index(str(tmp_path / "plain")).manifest.tiling.nodata is None
     told = build_index([raster], tiny_model, str(tmp_path / "told"), BuildOptions(tile=64, nodata=0))
     assert (told.tiles_added, told.skipped) == (14, 2)
-    assert Index(str(tmp_path / "told")).manifest["tiling"]["nodata"] == 0
+    assert Index(str(tmp_path / "told")).manifest.tiling.nodata == 0
     declared = write_raster(str(tmp_path / "declared.tif"), data, nodata=0)
     own = build_index([declared], tiny_model, str(tmp_path / "own"), BuildOptions(tile=64))
     assert (own.tiles_added, own.skipped) == (14, 2)
@@ -208,7 +208,7 @@ def test_forced_factories_ivf(tmp_path, twin_raster, tiny_model):
     raster = write_raster(str(tmp_path / "wide.tif"), data)
     build_index([raster], tiny_model, out, BuildOptions(tile=16, float_factory="IVF4,Flat", binary_factory="BIVF4"))
     index = Index(out)
-    assert index.manifest["faiss"] == {"float": "IVF4,Flat", "binary": "BIVF4"}
+    assert (index.manifest.float_factory, index.manifest.binary_factory) == ("IVF4,Flat", "BIVF4")
     assert index.n == 1024
     _, ids = index.search_float(index.embeddings([100]), 1, nprobe=4)
     assert ids[0][0] == 100
@@ -221,7 +221,7 @@ def test_hash_and_graph_binary_indexes_search_like_flat(tmp_path, twin_raster, t
     build_index([twin_raster], tiny_model, flat_dir, BuildOptions(tile=16))
     build_index([twin_raster], tiny_model, other_dir, BuildOptions(tile=16, binary_factory=factory))
     flat, other = Index(flat_dir), Index(other_dir)
-    assert other.manifest["faiss"]["binary"] == factory and other.n == flat.n == 256
+    assert other.manifest.binary_factory == factory and other.n == flat.n == 256
     for tile in (0, 77, 255):
         q = query_from_tile(flat, tile)
         all_d = flat.hamming(q.code, np.arange(flat.n))

@@ -41,14 +41,14 @@ def test_patches_are_encoded_near_their_own_size(dynamic_model, mixed_patches, t
     out = str(tmp_path / "idx")
     build_index([mixed_patches], dynamic_model, out, BuildOptions())
     index = Index(out)
-    sizes = {os.path.basename(os.path.dirname(s["path"])): s["input_size"] for s in index.sources}
+    sizes = {os.path.basename(os.path.dirname(s.path)): s.input_size for s in index.sources}
     assert sizes == {"class0": 24, "class1": 48, "class2": 64}
     enc = Encoder(dynamic_model)
     for tid in range(index.n):
         tile = index.tile(tid)
         entry = index.sources[tile.source_id]
         ds = open_raster(tile.source)
-        side = entry["input_size"]
+        side = entry.input_size
         expected, _ = enc.encode(read_window(ds, [1, 2, 3], TileWindow(0, 0, ds.RasterXSize, ds.RasterYSize),
                                              side)[None])
         assert float(index.embeddings([tid])[0] @ expected[0]) == pytest.approx(1.0, abs=1e-3)
@@ -66,7 +66,7 @@ def test_raster_tiles_are_encoded_at_the_tile_size_and_boxes_read_alike(dynamic_
     out = str(tmp_path / "idx")
     build_index([raster], dynamic_model, out, BuildOptions(tile=40))
     index = Index(out)
-    assert index.sources[0]["input_size"] == 40 and index.n == 4
+    assert index.sources[0].input_size == 40 and index.n == 4
     enc = Encoder(dynamic_model)
     x0, y0 = ORIGIN
     box = (x0 + 400, y0 - 400, x0 + 800, y0)  # tile 1 (row 0, col 1), 10 m pixels
@@ -77,11 +77,11 @@ def test_raster_tiles_are_encoded_at_the_tile_size_and_boxes_read_alike(dynamic_
     # a larger tile is clamped to the model's largest side; --input-size forces one side and the query follows
     big = str(tmp_path / "big")
     build_index([raster], dynamic_model, big, BuildOptions(tile=80))
-    assert Index(big).sources[0]["input_size"] == 64
+    assert Index(big).sources[0].input_size == 64
     forced = str(tmp_path / "forced")
     build_index([raster], dynamic_model, forced, BuildOptions(tile=40, input_size=24))
     findex = Index(forced)
-    assert findex.sources[0]["input_size"] == 24 and findex.manifest["tiling"]["input_size"] == 24
+    assert findex.sources[0].input_size == 24 and findex.manifest.tiling.input_size == 24
     fq = query_from_box(findex, enc, raster, box)
     assert fq.pixels.shape[-1] == 24
     assert float(findex.embeddings([1])[0] @ fq.embedding) == pytest.approx(1.0, abs=1e-3)
@@ -94,7 +94,7 @@ def test_fixed_size_models_keep_their_one_size(tiny_model, mixed_patches, tmp_pa
     out = str(tmp_path / "idx")
     assert main(["index", mixed_patches, "--model", tiny_model, "--out", out, "-q"]) == 0
     index = Index(out)
-    assert {s["input_size"] for s in index.sources} == {32}
+    assert {s.input_size for s in index.sources} == {32}
     with pytest.raises(RsirError, match="takes 32 px only"):
         build_index([mixed_patches], tiny_model, str(tmp_path / "x"), BuildOptions(input_size=48))
     capsys.readouterr()

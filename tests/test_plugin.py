@@ -316,7 +316,7 @@ def test_processing_algorithms(tmp_path, twin_raster, tiny_model, qgis_processin
         res = processing.run("rsir:buildindex", {"SOURCES": [layer], "MODEL": tiny_model, "TILE": 64, "STRIDE": 64,
                                                  "OUT": out})
         assert res["TILES"] == 16 and os.path.exists(os.path.join(out, "manifest.json"))
-        assert "nodata" not in Index(out).manifest["tiling"]  # no NODATA given: zeros are data
+        assert Index(out).manifest.tiling.nodata is None  # no NODATA given: zeros are data
         # a 16-bit copy stored with +1000, indexed with the offset that undoes it: the same vectors
         shifted = write_raster(str(tmp_path / "shifted.tif"),
                                gdal.Open(twin_raster).ReadAsArray().astype(np.uint16) + 1000)
@@ -324,8 +324,8 @@ def test_processing_algorithms(tmp_path, twin_raster, tiny_model, qgis_processin
                                                  "TILE": 64, "STRIDE": 64, "SCALE": 255, "ADD_OFFSET": -1000,
                                                  "NODATA": 0, "OUT": str(tmp_path / "shifted_idx")})
         shifted_index = Index(str(tmp_path / "shifted_idx"))
-        tiling = shifted_index.manifest["tiling"]
-        assert (tiling["add_offset"], tiling["nodata"]) == (-1000, 0)
+        tiling = shifted_index.manifest.tiling
+        assert (tiling.add_offset, tiling.nodata) == (-1000, 0)
         np.testing.assert_allclose(shifted_index.embeddings(list(range(16))), Index(out).embeddings(list(range(16))),
                                    atol=2e-3)
         extent = f"{BOX_00.xMinimum()},{BOX_00.xMaximum()},{BOX_00.yMinimum()},{BOX_00.yMaximum()} [EPSG:32618]"

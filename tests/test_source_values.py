@@ -66,7 +66,7 @@ def test_offset_and_scale_make_two_encodings_of_one_scene_equal(tmp_path, tiny_m
     out = str(tmp_path / "idx")
     build_index([old, new], tiny_model, out, BuildOptions(tile=64))
     index = Index(out)
-    assert index.n == 32 and [s["add_offset"] for s in index.sources] == [0.0, -1000.0]
+    assert index.n == 32 and [s.add_offset for s in index.sources] == [0.0, -1000.0]
     emb = index.embeddings(list(range(32)))
     np.testing.assert_allclose(emb[:16], plain_index.embeddings(list(range(16))), atol=2e-3)
     np.testing.assert_allclose(emb[16:], emb[:16], atol=2e-3)
@@ -168,10 +168,10 @@ def test_heat_map_and_values_of_a_vrt_over_indexed_band_files(tmp_path, tiny_mod
     out = str(tmp_path / "idx")
     build_index([new, other], tiny_model, out, BuildOptions(tile=64))
     index, enc = Index(out), Encoder(tiny_model)
-    assert [s["scale"] for s in index.sources] == [2550, 255] and "geotransform" in index.sources[0]
+    assert [s.scale for s in index.sources] == [2550, 255] and index.sources[0].geotransform is not None
     vrt = str(tmp_path / "new.vrt")
     gdal.BuildVRT(vrt, sorted(str(p) for p in (tmp_path / "new").glob("new_b*.tif")), separate=True).FlushCache()
-    assert [s["path"] for s in index.same_grid_sources(open_raster(vrt), vrt)] == [os.path.abspath(new)]
+    assert [s.path for s in index.same_grid_sources(open_raster(vrt), vrt)] == [os.path.abspath(new)]
     query = query_from_box(index, enc, vrt, BOX_00)
     assert not query.warnings
     hits = search(index, query, k=2)
@@ -181,9 +181,9 @@ def test_heat_map_and_values_of_a_vrt_over_indexed_band_files(tmp_path, tiny_mod
     np.testing.assert_array_equal(grids[0], grids[1])
     assert grids[0].shape == (4, 4) and grids[0][0, 0] == pytest.approx(1.0, abs=3e-3)
     # indexes made before the manifest recorded geotransforms: the source is opened to compare
-    for s in index.sources:
-        s.pop("geotransform")
-    assert [s["path"] for s in index.same_grid_sources(open_raster(vrt), vrt)] == [os.path.abspath(new)]
+    index.manifest = index.manifest.replace(sources=tuple(s.__class__(**{**s.__dict__, "geotransform": None})
+                                                           for s in index.sources))
+    assert [s.path for s in index.same_grid_sources(open_raster(vrt), vrt)] == [os.path.abspath(new)]
     shifted = write_raster(str(tmp_path / "shifted.tif"), img, origin=(ORIGIN[0] + 10, ORIGIN[1]))
     assert index.same_grid_sources(open_raster(shifted), shifted) == []
     with pytest.raises(RsirError, match="nor on the pixel grid of a raster that is"):

@@ -214,9 +214,9 @@ def load_index_tiles(index_dir: str, vector_path: str, field: str, size: int | N
             continue
         entry = index.sources[tile.source_id]
         if tile.source_id not in datasets:
-            datasets[tile.source_id] = open_source(SourceSpec(entry["path"], entry["kind"]))
+            datasets[tile.source_id] = open_source(SourceSpec(entry.path, entry.kind))
         win = TileWindow(tile.x, tile.y, tile.w, tile.h)
-        pixels.append(read_window(datasets[tile.source_id], entry["bands"], win, size, entry["path"]))
+        pixels.append(read_window(datasets[tile.source_id], list(entry.bands), win, size, entry.path))
         labels.append(str(label))
         ids.append(f"{os.path.basename(entry['path'])}:{tid}")
         picked.append(tid)

@@ -1,13 +1,17 @@
 """Build or extend an index directory, resumably.
 
-Run: validate every source first (nothing is written for bad input) -> encode windows in checkpointed chunks
-under IDX/.partial/ -> finalize the data files in IDX/.partial/final/ -> rename them into IDX/, manifest last.
-A rerun of the same command resumes from the last checkpoint (or finishes an interrupted rename); a rerun with
-other inputs is refused unless `restart=True`. Adding sources to an existing index appends tiles (ids continue).
+Run: validate the options and every source first (nothing is written for bad input) -> take the folder's write
+lock -> encode windows in checkpointed chunks under IDX/.partial/ -> write the next generation's data files and
+manifest in IDX/.partial/final/ -> install: rename that folder to IDX/gen-NNNNNN/ (one rename), then replace
+IDX/manifest.json (one rename) -> remove generations older than the previous one and the .partial folder.
+A kill at any moment leaves the previous generation in service; a rerun of the same command resumes from the last
+checkpoint or finishes the install; a rerun with other inputs is refused unless `restart=True`. Adding sources to
+an existing index appends tiles (ids continue).
 """
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -22,16 +26,34 @@ from .. import __version__
 from ..archive.footprints import FootprintMaker
 from ..archive.pixels import invalid_fraction, read_window
 from ..archive.sources import SourceSpec, expand_archive, open_source, resolve_bands
-from ..archive.tiling import TileWindow, plan_windows, source_gsd
+from ..archive.tiling import TileWindow, WindowGrid, plan_windows, source_gsd
 from ..archive.value_check import reading_problem, sample_reading
 from ..encoder import Encoder, ModelInfo
 from ..errors import Cancelled, RsirError
 from ..fileio import atomic_path, read_json, write_json
 from . import layout, tiles_gpkg
-from .faiss_build import build_binary_index, build_float_index, default_binary_factory, default_float_factory
+from .faiss_build import (build_binary_index, build_float_index, check_factory, default_binary_factory,
+                          default_float_factory)
+from .lock import IndexLock
+from .manifest import Manifest, ModelRef, SourceEntry, Tiling, read_manifest, write_manifest
 
 ProgressFn = Callable[[int, int], None]  # (windows done, windows total)
 CancelFn = Callable[[], bool]
+NoticeFn = Callable[[str], None]  # a message for the user now, not at the end (e.g. the size of a long run)
+LARGE_RUN = 1_000_000  # tiles: above this a run says how many and how long, before it starts
+
+# Fault injection for the crash-consistency tests: called with the name of each step of a run (see STEPS); the
+# environment variable RSIR_FAULT_AT=step makes a process die there as a SIGKILL would (bench/chaos.py, tests).
+STEPS = ("encode:chunk-saved", "encode:state-saved", "finalize:written", "install:ready", "install:data-renamed",
+         "install:manifest-replaced", "install:old-removed")
+FAULT_HOOK: Callable[[str], None] | None = None
+
+
+def _step(name: str) -> None:
+    if FAULT_HOOK is not None:
+        FAULT_HOOK(name)
+    elif os.environ.get("RSIR_FAULT_AT") == name:
+        os._exit(137)
 
 
 @dataclass
@@ -54,13 +76,28 @@ class BuildOptions:
     threads: int | None = None
     batch_size: int = 64
 
-    def tiling(self) -> dict:
-        return {"tile": self.tile, "stride": self.stride or self.tile, "gsd": self.gsd, "bands": self.bands,
-                "scale": self.scale, "max_invalid": self.max_invalid,
-                # only when set, so indexes and unfinished runs from before the options keep matching
-                **({"add_offset": self.add_offset} if self.add_offset else {}),
-                **({"nodata": self.nodata} if self.nodata is not None else {}),
-                **({"input_size": self.input_size} if self.input_size else {})}
+    def tiling(self) -> Tiling:
+        return Tiling(tile=self.tile, stride=self.stride or self.tile, gsd=self.gsd,
+                      bands=tuple(self.bands) if self.bands else None, scale=self.scale,
+                      max_invalid=self.max_invalid, add_offset=self.add_offset or None, nodata=self.nodata,
+                      input_size=self.input_size or None)
+
+    def check(self) -> None:
+        """RsirError for options no run can use, before anything is opened or written."""
+        limit = 1 << 30
+        for name, value, low in (("--tile", self.tile, 1), ("--stride", self.stride, 1),
+                                 ("--input-size", self.input_size, 1), ("--batch-size", self.batch_size, 1),
+                                 ("--checkpoint-every", self.checkpoint_every, 1), ("--threads", self.threads, 1)):
+            if value is not None and not low <= value <= limit:
+                raise RsirError(f"{name} {value}: must be a whole number from {low} to {limit}")
+        if not 0.0 <= self.max_invalid <= 1.0:
+            raise RsirError(f"--max-invalid {self.max_invalid:g}: must be a share from 0 to 1")
+        for name, value in (("--scale", self.scale), ("--gsd", self.gsd)):
+            if value is not None and not (np.isfinite(value) and value > 0):
+                raise RsirError(f"{name} {value:g}: must be a positive number")
+        for name, value in (("--add-offset", self.add_offset), ("--nodata", self.nodata)):
+            if value is not None and not np.isfinite(value):
+                raise RsirError(f"{name} {value}: must be a finite number")
 
 
 @dataclass
@@ -99,13 +136,40 @@ def _check_input_size(info: ModelInfo, size: int | None) -> None:
                         + (f"{lo} px only" if lo == hi else f"{lo} to {hi} px"))
 
 
-def _plan_source(spec: SourceSpec, encoder: Encoder, opts: BuildOptions, check_values: bool = True) -> dict:
+@dataclass
+class PlannedSource:
+    """A source opened, its bands resolved, its windows planned (computed on demand) and its values checked."""
+
+    spec: SourceSpec
+    bands: list[int]
+    scale: float
+    add_offset: float
+    input_size: int
+    crs: str
+    width: int
+    height: int
+    geotransform: list
+    gsd: float
+    windows: WindowGrid
+    value_warning: str | None = None
+
+    @property
+    def path(self) -> str:
+        return self.spec.path
+
+    def entry(self, source_id: int, tiles: int, skipped: int) -> SourceEntry:
+        return SourceEntry(id=source_id, path=self.spec.path, kind=self.spec.kind, label=self.spec.label,
+                           bands=tuple(self.bands), scale=self.scale, add_offset=self.add_offset,
+                           input_size=self.input_size, crs=self.crs, width=self.width, height=self.height,
+                           gsd=self.gsd, geotransform=tuple(self.geotransform), windows=len(self.windows),
+                           tiles=tiles, skipped=skipped)
+
+
+def _plan_source(spec: SourceSpec, encoder: Encoder, opts: BuildOptions, check_values: bool = True) -> PlannedSource:
     """A source opened, its bands resolved, its windows planned and its value reading checked (a sample read:
     RsirError when the model's own scale is clearly wrong for it, a warning in the plan when the user's is)."""
     ds = open_source(spec)
     bands = resolve_bands(ds, opts.bands or encoder.info.bands, spec.path)
-    if opts.tile <= 0 or (opts.stride is not None and opts.stride <= 0):
-        raise RsirError(f"tile size and stride must be positive (got {opts.tile}, {opts.stride})")
     windows = plan_windows(ds, spec.kind, opts.tile, opts.stride or opts.tile, opts.gsd, spec.path)
     scale = spec.scale or opts.scale or encoder.info.scale
     offset = float(spec.add_offset if spec.add_offset is not None else (opts.add_offset or 0.0))
@@ -114,67 +178,142 @@ def _plan_source(spec: SourceSpec, encoder: Encoder, opts: BuildOptions, check_v
         problem = reading_problem(sample_reading(ds, bands, scale, offset, spec.path), spec.path, scale, offset)
         if problem and not (spec.scale or opts.scale):  # the model's default scale: refuse, nothing is written
             raise RsirError(problem)
-    return {"path": spec.path, "kind": spec.kind, "label": spec.label, "value_warning": problem,
-            "input_size": source_size(encoder.info, spec.kind, ds.RasterXSize, ds.RasterYSize, opts.tile,
-                                      opts.input_size),
-            "scale": scale, "add_offset": offset,
-            "bands": bands,
-            "crs": FootprintMaker(ds).crs, "width": ds.RasterXSize, "height": ds.RasterYSize,
-            "geotransform": list(ds.GetGeoTransform()),
-            "gsd": source_gsd(ds), "windows": [[w.x, w.y, w.w, w.h] for w in windows]}
+    return PlannedSource(spec=spec, bands=bands, scale=float(scale), add_offset=offset,
+                         input_size=source_size(encoder.info, spec.kind, ds.RasterXSize, ds.RasterYSize, opts.tile,
+                                                opts.input_size),
+                         crs=FootprintMaker(ds).crs, width=ds.RasterXSize, height=ds.RasterYSize,
+                         geotransform=list(ds.GetGeoTransform()), gsd=source_gsd(ds), windows=windows,
+                         value_warning=problem)
 
 
-def _check_existing(out_dir: str, manifest: dict, encoder: Encoder, opts: BuildOptions) -> None:
-    if manifest.get("format") != layout.FORMAT_VERSION:
-        raise RsirError(f"{out_dir}: index format {manifest.get('format')} is not supported by this rsir")
-    model = manifest["model"]
-    if model["sha256"] != encoder.info.sha256:
-        raise RsirError(f"{out_dir}: index was built with model {model['path']} (sha256 {model['sha256'][:12]}), "
-                        f"not {encoder.info.path} (sha256 {encoder.info.sha256[:12]}); use that model or a new --out")
-    if manifest["tiling"] != opts.tiling():
-        raise RsirError(f"{out_dir}: index was built with tiling {manifest['tiling']}, not {opts.tiling()}; "
-                        "use the same options to add to it, or a new --out")
+def _check_existing(out_dir: str, manifest: Manifest, encoder: Encoder, opts: BuildOptions) -> None:
+    if manifest.model.sha256 != encoder.info.sha256:
+        raise RsirError(f"{out_dir}: index was built with model {manifest.model.path} (sha256 "
+                        f"{manifest.model.sha256[:12]}), not {encoder.info.path} (sha256 {encoder.info.sha256[:12]});"
+                        " use that model or a new --out")
+    if manifest.tiling != opts.tiling():
+        raise RsirError(f"{out_dir}: index was built with tiling {manifest.tiling.to_dict()}, not "
+                        f"{opts.tiling().to_dict()}; use the same options to add to it, or a new --out")
+
+
+def _check_factories(opts: BuildOptions, info: ModelInfo) -> None:
+    if opts.float_factory:
+        check_factory("float", opts.float_factory, info.embedding_dim)
+    if opts.binary_factory:
+        check_factory("binary", opts.binary_factory, info.effective_code_bits)
+
+
+def _refuse_foreign_folder(out_dir: str, manifest: Manifest | None) -> None:
+    if manifest is None and os.path.isdir(out_dir) and \
+            [n for n in os.listdir(out_dir) if not layout.bookkeeping(n)]:
+        raise RsirError(f"{out_dir}: exists and is not an rsir index (no {layout.MANIFEST}); use a new folder")
 
 
 def build_index(archive: list[str], model_path: str, out_dir: str, opts: BuildOptions | None = None,
                 progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-                restart: bool = False) -> BuildReport:
-    """Index (or extend the index with) the rasters, band stacks and patch folders in `archive`."""
+                restart: bool = False, notice: NoticeFn | None = None) -> BuildReport:
+    """Index (or extend the index with) the rasters, band stacks and patch folders in `archive`. One writer at a
+    time: a second one gets RsirError naming the first."""
     opts = opts or BuildOptions()
-    t0 = time.perf_counter()
+    opts.check()
     out_dir = os.path.abspath(out_dir)
-    report = BuildReport(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise RsirError(f"{out_dir}: is a file, not an index folder")
     specs = expand_archive(archive)
     encoder = Encoder(model_path, device=opts.device, threads=opts.threads, batch_size=opts.batch_size)
-    manifest_path = layout.path(out_dir, layout.MANIFEST)
+    _check_input_size(encoder.info, opts.input_size)
+    _check_factories(opts, encoder.info)
+    _refuse_foreign_folder(out_dir, read_manifest(out_dir) if os.path.isdir(out_dir) else None)
+    created = not os.path.isdir(out_dir)
     partial = layout.path(out_dir, layout.PARTIAL)
-    manifest = read_json(manifest_path) if os.path.exists(manifest_path) else None
-    if manifest is None and os.path.isdir(out_dir) and set(os.listdir(out_dir)) - {layout.PARTIAL}:
-        raise RsirError(f"{out_dir}: exists and is not an rsir index (no {layout.MANIFEST}); use a new folder")
+    with IndexLock(out_dir, what=f"indexing {len(specs)} source(s) with {os.path.basename(model_path)}") as lock:
+        try:
+            return _build_locked(specs, encoder, out_dir, opts, progress, cancel, restart, notice)
+        except (RsirError, OSError) as exc:
+            if isinstance(exc, Cancelled):
+                raise
+            _after_failure(out_dir, partial, created, lock)
+            if isinstance(exc, OSError):
+                raise RsirError(_os_problem(exc, out_dir)) from None
+            raise
+
+
+def _os_problem(exc: OSError, out_dir: str) -> str:
+    """One line for a failed write: which file, why, and what is left."""
+    where = exc.filename or out_dir
+    what = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
+            errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded"}.get(exc.errno,
+                                                                                     exc.strerror or str(exc))
+    kept = layout.path(out_dir, layout.PARTIAL)
+    tail = (f"; the tiles encoded so far are kept in {kept} ({_size_mb(kept):.0f} MB): fix that and rerun the same "
+            "command to resume, or delete that folder" if os.path.isdir(kept) else "; nothing was written")
+    return f"{where}: {what}" + tail + "; the index as it was is untouched"
+
+
+def _size_mb(folder: str) -> float:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total / 1e6
+
+
+def _after_failure(out_dir: str, partial: str, created: bool, lock: IndexLock) -> None:
+    """After an error (not a cancel or kill): free what is not worth resuming: the half-written next generation
+    always, the unfinished run when no chunk of it was saved, and a folder this run created that holds nothing."""
+    state_path = os.path.join(partial, "state.json")
+    try:
+        state = read_json(state_path)
+    except (OSError, ValueError):
+        state = None
+    if state is not None and state.get("phase") == "install":  # finished and waiting to be installed: keep
+        return
+    shutil.rmtree(os.path.join(partial, "final"), ignore_errors=True)
+    if os.path.isdir(partial) and (state is None or (not state.get("chunks") and state.get("phase") == "encode")):
+        shutil.rmtree(partial, ignore_errors=True)
+    if created and os.path.isdir(out_dir) and set(os.listdir(out_dir)) <= {layout.LOCK}:
+        lock.release()
+        for name in os.listdir(out_dir):
+            os.remove(os.path.join(out_dir, name))
+        os.rmdir(out_dir)
+
+
+def _build_locked(specs, encoder, out_dir, opts, progress, cancel, restart, notice) -> BuildReport:
+    t0 = time.perf_counter()
+    report = BuildReport(out_dir)
+    partial = layout.path(out_dir, layout.PARTIAL)
+    state_path = os.path.join(partial, "state.json")
+    manifest = read_manifest(out_dir)
+    state = read_json(state_path) if os.path.exists(state_path) else None
+    if state is not None and state.get("phase") == "install" and manifest is not None and \
+            manifest.generation == state.get("generation"):
+        _finish_install(out_dir, manifest, partial)  # killed after the manifest was replaced: only cleanup left
+        state = None
+    if state is not None and restart:
+        shutil.rmtree(partial)
+        state = None
+    _refuse_foreign_folder(out_dir, manifest)
     if manifest is not None:
         _check_existing(out_dir, manifest, encoder, opts)
-    known = {s["path"] for s in manifest["sources"]} if manifest else set()
+    known = {s.path for s in manifest.sources} if manifest else set()
     new_specs = [s for s in specs if s.path not in known]
     report.sources_already = len(specs) - len(new_specs)
-    n0 = manifest["counts"]["tiles"] if manifest else 0
+    n0 = manifest.tiles if manifest else 0
 
-    _check_input_size(encoder.info, opts.input_size)
     # validates every source before any write; of a folder of patches only the first is sampled for its values
     plan = [_plan_source(s, encoder, opts, check_values=s.kind != "patch" or i == 0 or new_specs[i - 1].kind !=
                          "patch") for i, s in enumerate(new_specs)]
-    report.notes += [p["value_warning"] for p in plan if p["value_warning"]]
-    key = hashlib.sha256(json.dumps({"model": encoder.info.sha256, "n0": n0, "tiling": opts.tiling(),
-                                     "sources": [(p["path"], p["bands"], p["scale"])
-                                                 + ((p["add_offset"],) if p["add_offset"] else ()) for p in plan]},
+    report.notes += [p.value_warning for p in plan if p.value_warning]
+    key = hashlib.sha256(json.dumps({"model": encoder.info.sha256, "n0": n0, "tiling": opts.tiling().to_dict(),
+                                     "sources": [(p.path, p.bands, p.scale)
+                                                 + ((p.add_offset,) if p.add_offset else ()) for p in plan]},
                                     sort_keys=True).encode()).hexdigest()
-    state_path = os.path.join(partial, "state.json")
-    state = read_json(state_path) if os.path.exists(state_path) else None
     if state is not None and state["key"] != key:
-        if not restart:
-            raise RsirError(f"{out_dir}: holds an unfinished indexing run with other inputs or options; rerun that "
-                            "command to finish it, or pass --restart to discard it")
-        shutil.rmtree(partial)
-        state = None
+        raise RsirError(f"{out_dir}: holds an unfinished indexing run with other inputs or options; rerun that "
+                        "command to finish it, or pass --restart to discard it")
     if not plan and state is None:
         report.total_tiles = n0
         report.notes.append("nothing new to index: every source is already in the index")
@@ -188,11 +327,13 @@ def build_index(archive: list[str], model_path: str, out_dir: str, opts: BuildOp
     report.resumed_windows = state["done_windows"]
 
     if state["phase"] == "encode":
-        _encode(plan, encoder, opts, partial, state, state_path, progress, cancel)
-        _finalize(plan, encoder, opts, out_dir, manifest, partial, state)
+        _encode(plan, encoder, opts, partial, state, state_path, progress, cancel, notice)
+        state["generation"] = _finalize(plan, encoder, opts, out_dir, manifest, partial, state)
+        _step("finalize:written")
         state["phase"] = "install"
         write_json(state_path, state)
-    _install(out_dir, partial)
+    _step("install:ready")
+    _install(out_dir, partial, state["generation"])
 
     report.windows_this_run = state["done_windows"] - report.resumed_windows
     report.tiles_added, report.skipped = state["kept"], state["skipped"]
@@ -202,21 +343,34 @@ def build_index(archive: list[str], model_path: str, out_dir: str, opts: BuildOp
     return report
 
 
-def _encode(plan, encoder, opts, partial, state, state_path, progress, cancel) -> None:
-    flat = [(si, TileWindow(*w)) for si, p in enumerate(plan) for w in p["windows"]]
-    total, done = len(flat), state["done_windows"]
+def _windows(plan: list[PlannedSource], start: int, stop: int):
+    """(source number, window) for the run's windows start..stop-1, sources one after another."""
+    offset = 0
+    for si, p in enumerate(plan):
+        n = len(p.windows)
+        lo, hi = max(start - offset, 0), min(stop - offset, n)
+        for i in range(lo, hi):
+            yield si, p.windows[i]
+        offset += n
+        if offset >= stop:
+            return
+
+
+def _encode(plan, encoder, opts, partial, state, state_path, progress, cancel, notice) -> None:
+    total, done = sum(len(p.windows) for p in plan), state["done_windows"]
     datasets: dict[int, object] = {}
+    t_start, announced = time.perf_counter(), total - done <= LARGE_RUN
 
     def dataset(si: int):
         if si not in datasets:
             datasets.clear()  # one open source at a time: archives can hold tens of thousands of patches
-            datasets[si] = open_source(SourceSpec(plan[si]["path"], plan[si]["kind"]))
+            datasets[si] = open_source(plan[si].spec)
         return datasets[si]
 
     if progress:
         progress(done, total)
     while done < total:
-        chunk = flat[done:done + opts.checkpoint_every]
+        chunk = list(_windows(plan, done, done + opts.checkpoint_every))
         meta, skipped_here = [], [0] * len(plan)
         embs, codes = [], []
         cancelled = False
@@ -228,13 +382,13 @@ def _encode(plan, encoder, opts, partial, state, state_path, progress, cancel) -
             # one tensor per input side (patches of several sizes); tiles keep their archive order
             by_size: dict[int, tuple[list, list]] = {}
             for si, win in chunk[start:start + opts.batch_size]:
-                ds = dataset(si)
-                raw = read_window(ds, plan[si]["bands"], win, plan[si]["input_size"], plan[si]["path"])
-                if invalid_fraction(ds, plan[si]["bands"], win, raw, opts.nodata) > opts.max_invalid:
+                ds, p = dataset(si), plan[si]
+                raw = read_window(ds, p.bands, win, p.input_size, p.path)
+                if invalid_fraction(ds, p.bands, win, raw, opts.nodata) > opts.max_invalid:
                     skipped_here[si] += 1
                     continue
-                batch_pix, batch_meta = by_size.setdefault(plan[si]["input_size"], ([], []))
-                batch_pix.append((raw + np.float32(plan[si]["add_offset"])) / np.float32(plan[si]["scale"]))
+                batch_pix, batch_meta = by_size.setdefault(p.input_size, ([], []))
+                batch_pix.append((raw + np.float32(p.add_offset)) / np.float32(p.scale))
                 batch_meta.append((si, win.x, win.y, win.w, win.h))
             if by_size:
                 parts = [(encoder.encode(np.stack(pix), scale=1.0), m) for pix, m in by_size.values()]
@@ -246,6 +400,12 @@ def _encode(plan, encoder, opts, partial, state, state_path, progress, cancel) -
             processed += len(chunk[start:start + opts.batch_size])
             if progress:
                 progress(done + processed, total)
+            if not announced and notice:
+                announced = True
+                rate = processed / max(time.perf_counter() - t_start, 1e-6)
+                notice(f"{total - done:,} tiles to encode: about {(total - done) / rate / 3600:.1f} h at "
+                       f"{rate:.0f} tiles/s; checkpointed every {opts.checkpoint_every} tiles, so an interrupted "
+                       "run resumes when the same command is run again")
         if processed:
             name = f"chunk_{len(state['chunks']):06d}.npz"
             with atomic_path(os.path.join(partial, name)) as tmp, open(tmp, "wb") as f:
@@ -253,6 +413,7 @@ def _encode(plan, encoder, opts, partial, state, state_path, progress, cancel) -
                          codes=np.concatenate(codes) if codes else
                          np.zeros((0, encoder.info.effective_code_bits // 8), "u1"),
                          meta=np.asarray(meta, dtype=np.int64).reshape(-1, 5))
+            _step("encode:chunk-saved")
             done += processed
             state["chunks"].append(name)
             state["done_windows"] = done
@@ -260,6 +421,7 @@ def _encode(plan, encoder, opts, partial, state, state_path, progress, cancel) -
             state["skipped"] += sum(skipped_here)
             state["skipped_by_source"] = [a + b for a, b in zip(state["skipped_by_source"], skipped_here)]
             write_json(state_path, state)
+            _step("encode:state-saved")
         if cancelled:
             raise Cancelled(f"indexing cancelled after {done} of {total} tiles; rerun the same command to resume")
 
@@ -284,19 +446,25 @@ def _append_rows(old_path: str | None, new_rows: np.ndarray, out_path: str, dtyp
     return np.fromfile(out_path, dtype=dtype)
 
 
-def _finalize(plan, encoder, opts, out_dir, manifest, partial, state) -> None:
+def _sources_named(plan: list[PlannedSource], limit: int = 3) -> str:
+    names = [p.path for p in plan[:limit]]
+    return ", ".join(names) + (f" and {len(plan) - limit} more" if len(plan) > limit else "")
+
+
+def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, state) -> int:
+    """Write the next generation (data files and manifest) into IDX/.partial/final/; returns its number."""
     info = encoder.info
     emb, codes, meta = _load_chunks(partial, state["chunks"])
-    n0 = manifest["counts"]["tiles"] if manifest else 0
+    n0 = manifest.tiles if manifest else 0
     n = n0 + len(emb)
     if n == 0:
         shutil.rmtree(partial)
-        raise RsirError(f"no valid tiles: all {state['skipped']} tile(s) of the archive are nodata or empty "
-                        f"beyond --max-invalid {opts.max_invalid}; nothing was written")
+        raise RsirError(f"{_sources_named(plan)}: no valid tiles: all {state['skipped']} tile(s) are nodata or "
+                        f"empty beyond --max-invalid {opts.max_invalid}; nothing was written")
     final = os.path.join(partial, "final")
     shutil.rmtree(final, ignore_errors=True)
     os.makedirs(final)
-    old = (lambda name: layout.path(out_dir, name)) if manifest else (lambda name: None)
+    old = (lambda name: os.path.join(manifest.data_dir(out_dir), name)) if manifest else (lambda name: None)
     dim, nbytes = info.embedding_dim, info.effective_code_bits // 8
     all_emb = _append_rows(old(layout.EMBEDDINGS), emb.astype(np.float16), os.path.join(final, layout.EMBEDDINGS),
                            np.float16).reshape(n, dim)
@@ -313,20 +481,20 @@ def _finalize(plan, encoder, opts, out_dir, manifest, partial, state) -> None:
 
     gpkg = os.path.join(final, layout.TILES)
     if manifest:
-        shutil.copyfile(layout.path(out_dir, layout.TILES), gpkg)
+        shutil.copyfile(old(layout.TILES), gpkg)
         gds, layer = tiles_gpkg.open_update(gpkg)
     else:
         gds, layer = tiles_gpkg.create(gpkg)
-    sid0 = len(manifest["sources"]) if manifest else 0
+    sid0 = len(manifest.sources) if manifest else 0
     rows, makers = [], {}
     for i, (si, x, y, w, h) in enumerate(meta.tolist()):
         if si not in makers:
             makers.clear()
-            makers[si] = FootprintMaker(open_source(SourceSpec(plan[si]["path"], plan[si]["kind"])))
+            makers[si] = FootprintMaker(open_source(plan[si].spec))
         src_geom, geo = makers[si].polygons(TileWindow(x, y, w, h))
-        label = plan[si]["label"]
-        rows.append({"id": n0 + i, "source_id": sid0 + si, "source": plan[si]["path"], "x": x, "y": y, "w": w,
-                     "h": h, "label": label, "labels": [label] if label else [], "src_crs": plan[si]["crs"],
+        label = plan[si].spec.label
+        rows.append({"id": n0 + i, "source_id": sid0 + si, "source": plan[si].path, "x": x, "y": y, "w": w,
+                     "h": h, "label": label, "labels": [label] if label else [], "src_crs": plan[si].crs,
                      "src_wkt": src_geom.ExportToWkt() if src_geom else None, "geom": geo})
         if len(rows) >= 50_000:
             tiles_gpkg.add_tiles(layer, rows)
@@ -336,33 +504,74 @@ def _finalize(plan, encoder, opts, out_dir, manifest, partial, state) -> None:
     gds = None  # noqa: F841 - closes the GeoPackage
 
     kept_by_source = np.bincount(meta[:, 0], minlength=len(plan)) if len(meta) else np.zeros(len(plan), int)
-    sources = list(manifest["sources"]) if manifest else []
-    for si, p in enumerate(plan):
-        entry = {k: v for k, v in p.items() if k not in ("windows", "value_warning")}
-        entry.update(id=sid0 + si, windows=len(p["windows"]), tiles=int(kept_by_source[si]),
-                     skipped=int(state["skipped_by_source"][si]))
-        sources.append(entry)
+    sources = list(manifest.sources) if manifest else []
+    sources += [p.entry(sid0 + si, int(kept_by_source[si]), int(state["skipped_by_source"][si]))
+                for si, p in enumerate(plan)]
+    generation = (manifest.generation if manifest else 0) + 1
     now = _now()
-    new_manifest = {
-        "format": layout.FORMAT_VERSION, "rsir_version": __version__,
-        "created": manifest["created"] if manifest else now, "updated": now,
-        "model": {"path": os.path.abspath(info.path), "sha256": info.sha256, "metadata": info.metadata},
-        "embedding_dim": dim, "code_bits": info.effective_code_bits,
-        "code_source": "hash" if info.has_hash else "embedding-signs",
-        "tiling": opts.tiling(),
-        "counts": {"tiles": n, "skipped": (manifest["counts"]["skipped"] if manifest else 0) + state["skipped"],
-                   "sources": len(sources)},
-        "faiss": {"float": float_factory, "binary": binary_factory},
-        "sources": sources,
-    }
-    write_json(os.path.join(final, layout.MANIFEST), new_manifest)
+    new_manifest = Manifest(
+        model=ModelRef(os.path.abspath(info.path), info.sha256, info.metadata),
+        embedding_dim=dim, code_bits=info.effective_code_bits,
+        code_source="hash" if info.has_hash else "embedding-signs", tiling=opts.tiling(),
+        tiles=n, skipped=(manifest.skipped if manifest else 0) + state["skipped"],
+        float_factory=float_factory, binary_factory=binary_factory, sources=tuple(sources),
+        created=manifest.created if manifest else now, updated=now, rsir_version=__version__,
+        generation=generation, data=layout.generation_name(generation),
+        previous=(manifest.data or ".") if manifest else None)
+    write_manifest(os.path.join(final, layout.MANIFEST), new_manifest)
+    _fsync_folder(final)
+    return generation
 
 
-def _install(out_dir: str, partial: str) -> None:
-    """Rename finished files into place, manifest last; safe to repeat after an interruption."""
+def _fsync_folder(folder: str, files: bool = True) -> None:
+    """Flush a folder's files and entries to disk (POSIX): after a power cut, a manifest must not name files
+    whose contents never reached the disk."""
+    if files:
+        for name in os.listdir(folder):
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _install(out_dir: str, partial: str, generation: int) -> None:
+    """Put generation `generation` in service: rename its folder into place, then replace the manifest. Each
+    step is one rename, and a rerun after a kill between them goes on from where it stopped."""
     final = os.path.join(partial, "final")
-    for name in layout.DATA_FILES + (layout.MANIFEST,):
-        src = os.path.join(final, name)
-        if os.path.exists(src):
-            os.replace(src, layout.path(out_dir, name))
-    shutil.rmtree(partial)
+    target = layout.path(out_dir, layout.generation_name(generation))
+    current = read_manifest(out_dir)
+    if not os.path.isdir(final) and not os.path.isdir(target) and \
+            (current is None or current.generation != generation):
+        raise RsirError(f"{partial}: the unfinished run's finished files are gone; pass --restart to index again")
+    if os.path.isdir(final):
+        if os.path.isdir(target):  # a leftover of a run that was discarded: nothing refers to it
+            shutil.rmtree(target)
+        os.replace(final, target)
+        _step("install:data-renamed")
+    staged = os.path.join(target, layout.MANIFEST)
+    if os.path.exists(staged):
+        os.replace(staged, layout.path(out_dir, layout.MANIFEST))
+        _fsync_folder(out_dir, files=False)
+        _step("install:manifest-replaced")
+    _finish_install(out_dir, read_manifest(out_dir), partial)
+
+
+def _finish_install(out_dir: str, manifest: Manifest, partial: str) -> None:
+    """Remove what the index no longer uses: generations older than the previous one (kept for readers that
+    opened it before this update; they reopen at their next search) and the finished run's .partial folder."""
+    keep = {manifest.data, manifest.previous or ""}
+    for name in os.listdir(out_dir):
+        if layout.is_generation(name) and name not in keep:
+            shutil.rmtree(layout.path(out_dir, name), ignore_errors=True)  # Windows: still open; next time
+    if "." not in keep and manifest.data:  # format 1 data files, two generations back
+        for name in layout.DATA_FILES:
+            try:
+                os.remove(layout.path(out_dir, name))
+            except OSError:
+                pass
+    _step("install:old-removed")
+    shutil.rmtree(partial, ignore_errors=True)

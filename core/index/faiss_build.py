@@ -43,11 +43,28 @@ def _build(make, data: np.ndarray, kind: str, factory: str):
         index = make()
     except RuntimeError as exc:
         raise RsirError(f"faiss {kind} factory {factory!r} is not valid ({str(exc).splitlines()[0]})") from None
-    if not index.is_trained:
-        index.train(data)
-    index.add(data)
+    try:
+        if not index.is_trained:
+            index.train(data)
+        index.add(data)
+    except RuntimeError as exc:  # e.g. an IVF with more lists than tiles to train them on
+        raise RsirError(f"faiss {kind} factory {factory!r} cannot index {len(data)} tiles "
+                        f"({str(exc).splitlines()[0]})") from None
     set_nprobe(index, DEFAULT_NPROBE)
     return index
+
+
+def check_factory(kind: str, factory: str, width: int) -> None:
+    """RsirError now, not after hours of encoding, when `factory` is not a valid faiss factory string of `kind`
+    ("float": `width` = dimension, "binary": `width` = bits)."""
+    try:
+        if kind == "float":
+            faiss.index_factory(width, factory, faiss.METRIC_INNER_PRODUCT)
+        else:
+            faiss.index_binary_factory(width, factory)
+    except RuntimeError as exc:
+        raise RsirError(f"--{kind}-factory {factory!r}: not a valid faiss {kind} index factory "
+                        f"({str(exc).splitlines()[0]})") from None
 
 
 def build_float_index(emb: np.ndarray, factory: str) -> faiss.Index:

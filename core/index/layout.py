@@ -1,7 +1,14 @@
-"""File names inside an index directory and the manifest format version."""
+"""File names inside an index directory and the manifest format version.
+
+Format 2 (since 2026-12-07): the data files of each complete version of the index live in a generation folder
+(IDX/gen-000003/) that the manifest names; an update builds the next generation beside it, renames it into place
+and then replaces the manifest, so a reader sees one complete generation or the next, never a mix. Format 1 kept
+the data files in IDX/ itself; they are read as they are and replaced by a generation at the next update.
+"""
 import os
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
 TILES = "tiles.gpkg"
 FLOAT_INDEX = "float.faiss"
@@ -9,9 +16,24 @@ BINARY_INDEX = "codes.faiss"
 EMBEDDINGS = "embeddings.f16"  # float16 (N, D) row = tile id; heat maps, re-ranking, index rebuilds
 CODES = "codes.u8"             # uint8 (N, bits/8) row = tile id; packed sign bits
 PARTIAL = ".partial"
-# Renamed into place in this order; the manifest goes last so a reader never trusts a half-moved set.
+LOCK = ".lock"
+GENERATION_PREFIX = "gen-"
 DATA_FILES = (EMBEDDINGS, CODES, FLOAT_INDEX, BINARY_INDEX, TILES)
 
 
 def path(index_dir: str, name: str) -> str:
     return os.path.join(index_dir, name)
+
+
+def generation_name(number: int) -> str:
+    """The folder of generation `number`: "gen-000003"."""
+    return f"{GENERATION_PREFIX}{number:06d}"
+
+
+def is_generation(name: str) -> bool:
+    return name.startswith(GENERATION_PREFIX) and name[len(GENERATION_PREFIX):].isdigit()
+
+
+def bookkeeping(name: str) -> bool:
+    """Entries of an index folder that are not its data or manifest: an unfinished run, the lock, generations."""
+    return name in (PARTIAL, LOCK) or is_generation(name)

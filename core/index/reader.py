@@ -12,9 +12,9 @@ from osgeo import ogr
 
 from ..encoder import ModelInfo, l2_normalise
 from ..errors import RsirError
-from ..fileio import read_json
 from . import hamming, layout
 from .faiss_build import set_nprobe
+from .manifest import Manifest, ModelRef, SourceEntry, read_manifest
 
 
 @dataclass
@@ -36,28 +36,47 @@ class TileRecord:
 
 
 class Index:
-    """An rsir index directory. Raises RsirError if it is not one, or is incomplete."""
+    """An rsir index directory. Raises RsirError if it is not one, or is incomplete.
+
+    An index open while an update installs a new generation goes on serving the one it opened (its files stay
+    until the update after next); `refresh()` (called before every search by `core.search`) moves to the new one.
+    """
 
     def __init__(self, index_dir: str):
         self.dir = os.path.abspath(index_dir)
         if not os.path.isdir(self.dir):
             raise RsirError(f"{index_dir}: no such index folder")
-        manifest_path = layout.path(self.dir, layout.MANIFEST)
-        if not os.path.exists(manifest_path):
+        for attempt in range(3):
+            stamp = self._stamp()
+            try:
+                self._open(index_dir)
+                return
+            except RsirError:
+                # an update replaced the manifest, and removed the generation it named, while we opened it
+                if attempt == 2 or self._stamp() == stamp:
+                    raise
+
+    def _stamp(self) -> tuple | None:
+        try:
+            st = os.stat(layout.path(self.dir, layout.MANIFEST))
+            return st.st_ino, st.st_mtime_ns, st.st_size
+        except FileNotFoundError:
+            return None
+
+    def _open(self, index_dir: str) -> None:
+        self._opened = self._stamp()
+        manifest = read_manifest(self.dir)
+        if manifest is None:
             if os.path.isdir(layout.path(self.dir, layout.PARTIAL)):
                 raise RsirError(f"{index_dir}: indexing has not finished; rerun the same `rsir index` command "
                                 "to resume it")
             raise RsirError(f"{index_dir}: not an rsir index (no {layout.MANIFEST})")
-        try:
-            self.manifest = read_json(manifest_path)
-            self.n = int(self.manifest["counts"]["tiles"])
-            self.embedding_dim = int(self.manifest["embedding_dim"])
-            self.code_bits = int(self.manifest["code_bits"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RsirError(f"{manifest_path}: not a valid rsir manifest ({exc})") from None
-        if self.manifest.get("format") != layout.FORMAT_VERSION:
-            raise RsirError(f"{index_dir}: index format {self.manifest.get('format')} is not supported")
-        self.code_bytes = self.code_bits // 8
+        self.manifest: Manifest = manifest
+        self.data_dir = manifest.data_dir(self.dir)
+        self.n = manifest.tiles
+        self.embedding_dim = manifest.embedding_dim
+        self.code_bits = manifest.code_bits
+        self.code_bytes = manifest.code_bytes
         self._emb = self._table(layout.EMBEDDINGS, np.float16, self.embedding_dim)
         self._codes = self._table(layout.CODES, np.uint8, self.code_bytes)
         self._float = None
@@ -65,68 +84,81 @@ class Index:
         self._gpkg = None
         self._windows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
+    def refresh(self) -> bool:
+        """Reopen when an update has installed a new generation since this index was opened; True if it did."""
+        if self._stamp() in (self._opened, None):
+            return False
+        self.__init__(self.dir)
+        return True
+
     def _table(self, name: str, dtype, width: int) -> np.ndarray:
-        path = layout.path(self.dir, name)
+        path = os.path.join(self.data_dir, name)
         expected = self.n * width * np.dtype(dtype).itemsize
         if not os.path.exists(path) or os.path.getsize(path) != expected:
-            raise RsirError(f"{self.dir}: {name} does not match the manifest ({self.n} tiles); an update was "
-                            "interrupted - rerun the same `rsir index` command to finish it")
+            hint = ("an update of this older-format index was interrupted - rerun the same `rsir index` command to "
+                    "finish it" if not self.manifest.data else
+                    "the index folder is damaged or was copied in part; copy it again or rebuild it")
+            raise RsirError(f"{self.dir}: {os.path.relpath(path, self.dir)} does not match the manifest "
+                            f"({self.n} tiles); {hint}")
         return np.memmap(path, dtype=dtype, mode="r", shape=(self.n, width))
+
+    def data_path(self, name: str) -> str:
+        """Path of a data file (layout.TILES, ...) of the generation this index opened."""
+        return os.path.join(self.data_dir, name)
 
     # -- metadata -------------------------------------------------------------------------------------------
     @property
-    def model(self) -> dict:
-        return self.manifest["model"]
+    def model(self) -> ModelRef:
+        return self.manifest.model
 
     @property
     def model_info(self) -> ModelInfo:
         m = self.model
-        return ModelInfo.from_metadata(m["path"], m["sha256"], m["metadata"])
+        return ModelInfo.from_metadata(m.path, m.sha256, m.metadata)
 
     @property
-    def sources(self) -> list[dict]:
-        return self.manifest["sources"]
+    def sources(self) -> tuple[SourceEntry, ...]:
+        return self.manifest.sources
 
-    def source_entry(self, path: str) -> dict | None:
-        path = os.path.abspath(path)
-        return next((s for s in self.sources if s["path"] == path), None)
+    def source_entry(self, path: str) -> SourceEntry | None:
+        return self.manifest.source_entry(path)
 
     def tile_ground_size(self) -> str:
         """The side of a tile on the ground, e.g. "640 m", when every tiled source shares it; "" otherwise (mixed
         resolutions without --gsd, patch folders, rasters without a projected CRS)."""
         from ..archive.footprints import srs_from_user
 
-        tiled = [s for s in self.sources if s["kind"] != "patch"]
-        gsds = {self.manifest["tiling"].get("gsd") or float(s["gsd"]) for s in tiled}
+        tiled = [s for s in self.sources if s.kind != "patch"]
+        gsds = {self.manifest.tiling.gsd or s.gsd for s in tiled}
         try:
-            projected = tiled and all(s["crs"] and srs_from_user(s["crs"]).IsProjected() for s in tiled)
+            projected = tiled and all(s.crs and srs_from_user(s.crs).IsProjected() for s in tiled)
         except ValueError:
             projected = False
         if len(gsds) != 1 or not projected:
             return ""
-        unit = srs_from_user(tiled[0]["crs"]).GetLinearUnitsName()
-        return f"{self.manifest['tiling']['tile'] * gsds.pop():g} {'m' if unit.lower() in ('metre', 'meter') else unit}"
+        unit = srs_from_user(tiled[0].crs).GetLinearUnitsName()
+        return f"{self.manifest.tiling.tile * gsds.pop():g} {'m' if unit.lower() in ('metre', 'meter') else unit}"
 
-    def source_input_size(self, entry: dict) -> int:
+    def source_input_size(self, entry: SourceEntry) -> int:
         """The input side a source's tiles were encoded at (indexes from before resolution-aware models: the
         model's one size)."""
-        return int(entry.get("input_size") or self.model_info.input_size)
+        return entry.input_size or self.model_info.input_size
 
     def describe_input_sizes(self) -> str:
         """The input sides the sources were encoded at, grouped: "96 px for 3 source(s)", or for patch folders of
         several sizes "96-150 px (each patch near its own size) for 400 source(s)"."""
         sizes = Counter(self.source_input_size(s) for s in self.sources)
-        if self.manifest["tiling"].get("input_size") or len(sizes) <= 3:
+        if self.manifest.tiling.input_size or len(sizes) <= 3:
             return "; ".join(f"{size} px for {n} source(s)" for size, n in sorted(sizes.items()))
         return f"{min(sizes)}-{max(sizes)} px (each patch near its own size) for {sum(sizes.values())} source(s)"
 
     def describe_values(self) -> str:
         """How the sources' raw values reached the model, grouped: "raw / 3000 for 2 source(s); (raw-1000) / ..."."""
-        groups = Counter((float(s["scale"]), float(s.get("add_offset", 0.0))) for s in self.sources)
+        groups = Counter(s.value_reading for s in self.sources)
         return "; ".join(f"{f'(raw{off:+g})' if off else 'raw'} / {scale:g} for {n} source(s)"
                          for (scale, off), n in sorted(groups.items()))
 
-    def same_grid_sources(self, ds, path: str) -> list[dict]:
+    def same_grid_sources(self, ds, path: str) -> list[SourceEntry]:
         """[the indexed source `path` is], or else every indexed source on exactly its pixel grid (size,
         geotransform, CRS): a VRT or copy of indexed band files, as QGIS shows a band-stack spec. `ds`: `path`
         opened with GDAL."""
@@ -138,13 +170,12 @@ class Index:
 
         crs, gt, found = FootprintMaker(ds).crs, ds.GetGeoTransform(), []
         for s in self.sources:
-            if s["kind"] == "patch" or (s["width"], s["height"]) != (ds.RasterXSize, ds.RasterYSize) or \
-                    s["crs"] != crs:
+            if s.kind == "patch" or (s.width, s.height) != (ds.RasterXSize, ds.RasterYSize) or s.crs != crs:
                 continue
-            grid = s.get("geotransform")
+            grid = s.geotransform
             if grid is None:  # indexes made before 2026-11-30 did not record it
                 try:
-                    grid = open_source(SourceSpec(s["path"], s["kind"])).GetGeoTransform()
+                    grid = open_source(SourceSpec(s.path, s.kind)).GetGeoTransform()
                 except RsirError:  # moved or deleted since indexing: not this one
                     continue
             if np.allclose(grid, gt):
@@ -154,19 +185,19 @@ class Index:
     def check_model(self, info: ModelInfo) -> None:
         """RsirError unless `info` is the model this index was built with, or another modality's encoder of the
         same cross-modal shared space (its queries land in the index's embedding space)."""
-        if info.sha256 == self.model["sha256"]:
+        if info.sha256 == self.model.sha256:
             return
         own = self.model_info
         if own.shared_space and info.shared_space == own.shared_space:
             return
         hint = (f"; a cross-modal query needs an encoder of its shared space {own.shared_space[:12]} "
                 f"(the index is {own.modality})" if own.shared_space else "")
-        raise RsirError(f"{info.path}: is not the model index {self.dir} was built with ({self.model['path']}, "
-                        f"sha256 {self.model['sha256'][:12]} vs {info.sha256[:12]}){hint}")
+        raise RsirError(f"{info.path}: is not the model index {self.dir} was built with ({self.model.path}, "
+                        f"sha256 {self.model.sha256[:12]} vs {info.sha256[:12]}){hint}")
 
     def is_cross_modal(self, info: ModelInfo) -> bool:
         """True when `info` is an accepted encoder other than the index's own (a query from another modality)."""
-        return info.sha256 != self.model["sha256"]
+        return info.sha256 != self.model.sha256
 
     # -- vectors --------------------------------------------------------------------------------------------
     def _check_ids(self, ids) -> np.ndarray:
@@ -202,21 +233,21 @@ class Index:
     @property
     def float_index(self):
         if self._float is None:
-            self._float = faiss.read_index(layout.path(self.dir, layout.FLOAT_INDEX))
+            self._float = faiss.read_index(self.data_path(layout.FLOAT_INDEX))
             self._check_ntotal(self._float, layout.FLOAT_INDEX)
         return self._float
 
     @property
     def binary_index(self):
         if self._binary is None:
-            self._binary = faiss.read_index_binary(layout.path(self.dir, layout.BINARY_INDEX))
+            self._binary = faiss.read_index_binary(self.data_path(layout.BINARY_INDEX))
             self._check_ntotal(self._binary, layout.BINARY_INDEX)
         return self._binary
 
     def _check_ntotal(self, index, name: str) -> None:
         if index.ntotal != self.n:
-            raise RsirError(f"{self.dir}: {name} holds {index.ntotal} tiles, the manifest {self.n}; rerun the same "
-                            "`rsir index` command to finish the interrupted update")
+            raise RsirError(f"{self.dir}: {name} holds {index.ntotal} tiles, the manifest {self.n}; the index folder "
+                            "is damaged or was copied in part")
 
     def search_float(self, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(cosine similarities, tile ids), each (nq, k); ids -1 where fewer than k exist."""
@@ -258,7 +289,7 @@ class Index:
     # -- tiles ----------------------------------------------------------------------------------------------
     def _layer(self) -> ogr.Layer:
         if self._gpkg is None:
-            self._gpkg = ogr.Open(layout.path(self.dir, layout.TILES))
+            self._gpkg = ogr.Open(self.data_path(layout.TILES))
             if self._gpkg is None:
                 raise RsirError(f"{self.dir}: {layout.TILES} cannot be opened")
         return self._gpkg.GetLayerByName("tiles")
@@ -282,7 +313,7 @@ class Index:
         time: one fetchall of 100k rows holds Python's lock long enough to freeze QGIS's map thread."""
         import sqlite3
 
-        path = layout.path(self.dir, layout.TILES)
+        path = self.data_path(layout.TILES)
         try:
             con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
@@ -324,4 +355,4 @@ class Index:
         return None if best is None else best[1]
 
     def tiles_path(self) -> str:
-        return layout.path(self.dir, layout.TILES)
+        return self.data_path(layout.TILES)
