@@ -31,10 +31,26 @@ def _bbox(text: str) -> tuple[float, float, float, float]:
     return vals  # type: ignore[return-value]
 
 
+def _whole(low: int, high: int = 1 << 31):
+    """argparse type: a whole number from `low` to `high` (a huge or negative count is refused as it is read,
+    not met later as an overflow)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({low} to {high})")
+        return value
+
+    return parse
+
+
 def _common_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="onnxruntime device: auto uses CUDA when its provider is installed (default: auto)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime (default: all cores)")
+    p.add_argument("--threads", type=_whole(1, 1024), default=None, help="CPU threads for onnxruntime (default: all cores)")
     p.add_argument("--bands", default=None,
                    help="source bands feeding the model, in model order: 1-based numbers (4,3,2) or band "
                         "names (B04,B03,B02); default: the model's own band list")
@@ -64,12 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="ONNX model exported by `rsir export` (default: the model shipped with rsir, "
                                    "default_model/)")
     p.add_argument("--out", required=True, help="index folder to create or extend")
-    p.add_argument("--tile", type=int, default=64, help="tile size in pixels (at --gsd if given)")
-    p.add_argument("--input-size", type=int, default=None,
+    p.add_argument("--tile", type=_whole(1, 1 << 20), default=64, help="tile size in pixels (at --gsd if given)")
+    p.add_argument("--input-size", type=_whole(1, 1 << 16), default=None,
                    help="encode every tile at this side in pixels (default: a resolution-aware model reads each "
                         "source near its own size: raster tiles at --tile, each patch at its own side, clamped to "
                         "the model's range; other models at their one input size)")
-    p.add_argument("--stride", type=int, default=None, help="step between tiles in pixels (default: = --tile)")
+    p.add_argument("--stride", type=_whole(1, 1 << 20), default=None, help="step between tiles in pixels (default: = --tile)")
     p.add_argument("--gsd", type=float, default=None,
                    help="resample to this ground resolution (CRS units per pixel) before tiling")
     p.add_argument("--max-invalid", type=float, default=0.5,
@@ -82,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: Flat up to 200k tiles, IVF above)")
     p.add_argument("--binary-factory", default=None, help="faiss factory string for the binary index "
                    "(default: BFlat up to 2M tiles, BIVF above)")
-    p.add_argument("--batch-size", type=int, default=64, help="tiles per inference batch")
-    p.add_argument("--checkpoint-every", type=int, default=2048, help="tiles between resumable checkpoints")
+    p.add_argument("--batch-size", type=_whole(1, 1 << 16), default=64, help="tiles per inference batch")
+    p.add_argument("--checkpoint-every", type=_whole(1), default=2048, help="tiles between resumable checkpoints")
     p.add_argument("--restart", action="store_true", help="discard an unfinished run in --out instead of resuming")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _common_encoder_args(p)
@@ -98,13 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "their embeddings averaged (--whole-box: resampled as one image).")
     p.add_argument("index", metavar="IDX", help="index folder")
     q = p.add_mutually_exclusive_group(required=True)
-    q.add_argument("--tile", type=int, help="tile id (the query tile itself is left out of the hits)")
+    q.add_argument("--tile", type=_whole(0, (1 << 63) - 1), help="tile id (the query tile itself is left out of the hits)")
     q.add_argument("--image", help="image file: the whole image is the query")
     q.add_argument("--bbox", type=_bbox, help="xmin,ymin,xmax,ymax of the query box")
     q.add_argument("--polygon", metavar="VECTOR",
                    help="vector file (GeoPackage, shapefile, GeoJSON, ...) whose polygon is the query: the tiles "
                         "inside it are averaged; its first feature, or --fid")
-    p.add_argument("--fid", type=int, default=None, help="feature id of the --polygon to use")
+    p.add_argument("--fid", type=_whole(0, (1 << 63) - 1), default=None, help="feature id of the --polygon to use")
     p.add_argument("--crs", default=None, help="CRS of --bbox, e.g. EPSG:4326 (default: the raster's CRS)")
     p.add_argument("--raster", default=None, help="raster or band-stack spec the --bbox is read from")
     p.add_argument("--whole-box", action="store_true",
@@ -118,14 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cross-modal indexes: which encoder reads the query (e.g. optical, sar). auto: the index's "
                         "own for its sources, else the raster's RSIR_MODALITY tag or sensor metadata, else its band "
                         "count; a guess is said")
-    p.add_argument("-k", type=int, default=20, help="number of hits")
+    p.add_argument("-k", type=_whole(1, 1 << 20), default=20, help="number of hits")
     p.add_argument("--hash", action="store_true", help="rank by Hamming distance of the binary codes")
-    p.add_argument("--radius", type=int, default=None, help="with --hash: every tile within this Hamming distance")
-    p.add_argument("--rerank", type=int, default=0, metavar="R",
+    p.add_argument("--radius", type=_whole(0, 4096), default=None, help="with --hash: every tile within this Hamming distance")
+    p.add_argument("--rerank", type=_whole(0, 1 << 20), default=0, metavar="R",
                    help="with --hash: rank the R nearest by Hamming distance again by cosine similarity (0: off; "
                         "float-search quality at hash-search cost, docs/results.md)")
-    p.add_argument("--nprobe", type=int, default=None, help="inverted lists visited per query (IVF indexes)")
-    p.add_argument("--expand", type=int, default=0, metavar="N",
+    p.add_argument("--nprobe", type=_whole(1, 1 << 20), default=None, help="inverted lists visited per query (IVF indexes)")
+    p.add_argument("--expand", type=_whole(0, 1000), default=0, metavar="N",
                    help="query expansion: search again with the query moved towards its N nearest tiles (0: off; "
                         "keep N below the number of matches you expect, docs/results.md)")
     p.add_argument("--out", default=None, help="write hits (and the query box) to this GeoPackage")
@@ -356,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `rsir search ... | head`: the reader has what it wanted; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:  # a write refused (read-only, disk full, no such folder): say which file and why
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"rsir {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ def query_from_image(index: Index, encoder: Encoder, image_path: str, bands: lis
     An image without a georeference has no ground size to compare, so it is always read whole."""
     index.check_model(encoder.info)
     ds = open_raster(image_path)
+    _check_image_size(ds, image_path)
     grid = index.same_grid_sources(ds, image_path)
     chosen, scale, offset, warnings = _query_reading(index, encoder, image_path, ds, grid, bands, scale, add_offset)
     win = TileWindow(0, 0, ds.RasterXSize, ds.RasterYSize)
@@ -102,6 +103,22 @@ def query_from_image(index: Index, encoder: Encoder, image_path: str, bands: lis
     fp = FootprintMaker(ds).polygons(win)[1]
     return Query("image", f"image {image_path}{note}", embedding, code,
                  footprint_wkt=fp.ExportToWkt() if fp else None, pixels=raw, warnings=warnings)
+
+
+MIN_QUERY_SIDE = 8        # px: below this an image holds no pattern to search for
+MAX_WHOLE_IMAGE_SIDE = 8192  # px: an image without a georeference is read whole, decoded in one piece
+
+
+def _check_image_size(ds, path: str) -> None:
+    """RsirError for an image query too small to mean anything, or too large to decode whole (a georeferenced one
+    is read as index tiles, so any size does)."""
+    w, h = ds.RasterXSize, ds.RasterYSize
+    if min(w, h) < MIN_QUERY_SIDE:
+        raise RsirError(f"{path}: is {w} x {h} px, too small to search with (at least {MIN_QUERY_SIDE} px a side)")
+    if max(w, h) > MAX_WHOLE_IMAGE_SIDE and not ds.GetProjection():
+        raise RsirError(f"{path}: is {w} x {h} px without a georeference, too large to read whole as one query "
+                        f"(at most {MAX_WHOLE_IMAGE_SIDE} px a side); crop it, or give it a georeference (it is "
+                        "then read as index-sized tiles), or draw a box on it instead")
 
 
 def _area_parts(win: TileWindow, tile: int | None, inside=None) -> list[TileWindow]:

@@ -5,6 +5,8 @@ from qgis.core import Qgis, QgsFillSymbol, QgsMessageLog, QgsProject, QgsTask, Q
 
 from .engine import builder, errors
 
+INDEX_PROPERTY = "rsir/index_tiles"  # on a layer of an index's tiles.gpkg: the index folder it shows
+
 
 class IndexTask(QgsTask):
     """Runs core's resumable builder off the main thread. A cancelled run keeps its checkpoints: starting the same
@@ -37,9 +39,18 @@ class IndexTask(QgsTask):
         return False
 
     def finished(self, ok: bool) -> None:  # main thread
-        if ok and self.add_layer:
-            layer = QgsVectorLayer(f"{self.out_dir}/tiles.gpkg|layername=tiles", "RSIR index tiles", "ogr")
+        if ok and self.report.tiles_path:
+            uri = f"{self.report.tiles_path}|layername=tiles"
+            # each update writes a new generation of the index: layers of this index's tiles follow it (the old
+            # generation's file is removed at the update after next, which would leave them unavailable)
+            for old in QgsProject.instance().mapLayers().values():
+                if old.customProperty(INDEX_PROPERTY) == self.report.index_dir:
+                    old.setDataSource(uri, old.name(), "ogr")
+        if ok and self.add_layer and not any(lyr.customProperty(INDEX_PROPERTY) == self.report.index_dir
+                                             for lyr in QgsProject.instance().mapLayers().values()):
+            layer = QgsVectorLayer(f"{self.report.tiles_path}|layername=tiles", "RSIR index tiles", "ogr")
             if layer.isValid():
+                layer.setCustomProperty(INDEX_PROPERTY, self.report.index_dir)
                 # the index's footprints as outlines, off until wanted: thousands of filled squares hide the map
                 layer.setRenderer(layer.renderer().clone())
                 layer.renderer().setSymbol(QgsFillSymbol.createSimple(

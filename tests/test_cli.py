@@ -120,7 +120,7 @@ def test_all_tiles_nodata_writes_nothing(tmp_path, tiny_model, capsys):
     blank = write_raster(str(tmp_path / "blank.tif"), np.zeros((3, 128, 128), np.uint8), nodata=0)
     out = tmp_path / "idx"
     _assert_error(capsys, ["index", blank, "--model", tiny_model, "--out", out, "-q"],
-                  "no valid tiles: all 4 tile(s)")
+                  "blank.tif: no valid tiles: all 4 tile(s)")
     assert not os.path.exists(out / "manifest.json") and not os.path.exists(out / ".partial")
 
 
@@ -173,3 +173,52 @@ def test_output_piped_to_head_ends_quietly(cli_index, tmp_path):
     proc.stdout.close()  # like head after its lines
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_more_bad_inputs_one_line_each(cli_index, tmp_path, twin_raster, tiny_model, capsys):
+    """Issue 27's list: numbers out of range are refused as they are read, writes that fail name the file,
+    garbage inputs are refused instead of indexed or searched."""
+    for argv, fragment in (
+            (["search", cli_index, "--tile", "99999999999999999999"], "out of range"),
+            (["search", cli_index, "--tile", "0", "--nprobe", "-4"], "-4 is out of range"),
+            (["search", cli_index, "--tile", "0", "-k", "0"], "0 is out of range"),
+            (["index", twin_raster, "--model", tiny_model, "--out", tmp_path / "x", "--tile", "-3"], "out of range")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in argv])
+        assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
+    _assert_error(capsys, ["index", twin_raster, "--model", tiny_model, "--out", tmp_path / "f", "--float-factory",
+                           "IVF", "-q"], "--float-factory 'IVF': not a valid faiss float index factory")
+    assert not os.path.exists(tmp_path / "f")
+    # a write that fails: one line naming the file, no traceback
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    _assert_error(capsys, ["search", cli_index, "--tile", "0", "--png", a_file / "hits.png"], "a_file")
+    _assert_error(capsys, ["index", twin_raster, "--model", tiny_model, "--out", a_file, "-q"],
+                  "is a file, not an index folder")
+    _assert_error(capsys, ["index", twin_raster, "--model", tiny_model, "--out", a_file / "idx", "-q"],
+                  "cannot create the index folder")
+    # --gsd in metres on a raster in degrees would make the whole raster one tile
+    degrees = write_raster(str(tmp_path / "deg.tif"), np.zeros((3, 256, 256), np.uint8) + 7, origin=(-75.0, 35.0),
+                           gsd=0.0001, epsg=4326)
+    _assert_error(capsys, ["index", degrees, "--model", tiny_model, "--out", tmp_path / "g", "--gsd", "10", "-q"],
+                  "deg.tif: --gsd 10 is in the raster's CRS units (degrees", "give --gsd in degrees")
+    # a truncated JPEG in a patch folder is not indexed as grey garbage
+    patches = tmp_path / "patches" / "forest"
+    patches.mkdir(parents=True)
+    drv = gdal.GetDriverByName("JPEG")
+    for i in range(2):
+        drv.CreateCopy(str(patches / f"p{i}.jpg"), gdal.Open(write_raster(
+            str(tmp_path / f"p{i}.tif"), (np.random.default_rng(i).random((3, 64, 64)) * 255).astype(np.uint8),
+            epsg=None)))
+    raw = (patches / "p1.jpg").read_bytes()
+    (patches / "p1.jpg").write_bytes(raw[: len(raw) // 2])
+    _assert_error(capsys, ["index", tmp_path / "patches", "--model", tiny_model, "--out", tmp_path / "j", "-q"],
+                  "p1.jpg: reading pixels failed", "Premature end of JPEG file")
+    assert not os.path.exists(tmp_path / "j")
+    # image queries: too small to mean anything, too large to decode whole
+    tiny = write_raster(str(tmp_path / "one.tif"), np.zeros((3, 1, 1), np.uint8), epsg=None)
+    _assert_error(capsys, ["search", cli_index, "--image", tiny], "one.tif: is 1 x 1 px, too small")
+    huge = str(tmp_path / "huge.tif")
+    gdal.GetDriverByName("GTiff").Create(huge, 20000, 20000, 3, gdal.GDT_Byte, ["SPARSE_OK=TRUE", "TILED=YES"])
+    _assert_error(capsys, ["search", cli_index, "--image", huge], "huge.tif: is 20000 x 20000 px without a "
+                  "georeference, too large to read whole")

@@ -218,7 +218,7 @@ def load_index_tiles(index_dir: str, vector_path: str, field: str, size: int | N
         win = TileWindow(tile.x, tile.y, tile.w, tile.h)
         pixels.append(read_window(datasets[tile.source_id], list(entry.bands), win, size, entry.path))
         labels.append(str(label))
-        ids.append(f"{os.path.basename(entry['path'])}:{tid}")
+        ids.append(f"{os.path.basename(entry.path)}:{tid}")
         picked.append(tid)
         if progress:
             progress(tid + 1, index.n)

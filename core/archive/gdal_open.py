@@ -30,14 +30,20 @@ def open_raster(path: str) -> gdal.Dataset:
 def read_array(ds: gdal.Dataset, what: str, **kwargs):
     """`ds.ReadAsArray(**kwargs)` that raises RsirError (naming `what`) on a read failure, e.g. a truncated file."""
     gdal.PushErrorHandler("CPLQuietErrorHandler")
+    # a truncated JPEG (or JPEG-compressed TIFF) decodes as grey garbage with only a libjpeg warning: an error here
+    previous = gdal.GetThreadLocalConfigOption("GDAL_ERROR_ON_LIBJPEG_WARNING", None)
+    gdal.SetThreadLocalConfigOption("GDAL_ERROR_ON_LIBJPEG_WARNING", "TRUE")
     try:
         gdal.ErrorReset()
         arr = ds.ReadAsArray(**kwargs)
+        failed = gdal.GetLastErrorType() >= gdal.CE_Failure
         msg = gdal.GetLastErrorMsg()
     finally:
+        gdal.SetThreadLocalConfigOption("GDAL_ERROR_ON_LIBJPEG_WARNING", previous)
         gdal.PopErrorHandler()
-    if arr is None:
-        raise RsirError(f"{what}: reading pixels failed ({msg or 'unknown GDAL error'})")
+    if arr is None or failed:
+        raise RsirError(f"{what}: reading pixels failed ({msg or 'unknown GDAL error'}); the file may be truncated "
+                        "or damaged")
     return arr
 
 

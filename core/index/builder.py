@@ -108,6 +108,7 @@ class BuildReport:
     total_tiles: int = 0
     sources_added: int = 0
     sources_already: int = 0
+    tiles_path: str = ""               # the index's tiles.gpkg now (it moves to a new generation folder per update)
     resumed_windows: int = 0           # windows already done by an earlier, interrupted run
     windows_this_run: int = 0
     seconds: float = 0.0
@@ -316,6 +317,7 @@ def _build_locked(specs, encoder, out_dir, opts, progress, cancel, restart, noti
                         "command to finish it, or pass --restart to discard it")
     if not plan and state is None:
         report.total_tiles = n0
+        report.tiles_path = os.path.join(manifest.data_dir(out_dir), layout.TILES) if manifest else ""
         report.notes.append("nothing new to index: every source is already in the index")
         report.seconds = time.perf_counter() - t0
         return report
@@ -339,6 +341,7 @@ def _build_locked(specs, encoder, out_dir, opts, progress, cancel, restart, noti
     report.tiles_added, report.skipped = state["kept"], state["skipped"]
     report.total_tiles = n0 + state["kept"]
     report.sources_added = len(plan)
+    report.tiles_path = os.path.join(read_manifest(out_dir).data_dir(out_dir), layout.TILES)
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import sys
+import time
 
 from ..errors import RsirError
 from . import layout
@@ -82,7 +83,12 @@ class IndexLock:
                 raise RsirError(f"{self.dir}: cannot write to the index folder ({exc.strerror})") from None
             if not _try_lock(fd):
                 os.close(fd)
-                holder = describe_holder(self.path)
+                holder = ""
+                for _ in range(20):  # the holder writes its name just after taking the lock
+                    holder = describe_holder(self.path)
+                    if holder:
+                        break
+                    time.sleep(0.025)
                 raise RsirError(f"{self.dir}: another rsir run is writing this index"
                                 + (f" ({holder})" if holder else "") + "; wait for it to finish, or stop it")
             # the file we locked must still be the one at the path (not unlinked by a writer that just finished)

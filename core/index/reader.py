@@ -201,7 +201,10 @@ class Index:
 
     # -- vectors --------------------------------------------------------------------------------------------
     def _check_ids(self, ids) -> np.ndarray:
-        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        try:
+            ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        except OverflowError:
+            raise RsirError(f"{self.dir}: no such tile (tile ids are 0..{self.n - 1})") from None
         bad = ids[(ids < 0) | (ids >= self.n)]
         if len(bad):
             raise RsirError(f"{self.dir}: no tile {int(bad[0])} (tile ids are 0..{self.n - 1})")
