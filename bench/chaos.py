@@ -161,8 +161,8 @@ def main() -> int:
                   f"{searches} searches, {failed} failed", flush=True)
             shutil.rmtree(out)
         print()
-        print(f"| kills | rounds (3 commands each) | runs that ended in an error | mismatches | searches | failed "
-              f"searches | minutes |")
+        print("| kills | rounds (3 commands each) | runs that ended in an error | mismatches | searches | failed "
+              "searches | minutes |")
         print("|---|---|---|---|---|---|---|")
         print(f"| {stats['kills']} | {stats['rounds']} | {len(stats['errors'])} | {stats['mismatches']} | {searches} "
               f"| {failed} | {(time.perf_counter() - t_start) / 60:.1f} |")

@@ -7,15 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from core.errors import Cancelled, RsirError
-from core.index import BuildOptions, Index, build_index
+from core.index import BuildOptions, Index, build_index, layout
 from core.index import builder as builder_module
-from core.index import layout
 from core.index.lock import IndexLock
 from tests.rasters import mosaic_with_twin, write_raster
 from tests.test_index_search import _snapshot

@@ -32,8 +32,13 @@ from ..encoder import Encoder, ModelInfo
 from ..errors import Cancelled, RsirError
 from ..fileio import atomic_path, read_json, write_json
 from . import layout, tiles_gpkg
-from .faiss_build import (build_binary_index, build_float_index, check_factory, default_binary_factory,
-                          default_float_factory)
+from .faiss_build import (
+    build_binary_index,
+    build_float_index,
+    check_factory,
+    default_binary_factory,
+    default_float_factory,
+)
 from .lock import IndexLock
 from .manifest import Manifest, ModelRef, SourceEntry, Tiling, read_manifest, write_manifest
 
