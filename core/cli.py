@@ -50,7 +50,7 @@ def _whole(low: int, high: int = 1 << 31):
 def _common_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="onnxruntime device: auto uses CUDA when its provider is installed (default: auto)")
-    p.add_argument("--threads", type=_whole(1, 1024), default=None, 
+    p.add_argument("--threads", type=_whole(1, 1024), default=None,
                    help="CPU threads for onnxruntime (default: all cores)")
     p.add_argument("--bands", default=None,
                    help="source bands feeding the model, in model order: 1-based numbers (4,3,2) or band "
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encode every tile at this side in pixels (default: a resolution-aware model reads each "
                         "source near its own size: raster tiles at --tile, each patch at its own side, clamped to "
                         "the model's range; other models at their one input size)")
-    p.add_argument("--stride", type=_whole(1, 1 << 20), default=None, 
+    p.add_argument("--stride", type=_whole(1, 1 << 20), default=None,
                    help="step between tiles in pixels (default: = --tile)")
     p.add_argument("--gsd", type=float, default=None,
                    help="resample to this ground resolution (CRS units per pixel) before tiling")
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "their embeddings averaged (--whole-box: resampled as one image).")
     p.add_argument("index", metavar="IDX", help="index folder")
     q = p.add_mutually_exclusive_group(required=True)
-    q.add_argument("--tile", type=_whole(0, (1 << 63) - 1), 
+    q.add_argument("--tile", type=_whole(0, (1 << 63) - 1),
                    help="tile id (the query tile itself is left out of the hits)")
     q.add_argument("--image", help="image file: the whole image is the query")
     q.add_argument("--bbox", type=_bbox, help="xmin,ymin,xmax,ymax of the query box")
@@ -139,12 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "count; a guess is said")
     p.add_argument("-k", type=_whole(1, 1 << 20), default=20, help="number of hits")
     p.add_argument("--hash", action="store_true", help="rank by Hamming distance of the binary codes")
-    p.add_argument("--radius", type=_whole(0, 4096), default=None, 
+    p.add_argument("--radius", type=_whole(0, 4096), default=None,
                    help="with --hash: every tile within this Hamming distance")
     p.add_argument("--rerank", type=_whole(0, 1 << 20), default=0, metavar="R",
                    help="with --hash: rank the R nearest by Hamming distance again by cosine similarity (0: off; "
                         "float-search quality at hash-search cost, docs/results.md)")
-    p.add_argument("--nprobe", type=_whole(1, 1 << 20), default=None, 
+    p.add_argument("--nprobe", type=_whole(1, 1 << 20), default=None,
                    help="inverted lists visited per query (IVF indexes)")
     p.add_argument("--expand", type=_whole(0, 1000), default=0, metavar="N",
                    help="query expansion: search again with the query moved towards its N nearest tiles (0: off; "
