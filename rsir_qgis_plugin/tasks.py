@@ -28,7 +28,9 @@ class IndexTask(QgsTask):
             self.report = builder.build_index(self.sources, self.model, self.out_dir, self.options,
                                               progress=lambda done, total: self.setProgress(100.0 * done /
                                                                                             max(total, 1)),
-                                              cancel=self.isCanceled)
+                                              cancel=self.isCanceled,
+                                              notice=lambda message: QgsMessageLog.logMessage(message, "RSIR",
+                                                                                              Qgis.Info))
             return True
         except errors.Cancelled as exc:
             self.was_cancelled, self.error = True, str(exc)
