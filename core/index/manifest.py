@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, replace
 
+from ..archive.values import ValueScaling
 from ..errors import RsirError
 from ..fileio import read_json, write_json
 from . import layout
@@ -79,9 +80,9 @@ class SourceEntry:
         return d
 
     @property
-    def value_reading(self) -> tuple[float, float]:
-        """(scale, add_offset) its raw values were read with."""
-        return self.scale, self.add_offset
+    def values(self) -> ValueScaling:
+        """How its raw values were read."""
+        return ValueScaling(self.scale, self.add_offset)
 
 
 @dataclass(frozen=True)

@@ -154,9 +154,9 @@ class Index:
 
     def describe_values(self) -> str:
         """How the sources' raw values reached the model, grouped: "raw / 3000 for 2 source(s); (raw-1000) / ..."."""
-        groups = Counter(s.value_reading for s in self.sources)
-        return "; ".join(f"{f'(raw{off:+g})' if off else 'raw'} / {scale:g} for {n} source(s)"
-                         for (scale, off), n in sorted(groups.items()))
+        groups = Counter(s.values for s in self.sources)
+        return "; ".join(f"{values.describe()} for {n} source(s)"
+                         for values, n in sorted(groups.items(), key=lambda g: (g[0].scale, g[0].add_offset)))
 
     def same_grid_sources(self, ds, path: str) -> list[SourceEntry]:
         """[the indexed source `path` is], or else every indexed source on exactly its pixel grid (size,
