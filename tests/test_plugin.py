@@ -300,7 +300,25 @@ def test_index_task_runs_and_resumes_after_cancel(tmp_path, twin_raster, tiny_mo
     assert done.get("ok"), done
     assert done["report"].resumed_windows >= 64 and done["report"].total_tiles == 256
     assert "index now holds 256 tiles" in done["summary"]
-    assert any(lyr.name() == "RSIR index tiles" for lyr in QgsProject.instance().mapLayers().values())
+    tiles_layers = QgsProject.instance().mapLayersByName("RSIR index tiles")
+    assert len(tiles_layers) == 1 and tiles_layers[0].featureCount() == 256
+
+    # an append writes the index's next generation: the tiles layer follows it (no second layer), and stays valid
+    from tests.rasters import mosaic_with_twin, write_raster
+
+    more = write_raster(str(tmp_path / "more.tif"), mosaic_with_twin(seed=4))
+    done.clear()
+    third = IndexTask([more], tiny_model, out, opts, on_done=lambda task, ok: done.update(ok=ok))
+    QgsApplication.taskManager().addTask(third)
+    for _ in range(600):
+        QgsApplication.processEvents()
+        if done:
+            break
+        time.sleep(0.05)
+    assert done.get("ok"), third.error
+    tiles_layers = QgsProject.instance().mapLayersByName("RSIR index tiles")
+    assert len(tiles_layers) == 1 and tiles_layers[0].isValid() and tiles_layers[0].featureCount() == 512
+    assert "gen-000002" in tiles_layers[0].source()
 
 
 def test_processing_algorithms(tmp_path, twin_raster, tiny_model, qgis_processing, qgis_new_project):
