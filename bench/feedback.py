@@ -1,0 +1,192 @@
+"""Relevance feedback with a simulated analyst (issue 26): for each query, the analyst marks the top 20 hits of
+the current ranking relevant or not (from the labels), the query is refined with every mark so far, and the
+next ranking is scored; rounds 0 (no feedback) to 3.
+
+    .venv/bin/python bench/feedback.py [MODEL.onnx] [--queries 300] [--grid]
+
+Tasks: the generalization suite's (bench/generalization.py: EuroSAT test -> train, AID test -> train, AID's 15
+classes no shipped model trains on), embeddings cached in cache/generalization/. Rankings are exact (a flat scan,
+as the product's Flat indexes are): float by cosine, hash by Hamming distance with ties in cosine order (as
+`core.search` orders them). The refiners are the product's own (core/feedback.py); the linear refiner's weak
+negatives are a fixed sample of the database, as the product samples the index. P@20 counts the marked relevant
+hits that stay in the top 20 (the analyst's result list), mAP@100 as everywhere in docs/results.md.
+
+`--grid` also scores other Rocchio weights and linear options on AID unseen (the defaults were chosen there).
+`--timing N` instead times one round of each refiner through the product path (`feedback.refine` + `search`) on
+a synthetic N-tile index (bench/synthetic_index.py) of the demo scene.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.generalization import UNSEEN_FILE, suite_tasks  # noqa: E402
+from core import feedback  # noqa: E402
+from core.default_model import default_model_path  # noqa: E402
+from core.encoder import Encoder  # noqa: E402
+from core.metrics import average_precision_at_k  # noqa: E402
+from training.config import read_class_list  # noqa: E402
+from training.generalization import Contender, Suite, SuiteDataset  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MARK_TOP = 20
+ROUNDS = 3
+
+
+def rank(emb: np.ndarray, code: np.ndarray, db_emb: np.ndarray, db_bits: np.ndarray, mode: str,
+         k: int = 100) -> np.ndarray:
+    """Top-k database rows: float by cosine; hash by Hamming distance, ties by cosine."""
+    cos = db_emb @ emb
+    if mode == "float":
+        top = np.argpartition(-cos, k)[:k]
+        return top[np.argsort(-cos[top], kind="stable")]
+    hamming = (db_bits.shape[1] - db_bits @ feedback.pm1(code[None])[0]) / 2
+    order = np.lexsort((-cos, hamming))
+    return order[:k]
+
+
+class Analyst:
+    """Marks hits by their labels and runs rounds of one refiner over one task's queries."""
+
+    def __init__(self, q_emb, q_codes, q_labels, db_emb, db_codes, db_labels, mode: str, seed: int = 0):
+        self.q_emb, self.q_codes, self.q_labels = q_emb, q_codes, q_labels
+        self.db_emb, self.db_codes, self.db_labels = db_emb, db_codes, db_labels
+        self.db_bits = feedback.pm1(db_codes)
+        self.mode = mode
+        self.n_rel = np.bincount(db_labels, minlength=q_labels.max() + 1)[q_labels]
+        rng = np.random.default_rng(seed)
+        self.background = np.sort(rng.choice(len(db_emb), size=min(256, len(db_emb)), replace=False))
+
+    def run(self, method: str, weights=feedback.RocchioWeights(), options=feedback.LinearOptions()
+            ) -> np.ndarray:
+        """(rounds + 1, 2) mean P@20 and mAP@100 per round."""
+        out = np.zeros((ROUNDS + 1, 2))
+        for i in range(len(self.q_emb)):
+            q, c, label = self.q_emb[i], self.q_codes[i], self.q_labels[i]
+            emb, code = q, c
+            marked: dict[int, bool] = {}
+            for r in range(ROUNDS + 1):
+                if r:
+                    pos = [j for j, ok in marked.items() if ok]
+                    neg = [j for j, ok in marked.items() if not ok]
+                    marks = feedback.Marks(self.db_emb[pos], self.db_codes[pos], self.db_emb[neg],
+                                           self.db_codes[neg])
+                    if method == "rocchio":
+                        emb, code = feedback.rocchio(q, c, marks, weights)
+                    else:
+                        emb, code, _ = feedback.linear(q, c, marks, self.db_emb[self.background],
+                                                       self.db_codes[self.background], options)
+                ranked = rank(emb, code, self.db_emb, self.db_bits, self.mode)
+                rel = (self.db_labels[ranked] == label)[None]
+                out[r, 0] += rel[0, :MARK_TOP].mean()
+                out[r, 1] += average_precision_at_k(rel, self.n_rel[i:i + 1], 100)[0]
+                new = [j for j in ranked if j not in marked][:MARK_TOP]  # the analyst marks what is new at the top
+                for j in new:
+                    marked[int(j)] = bool(self.db_labels[j] == label)
+        return 100 * out / len(self.q_emb)
+
+
+def task_vectors(suite: Suite, contender: Contender, enc: Encoder, task, queries: int, seed: int = 0):
+    """(query emb, codes, labels, database emb, codes, labels) of a suite task, at most `queries` queries."""
+    size = contender.size or enc.info.encode_size(suite.native(task.dataset))
+    emb, codes = suite._embed(contender, enc, task.dataset, size)
+    where = {row: i for i, row in enumerate(suite._needed(task.dataset))}
+    labels = suite.items(task.dataset).labels()
+    q_rows, db_rows = suite.picks(task)
+    if queries and len(q_rows) > queries:
+        q_rows = np.sort(np.random.default_rng(seed).choice(q_rows, size=queries, replace=False))
+    qi, di = [where[r] for r in q_rows], [where[r] for r in db_rows]
+    _, q_lab = np.unique(labels[q_rows], return_inverse=True)
+    classes = np.unique(labels[np.concatenate([q_rows, db_rows])])
+    remap = {c: i for i, c in enumerate(classes)}
+    return (emb[qi], codes[qi], np.array([remap[v] for v in labels[q_rows]]), emb[di], codes[di],
+            np.array([remap[v] for v in labels[db_rows]]))
+
+
+def timing(n: int, model: str) -> None:
+    """One round of each refiner through the product path on a synthetic n-tile index."""
+    import tempfile
+
+    from bench.synthetic_index import build_synthetic
+    from core.index.reader import Index
+    from core.queries import query_from_tile
+    from core.search import search
+
+    scene = os.path.join(ROOT, "demo", "s2_rgb.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        build_synthetic(scene, os.path.join(tmp, "idx"), n, model)
+        index = Index(os.path.join(tmp, "idx"))
+        query = query_from_tile(index, 0)
+        hits = search(index, query, k=20)
+        rng = np.random.default_rng(0)
+        pos = [h.tile_id for h in hits[:8]]
+        neg = [h.tile_id for h in hits[8:]] + rng.choice(index.n, 20, replace=False).tolist()
+        print(f"| refiner | mode | one round, ms (index of {index.n} tiles; refine + top-20 search) |")
+        print("|---|---|---|")
+        for method in feedback.METHODS:
+            for mode in ("float", "hash"):
+                times = []
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    marks = feedback.Marks.from_index(index, pos, neg)
+                    refined = feedback.refine(index, query, marks, method)
+                    search(index, refined, k=20, mode=mode)
+                    times.append(time.perf_counter() - t0)
+                print(f"| {method} | {mode} | {1000 * np.median(times):.0f} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", nargs="?", default=default_model_path())
+    ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"))
+    ap.add_argument("--cache", default=os.path.join(ROOT, "cache", "generalization"))
+    ap.add_argument("--queries", type=int, default=300, help="queries per task (a seeded sample; 0 = all)")
+    ap.add_argument("--grid", action="store_true")
+    ap.add_argument("--timing", type=int, default=0, metavar="N")
+    args = ap.parse_args()
+    if args.timing:
+        timing(args.timing, args.model)
+        return 0
+    t0 = time.perf_counter()
+    datasets = [SuiteDataset("eurosat_rgb", os.path.join(args.data, "eurosat_rgb")),
+                SuiteDataset("aid", os.path.join(args.data, "aid"))]
+    aid_classes = sorted(d for d in os.listdir(datasets[1].root) if os.path.isdir(os.path.join(datasets[1].root, d)))
+    tasks = suite_tasks(aid_classes, tuple(read_class_list(UNSEEN_FILE)), 1000, 5000)
+    suite = Suite(datasets, tasks, os.path.abspath(args.cache), log=lambda m: print(m, file=sys.stderr))
+    contender = Contender(os.path.basename(args.model), args.model)
+    enc = Encoder(args.model)
+    print(f"model {args.model}; {args.queries or 'all'} queries per task; the analyst marks the top {MARK_TOP} "
+          f"new hits each round\n")
+    print("| task | refiner | mode | P@20 round 0 | 1 | 2 | 3 | mAP@100 round 0 | 1 | 2 | 3 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    analysts = {}
+    for task in tasks:
+        vectors = task_vectors(suite, contender, enc, task, args.queries)
+        for mode in ("float", "hash"):
+            analyst = analysts[(task.name, mode)] = Analyst(*vectors, mode=mode)
+            for method in feedback.METHODS:
+                res = analyst.run(method)
+                print(f"| {task.name} | {method} | {mode} | " + " | ".join(f"{v:.1f}" for v in res[:, 0]) + " | "
+                      + " | ".join(f"{v:.2f}" for v in res[:, 1]) + " |", flush=True)
+    if args.grid:
+        print("\nAID unseen 15, float: P@20 / mAP@100 after 2 rounds")
+        analyst = analysts[("AID unseen 15", "float")]
+        for a, b, c in ((1, 1, 0.5), (1, 0.75, 0.15), (1, 1, 0.25), (1, 2, 0.5), (1, 1, 1), (0, 2, 1), (0.5, 1, 0.5),
+                        (1, 3, 1)):
+            res = analyst.run("rocchio", feedback.RocchioWeights(a, b, c))
+            print(f"rocchio a={a} b={b} c={c}: {res[2, 0]:.1f} / {res[2, 1]:.2f}", flush=True)
+        for l2 in (0.1, 1.0, 10.0):
+            for bw in (0.0, 0.5, 2.0):
+                res = analyst.run("linear", options=feedback.LinearOptions(l2=l2, background_weight=bw))
+                print(f"linear l2={l2} background_weight={bw}: {res[2, 0]:.1f} / {res[2, 1]:.2f}", flush=True)
+    print(f"\n({(time.perf_counter() - t0) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
