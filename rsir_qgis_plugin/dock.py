@@ -3,14 +3,35 @@ from __future__ import annotations
 
 import traceback
 
-from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsGeometry,
-                       QgsMapLayerProxyModel, QgsMessageLog, QgsProject, QgsWkbTypes)
+from qgis.core import (
+    Qgis,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsGeometry,
+    QgsMapLayerProxyModel,
+    QgsMessageLog,
+    QgsProject,
+    QgsWkbTypes,
+)
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                                 QProgressBar, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
-                                 QWidget)
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDockWidget,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
-from . import layers
+from . import layers, messages
 from .controller import RetrievalSession, SearchRequest
 from .engine import encoder, errors
 from .map_tool import BoxTool, PickTool
@@ -27,18 +48,6 @@ def _off_spin(maximum: int, tooltip: str) -> QSpinBox:
     spin.setSpecialValueText("off")
     spin.setToolTip(tooltip)
     return spin
-
-
-def _bar_text(text: str, limit: int = 120) -> str:
-    """`text` for the one-line message bar: folders dropped from file paths (the whole text stays under "Show
-    more" and in the log), and a text still too long cut after a sentence or clause, with an ellipsis."""
-    import re
-
-    short = re.sub(r"(?<![\w.])(?:/[^/\s]+)+/([^/\s]+)", r"\1", text)
-    if len(short) <= limit:
-        return short
-    cut = max(short.rfind(sep, 0, limit) for sep in (". ", "; "))
-    return (short[:cut] if cut > 40 else short[:limit].rsplit(" ", 1)[0]) + " …"
 
 
 class RsirDock(QDockWidget):
@@ -193,14 +202,9 @@ class RsirDock(QDockWidget):
 
     # -- messages -------------------------------------------------------------------------------------------
     def _error(self, text: str) -> None:
-        """The message bar shows one line (`_bar_text`); all of the error is under "Show more" and in the RSIR
-        log."""
-        short = _bar_text(text)
-        if short == text:
-            self.iface.messageBar().pushMessage("RSIR", text, level=Qgis.Critical, duration=10)
-        else:
-            self.iface.messageBar().pushMessage("RSIR", short, text, level=Qgis.Critical, duration=15)
-        QgsMessageLog.logMessage(text, "RSIR", Qgis.Critical)
+        """The message bar shows one line (`messages.bar_text`); all of the error is under "Show more" and in the
+        RSIR log."""
+        messages.push(self.iface, text)
 
     def _index_path_changed(self, path: str) -> None:
         import os
@@ -231,8 +235,8 @@ class RsirDock(QDockWidget):
         self.warned.clear()
         self.table.setRowCount(0)  # the old index's hits are not this one's
         mods = self.session.modalities
-        self.info.setText(self.session.describe() + (f"; cross-modal: queries from {', '.join(mods)}"
-                                                     if len(mods) > 1 else ""))
+        self._describe_index()
+        self._watch(path)
         self.modality_combo.clear()
         self.modality_combo.addItems(["auto"] + mods)
         if self.index_widget.filePath() != path:
@@ -240,6 +244,34 @@ class RsirDock(QDockWidget):
             self.index_widget.setFilePath(path)
             self.index_widget.blockSignals(False)
         return True
+
+    def _describe_index(self) -> None:
+        mods = self.session.modalities
+        self.info.setText(self.session.describe() + (f"; cross-modal: queries from {', '.join(mods)}"
+                                                     if len(mods) > 1 else ""))
+
+    def _watch(self, path: str) -> None:
+        """Follow updates of the open index by any writer (`rsir index`, another QGIS): each installs a new
+        generation folder and manifest, and the dock's description and the index's tiles layer move to it."""
+        from qgis.PyQt.QtCore import QFileSystemWatcher
+
+        if getattr(self, "watcher", None) is None:
+            self.watcher = QFileSystemWatcher(self)
+            self.watcher.directoryChanged.connect(self._index_changed)
+        if self.watcher.directories():
+            self.watcher.removePaths(self.watcher.directories())
+        self.watcher.addPath(path)
+
+    def _index_changed(self, _path: str = "") -> None:
+        if self.session is None:
+            return
+        try:
+            if not self.session.index.refresh():
+                return
+        except errors.RsirError:  # mid-update or removed: the next change or search says
+            return
+        layers.follow_index(self.session.index.dir, self.session.index.tiles_path())
+        self._describe_index()
 
     def request(self) -> SearchRequest:
         return SearchRequest(k=self.k_spin.value(), mode="hash" if self.mode_combo.currentIndex() else "float",

@@ -6,12 +6,14 @@ from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QDoubleValidator
 from qgis.PyQt.QtWidgets import (
+    QCheckBox,
     QDialog,
     QDialogButtonBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
@@ -20,6 +22,7 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
 )
 
+from . import messages
 from .engine import builder, default_model_path, encoder, errors, sources, value_check, values
 from .layers import OUTPUT_PROPERTY
 from .tasks import IndexTask
@@ -94,12 +97,20 @@ class IndexDialog(QDialog):
         scale_row = QHBoxLayout()
         scale_row.addWidget(self.scale)
         scale_row.addWidget(self.suggest)
+        self.restart = QCheckBox("Discard an unfinished run in this folder and start over")
+        self.restart.setToolTip("An interrupted run (this dialog's or `rsir index`'s) resumes when the same sources "
+                                "and options are indexed again; to index others into the folder, discard it")
         form = QFormLayout()
         for label, widget in (("Model (.onnx)", self.model), ("Index folder", self.out), ("Tile (px)", self.tile),
                               ("Stride (px)", self.stride), ("Bands", self.bands), ("Value scale", scale_row),
-                              ("Value offset", self.offset), ("Nodata value", self.nodata)):
+                              ("Value offset", self.offset), ("Nodata value", self.nodata), ("", self.restart)):
             form.addRow(label, widget)
         root.addLayout(form)
+        self.problem = QLabel("")  # the last run's error, when the dialog comes back for a fix
+        self.problem.setWordWrap(True)
+        self.problem.setStyleSheet("color: #b00020")
+        self.problem.setVisible(False)
+        root.addWidget(self.problem)
         box = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         box.accepted.connect(self.start)
         box.rejected.connect(self.reject)
@@ -157,7 +168,8 @@ class IndexDialog(QDialog):
             self.iface.messageBar().pushMessage("RSIR", "Choose sources, a model and an index folder.",
                                                 level=Qgis.Warning, duration=6)
             return
-        self.task = IndexTask(srcs, model, out, self.options(), on_done=self._done)
+        self.task = IndexTask(srcs, model, out, self.options(), on_done=self._done,
+                              restart=self.restart.isChecked())
         QgsApplication.taskManager().addTask(self.task)
         self.accept()
 
@@ -165,4 +177,9 @@ class IndexDialog(QDialog):
         level = Qgis.Success if ok else (Qgis.Warning if task.was_cancelled else Qgis.Critical)
         if ok and self.on_built is not None:
             self.on_built(task.out_dir)
-        self.iface.messageBar().pushMessage("RSIR", task.summary(), level=level, duration=10)
+        messages.push(self.iface, task.summary(), level=level, duration=10 if ok else 20)
+        if not ok and not task.was_cancelled:  # back with what was chosen, and the problem, to fix and retry
+            self.problem.setText(task.summary())
+            self.problem.setVisible(True)
+            self.restart.setChecked(False)
+            self.show()

@@ -3,15 +3,32 @@ from __future__ import annotations
 
 import os
 
-from qgis.core import (QgsColorRampShader, QgsContrastEnhancement, QgsFeature, QgsField, QgsFillSymbol, QgsGeometry,
-                       QgsGradientColorRamp, QgsGraduatedSymbolRenderer, QgsMultiBandColorRenderer,
-                       QgsPalLayerSettings, QgsProject, QgsRasterLayer, QgsRasterShader, QgsRendererRange,
-                       QgsSingleBandGrayRenderer, QgsSingleBandPseudoColorRenderer, QgsTextBufferSettings,
-                       QgsTextFormat, QgsVectorLayer, QgsVectorLayerSimpleLabeling)
+from qgis.core import (
+    QgsColorRampShader,
+    QgsContrastEnhancement,
+    QgsFeature,
+    QgsField,
+    QgsFillSymbol,
+    QgsGeometry,
+    QgsGradientColorRamp,
+    QgsGraduatedSymbolRenderer,
+    QgsMultiBandColorRenderer,
+    QgsPalLayerSettings,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRasterShader,
+    QgsRendererRange,
+    QgsSingleBandGrayRenderer,
+    QgsSingleBandPseudoColorRenderer,
+    QgsTextBufferSettings,
+    QgsTextFormat,
+    QgsVectorLayer,
+    QgsVectorLayerSimpleLabeling,
+)
 from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QColor
 
-
+INDEX_PROPERTY = "rsir/index_tiles"  # on a layer of an index's tiles.gpkg: the index folder it shows
 OUTPUT_PROPERTY = "rsir/output"  # set on every layer the plugin adds: not offered as a query raster
 HIT_FIELDS = (("rank", QVariant.Int), ("score", QVariant.Double), ("hamming", QVariant.Int),
               ("tile_id", QVariant.Int), ("source", QVariant.String), ("label", QVariant.String),
@@ -150,6 +167,40 @@ def result_layers(result) -> list:
     for layer in layers:
         layer.moveToThread(main)  # a no-op on the main thread itself
     return layers
+
+
+def follow_index(index_dir: str, tiles_path: str, project: QgsProject | None = None) -> int:
+    """Point the layers of an index's tiles (INDEX_PROPERTY) at its current generation's tiles.gpkg: an update
+    writes a new generation, and the one before the last is removed at the next update, which would leave them
+    unavailable. Returns how many layers moved."""
+    project = project or QgsProject.instance()
+    uri, moved = f"{tiles_path}|layername=tiles", 0
+    for layer in project.mapLayers().values():
+        if layer.customProperty(INDEX_PROPERTY) == index_dir and layer.source() != uri:
+            layer.setDataSource(uri, layer.name(), "ogr")
+            moved += 1
+    return moved
+
+
+def add_index_tiles(index_dir: str, tiles_path: str, project: QgsProject | None = None):
+    """The index's footprints as a layer (outlines, switched off: thousands of filled squares hide the map), at
+    the top of the layer tree, unless one is there already (then it follows the current generation)."""
+    project = project or QgsProject.instance()
+    if any(lyr.customProperty(INDEX_PROPERTY) == index_dir for lyr in project.mapLayers().values()):
+        follow_index(index_dir, tiles_path, project)
+        return None
+    layer = QgsVectorLayer(f"{tiles_path}|layername=tiles", "RSIR index tiles", "ogr")
+    if not layer.isValid():
+        return None
+    layer.setRenderer(layer.renderer().clone())
+    layer.renderer().setSymbol(QgsFillSymbol.createSimple(
+        {"color": "0,0,0,0", "outline_color": "255,140,0,160", "outline_width": "0.2"}))
+    layer.setCustomProperty(OUTPUT_PROPERTY, True)
+    layer.setCustomProperty(INDEX_PROPERTY, index_dir)
+    project.addMapLayer(layer, False)
+    node = project.layerTreeRoot().insertLayer(0, layer)  # above the imagery, or it draws under it
+    node.setItemVisibilityChecked(False)
+    return layer
 
 
 def add_result_group(result, project: QgsProject | None = None, layers: list | None = None):

@@ -1,11 +1,10 @@
 """Batch indexing as a QgsTask: progress and cancel in QGIS's task manager; layers added in finished()."""
 from __future__ import annotations
 
-from qgis.core import Qgis, QgsFillSymbol, QgsMessageLog, QgsProject, QgsTask, QgsVectorLayer
+from qgis.core import Qgis, QgsMessageLog, QgsTask
 
+from . import layers
 from .engine import builder, errors
-
-INDEX_PROPERTY = "rsir/index_tiles"  # on a layer of an index's tiles.gpkg: the index folder it shows
 
 
 class IndexTask(QgsTask):
@@ -13,11 +12,12 @@ class IndexTask(QgsTask):
     task again resumes it."""
 
     def __init__(self, sources: list[str], model: str, out_dir: str, options=None, add_layer: bool = True,
-                 on_done=None):
+                 on_done=None, restart: bool = False):
         super().__init__(f"RSIR: indexing {len(sources)} source(s) into {out_dir}", QgsTask.CanCancel)
         self.sources, self.model, self.out_dir = list(sources), model, out_dir
         self.options = options or builder.BuildOptions()
         self.add_layer = add_layer
+        self.restart = restart  # discard an unfinished run in the folder (another run's, e.g. a killed CLI run)
         self.on_done = on_done
         self.report = None
         self.error: str | None = None
@@ -28,7 +28,7 @@ class IndexTask(QgsTask):
             self.report = builder.build_index(self.sources, self.model, self.out_dir, self.options,
                                               progress=lambda done, total: self.setProgress(100.0 * done /
                                                                                             max(total, 1)),
-                                              cancel=self.isCanceled,
+                                              cancel=self.isCanceled, restart=self.restart,
                                               notice=lambda message: QgsMessageLog.logMessage(message, "RSIR",
                                                                                               Qgis.Info))
             return True
@@ -42,25 +42,10 @@ class IndexTask(QgsTask):
 
     def finished(self, ok: bool) -> None:  # main thread
         if ok and self.report.tiles_path:
-            uri = f"{self.report.tiles_path}|layername=tiles"
-            # each update writes a new generation of the index: layers of this index's tiles follow it (the old
-            # generation's file is removed at the update after next, which would leave them unavailable)
-            for old in QgsProject.instance().mapLayers().values():
-                if old.customProperty(INDEX_PROPERTY) == self.report.index_dir:
-                    old.setDataSource(uri, old.name(), "ogr")
-        if ok and self.add_layer and not any(lyr.customProperty(INDEX_PROPERTY) == self.report.index_dir
-                                             for lyr in QgsProject.instance().mapLayers().values()):
-            layer = QgsVectorLayer(f"{self.report.tiles_path}|layername=tiles", "RSIR index tiles", "ogr")
-            if layer.isValid():
-                layer.setCustomProperty(INDEX_PROPERTY, self.report.index_dir)
-                # the index's footprints as outlines, off until wanted: thousands of filled squares hide the map
-                layer.setRenderer(layer.renderer().clone())
-                layer.renderer().setSymbol(QgsFillSymbol.createSimple(
-                    {"color": "0,0,0,0", "outline_color": "255,140,0,160", "outline_width": "0.2"}))
-                layer.setCustomProperty("rsir/output", True)
-                QgsProject.instance().addMapLayer(layer, False)
-                node = QgsProject.instance().layerTreeRoot().addLayer(layer)
-                node.setItemVisibilityChecked(False)
+            if self.add_layer:
+                layers.add_index_tiles(self.report.index_dir, self.report.tiles_path)
+            else:
+                layers.follow_index(self.report.index_dir, self.report.tiles_path)
         if not ok:
             QgsMessageLog.logMessage(self.error or "indexing stopped", "RSIR", Qgis.Warning)
         if self.on_done:

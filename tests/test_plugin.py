@@ -662,3 +662,51 @@ def test_every_layer_is_valid_for_band_stack_and_patch_indexes(dock, tmp_path, t
     result = _done(dock, dock.search_image(os.path.join(patches, "class0", "img000.tif")))
     assert result.hits[0].label == "class0"
     assert sum(n.startswith("#") for n in _assert_all_valid(dock.last_group)) == 3
+
+
+def test_dock_follows_updates_by_other_writers(dock, tmp_path, twin_raster, tiny_model):
+    """`rsir index` appends to the index open in the dock: the dock's description and the index's tiles layer
+    move to the new generation (two updates later the old one is gone: a layer left on it would draw nothing)."""
+    import time
+
+    from rsir_qgis_plugin import layers
+    from tests.rasters import mosaic_with_twin, write_raster
+
+    out = str(tmp_path / "idx")
+    build_index([twin_raster], tiny_model, out, BuildOptions(tile=64))
+    assert dock.open_index(out)
+    tiles = layers.add_index_tiles(out, Index(out).tiles_path())
+    assert tiles.isValid() and tiles.featureCount() == 16 and "16 tiles" in dock.info.text()
+    root = QgsProject.instance().layerTreeRoot()
+    assert root.children()[0].layer() is tiles  # on top of the imagery, not under it
+    for seed in (5, 6):  # two appends by another writer
+        more = write_raster(str(tmp_path / f"more{seed}.tif"), mosaic_with_twin(seed=seed))
+        build_index([more], tiny_model, out, BuildOptions(tile=64))
+    deadline = time.time() + 10
+    while "48 tiles" not in dock.info.text() and time.time() < deadline:  # QFileSystemWatcher's signal
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+    assert "48 tiles" in dock.info.text() and "gen-000003" in tiles.source()
+    tiles.reload()
+    assert tiles.isValid() and tiles.featureCount() == 48
+    assert layers.add_index_tiles(out, Index(out).tiles_path()) is None  # one layer per index
+
+
+def test_index_task_discards_an_unfinished_run_only_when_asked(tmp_path, twin_raster, tiny_model, qgis_new_project):
+    """A run killed in the folder (another command's) blocks other sources with a message naming it; the
+    dialog's "Discard an unfinished run" (restart) lets the analyst index theirs."""
+    from core.errors import Cancelled
+    from rsir_qgis_plugin.tasks import IndexTask
+    from tests.rasters import mosaic_with_twin, write_raster
+
+    out = str(tmp_path / "idx")
+    with pytest.raises(Cancelled):
+        build_index([twin_raster], tiny_model, out, BuildOptions(tile=16, checkpoint_every=32, batch_size=16),
+                    cancel=iter([False] * 4 + [True] * 100).__next__)
+    mine = write_raster(str(tmp_path / "mine.tif"), mosaic_with_twin(seed=7))
+    blocked = IndexTask([mine], tiny_model, out, BuildOptions(tile=64))
+    assert blocked.run() is False
+    assert "unfinished indexing run with other inputs or options (of twin.tif, started" in blocked.error
+    assert "64 of 256 tiles encoded" in blocked.error and "Discard an unfinished run" in blocked.error
+    task = IndexTask([mine], tiny_model, out, BuildOptions(tile=64), restart=True)
+    assert task.run() is True and task.report.total_tiles == 16

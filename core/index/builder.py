@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -233,7 +234,9 @@ def build_index(archive: list[str], model_path: str, out_dir: str, opts: BuildOp
     _refuse_foreign_folder(out_dir, read_manifest(out_dir) if os.path.isdir(out_dir) else None)
     created = not os.path.isdir(out_dir)
     partial = layout.path(out_dir, layout.PARTIAL)
-    with IndexLock(out_dir, what=f"indexing {len(specs)} source(s) with {os.path.basename(model_path)}") as lock:
+    names = os.path.basename(specs[0].path) + (f" and {len(specs) - 1} more" if len(specs) > 1 else "")
+    program = "QGIS" if "qgis" in os.path.basename(sys.argv[0] if sys.argv else "").lower() else "rsir index"
+    with IndexLock(out_dir, what=f"{program} indexing {names} with {os.path.basename(model_path)}") as lock:
         try:
             return _build_locked(specs, encoder, out_dir, opts, progress, cancel, restart, notice)
         except (RsirError, OSError) as exc:
@@ -320,8 +323,9 @@ def _build_locked(specs, encoder, out_dir, opts, progress, cancel, restart, noti
                                                  for p in plan]},
                                     sort_keys=True).encode()).hexdigest()
     if state is not None and state["key"] != key:
-        raise RsirError(f"{out_dir}: holds an unfinished indexing run with other inputs or options; rerun that "
-                        "command to finish it, or pass --restart to discard it")
+        raise RsirError(f"{out_dir}: holds an unfinished indexing run with other inputs or options{_describe(state)}"
+                        "; rerun it to finish it, or discard it (rsir index --restart; in QGIS, Build index with "
+                        "\"Discard an unfinished run\")")
     if not plan and state is None:
         report.total_tiles = n0
         report.tiles_path = os.path.join(manifest.data_dir(out_dir), layout.TILES) if manifest else ""
@@ -331,7 +335,8 @@ def _build_locked(specs, encoder, out_dir, opts, progress, cancel, restart, noti
     if state is None:
         os.makedirs(partial, exist_ok=True)
         state = {"key": key, "phase": "encode", "done_windows": 0, "chunks": [], "kept": 0, "skipped": 0,
-                 "skipped_by_source": [0] * len(plan), "created": _now()}
+                 "skipped_by_source": [0] * len(plan), "created": _now(),
+                 "sources": [p.path for p in plan], "windows": sum(len(p.windows) for p in plan)}
         write_json(state_path, state)
     report.resumed_windows = state["done_windows"]
 
@@ -351,6 +356,17 @@ def _build_locked(specs, encoder, out_dir, opts, progress, cancel, restart, noti
     report.tiles_path = os.path.join(read_manifest(out_dir).data_dir(out_dir), layout.TILES)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _describe(state: dict) -> str:
+    """" (of a.tif and 2 more, started T, 2048 of 9000 tiles encoded)" for a refusal; "" for runs from before
+    2026-12-07, whose state does not record its sources."""
+    if not state.get("sources"):
+        return ""
+    names = state["sources"]
+    what = os.path.basename(names[0]) + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+    return (f" (of {what}, started {state.get('created', '?')}, {state['done_windows']} of "
+            f"{state.get('windows', '?')} tiles encoded)")
 
 
 def _windows(plan: list[PlannedSource], start: int, stop: int):
