@@ -147,6 +147,7 @@ def main() -> int:
     ap.add_argument("--cache", default=os.path.join(ROOT, "cache", "generalization"))
     ap.add_argument("--queries", type=int, default=300, help="queries per task (a seeded sample; 0 = all)")
     ap.add_argument("--grid", action="store_true")
+    ap.add_argument("--tasks", default="", help="comma-separated task names to run (default: all)")
     ap.add_argument("--timing", type=int, default=0, metavar="N")
     args = ap.parse_args()
     if args.timing:
@@ -166,6 +167,8 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     analysts = {}
     for task in tasks:
+        if args.tasks and task.name not in args.tasks.split(",") and not (args.grid and task.unseen):
+            continue
         vectors = task_vectors(suite, contender, enc, task, args.queries)
         for mode in ("float", "hash"):
             analyst = analysts[(task.name, mode)] = Analyst(*vectors, mode=mode)
@@ -176,12 +179,12 @@ def main() -> int:
     if args.grid:
         print("\nAID unseen 15, float: P@20 / mAP@100 after 2 rounds")
         analyst = analysts[("AID unseen 15", "float")]
-        for a, b, c in ((1, 1, 0.5), (1, 0.75, 0.15), (1, 1, 0.25), (1, 2, 0.5), (1, 1, 1), (0, 2, 1), (0.5, 1, 0.5),
-                        (1, 3, 1)):
+        for a, b, c in ((1, 1, 0.5), (1, 0.75, 0.15), (1, 1, 1), (0, 2, 1), (0.5, 1, 0.5), (0.25, 2, 1),
+                        (0.5, 2, 1), (0, 2, 0.5), (0, 2, 1.5)):
             res = analyst.run("rocchio", feedback.RocchioWeights(a, b, c))
             print(f"rocchio a={a} b={b} c={c}: {res[2, 0]:.1f} / {res[2, 1]:.2f}", flush=True)
-        for l2 in (0.1, 1.0, 10.0):
-            for bw in (0.0, 0.5, 2.0):
+        for l2 in (0.03, 0.1, 1.0):
+            for bw in (0.5, 2.0, 4.0, 8.0):
                 res = analyst.run("linear", options=feedback.LinearOptions(l2=l2, background_weight=bw))
                 print(f"linear l2={l2} background_weight={bw}: {res[2, 0]:.1f} / {res[2, 1]:.2f}", flush=True)
     print(f"\n({(time.perf_counter() - t0) / 60:.1f} min)")

@@ -47,6 +47,17 @@ def _whole(low: int, high: int = 1 << 31):
     return parse
 
 
+def _ids(text: str) -> list[int]:
+    """argparse type: comma-separated tile ids."""
+    try:
+        ids = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"tile ids are whole numbers separated by commas, got {text!r}") from None
+    if not ids or min(ids) < 0 or max(ids) >= 1 << 62:
+        raise argparse.ArgumentTypeError(f"tile ids are 0 or more, got {text!r}")
+    return ids
+
+
 def _common_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="onnxruntime device: auto uses CUDA when its provider is installed (default: auto)")
@@ -115,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "polygon of 1.5 tiles a side or more is read as the index-sized tiles it covers, "
                                    "their embeddings averaged (--whole-box: resampled as one image).")
     p.add_argument("index", metavar="IDX", help="index folder")
-    q = p.add_mutually_exclusive_group(required=True)
+    q = p.add_mutually_exclusive_group()
     q.add_argument("--tile", type=_whole(0, (1 << 63) - 1),
                    help="tile id (the query tile itself is left out of the hits)")
     q.add_argument("--image", help="image file: the whole image is the query")
@@ -149,6 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expand", type=_whole(0, 1000), default=0, metavar="N",
                    help="query expansion: search again with the query moved towards its N nearest tiles (0: off; "
                         "keep N below the number of matches you expect, docs/results.md)")
+    f = p.add_argument_group("relevance feedback", "mark hits (tile ids) or image files as relevant or not: the query "
+                             "is refined with them (docs/results.md, \"Relevance feedback\")")
+    f.add_argument("--positive", type=_ids, metavar="ID,...", help="tile ids that are what you look for")
+    f.add_argument("--negative", type=_ids, metavar="ID,...", help="tile ids that are not")
+    f.add_argument("--positive-image", action="append", metavar="FILE", help="an image that is (repeatable)")
+    f.add_argument("--negative-image", action="append", metavar="FILE", help="an image that is not (repeatable)")
+    f.add_argument("--feedback", choices=["linear", "rocchio"], default="linear",
+                   help="linear: a logistic regression on the marks scores every tile; rocchio: the query moved "
+                        "towards the relevant marks and away from the others")
+    f.add_argument("--session", metavar="FILE.json",
+                   help="keep the query and every round's marks in this file; with an existing file, continue its "
+                        "query (no --tile/--image/--bbox needed) with all its earlier marks plus this command's")
     p.add_argument("--out", default=None, help="write hits (and the query box) to this GeoPackage")
     p.add_argument("--png", default=None, help="write a PNG mosaic of the query and its top hits")
     _common_encoder_args(p)
@@ -210,12 +233,85 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _query(args: argparse.Namespace, index, bands):
+    """The query the search options describe (tile, image, box or polygon)."""
+    from .encoder import Encoder
+    from .queries import query_from_box, query_from_image, query_from_tile
+
+    if args.tile is not None:
+        return query_from_tile(index, args.tile)
+    model = args.model or index.model.path
+    if not os.path.exists(model):
+        raise RsirError(f"{model}: the index's model is not there any more; pass --model")
+    said = []
+    if not args.model:  # a cross-modal index: the encoder of the query's modality
+        from .modality import choose_for_path, modality_models
+
+        encoders = modality_models(index.model_info)
+        choice = choose_for_path(index, encoders, args.image or args.raster, args.modality,
+                                 how_to_choose="pass --modality")
+        model, said = encoders[choice.modality].path, [choice.warning] if choice.warning else []
+        if len(encoders) > 1:
+            print(f"query read with the {choice.modality} encoder ({choice.reason})")
+    encoder = Encoder(model, device=args.device, threads=args.threads)
+    if args.image:
+        query = query_from_image(index, encoder, args.image, bands, args.scale, args.add_offset,
+                                 whole=args.whole_box)
+    elif args.polygon:
+        from .archive.vectors import read_polygon
+
+        wkt, envelope, crs = read_polygon(args.polygon, args.fid)
+        query = query_from_box(index, encoder, args.raster, envelope, crs, bands, args.scale, args.add_offset,
+                               whole=args.whole_box, within=wkt)
+    else:
+        query = query_from_box(index, encoder, args.raster, args.bbox, args.crs, bands, args.scale,
+                               args.add_offset, whole=args.whole_box)
+    query.warnings[:0] = said
+    return query
+
+
+def _feedback(args: argparse.Namespace, index, bands, query):
+    """(the query refined by the session's and this command's marks, the session or None, this round's marks)."""
+    from . import feedback
+    from .feedback_session import Example, Session
+
+    session = None
+    if args.session and os.path.exists(args.session):
+        session = Session.load(args.session)
+        session.check_index(index.dir, args.session)
+    examples = []
+    images = [(p, True) for p in args.positive_image or []] + [(p, False) for p in args.negative_image or []]
+    if images:
+        from .encoder import Encoder
+        from .queries import query_from_image
+
+        encoder = Encoder(args.model or index.model.path, device=args.device, threads=args.threads)
+        for path, relevant in images:
+            q = query_from_image(index, encoder, path, bands, args.scale, args.add_offset)
+            examples.append(Example(os.path.abspath(path), relevant, q.embedding, q.code))
+    new = (args.positive or [], args.negative or [], examples)
+    if query is None:
+        if session is None:
+            raise RsirError("give a query (--tile, --image, --bbox or --polygon), or --session FILE of an earlier "
+                            "search to continue it")
+        query = session.query
+    both = set(new[0]) & set(new[1])
+    if both:
+        raise RsirError(f"tile(s) {sorted(both)} marked both --positive and --negative")
+    pos, neg, earlier = session.marked() if session else ([], [], [])
+    pos = sorted((set(pos) - set(new[1])) | set(new[0]))  # a tile marked again takes its latest mark
+    neg = sorted((set(neg) - set(new[0])) | set(new[1]))
+    marks = feedback.Marks.from_index(index, pos, neg)
+    for e in earlier + examples:
+        marks = marks.add(e.embedding, e.code, e.relevant)
+    refined = feedback.refine(index, query, marks, args.feedback) if any(marks.counts) else query
+    return refined, session, new
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from .archive.sources import parse_band_list
-    from .encoder import Encoder
     from .expansion import expand_query
     from .index.reader import Index
-    from .queries import query_from_box, query_from_image, query_from_tile
     from .search import ranking_name, search
 
     # argument errors first: before the index is opened and the model loaded
@@ -224,39 +320,22 @@ def cmd_search(args: argparse.Namespace) -> int:
     if (args.bbox or args.polygon) and not args.raster:
         raise RsirError(f"{'--bbox' if args.bbox else '--polygon'} needs --raster: the raster (or band-stack spec) "
                         "to read it from")
+    asked = args.tile is not None or args.image or args.bbox or args.polygon
+    if asked and args.session and os.path.exists(args.session):
+        raise RsirError(f"{args.session}: continues the query it holds; leave out --tile/--image/--bbox/--polygon, "
+                        "or give a new session file")
+    marking = args.positive or args.negative or args.positive_image or args.negative_image
+    if not asked and not args.session:
+        raise RsirError("give a query: --tile, --image, --bbox or --polygon (or --session FILE of an earlier search)")
     index = Index(args.index)
     bands = parse_band_list(args.bands)
-    encoder = None
-    if args.tile is not None:
-        query = query_from_tile(index, args.tile)
+    query = _query(args, index, bands) if asked else None
+    original = query
+    if marking or args.session:
+        query, session, new = _feedback(args, index, bands, query)
+        original = session.query if session else original
     else:
-        model = args.model or index.model.path
-        if not os.path.exists(model):
-            raise RsirError(f"{model}: the index's model is not there any more; pass --model")
-        said = []
-        if not args.model:  # a cross-modal index: the encoder of the query's modality
-            from .modality import choose_for_path, modality_models
-
-            encoders = modality_models(index.model_info)
-            choice = choose_for_path(index, encoders, args.image or args.raster, args.modality,
-                                     how_to_choose="pass --modality")
-            model, said = encoders[choice.modality].path, [choice.warning] if choice.warning else []
-            if len(encoders) > 1:
-                print(f"query read with the {choice.modality} encoder ({choice.reason})")
-        encoder = Encoder(model, device=args.device, threads=args.threads)
-        if args.image:
-            query = query_from_image(index, encoder, args.image, bands, args.scale, args.add_offset,
-                                     whole=args.whole_box)
-        elif args.polygon:
-            from .archive.vectors import read_polygon
-
-            wkt, envelope, crs = read_polygon(args.polygon, args.fid)
-            query = query_from_box(index, encoder, args.raster, envelope, crs, bands, args.scale, args.add_offset,
-                                   whole=args.whole_box, within=wkt)
-        else:
-            query = query_from_box(index, encoder, args.raster, args.bbox, args.crs, bands, args.scale,
-                                   args.add_offset, whole=args.whole_box)
-        query.warnings[:0] = said
+        session, new = None, ([], [], [])
     mode = "hash" if args.hash else "float"
     query = expand_query(index, query, args.expand, mode, args.nprobe)
     hits = search(index, query, k=args.k, mode=mode, radius=args.radius, nprobe=args.nprobe, rerank=args.rerank)
@@ -277,6 +356,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.png:
         _write_png(args.png, index, query, hits)
         print(f"wrote {args.png}")
+    if args.session:
+        from .feedback_session import Session
+
+        if session is None:
+            session = Session(index.dir, original, hits=[h.tile_id for h in hits])
+        if any(new):
+            session.add_round(args.feedback, *new, hits=[h.tile_id for h in hits])
+        session.save(args.session)
+        print(f"session {args.session}: {len(session.rounds)} round(s) of marks; continue with --session "
+              f"{args.session} --positive ID,... --negative ID,...")
     return 0
 
 

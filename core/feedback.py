@@ -69,6 +69,10 @@ class Marks:
                    index.embeddings(neg) if len(neg) else np.zeros((0, index.embedding_dim), np.float32),
                    index.codes(neg) if len(neg) else np.zeros((0, index.code_bytes), np.uint8))
 
+    def plus(self, other: Marks) -> Marks:
+        """These marks and `other`'s."""
+        return Marks(*(np.concatenate([a, b]) for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
     def add(self, embedding: np.ndarray, code: np.ndarray, relevant: bool) -> Marks:
         """These marks and one more example (e.g. an image file's query)."""
         e, c = np.asarray(embedding, np.float32)[None], np.asarray(code, np.uint8)[None]

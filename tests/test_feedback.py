@@ -1,0 +1,129 @@
+"""Relevance feedback (issue 26): Rocchio and the linear scorer against hand-computed rankings on a real tiny
+index, the logistic regression at its optimum, marks that lift the marked kind of tile, and a session file that
+round-trips through the command line."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from core import feedback
+from core.cli import main
+from core.errors import RsirError
+from core.index import BuildOptions, Index, build_index
+from core.queries import query_from_tile
+from core.search import search
+from tests.rasters import mosaic_with_twin, write_raster
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, tiny_model):
+    folder = tmp_path_factory.mktemp("feedback")
+    raster = write_raster(str(folder / "a.tif"), np.concatenate([mosaic_with_twin(seed=0), mosaic_with_twin(seed=1)],
+                                                                axis=2))
+    out = str(folder / "idx")
+    build_index([raster], tiny_model, out, BuildOptions(tile=32))
+    return Index(out)
+
+
+def _assert_ranked_by(hits, scores: np.ndarray, exclude: int) -> None:
+    """The hits are the tiles of the highest `scores` (the query tile left out), in that order: their scores
+    equal the top of the sorted scores (twin tiles tie, so ids may swap within a tie)."""
+    order = [int(i) for i in np.argsort(-scores, kind="stable") if i != exclude][:len(hits)]
+    np.testing.assert_allclose(scores[[h.tile_id for h in hits]], scores[order], atol=3e-4)  # float16 storage
+
+
+def test_rocchio_equals_the_hand_computed_query(index):
+    query = query_from_tile(index, 0)
+    pos, neg = [5, 9, 17], [3, 40]
+    marks = feedback.Marks.from_index(index, pos, neg)
+    w = feedback.RocchioWeights(query=0.25, positive=2.0, negative=1.0)
+    refined = feedback.refine(index, query, marks, "rocchio", rocchio_weights=w)
+    emb = index.embeddings(np.arange(index.n))
+    expected = 0.25 * emb[0] + 2.0 * emb[pos].mean(axis=0) - 1.0 * emb[neg].mean(axis=0)
+    np.testing.assert_allclose(refined.embedding, expected / np.linalg.norm(expected), atol=1e-6)
+    _assert_ranked_by(search(index, refined, k=10), emb @ refined.embedding, exclude=0)
+    # codes: the sign of the same sum over +-1 bits, a zero keeping the query's bit
+    bits = feedback.pm1(index.codes(np.arange(index.n)))
+    total = 0.25 * bits[0] + 2.0 * bits[pos].mean(axis=0) - 1.0 * bits[neg].mean(axis=0)
+    expected_bits = np.where(total == 0, bits[0], total) > 0
+    np.testing.assert_array_equal(np.unpackbits(refined.code).astype(bool), expected_bits)
+
+
+def test_logistic_regression_reaches_its_optimum():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8))
+    y = (x[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(float)
+    weight = rng.uniform(0.5, 2.0, size=60)
+    w, b = feedback.fit_logistic(x, y, weight, l2=0.3)
+    p = 1 / (1 + np.exp(-(x @ w + b)))
+    grad_w = x.T @ (weight * (p - y)) + 0.3 * w  # the penalised loss's gradient vanishes at its minimum
+    grad_b = float(np.sum(weight * (p - y)))
+    assert np.abs(grad_w).max() < 1e-6 and abs(grad_b) < 1e-6
+    assert w[0] > 1.0 and np.abs(w[1:]).max() < 0.5 * w[0]  # it found the informative direction
+
+
+def test_linear_scorer_ranks_by_its_weight_vector(index):
+    query = query_from_tile(index, 0)
+    marks = feedback.Marks.from_index(index, [5, 9, 17], [3, 40])
+    options = feedback.LinearOptions(l2=0.1, background=32)
+    refined = feedback.refine(index, query, marks, "linear", linear_options=options)
+    background = feedback._background(index, options)
+    emb, codes = index.embeddings(np.arange(index.n)), index.codes(np.arange(index.n))
+    _, _, (w, _) = feedback.linear(emb[0], codes[0], marks, emb[background], codes[background], options)
+    np.testing.assert_allclose(refined.embedding, w / np.linalg.norm(w), atol=1e-5)
+    scores = emb @ w  # one pass over every tile: the ranking by w.x is the search's
+    _assert_ranked_by(search(index, refined, k=10), scores, exclude=0)
+
+
+def test_marks_lift_the_marked_kind_of_tile(index):
+    """The query is a tile of one half's mosaic; the analyst marks the other half's copies of a pattern as
+    relevant: after one round every top hit is one of that half's tiles like them."""
+    query = query_from_tile(index, 0)
+    before = [h.tile_id for h in search(index, query, k=8)]
+    pos = [t for t in range(index.n) if (t % 16) >= 8][:6]  # the right half's tiles (16 a row of 32 px tiles)
+    neg = [t for t in before if t % 16 < 8][:4]
+    after = search(index, feedback.refine(index, query, feedback.Marks.from_index(index, pos, neg)), k=8)
+    assert sum(h.tile_id % 16 >= 8 for h in after) > sum(t % 16 >= 8 for t in before)
+    with pytest.raises(RsirError, match="marked both relevant and not relevant"):
+        feedback.Marks.from_index(index, [1, 2], [2])
+    with pytest.raises(RsirError, match="feedback method 'svm'"):
+        feedback.refine(index, query, feedback.Marks.from_index(index, [1], []), "svm")
+
+
+def test_session_file_round_trips_through_the_cli(index, tmp_path, capsys):
+    session = str(tmp_path / "s.json")
+    assert main(["search", index.dir, "--tile", "0", "-k", "5", "--session", session]) == 0
+    first = [int(line.split()[1]) for line in capsys.readouterr().out.splitlines()[2:7]]
+    assert main(["search", index.dir, "--session", session, "--positive", f"{first[0]},{first[1]}", "--negative",
+                 str(first[4]), "-k", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "refined (linear) with 2 relevant and 1 not relevant" in out
+    assert main(["search", index.dir, "--session", session, "--negative", str(first[1]), "--feedback", "rocchio",
+                 "--hash", "-k", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "refined (rocchio) with 1 relevant and 2 not relevant" in out  # the latest mark of a tile wins
+    saved = json.load(open(session))
+    assert saved["type"] == "rsir.feedback_session" and saved["index"] == index.dir
+    assert [r["positives"] for r in saved["rounds"]] == [sorted(first[:2]), []]
+    assert [r["negatives"] for r in saved["rounds"]] == [[first[4]], [first[1]]]
+    assert saved["hits"] == first and len(saved["rounds"][1]["hits"]) == 5
+    from core.feedback_session import Session
+
+    loaded = Session.load(session)
+    np.testing.assert_allclose(loaded.query.embedding, index.embeddings([0])[0], atol=1e-6)
+    pos, neg, _ = loaded.marked()
+    assert loaded.query.tile_id == 0 and pos == [first[0]] and sorted(neg) == sorted([first[4], first[1]])
+    # a session is for its own index and query
+    assert main(["search", index.dir, "--session", session, "--tile", "3"]) == 1
+    assert "continues the query it holds" in capsys.readouterr().err
+    other = str(tmp_path / "other.json")
+    with open(other, "w") as f:
+        json.dump({**saved, "index": "/elsewhere"}, f)
+    assert main(["search", index.dir, "--session", other, "--positive", "1"]) == 1
+    assert "is a session on index /elsewhere" in capsys.readouterr().err
+    assert main(["search", index.dir, "--positive", "1"]) == 1
+    assert "give a query" in capsys.readouterr().err
+    assert os.path.exists(session)
