@@ -147,6 +147,7 @@ def main() -> int:
     ap.add_argument("--cache", default=os.path.join(ROOT, "cache", "generalization"))
     ap.add_argument("--queries", type=int, default=300, help="queries per task (a seeded sample; 0 = all)")
     ap.add_argument("--grid", action="store_true")
+    ap.add_argument("--hash-grid", action="store_true", help="only the hash refiner's grid")
     ap.add_argument("--tasks", default="", help="comma-separated task names to run (default: all)")
     ap.add_argument("--timing", type=int, default=0, metavar="N")
     args = ap.parse_args()
@@ -167,7 +168,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     analysts = {}
     for task in tasks:
-        if args.tasks and task.name not in args.tasks.split(",") and not (args.grid and task.unseen):
+        if args.tasks and task.name not in args.tasks.split(",") and not ((args.grid or args.hash_grid) and task.unseen):
             continue
         vectors = task_vectors(suite, contender, enc, task, args.queries)
         for mode in ("float", "hash"):
@@ -176,7 +177,7 @@ def main() -> int:
                 res = analyst.run(method)
                 print(f"| {task.name} | {method} | {mode} | " + " | ".join(f"{v:.1f}" for v in res[:, 0]) + " | "
                       + " | ".join(f"{v:.2f}" for v in res[:, 1]) + " |", flush=True)
-    if args.grid:
+    if args.grid and not args.hash_grid:
         print("\nAID unseen 15, float: P@20 / mAP@100 after 2 rounds")
         analyst = analysts[("AID unseen 15", "float")]
         for a, b, c in ((1, 1, 0.5), (1, 0.75, 0.15), (1, 1, 1), (0, 2, 1), (0.5, 1, 0.5), (0.25, 2, 1),
@@ -187,6 +188,12 @@ def main() -> int:
             for bw in (0.5, 2.0, 4.0, 8.0):
                 res = analyst.run("linear", options=feedback.LinearOptions(l2=l2, background_weight=bw))
                 print(f"linear l2={l2} background_weight={bw}: {res[2, 0]:.1f} / {res[2, 1]:.2f}", flush=True)
+    if args.grid or args.hash_grid:
+        print("\nAID unseen 15, hash: P@20 / mAP@100 after 2 rounds")
+        analyst = analysts[("AID unseen 15", "hash")]
+        for l2 in (0.1, 1.0, 3.0, 10.0, 30.0):
+            res = analyst.run("linear", options=feedback.LinearOptions(l2_codes=l2))
+            print(f"linear l2_codes={l2}: {res[2, 0]:.1f} / {res[2, 1]:.2f}", flush=True)
     print(f"\n({(time.perf_counter() - t0) / 60:.1f} min)")
     return 0
 

@@ -29,16 +29,17 @@ METHODS = ("rocchio", "linear")
 
 @dataclass(frozen=True)
 class RocchioWeights:
-    query: float = 1.0      # a
-    positive: float = 1.0   # b
-    negative: float = 0.5   # c
+    query: float = 0.25     # a
+    positive: float = 2.0   # b
+    negative: float = 1.0   # c
 
 
 @dataclass(frozen=True)
 class LinearOptions:
-    l2: float = 1.0               # penalty on |w|^2 (the embeddings are unit vectors, so about one unit of scale)
+    l2: float = 0.1               # penalty on |w|^2 (the embeddings are unit vectors)
+    l2_codes: float = 0.1         # the same for the weights over +-1 code bits
     background: int = 256         # tiles of the index sampled as weak negatives
-    background_weight: float = 0.5  # their total weight, relative to the explicit negatives' (at least one)
+    background_weight: float = 2.0  # their total weight, relative to the explicit negatives' (at least one)
     seed: int = 0
 
 
@@ -158,7 +159,7 @@ def linear(embedding: np.ndarray, code: np.ndarray, marks: Marks, background_emb
     y = np.concatenate([np.ones(1 + n_pos), np.zeros(n_neg + len(background_emb))])
     weight = np.concatenate([np.full(1 + n_pos, pos_w), np.ones(n_neg), np.full(len(background_emb), bg_w)])
     w, b = fit_logistic(x, y, weight, options.l2)
-    wb, _ = fit_logistic(xb, y, weight, options.l2)
+    wb, _ = fit_logistic(xb, y, weight, options.l2_codes)
     if not np.linalg.norm(w) > 1e-12:
         raise RsirError("the marks give no direction to search in: mark more hits")
     return l2_normalise(w[None].astype(np.float32))[0], _pack(wb, pm1(code[None])[0]), (w, b)

@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from .engine import encoder as core_encoder
-from .engine import errors, expansion, heatmap, modality, queries, reader, search, tile_vrt
+from .engine import errors, expansion, feedback, heatmap, modality, queries, reader, search, tile_vrt
 
 
 @dataclass
@@ -144,6 +144,16 @@ class RetrievalSession:
         query.warnings[:0] = said
         in_index = self.index.source_entry(path) is not None
         return self._finish(query, req, path if in_index else None)
+
+    def refine(self, query, marks: dict[int, bool], method: str, req: SearchRequest,
+               raster: str | None = None) -> SearchResult:
+        """The next round of relevance feedback: `query` (the loop's original query) refined by the analyst's
+        marks {tile id: relevant?}, searched as any query."""
+        self.index.refresh()
+        pos = [t for t, ok in marks.items() if ok]
+        neg = [t for t, ok in marks.items() if not ok]
+        refined = feedback.refine(self.index, query, feedback.Marks.from_index(self.index, pos, neg), method)
+        return self._finish(refined, req, raster)
 
     def tile_at(self, lon: float, lat: float) -> int | None:
         """Id of the tile whose EPSG:4326 footprint contains (lon, lat), nearest centre first; None if none."""

@@ -34,11 +34,12 @@ from qgis.PyQt.QtWidgets import (
 from . import layers, messages
 from .controller import RetrievalSession, SearchRequest
 from .engine import encoder, errors
-from .map_tool import BoxTool, PickTool
+from .feedback_panel import FeedbackPanel
+from .map_tool import BoxTool, MarkTool, PickTool
 from .tasks import SearchTask
 
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
-COLUMNS = ("rank", "tile", "score", "hamming", "label", "source")
+COLUMNS = ("rank", "tile", "mark", "score", "hamming", "label", "source")
 
 
 def _off_spin(maximum: int, tooltip: str) -> QSpinBox:
@@ -62,9 +63,10 @@ class RsirDock(QDockWidget):
         self.pending = None   # the newest query asked for meanwhile
         self.warned: set[str] = set()  # warnings shown for the open index
         canvas = iface.mapCanvas()
-        self.box_tool, self.pick_tool = BoxTool(canvas), PickTool(canvas)
+        self.box_tool, self.pick_tool, self.mark_tool = BoxTool(canvas), PickTool(canvas), MarkTool(canvas)
         self.box_tool.boxDrawn.connect(self.on_box)
         self.pick_tool.picked.connect(self.on_pick)
+        self.mark_tool.marked.connect(self.on_mark)
         self._build_ui()
 
     # -- UI -------------------------------------------------------------------------------------------------
@@ -171,6 +173,14 @@ class RsirDock(QDockWidget):
         self.table.verticalHeader().setVisible(False)  # the rank column numbers the rows
         self.table.horizontalHeader().setStretchLastSection(True)
         root.addWidget(self.table)
+        self.feedback = FeedbackPanel(self)
+        self.mark_button = QPushButton("Mark on map")
+        self.mark_button.setToolTip("Click hits on the map: left click relevant, right click not relevant; the "
+                                    "same click again clears the mark")
+        self.mark_button.setCheckable(True)
+        self.mark_button.clicked.connect(lambda on: self._activate(self.mark_tool if on else None))
+        self.feedback.layout().itemAt(0).layout().insertWidget(2, self.mark_button)
+        root.addWidget(self.feedback)
         self.index_button = QPushButton("Build index…")
         self.index_button.clicked.connect(self._open_index_dialog)
         root.addWidget(self.index_button)
@@ -184,6 +194,7 @@ class RsirDock(QDockWidget):
         canvas = self.iface.mapCanvas()
         self.box_button.setChecked(tool is self.box_tool)
         self.pick_button.setChecked(tool is self.pick_tool)
+        self.mark_button.setChecked(tool is self.mark_tool)
         if tool is None:
             canvas.unsetMapTool(canvas.mapTool())
         else:
@@ -293,6 +304,11 @@ class RsirDock(QDockWidget):
         source, wkt = layer.source(), crs.toWkt()  # read here: QGIS objects stay on the main thread
         return self.run_search(lambda s, req: s.search_box(source, box, wkt, req, within=within))
 
+    def on_mark(self, point, relevant: bool) -> None:
+        if not self.feedback.mark_at(point, relevant):
+            self.iface.messageBar().pushMessage("RSIR", "No hit of the last search there.", level=Qgis.Info,
+                                                duration=3)
+
     def on_pick(self, point) -> None:
         if not self._need_session():
             return
@@ -383,6 +399,7 @@ class RsirDock(QDockWidget):
             return
         self.last_result, self.last_group = task.result, group
         self._fill_table(task.result.hits)
+        self.feedback.on_result(task.result, getattr(task, "refining", False))
         self.status.setText(f"{len(task.result.hits)} hits in {task.seconds:.2f} s")
         for warning in task.result.warnings:
             if warning not in self.warned:  # said once per open index: the tenth box on a source needs no repeat
@@ -406,7 +423,7 @@ class RsirDock(QDockWidget):
         self.table.clearSelection()  # a row chosen in the last results is not a hit of these
         self.table.setRowCount(len(hits))
         for row, h in enumerate(hits):
-            values = (h.rank, h.tile_id, f"{h.score:.4f}", h.hamming, h.label, h.source.rsplit("/", 1)[-1])
+            values = (h.rank, h.tile_id, "", f"{h.score:.4f}", h.hamming, h.label, h.source.rsplit("/", 1)[-1])
             for col, value in enumerate(values):
                 self.table.setItem(row, col, QTableWidgetItem(str(value)))
         self.table.resizeColumnsToContents()

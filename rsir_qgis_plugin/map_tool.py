@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from qgis.core import QgsPointXY, QgsRectangle
 from qgis.gui import QgsMapToolEmitPoint, QgsMapToolExtent
-from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtCore import Qt, pyqtSignal
 
 
 class BoxTool(QgsMapToolExtent):
@@ -32,3 +32,15 @@ class PickTool(QgsMapToolEmitPoint):
     def __init__(self, canvas):
         super().__init__(canvas)
         self.canvasClicked.connect(lambda point, _button: self.picked.emit(QgsPointXY(point)))
+
+
+class MarkTool(QgsMapToolEmitPoint):
+    """Click a hit on the map to mark it: `marked` carries the point (canvas CRS) and True for a left click
+    (relevant), False for a right click (not relevant)."""
+
+    marked = pyqtSignal(QgsPointXY, bool)
+
+    def __init__(self, canvas):
+        super().__init__(canvas)
+        self.canvasClicked.connect(lambda point, button: self.marked.emit(QgsPointXY(point),
+                                                                          button != Qt.RightButton))

@@ -436,7 +436,7 @@ def test_plugin_box_on_an_optical_layer_searches_the_sar_index(pair, sar_index, 
     finally:
         dock.wait()
         dock._activate(None)
-        for obj in (dock.box_tool, dock.pick_tool, dock):
+        for obj in (dock.box_tool, dock.pick_tool, dock.mark_tool, dock):
             sip.delete(obj)
 
 

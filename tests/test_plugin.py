@@ -33,7 +33,7 @@ def dock(qgis_iface, qgis_new_project):
 
     widget.wait()  # no search task may outlive the dock it reports to
     widget._activate(None)
-    for obj in (widget.box_tool, widget.pick_tool, widget):
+    for obj in (widget.box_tool, widget.pick_tool, widget.mark_tool, widget):
         sip.delete(obj)  # now, not at exitQgis(): Qt objects left for QGIS's teardown crash it
     QgsApplication.processEvents()
 
@@ -710,3 +710,63 @@ def test_index_task_discards_an_unfinished_run_only_when_asked(tmp_path, twin_ra
     assert "64 of 256 tiles encoded" in blocked.error and "Discard an unfinished run" in blocked.error
     task = IndexTask([mine], tiny_model, out, BuildOptions(tile=64), restart=True)
     assert task.run() is True and task.report.total_tiles == 16
+
+
+def test_relevance_feedback_in_the_dock(dock, indexed, twin_raster, tmp_path, qgis_iface):
+    """Mark hits (table keys and buttons, map clicks), Undo, Refine in the background, and the marks layer: a
+    GeoPackage that is the record of the marks, saved, reloaded and exported as training labels."""
+    from osgeo import ogr
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsPointXY
+
+    from rsir_qgis_plugin import marks as marks_io
+
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+
+    _raster_layer(twin_raster, qgis_iface)
+    dock.open_index(indexed)
+    dock.k_spin.setValue(8)
+    dock.raster_combo.setLayer(QgsProject.instance().mapLayersByName("twin.tif")[0])
+    dock.box_tool.set_box(BOX_00)
+    assert dock.wait()
+    hits = dock.last_result.hits
+    panel = dock.feedback
+    assert not panel.refine_button.isEnabled() and panel.layer is None
+    dock.table.selectRow(1)
+    panel.mark_selected(True)
+    panel.set_mark(2, False)
+    panel.set_mark(3, True)
+    assert [dock.table.item(r, 2).text() for r in range(4)] == ["", "✓ relevant", "✗ not", "✓ relevant"]
+    panel.undo()  # takes back the last mark
+    assert panel.marks() == {hits[1].tile_id: True, hits[2].tile_id: False}
+    # a click on a hit's footprint with the Mark tool: right click = not relevant
+    centre = QgsGeometry.fromWkt(hits[4].footprint_wkt).centroid().asPoint()
+    canvas_crs = qgis_iface.mapCanvas().mapSettings().destinationCrs()
+    point = QgsCoordinateTransform(wgs84, canvas_crs, QgsProject.instance()).transform(QgsPointXY(centre))
+    assert panel.mark_at(point, False) and panel.marks()[hits[4].tile_id] is False
+    # the marks layer is the record: a file with one feature per marked tile, on top of the layer tree
+    path = panel.layer.source().split("|")[0]
+    ds = ogr.Open(path)
+    rows = sorted((f.GetField("tile_id"), f.GetField("mark"), f.GetField("round")) for f in ds.GetLayer("marks"))
+    assert rows == sorted([(hits[1].tile_id, "relevant", 0), (hits[2].tile_id, "not relevant", 0),
+                           (hits[4].tile_id, "not relevant", 0)])
+    ds = None
+    assert QgsProject.instance().layerTreeRoot().children()[0].layer() is panel.layer
+    # Refine: a background search of the loop's query with the marks; a new result group, round 1
+    task = panel.refine()
+    assert task is not None and task.refining and dock.wait()
+    assert "refined (linear) with 1 relevant and 2 not relevant" in dock.last_result.query.description
+    assert dock.last_group.children()[1].layer().isValid() and panel.round == 1
+    assert panel.loop_query.description.startswith("box")  # the loop still refines the original query
+    # saved, reloaded, exported as labels for `rsir train`
+    saved = str(tmp_path / "saved_marks.gpkg")
+    panel.save_to(saved)
+    panel.set_mark(0, True)
+    assert panel.load_from(saved) and len(panel.marks()) == 3
+    labels = str(tmp_path / "labels.gpkg")
+    assert marks_io.export_labels(panel.layer, labels, "twin pattern") == 3
+    ds = ogr.Open(labels)
+    classes = sorted(f.GetField("class") for f in ds.GetLayer(0))
+    assert classes == ["other", "other", "twin pattern"]
+    # a new query starts a new loop with no marks
+    dock.box_tool.set_box(BOX_00)
+    assert dock.wait() and panel.layer is None and panel.round == 0 and not panel.refine_button.isEnabled()

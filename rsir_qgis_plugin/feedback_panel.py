@@ -1,0 +1,238 @@
+"""Relevance feedback in the dock: mark hits relevant or not (buttons, the R / N / Delete keys on the table, or
+left / right clicks on the map with the Mark tool), Refine (the next round, a background search), Undo, and the
+marks layer's Save / Load / Export labels. Each new query starts a loop with its own marks layer (marks.py)."""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+
+from qgis.core import Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsGeometry, QgsPointXY, QgsProject
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QKeySequence
+from qgis.PyQt.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QMenu, QPushButton,
+                                 QShortcut, QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
+
+from . import marks as marks_io
+from . import messages
+
+MARK_COLUMN = 2  # in the dock's results table
+SYMBOL = {True: "✓ relevant", False: "✗ not", None: ""}
+WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
+
+
+class FeedbackPanel(QWidget):
+    """Works on the dock's last result (`dock.last_result`) and starts searches through `dock.run_search`."""
+
+    def __init__(self, dock):
+        super().__init__(dock)
+        self.dock = dock
+        self.loop_query = None      # the query the marks refine (the loop's first search, not a refined one)
+        self.loop_raster = None
+        self.round = 0
+        self.layer = None           # the loop's marks layer
+        self.undo_stack: list[tuple[object, bool | None]] = []  # (hit, its mark before) per change
+        root = QVBoxLayout(self)
+        root.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        self.relevant_button = QPushButton("✓ Relevant")
+        self.relevant_button.setToolTip("Mark the selected hits as what you look for (R; on the map: the Mark tool, "
+                                        "left click)")
+        self.relevant_button.clicked.connect(lambda: self.mark_selected(True))
+        self.not_button = QPushButton("✗ Not relevant")
+        self.not_button.setToolTip("Mark the selected hits as not what you look for (N; on the map: the Mark tool, "
+                                   "right click)")
+        self.not_button.clicked.connect(lambda: self.mark_selected(False))
+        self.refine_button = QPushButton("Refine")
+        self.refine_button.setToolTip("Search again with the query refined by every mark of this query so far")
+        self.refine_button.clicked.connect(self.refine)
+        self.undo_button = QPushButton("Undo")
+        self.undo_button.setToolTip("Take back the last mark")
+        self.undo_button.clicked.connect(self.undo)
+        self.method_combo = QComboBox()
+        self.method_combo.addItems(["linear", "rocchio"])
+        self.method_combo.setToolTip("linear: a classifier fitted on the marks scores every tile (best in "
+                                     "docs/results.md); rocchio: the query moved towards the relevant marks")
+        more = QToolButton()
+        more.setText("Marks…")
+        more.setPopupMode(QToolButton.InstantPopup)
+        menu = QMenu(more)
+        menu.addAction("Save marks as…", self.save_as)
+        menu.addAction("Load marks…", self.load)
+        menu.addAction("Export labels for training…", self.export_labels)
+        more.setMenu(menu)
+        for w in (self.relevant_button, self.not_button, self.refine_button, self.undo_button, self.method_combo,
+                  more):
+            row.addWidget(w)
+        root.addLayout(row)
+        self.summary = QLabel("")
+        root.addWidget(self.summary)
+        table = dock.table
+        for key, value in (("R", True), ("N", False), ("Delete", None), ("Backspace", None)):
+            shortcut = QShortcut(QKeySequence(key), table)
+            shortcut.setContext(Qt.WidgetShortcut)
+            shortcut.activated.connect(lambda v=value: self.mark_selected(v))
+        self._update()
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def on_result(self, result, refined: bool) -> None:
+        """A search finished: a refined one continues the loop, any other starts a new one."""
+        if not refined or self.loop_query is None:
+            self.loop_query, self.loop_raster, self.round = result.query, result.raster, 0
+            self.layer, self.undo_stack = None, []
+        else:
+            self.round += 1
+        self.show_marks()
+        self._update()
+
+    def marks(self) -> dict[int, bool]:
+        return marks_io.read(self.layer) if self.layer is not None else {}
+
+    def _ensure_layer(self):
+        if self.layer is None:
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+            folder = self.dock.last_result.results_dir or os.getcwd()
+            path = os.path.join(folder, f"marks-{stamp}.gpkg")
+            marks_io.create(path)
+            self.layer = marks_io.open_layer(path, self.dock.session.index.dir)
+            project = QgsProject.instance()
+            project.addMapLayer(self.layer, False)
+            project.layerTreeRoot().insertLayer(0, self.layer)  # over the hits: their outlines show the marks
+        return self.layer
+
+    def set_mark(self, row: int, relevant: bool | None) -> None:
+        """Mark the hit on table row `row` (None: clear its mark)."""
+        result = self.dock.last_result
+        if result is None or not 0 <= row < len(result.hits):
+            return
+        hit = result.hits[row]
+        before = self.marks().get(hit.tile_id)
+        if before == relevant:
+            return
+        self.undo_stack.append((hit, before))
+        marks_io.set_mark(self._ensure_layer(), hit, relevant, self.round, self.loop_query.description)
+        self.show_marks()
+        self._update()
+
+    def mark_selected(self, relevant: bool | None) -> None:
+        rows = sorted({i.row() for i in self.dock.table.selectedIndexes()})
+        if not rows:
+            messages.push(self.dock.iface, "Select hits in the table first (or use the Mark tool on the map).",
+                          duration=5)
+            return
+        for row in rows:
+            self.set_mark(row, relevant)
+
+    def mark_at(self, point: QgsPointXY, relevant: bool) -> bool:
+        """Mark the hit whose footprint holds `point` (canvas CRS); False when none does."""
+        result = self.dock.last_result
+        if result is None:
+            return False
+        canvas_crs = self.dock.iface.mapCanvas().mapSettings().destinationCrs()
+        geo = QgsCoordinateTransform(canvas_crs, WGS84, QgsProject.instance()).transform(point)
+        where = QgsGeometry.fromPointXY(geo)
+        for row, hit in enumerate(result.hits):
+            if hit.footprint_wkt and QgsGeometry.fromWkt(hit.footprint_wkt).contains(where):
+                current = self.marks().get(hit.tile_id)
+                self.set_mark(row, None if current == relevant else relevant)  # the same click again clears
+                return True
+        return False
+
+    def undo(self) -> None:
+        if not self.undo_stack or self.layer is None:
+            return
+        hit, before = self.undo_stack.pop()
+        marks_io.set_mark(self.layer, hit, before, self.round, self.loop_query.description)
+        self.show_marks()
+        self._update()
+
+    def refine(self):
+        """The next round in the background: the loop's query refined by every mark in the marks layer."""
+        marked = self.marks()
+        if not marked:
+            messages.push(self.dock.iface, "Mark some hits as relevant or not first.", duration=5)
+            return None
+        query, raster, method = self.loop_query, self.loop_raster, self.method_combo.currentText()
+        task = self.dock.run_search(lambda s, req: s.refine(query, marked, method, req, raster))
+        if task is not None:
+            task.refining = True
+        return task
+
+    # -- display --------------------------------------------------------------------------------------------
+    def show_marks(self) -> None:
+        """The mark column of the results table."""
+        result, marked = self.dock.last_result, self.marks()
+        if result is None:
+            return
+        for row, hit in enumerate(result.hits[:self.dock.table.rowCount()]):
+            self.dock.table.setItem(row, MARK_COLUMN, QTableWidgetItem(SYMBOL[marked.get(hit.tile_id)]))
+
+    def _update(self) -> None:
+        marked = self.marks()
+        pos = sum(marked.values())
+        has_result = self.dock.last_result is not None
+        for b in (self.relevant_button, self.not_button):
+            b.setEnabled(has_result)
+        self.refine_button.setEnabled(bool(marked))
+        self.undo_button.setEnabled(bool(self.undo_stack))
+        self.summary.setText(f"round {self.round}: {pos} relevant, {len(marked) - pos} not relevant marked"
+                             if marked or self.round else "")
+
+    # -- the marks file -------------------------------------------------------------------------------------
+    def save_as(self) -> None:
+        if self.layer is None:
+            messages.push(self.dock.iface, "No marks yet.", duration=5)
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Save marks", "marks.gpkg", "GeoPackage (*.gpkg)")
+        if path:
+            self.save_to(path)
+
+    def save_to(self, path: str) -> None:
+        from osgeo import gdal
+
+        # through SQLite, not a file copy: the open layer's latest edits may still be in the -wal file
+        if os.path.exists(path):
+            os.remove(path)
+        if gdal.VectorTranslate(path, self.layer.source().split("|")[0], format="GPKG") is None:
+            messages.push(self.dock.iface, f"{path}: cannot be written")
+            return
+        messages.push(self.dock.iface, f"marks saved to {path}", level=Qgis.Success, duration=5)
+
+    def load(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load marks", "", "GeoPackage (*.gpkg)")
+        if path:
+            self.load_from(path)
+
+    def load_from(self, path: str) -> bool:
+        """Use the marks of a saved marks layer (of this index) for the current query."""
+        try:
+            layer = marks_io.open_layer(path, self.dock.session.index.dir)
+        except ValueError as exc:
+            messages.push(self.dock.iface, str(exc))
+            return False
+        if self.layer is not None:
+            QgsProject.instance().removeMapLayer(self.layer.id())
+        self.layer, self.undo_stack = layer, []
+        QgsProject.instance().addMapLayer(layer, False)
+        QgsProject.instance().layerTreeRoot().insertLayer(0, layer)
+        self.show_marks()
+        self._update()
+        return True
+
+    def export_labels(self) -> None:
+        if self.layer is None:
+            messages.push(self.dock.iface, "No marks yet.", duration=5)
+            return
+        name, ok = QInputDialog.getText(self, "Export labels", "What did you search for (the class name)?")
+        if not ok:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export labels", f"{name or 'labels'}.gpkg",
+                                              "GeoPackage (*.gpkg)")
+        if path:
+            try:
+                n = marks_io.export_labels(self.layer, path, name)
+            except ValueError as exc:
+                messages.push(self.dock.iface, str(exc))
+                return
+            messages.push(self.dock.iface, f"{n} labelled tiles written to {path} (class \"{name}\" and \"other\"; "
+                          "train with data.kind = \"index\", data.labels = that file)", level=Qgis.Success,
+                          duration=10)
