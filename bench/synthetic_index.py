@@ -32,7 +32,7 @@ def build_synthetic(raster: str, out: str, tiles: int, model: str, tile: int = 6
     probe = builder._plan_source(spec, encoder, builder.BuildOptions(tile=tile), check_values=False)
     w, h = probe.width, probe.height
     stride = max(1, int(math.sqrt((w - tile) * (h - tile) / max(tiles, 1))))
-    opts = builder.BuildOptions(tile=tile, stride=stride, scale=probe.scale)
+    opts = builder.BuildOptions(tile=tile, stride=stride, scale=probe.values.scale)
     plan = [builder._plan_source(spec, encoder, opts, check_values=False)]
     grid = plan[0].windows
     windows = np.asarray([(w.x, w.y, w.w, w.h) for w in grid], np.int64)

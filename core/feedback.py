@@ -37,7 +37,7 @@ class RocchioWeights:
 @dataclass(frozen=True)
 class LinearOptions:
     l2: float = 0.1               # penalty on |w|^2 (the embeddings are unit vectors)
-    l2_codes: float = 0.1         # the same for the weights over +-1 code bits
+    l2_codes: float = 10.0        # the same for the weights over +-1 code bits (|b|^2 = bits: more penalty)
     background: int = 256         # tiles of the index sampled as weak negatives
     background_weight: float = 2.0  # their total weight, relative to the explicit negatives' (at least one)
     seed: int = 0
