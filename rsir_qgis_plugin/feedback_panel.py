@@ -6,14 +6,28 @@ from __future__ import annotations
 import datetime as _dt
 import os
 
+import numpy as np
 from qgis.core import Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsGeometry, QgsPointXY, QgsProject
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QKeySequence
-from qgis.PyQt.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QMenu, QPushButton,
-                                 QShortcut, QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QMenu,
+    QPushButton,
+    QShortcut,
+    QTableWidgetItem,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
+from . import layers, messages
 from . import marks as marks_io
-from . import messages
+from .engine import find_all as engine_find_all
 
 MARK_COLUMN = 2  # in the dock's results table
 SYMBOL = {True: "✓ relevant", False: "✗ not", None: ""}
@@ -48,6 +62,10 @@ class FeedbackPanel(QWidget):
         self.undo_button = QPushButton("Undo")
         self.undo_button.setToolTip("Take back the last mark")
         self.undo_button.clicked.connect(self.undo)
+        self.find_button = QPushButton("Find all…")
+        self.find_button.setToolTip("Every tile of the index that scores above a threshold you choose (with a "
+                                    "histogram of the scores) as one layer, not a top k")
+        self.find_button.clicked.connect(lambda: self.find_all())
         self.method_combo = QComboBox()
         self.method_combo.addItems(["linear", "rocchio"])
         self.method_combo.setToolTip("linear: a classifier fitted on the marks scores every tile (best in "
@@ -60,8 +78,8 @@ class FeedbackPanel(QWidget):
         menu.addAction("Load marks…", self.load)
         menu.addAction("Export labels for training…", self.export_labels)
         more.setMenu(menu)
-        for w in (self.relevant_button, self.not_button, self.refine_button, self.undo_button, self.method_combo,
-                  more):
+        for w in (self.relevant_button, self.not_button, self.refine_button, self.undo_button, self.find_button,
+                  self.method_combo, more):
             row.addWidget(w)
         root.addLayout(row)
         self.summary = QLabel("")
@@ -157,6 +175,66 @@ class FeedbackPanel(QWidget):
             task.refining = True
         return task
 
+    # -- find all ---------------------------------------------------------------------------------------------
+    def find_all(self, threshold: float | None = None):
+        """Score every tile against the current query (refined or not) in the background, then (the dialog, or
+        `threshold` for scripts and tests) write every tile above the threshold as a layer. Returns the task."""
+        from qgis.core import QgsApplication, QgsTask
+
+        result, session = self.dock.last_result, self.dock.session
+        if result is None or session is None:
+            messages.push(self.dock.iface, "Search first: Find all scores the index against the last query.",
+                          duration=5)
+            return None
+        index, query, relevant = session.index, result.query, [t for t, ok in self.marks().items() if ok]
+
+        def run(_task):
+            # in a dict: QgsTask.fromFunction tests the returned value's truth, which an array has none of
+            return {"scores": engine_find_all.all_scores(index, query.embedding)}
+
+        def done(exception, returned=None):
+            try:
+                finish(exception, returned["scores"] if returned else None)
+            except Exception as exc:  # noqa: BLE001 - QGIS swallows a task callback's exception: say it
+                import traceback
+
+                messages.push(self.dock.iface, f"Find all failed: {type(exc).__name__}: {exc}\n"
+                              f"{traceback.format_exc()}")
+
+        def finish(exception, scores):
+            if exception is not None or scores is None:
+                messages.push(self.dock.iface, f"Find all failed: {exception}")
+                return
+            start = engine_find_all.default_threshold(scores, relevant, len(result.hits))
+            chosen = threshold
+            if chosen is None:
+                from .find_all_dialog import FindAllDialog
+
+                dialog = FindAllDialog(scores, start, query.description, self)
+                if not dialog.exec_():
+                    return
+                chosen = dialog.threshold
+            self._write_found(index, scores, chosen, query.description, result.results_dir)
+
+        self.find_task = QgsTask.fromFunction("RSIR: scoring every tile", run, on_finished=done)
+        QgsApplication.taskManager().addTask(self.find_task)
+        return self.find_task
+
+    def _write_found(self, index, scores, threshold: float, description: str, folder: str) -> None:
+        from qgis.core import QgsVectorLayer
+
+        ids = np.flatnonzero(scores >= threshold)
+        path = os.path.join(folder or os.getcwd(), f"find_all-{_dt.datetime.now():%H%M%S}.gpkg")
+        n = engine_find_all.write_tiles_layer(path, index, ids, scores)
+        layer = QgsVectorLayer(f"{path}|layername=tiles", f"RSIR all tiles >= {threshold:.3f} ({n})", "ogr")
+        layer.setCustomProperty(layers.OUTPUT_PROPERTY, True)
+        project = QgsProject.instance()
+        project.addMapLayer(layer, False)
+        project.layerTreeRoot().insertLayer(0, layer)
+        self.found_layer = layer
+        messages.push(self.dock.iface, f"{n} tiles score {threshold:.3f} or more against {description}",
+                      level=Qgis.Success, duration=8)
+
     # -- display --------------------------------------------------------------------------------------------
     def show_marks(self) -> None:
         """The mark column of the results table."""
@@ -170,7 +248,7 @@ class FeedbackPanel(QWidget):
         marked = self.marks()
         pos = sum(marked.values())
         has_result = self.dock.last_result is not None
-        for b in (self.relevant_button, self.not_button):
+        for b in (self.relevant_button, self.not_button, self.find_button):
             b.setEnabled(has_result)
         self.refine_button.setEnabled(bool(marked))
         self.undo_button.setEnabled(bool(self.undo_stack))

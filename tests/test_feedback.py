@@ -78,15 +78,24 @@ def test_linear_scorer_ranks_by_its_weight_vector(index):
     _assert_ranked_by(search(index, refined, k=10), scores, exclude=0)
 
 
-def test_marks_lift_the_marked_kind_of_tile(index):
-    """The query is a tile of one half's mosaic; the analyst marks the other half's copies of a pattern as
-    relevant: after one round every top hit is one of that half's tiles like them."""
+def test_marks_lift_the_marked_tiles(index):
+    """Tiles far down the query's ranking, marked relevant, and its top hits marked not relevant: after one round
+    the marked relevant tiles rank higher and the not relevant ones lower, with either refiner."""
     query = query_from_tile(index, 0)
-    before = [h.tile_id for h in search(index, query, k=8)]
-    pos = [t for t in range(index.n) if (t % 16) >= 8][:6]  # the right half's tiles (16 a row of 32 px tiles)
-    neg = [t for t in before if t % 16 < 8][:4]
-    after = search(index, feedback.refine(index, query, feedback.Marks.from_index(index, pos, neg)), k=8)
-    assert sum(h.tile_id % 16 >= 8 for h in after) > sum(t % 16 >= 8 for t in before)
+    emb = index.embeddings(np.arange(index.n))
+
+    def ranks(direction):
+        order = np.argsort(-(emb @ direction), kind="stable")
+        return np.argsort(order)  # rank of each tile
+
+    before = ranks(query.embedding)
+    order = np.argsort(before)
+    pos, neg = order[60:66].tolist(), order[1:5].tolist()
+    for method in feedback.METHODS:
+        refined = feedback.refine(index, query, feedback.Marks.from_index(index, pos, neg), method)
+        after = ranks(refined.embedding)
+        assert after[pos].mean() < before[pos].mean() - 20, method
+        assert after[neg].mean() > before[neg].mean() + 5, method
     with pytest.raises(RsirError, match="marked both relevant and not relevant"):
         feedback.Marks.from_index(index, [1, 2], [2])
     with pytest.raises(RsirError, match="feedback method 'svm'"):
@@ -127,3 +136,28 @@ def test_session_file_round_trips_through_the_cli(index, tmp_path, capsys):
     assert main(["search", index.dir, "--positive", "1"]) == 1
     assert "give a query" in capsys.readouterr().err
     assert os.path.exists(session)
+
+
+def test_find_all_writes_every_tile_above_the_threshold(index, tmp_path):
+    from osgeo import ogr
+
+    from core.find_all import all_scores, default_threshold, write_tiles_layer
+
+    query = query_from_tile(index, 0)
+    scores = all_scores(index, query.embedding)
+    emb = index.embeddings(np.arange(index.n))
+    np.testing.assert_allclose(scores, emb @ query.embedding, atol=2e-3)
+    assert default_threshold(scores, [5, 9]) == pytest.approx(min(scores[5], scores[9]))
+    assert default_threshold(scores, [], k=3) == pytest.approx(np.sort(scores)[-3])
+    threshold = float(np.sort(scores)[-12])
+    ids = np.flatnonzero(scores >= threshold)
+    path = str(tmp_path / "all.gpkg")
+    assert write_tiles_layer(path, index, ids, scores, chunk=5) == len(ids) >= 12
+    ds = ogr.Open(path)  # kept: a layer outliving its datasource crashes
+    layer = ds.GetLayer("tiles")
+    rows = [(f.GetField("rank"), f.GetField("tile_id"), f.GetField("score")) for f in layer]
+    assert [r[0] for r in rows] == list(range(1, len(ids) + 1)) and {r[1] for r in rows} == set(ids.tolist())
+    assert all(a[2] >= b[2] for a, b in zip(rows, rows[1:])) and rows[-1][2] >= threshold - 1e-6
+    layer.ResetReading()
+    feat = layer.GetNextFeature()
+    assert feat.GetGeometryRef().ExportToWkt() == index.tile(feat.GetField("tile_id")).footprint_wkt

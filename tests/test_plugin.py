@@ -770,3 +770,39 @@ def test_relevance_feedback_in_the_dock(dock, indexed, twin_raster, tmp_path, qg
     # a new query starts a new loop with no marks
     dock.box_tool.set_box(BOX_00)
     assert dock.wait() and panel.layer is None and panel.round == 0 and not panel.refine_button.isEnabled()
+
+
+def test_find_all_in_the_dock(dock, indexed, twin_raster, qgis_iface):
+    """Find all scores every tile in a background task and adds one layer of those above the threshold."""
+    import time
+
+    _raster_layer(twin_raster, qgis_iface)
+    dock.open_index(indexed)
+    dock.raster_combo.setLayer(QgsProject.instance().mapLayersByName("twin.tif")[0])
+    dock.box_tool.set_box(BOX_00)
+    assert dock.wait()
+    panel = dock.feedback
+    assert panel.find_button.isEnabled()
+    task = panel.find_all(threshold=0.99)
+    deadline = time.time() + 30
+    while getattr(panel, "found_layer", None) is None and time.time() < deadline:
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+    layer = getattr(panel, "found_layer", None)
+    assert layer is not None, [m for m in qgis_iface.messageBar().messages.values()]
+    assert task is not None and layer.isValid() and layer.name().startswith("RSIR all tiles >= 0.990")
+    tiles = {f["tile_id"] for f in layer.getFeatures()}
+    assert {0, 14} <= tiles and all(f["score"] >= 0.99 for f in layer.getFeatures())
+    assert QgsProject.instance().layerTreeRoot().children()[0].layer() is layer
+
+
+def test_find_all_dialog_histogram_and_threshold(qgis_iface):
+    from rsir_qgis_plugin.find_all_dialog import FindAllDialog
+
+    scores = np.linspace(0.0, 1.0, 101).astype(np.float32)
+    dialog = FindAllDialog(scores, 0.895, "tile 0")
+    assert dialog.threshold == pytest.approx(0.895) and dialog.count.text() == "11 of 101 tiles"
+    dialog.set_threshold(0.495)
+    assert dialog.count.text() == "51 of 101 tiles" and dialog.histogram.threshold == pytest.approx(0.495)
+    image = dialog.histogram.grab().toImage()  # painted: blue bars above the threshold, grey below
+    assert image.width() >= 420
