@@ -167,8 +167,9 @@ def main() -> int:
     print("| task | refiner | mode | P@20 round 0 | 1 | 2 | 3 | mAP@100 round 0 | 1 | 2 | 3 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     analysts = {}
+    grids = args.grid or args.hash_grid
     for task in tasks:
-        if args.tasks and task.name not in args.tasks.split(",") and not ((args.grid or args.hash_grid) and task.unseen):
+        if args.tasks and task.name not in args.tasks.split(",") and not (grids and task.unseen):
             continue
         vectors = task_vectors(suite, contender, enc, task, args.queries)
         for mode in ("float", "hash"):
