@@ -25,6 +25,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.every = float(os.environ.get("RSIR_PROGRESS_EVERY", 30.0)) if every is None else every
         self.done, self.stats = 0, {}
+        self.base: int | None = None  # work done before this run (the first `set`)
         self.t0 = self.last = time.perf_counter()
         self.lines = 0
         self.bar = None
@@ -35,12 +36,23 @@ class Progress:
                             leave=leave, file=self.stream)
 
     def set(self, done: int, total: int | None = None) -> None:
-        """Absolute progress (`done` of `total`)."""
+        """Absolute progress (`done` of `total`). The first call's `done` is work of an earlier run (a resumed
+        one): said at once, and left out of the rate."""
         if total is not None and total != self.total:
             self.total = total
             if self.bar is not None:
                 self.bar.total = total
                 self.bar.refresh()
+        if self.base is None:
+            self.base = self.done = done
+            if done and self.bar is not None:
+                self.bar.initial = self.bar.n = self.bar.last_print_n = done
+                self.bar.refresh()
+            elif done and not self.quiet:
+                share = f" ({100 * done / self.total:.0f} %)" if self.total else ""
+                print(f"{self.desc}: resuming at {done}/{self.total or '?'} {self.unit}{share}", file=self.stream,
+                      flush=True)
+            return
         self.update(done - self.done)
 
     def update(self, n: int = 1) -> None:
@@ -59,7 +71,7 @@ class Progress:
         now = time.perf_counter()
         self.last = now
         elapsed = now - self.t0
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = (self.done - (self.base or 0)) / elapsed if elapsed > 0 else 0.0
         count = f"{self.done}/{self.total}" if self.total else f"{self.done}"
         if final:
             text = f"{self.desc}: {count} {self.unit} in {_clock(elapsed)} ({rate:.1f} {self.unit}/s)"

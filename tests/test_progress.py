@@ -20,6 +20,14 @@ def test_progress_writes_lines_not_a_bar_when_not_on_a_terminal():
     assert lines[0].startswith("encoding: 2/4 img (50 %), ") and lines[0].endswith(" left; loss 0.500")
     assert lines[-1].startswith("encoding: 4/4 img in 0:00 (")
     assert "\r" not in out.getvalue()
+    resumed = io.StringIO()  # a resumed run says where it starts at once, and its rate counts this run's work
+    bar = Progress("indexing", unit="tile", every=0, stream=resumed)
+    bar.set(600, 1000)
+    bar.t0 -= 10.0  # as if 10 s passed
+    bar.set(700, 1000)
+    first, second = resumed.getvalue().splitlines()
+    assert first == "indexing: resuming at 600/1000 tile (60 %)"
+    assert second.startswith("indexing: 700/1000 tile (70 %), 10.0 tile/s, 0:30 left")
     quiet = io.StringIO()
     bar = Progress("encoding", 4, quiet=True, every=0, stream=quiet)
     bar.update(4)
