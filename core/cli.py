@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--session", metavar="FILE.json",
                    help="keep the query and every round's marks in this file; with an existing file, continue its "
                         "query (no --tile/--image/--bbox needed) with all its earlier marks plus this command's")
+    f.add_argument("--labels-out", metavar="FILE.gpkg",
+                   help="with --session: write its marks as a label layer for rsir train (data.kind = \"index\"): "
+                        "the marked tiles' footprints, class = --label for the relevant ones, \"other\" for the rest")
+    f.add_argument("--label", metavar="NAME", help="with --labels-out: the class name of what you searched for")
     p.add_argument("--out", default=None, help="write hits (and the query box) to this GeoPackage")
     p.add_argument("--png", default=None, help="write a PNG mosaic of the query and its top hits")
     _common_encoder_args(p)
@@ -320,6 +324,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if (args.bbox or args.polygon) and not args.raster:
         raise RsirError(f"{'--bbox' if args.bbox else '--polygon'} needs --raster: the raster (or band-stack spec) "
                         "to read it from")
+    if args.labels_out and not (args.session and args.label):
+        raise RsirError("--labels-out writes a session's marks as labels: give --session FILE and --label NAME")
     asked = args.tile is not None or args.image or args.bbox or args.polygon
     if asked and args.session and os.path.exists(args.session):
         raise RsirError(f"{args.session}: continues the query it holds; leave out --tile/--image/--bbox/--polygon, "
@@ -366,6 +372,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         session.save(args.session)
         print(f"session {args.session}: {len(session.rounds)} round(s) of marks; continue with --session "
               f"{args.session} --positive ID,... --negative ID,...")
+        if args.labels_out:
+            from .mark_labels import write_labels
+
+            pos, neg, _ = session.marked()
+            n = write_labels(args.labels_out, index, {**{t: False for t in neg}, **{t: True for t in pos}},
+                             args.label)
+            print(f"wrote {args.labels_out}: {n} labelled tiles (\"{args.label}\" and \"other\"); train with "
+                  f"data.kind = \"index\", data.root = \"{index.dir}\", data.labels = \"{args.labels_out}\"")
     return 0
 
 

@@ -27,6 +27,7 @@ from qgis.PyQt.QtWidgets import (
 
 from . import layers, messages
 from . import marks as marks_io
+from .engine import errors
 from .engine import find_all as engine_find_all
 
 MARK_COLUMN = 2  # in the dock's results table
@@ -307,8 +308,8 @@ class FeedbackPanel(QWidget):
                                               "GeoPackage (*.gpkg)")
         if path:
             try:
-                n = marks_io.export_labels(self.layer, path, name)
-            except ValueError as exc:
+                n = marks_io.export_labels(self.layer, path, name, self.dock.session.index)
+            except (ValueError, errors.RsirError) as exc:
                 messages.push(self.dock.iface, str(exc))
                 return
             messages.push(self.dock.iface, f"{n} labelled tiles written to {path} (class \"{name}\" and \"other\"; "

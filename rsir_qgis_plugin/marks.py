@@ -9,6 +9,8 @@ import os
 from osgeo import ogr, osr
 from qgis.core import QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsRendererCategory, QgsVectorLayer
 
+from .engine import mark_labels
+
 LAYER = "marks"
 RELEVANT, NOT_RELEVANT = "relevant", "not relevant"
 MARKS_PROPERTY = "rsir/marks"  # on the layer: the index folder the marks are tile ids of
@@ -75,31 +77,7 @@ def set_mark(layer: QgsVectorLayer, hit, relevant: bool | None, round_: int, que
     layer.triggerRepaint()
 
 
-def export_labels(layer: QgsVectorLayer, path: str, class_name: str) -> int:
-    """Write the marks as a label layer `rsir train` reads (polygons, field "class": `class_name` for relevant
-    tiles, "other" for the rest); returns the number of polygons."""
-    if not class_name.strip():
-        raise ValueError("name the class you searched for (e.g. solar farm)")
-    if os.path.exists(path):
-        os.remove(path)
-    ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
-    if ds is None:
-        raise ValueError(f"{path}: cannot be written")
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(4326)
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    out = ds.CreateLayer("labels", srs, ogr.wkbPolygon)
-    out.CreateField(ogr.FieldDefn("class", ogr.OFTString))
-    out.CreateField(ogr.FieldDefn("tile_id", ogr.OFTInteger64))
-    n = 0
-    for f in layer.getFeatures():
-        if f.geometry().isEmpty() or f["mark"] not in (RELEVANT, NOT_RELEVANT):
-            continue
-        feat = ogr.Feature(out.GetLayerDefn())
-        feat.SetField("class", class_name.strip() if f["mark"] == RELEVANT else "other")
-        feat.SetField("tile_id", int(f["tile_id"]))
-        feat.SetGeometry(ogr.CreateGeometryFromWkt(f.geometry().asWkt()))
-        out.CreateFeature(feat)
-        n += 1
-    ds = None  # noqa: F841 - closes the file
-    return n
+def export_labels(layer: QgsVectorLayer, path: str, class_name: str, index) -> int:
+    """Write the marks as a label layer `rsir train` reads (core.mark_labels: footprints from the index, field
+    "class": `class_name` for relevant tiles, "other" for the rest); returns the number of polygons."""
+    return mark_labels.write_labels(path, index, read(layer), class_name)

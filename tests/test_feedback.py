@@ -161,3 +161,21 @@ def test_find_all_writes_every_tile_above_the_threshold(index, tmp_path):
     layer.ResetReading()
     feat = layer.GetNextFeature()
     assert feat.GetGeometryRef().ExportToWkt() == index.tile(feat.GetField("tile_id")).footprint_wkt
+
+
+def test_marks_become_training_labels_rsir_train_reads(index, tmp_path, capsys):
+    """A session's marks written as a label layer (`--labels-out`) are read by `rsir train`'s index loader: the
+    marked tiles, with the analyst's class and "other"."""
+    from training.datasets import load_index_tiles
+
+    session, labels = str(tmp_path / "s.json"), str(tmp_path / "labels.gpkg")
+    assert main(["search", index.dir, "--tile", "0", "-k", "5", "--session", session]) == 0
+    capsys.readouterr()
+    assert main(["search", index.dir, "--session", session, "--positive", "3,4,5", "--negative", "40,41",
+                 "--labels-out", labels, "--label", "beach", "-k", "5"]) == 0
+    assert "wrote " + labels + ": 5 labelled tiles" in capsys.readouterr().out
+    data = load_index_tiles(index.dir, labels, "class", size=32)
+    got = sorted((int(i.split(":")[1]), data.class_names[c]) for i, c in zip(data.ids, data.labels))
+    assert got == [(3, "beach"), (4, "beach"), (5, "beach"), (40, "other"), (41, "other")]
+    assert main(["search", index.dir, "--session", session, "--labels-out", labels]) == 1
+    assert "give --session FILE and --label NAME" in capsys.readouterr().err

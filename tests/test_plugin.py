@@ -763,7 +763,7 @@ def test_relevance_feedback_in_the_dock(dock, indexed, twin_raster, tmp_path, qg
     panel.set_mark(0, True)
     assert panel.load_from(saved) and len(panel.marks()) == 3
     labels = str(tmp_path / "labels.gpkg")
-    assert marks_io.export_labels(panel.layer, labels, "twin pattern") == 3
+    assert marks_io.export_labels(panel.layer, labels, "twin pattern", dock.session.index) == 3
     ds = ogr.Open(labels)
     classes = sorted(f.GetField("class") for f in ds.GetLayer(0))
     assert classes == ["other", "other", "twin pattern"]
