@@ -182,5 +182,5 @@ def refine(index, query, marks: Marks, method: str = "rocchio", rocchio_weights:
         emb, code, _ = linear(query.embedding, query.code, marks, index.embeddings(ids), index.codes(ids),
                               linear_options)
     return dataclasses.replace(query, embedding=emb, code=code,
-                               description=f"{query.description}, refined ({method}) with {n_pos} relevant and "
-                                           f"{n_neg} not relevant")
+                               description=f"refined ({method}) with {n_pos} relevant and {n_neg} not relevant: "
+                                           f"{query.description}")

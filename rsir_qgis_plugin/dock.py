@@ -171,6 +171,7 @@ class RsirDock(QDockWidget):
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.cellDoubleClicked.connect(lambda row, _col: self.zoom_to_hit(row))
         self.table.verticalHeader().setVisible(False)  # the rank column numbers the rows
+        self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 6)  # more rows seen
         self.table.horizontalHeader().setStretchLastSection(True)
         root.addWidget(self.table)
         self.feedback = FeedbackPanel(self)
@@ -421,6 +422,7 @@ class RsirDock(QDockWidget):
 
     def _fill_table(self, hits) -> None:
         self.table.clearSelection()  # a row chosen in the last results is not a hit of these
+        self.table.scrollToTop()  # rank 1 first, not where the last results were scrolled to
         self.table.setRowCount(len(hits))
         for row, h in enumerate(hits):
             values = (h.rank, h.tile_id, "", f"{h.score:.4f}", h.hamming, h.label, h.source.rsplit("/", 1)[-1])

@@ -7,7 +7,16 @@ import datetime as _dt
 import os
 
 import numpy as np
-from qgis.core import Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsGeometry, QgsPointXY, QgsProject
+from qgis.core import (
+    Qgis,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFillSymbol,
+    QgsGeometry,
+    QgsMessageLog,
+    QgsPointXY,
+    QgsProject,
+)
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QKeySequence
 from qgis.PyQt.QtWidgets import (
@@ -96,12 +105,31 @@ class FeedbackPanel(QWidget):
     def on_result(self, result, refined: bool) -> None:
         """A search finished: a refined one continues the loop, any other starts a new one."""
         if not refined or self.loop_query is None:
+            if self.layer is not None:  # the last query's marks: kept in the tree, hidden, named as such
+                node = QgsProject.instance().layerTreeRoot().findLayer(self.layer.id())
+                if node is not None:
+                    node.setItemVisibilityChecked(False)
+                self.layer.setName(f"{self.layer.name()} (earlier query)")
             self.loop_query, self.loop_raster, self.round = result.query, result.raster, 0
             self.layer, self.undo_stack = None, []
         else:
             self.round += 1
+        self._to_top(self.layer)  # over the new result group: its outlines would hide the marks
         self.show_marks()
         self._update()
+
+    @staticmethod
+    def _to_top(layer) -> None:
+        """Move `layer` to the top of the layer tree (a node is moved by inserting its clone)."""
+        if layer is None:
+            return
+        root = QgsProject.instance().layerTreeRoot()
+        node = root.findLayer(layer.id())
+        first = root.children()[0] if root.children() else None
+        if node is None or getattr(first, "layerId", lambda: None)() == layer.id():
+            return
+        root.insertChildNode(0, node.clone())
+        node.parent().removeChildNode(node)
 
     def marks(self) -> dict[int, bool]:
         return marks_io.read(self.layer) if self.layer is not None else {}
@@ -112,7 +140,8 @@ class FeedbackPanel(QWidget):
             folder = self.dock.last_result.results_dir or os.getcwd()
             path = os.path.join(folder, f"marks-{stamp}.gpkg")
             marks_io.create(path)
-            self.layer = marks_io.open_layer(path, self.dock.session.index.dir)
+            self.layer = marks_io.open_layer(path, self.dock.session.index.dir,
+                                             f"RSIR marks {_dt.datetime.now():%H:%M:%S}")
             project = QgsProject.instance()
             project.addMapLayer(self.layer, False)
             project.layerTreeRoot().insertLayer(0, self.layer)  # over the hits: their outlines show the marks
@@ -224,10 +253,13 @@ class FeedbackPanel(QWidget):
     def _write_found(self, index, scores, threshold: float, description: str, folder: str) -> None:
         from qgis.core import QgsVectorLayer
 
-        ids = np.flatnonzero(scores >= threshold)
+        rejected = [t for t, ok in self.marks().items() if not ok]  # the analyst said these are not it
+        ids = np.setdiff1d(np.flatnonzero(scores >= threshold), rejected)
         path = os.path.join(folder or os.getcwd(), f"find_all-{_dt.datetime.now():%H%M%S}.gpkg")
         n = engine_find_all.write_tiles_layer(path, index, ids, scores)
         layer = QgsVectorLayer(f"{path}|layername=tiles", f"RSIR all tiles >= {threshold:.3f} ({n})", "ogr")
+        layer.renderer().setSymbol(QgsFillSymbol.createSimple(  # outlines: the imagery must show through
+            {"color": "40,120,255,40", "outline_color": "40,120,255,255", "outline_width": "0.6"}))
         layer.setCustomProperty(layers.OUTPUT_PROPERTY, True)
         project = QgsProject.instance()
         project.addMapLayer(layer, False)
@@ -244,6 +276,7 @@ class FeedbackPanel(QWidget):
             return
         for row, hit in enumerate(result.hits[:self.dock.table.rowCount()]):
             self.dock.table.setItem(row, MARK_COLUMN, QTableWidgetItem(SYMBOL[marked.get(hit.tile_id)]))
+        self.dock.table.resizeColumnToContents(MARK_COLUMN)
 
     def _update(self) -> None:
         marked = self.marks()
@@ -312,6 +345,7 @@ class FeedbackPanel(QWidget):
             except (ValueError, errors.RsirError) as exc:
                 messages.push(self.dock.iface, str(exc))
                 return
-            messages.push(self.dock.iface, f"{n} labelled tiles written to {path} (class \"{name}\" and \"other\"; "
-                          "train with data.kind = \"index\", data.labels = that file)", level=Qgis.Success,
-                          duration=10)
+            messages.push(self.dock.iface, f"{n} labelled tiles written to {os.path.basename(path)}",
+                          level=Qgis.Success, duration=10)
+            QgsMessageLog.logMessage(f"{path}: class \"{name}\" and \"other\"; train with data.kind = \"index\", "
+                                     f"data.labels = that file", "RSIR", Qgis.Info)

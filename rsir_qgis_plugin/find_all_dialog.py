@@ -35,6 +35,9 @@ class Histogram(QWidget):
         p.setPen(QPen(QColor(220, 30, 30), 2))
         x = int(self._x(self.threshold))
         p.drawLine(x, 0, x, self.height())
+        p.setPen(QColor(60, 60, 60))  # the score axis: its two ends
+        p.drawText(6, 14, f"{self.edges[0]:.3f}")
+        p.drawText(self.width() - 46, 14, f"{self.edges[-1]:.3f}")
         p.end()
 
     def mousePressEvent(self, event) -> None:  # noqa: N802 - Qt's name
@@ -50,7 +53,10 @@ class FindAllDialog(QDialog):
         self.setWindowTitle("RSIR: find all")
         self.scores = np.sort(np.asarray(scores, np.float64))
         root = QVBoxLayout(self)
-        root.addWidget(QLabel(f"Every tile of the index scored against: {query}"))
+        label = QLabel(f"Every tile of the index scored against: {query}. Tiles marked not relevant are left out.")
+        label.setWordWrap(True)  # a long query description must not stretch the dialog
+        root.addWidget(label)
+        self.setMaximumWidth(640)
         self.histogram = Histogram(self.scores, self.set_threshold, self)
         root.addWidget(self.histogram)
         self.spin = QDoubleSpinBox()

@@ -32,14 +32,16 @@ def create(path: str) -> None:
     ds = None  # noqa: F841 - closes the file
 
 
-def open_layer(path: str, index_dir: str) -> QgsVectorLayer:
+def open_layer(path: str, index_dir: str, name: str = "RSIR marks") -> QgsVectorLayer:
     """The marks layer of `path`, styled: green outlines for relevant tiles, red for the others."""
-    layer = QgsVectorLayer(f"{path}|layername={LAYER}", "RSIR marks", "ogr")
+    layer = QgsVectorLayer(f"{path}|layername={LAYER}", name, "ogr")
     if not layer.isValid() or layer.fields().indexOf("mark") < 0 or layer.fields().indexOf("tile_id") < 0:
         raise ValueError(f"{path}: not an RSIR marks layer (a GeoPackage layer '{LAYER}' with tile_id and mark)")
     categories = []
-    for value, colour in ((RELEVANT, "40,180,60,255"), (NOT_RELEVANT, "220,40,40,255")):
-        symbol = QgsFillSymbol.createSimple({"color": "0,0,0,0", "outline_color": colour, "outline_width": "0.8"})
+    # green, and purple dashed: the hits' rank colours run to red, which a red "not relevant" was confused with
+    for value, colour, style in ((RELEVANT, "30,200,60,255", "solid"), (NOT_RELEVANT, "150,40,220,255", "dash")):
+        symbol = QgsFillSymbol.createSimple({"color": "0,0,0,0", "outline_color": colour, "outline_width": "1.0",
+                                             "outline_style": style})
         categories.append(QgsRendererCategory(value, symbol, value))
     layer.setRenderer(QgsCategorizedSymbolRenderer("mark", categories))
     layer.setCustomProperty(MARKS_PROPERTY, index_dir)

@@ -756,6 +756,7 @@ def test_relevance_feedback_in_the_dock(dock, indexed, twin_raster, tmp_path, qg
     assert task is not None and task.refining and dock.wait()
     assert "refined (linear) with 1 relevant and 2 not relevant" in dock.last_result.query.description
     assert dock.last_group.children()[1].layer().isValid() and panel.round == 1
+    assert QgsProject.instance().layerTreeRoot().children()[0].layer() is panel.layer  # over the new group
     assert panel.loop_query.description.startswith("box")  # the loop still refines the original query
     # saved, reloaded, exported as labels for `rsir train`
     saved = str(tmp_path / "saved_marks.gpkg")
@@ -768,8 +769,11 @@ def test_relevance_feedback_in_the_dock(dock, indexed, twin_raster, tmp_path, qg
     classes = sorted(f.GetField("class") for f in ds.GetLayer(0))
     assert classes == ["other", "other", "twin pattern"]
     # a new query starts a new loop with no marks
+    old = panel.layer
     dock.box_tool.set_box(BOX_00)
     assert dock.wait() and panel.layer is None and panel.round == 0 and not panel.refine_button.isEnabled()
+    assert old.name().endswith("(earlier query)")
+    assert not QgsProject.instance().layerTreeRoot().findLayer(old.id()).itemVisibilityChecked()
 
 
 def test_find_all_in_the_dock(dock, indexed, twin_raster, qgis_iface):
