@@ -179,3 +179,50 @@ def test_marks_become_training_labels_rsir_train_reads(index, tmp_path, capsys):
     assert got == [(3, "beach"), (4, "beach"), (5, "beach"), (40, "other"), (41, "other")]
     assert main(["search", index.dir, "--session", session, "--labels-out", labels]) == 1
     assert "give --session FILE and --label NAME" in capsys.readouterr().err
+
+
+def test_labels_become_a_model_and_re_encode_the_index(tmp_path, tiny_model, capsys):
+    """`rsir learn-labels`: marks exported as labels fit a model (the index's, with a whitening and new codes
+    appended) whose outputs on the tiles' pixels are the index's re-encoded vectors; the index moves to it as its
+    next generation, same tiles; the labelled tiles of one class come closer together."""
+    from core.archive.gdal_open import open_raster
+    from core.archive.pixels import read_window
+    from core.archive.tiling import TileWindow
+    from core.encoder import Encoder
+
+    raster = write_raster(str(tmp_path / "a.tif"), np.concatenate([mosaic_with_twin(seed=0),
+                                                                   mosaic_with_twin(seed=1)], axis=2))
+    out = str(tmp_path / "idx")
+    build_index([raster], tiny_model, out, BuildOptions(tile=32))
+    before = Index(out)
+    session, labels = str(tmp_path / "s.json"), str(tmp_path / "labels.gpkg")
+    pos, neg = [3, 4, 5, 20, 21, 22], [40, 41, 60, 61, 90, 91]
+    assert main(["search", out, "--tile", "3", "--session", session, "--positive", ",".join(map(str, pos)),
+                 "--negative", ",".join(map(str, neg)), "--labels-out", labels, "--label", "mine"]) == 0
+    model = str(tmp_path / "adapted.onnx")
+    assert main(["learn-labels", out, labels, "--out", model]) == 0
+    printed = capsys.readouterr().out
+    assert "fitted on 12 labelled tiles (mine 6, other 6)" in printed and "re-encoded" in printed
+    after = Index(out)
+    assert after.model.path == model and after.manifest.generation == before.manifest.generation + 1
+    assert after.n == before.n and after.tile(7).footprint_wkt == before.tile(7).footprint_wkt
+    # the model's outputs on the pixels are the index's new vectors (within float16 storage)
+    enc = Encoder(model)
+    ds = open_raster(raster)
+    ids = [0, 7, 40, 100]
+    pixels = np.stack([read_window(ds, [1, 2, 3], TileWindow(after.tile(t).x, after.tile(t).y, 32, 32), 32)
+                       for t in ids])
+    emb, codes = enc.encode(pixels)
+    np.testing.assert_allclose(emb, after.embeddings(ids), atol=5e-3)
+    same_bits = np.unpackbits(codes) == np.unpackbits(after.codes(ids))
+    assert same_bits.mean() > 0.95
+    # the class the analyst labelled is tighter than before, relative to the tiles marked not it
+    def spread(index):
+        e = index.embeddings(np.arange(index.n))
+        return float((e[pos] @ e[pos].T).mean() - (e[pos] @ e[neg].T).mean())
+
+    assert spread(after) > spread(before)
+    # a second adaptation stacks on the first (the model holds the first one's names)
+    again = str(tmp_path / "again.onnx")
+    assert main(["learn-labels", out, labels, "--out", again, "--no-reencode"]) == 0
+    assert Encoder(again).encode(pixels)[0].shape == emb.shape and Index(out).model.path == model

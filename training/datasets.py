@@ -173,15 +173,11 @@ def _from_rows(root: str, rows: list[dict], bands, size, cache_dir, splits, prog
     return {s: everything.subset(np.flatnonzero(which == s)) for s in splits}
 
 
-def load_index_tiles(index_dir: str, vector_path: str, field: str, size: int | None = None,
-                     progress=None) -> ImageSet:
-    """Every tile of an rsir index whose centre falls in a polygon of `vector_path`; label = that polygon's
-    `field`. Tiles outside every polygon are left out. Pixels are read with the index's bands."""
+def labelled_tiles(index, vector_path: str, field: str, progress=None) -> list[tuple[int, str]]:
+    """(tile id, label) of every tile of `index` (a core.index.reader.Index) whose centre falls in a polygon of
+    `vector_path`; label = that polygon's `field`. Tiles outside every polygon are left out."""
     from osgeo import ogr, osr
 
-    from core.index.reader import Index
-
-    index = Index(index_dir)
     vec = ogr.Open(vector_path)
     if vec is None:
         raise RsirError(f"{vector_path}: not a vector file OGR can open")
@@ -197,11 +193,11 @@ def load_index_tiles(index_dir: str, vector_path: str, field: str, size: int | N
         target = layer.GetSpatialRef().Clone()
         target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
         to_layer = osr.CoordinateTransformation(wgs84, target)
-    size = size or index.model_info.input_size
-    picked, pixels, labels, ids = [], [], [], []
-    datasets: dict[int, object] = {}
+    out = []
     for tid in range(index.n):
         tile = index.tile(tid)
+        if progress:
+            progress(tid + 1, index.n)
         if tile.footprint_wkt is None:
             continue
         centre = ogr.CreateGeometryFromWkt(tile.footprint_wkt).Centroid()
@@ -210,18 +206,31 @@ def load_index_tiles(index_dir: str, vector_path: str, field: str, size: int | N
         layer.SetSpatialFilter(centre)
         label = next((f.GetField(field) for f in layer if f.GetGeometryRef().Contains(centre)), None)
         layer.SetSpatialFilter(None)
-        if label is None:
-            continue
+        if label is not None:
+            out.append((tid, str(label)))
+    return out
+
+
+def load_index_tiles(index_dir: str, vector_path: str, field: str, size: int | None = None,
+                     progress=None) -> ImageSet:
+    """Every tile of an rsir index whose centre falls in a polygon of `vector_path`; label = that polygon's
+    `field`. Tiles outside every polygon are left out. Pixels are read with the index's bands."""
+    from core.index.reader import Index
+
+    index = Index(index_dir)
+    size = size or index.model_info.input_size
+    picked, pixels, labels, ids = [], [], [], []
+    datasets: dict[int, object] = {}
+    for tid, label in labelled_tiles(index, vector_path, field, progress):
+        tile = index.tile(tid)
         entry = index.sources[tile.source_id]
         if tile.source_id not in datasets:
             datasets[tile.source_id] = open_source(SourceSpec(entry.path, entry.kind))
         win = TileWindow(tile.x, tile.y, tile.w, tile.h)
         pixels.append(read_window(datasets[tile.source_id], list(entry.bands), win, size, entry.path))
-        labels.append(str(label))
+        labels.append(label)
         ids.append(f"{os.path.basename(entry.path)}:{tid}")
         picked.append(tid)
-        if progress:
-            progress(tid + 1, index.n)
     if not picked:
         raise RsirError(f"{vector_path}: no tile of {index_dir} has its centre inside a polygon with a {field!r}")
     class_names = sorted(set(labels))

@@ -187,6 +187,21 @@ def _prune(graph) -> None:
         graph.initializer.remove(t)
 
 
+def _names(graph) -> set[str]:
+    return ({t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+            | {i.name for i in graph.input})
+
+
+def _fresh_tag(graph, *bases: str) -> str:
+    """"" or "_2", "_3", ...: a suffix that makes every `base` + suffix a new name in `graph` (a model adapted
+    twice, e.g. whitened, then fitted to an analyst's labels, holds the first one's names)."""
+    taken = _names(graph)
+    k = 1
+    while any(f"{b}{'' if k == 1 else f'_{k}'}" in taken for b in bases):
+        k += 1
+    return "" if k == 1 else f"_{k}"
+
+
 def _replace_codes(graph, outputs: dict, projection: CodeProjection) -> None:
     """Point the code output at (embedding - mean) @ matrix; the model's own hash head is dropped unless the
     embedding is computed from it (MiLAN's is: normalise(tanh(hash logits)))."""
@@ -195,13 +210,14 @@ def _replace_codes(graph, outputs: dict, projection: CodeProjection) -> None:
     code = outputs.get("code", "hash_logits")
     batch = graph.output[[o.name for o in graph.output].index(outputs["embedding"])].type.tensor_type.shape.dim[0]
     if code in [o.name for o in graph.output]:
-        _rename(graph, code, f"{code}_replaced")
+        _rename(graph, code, f"{code}_replaced{_fresh_tag(graph, f'{code}_replaced')}")
         graph.output.remove(graph.output[[o.name for o in graph.output].index(code)])
-    graph.initializer.extend([numpy_helper.from_array(projection.mean, "rsir_codes_mean"),
-                              numpy_helper.from_array(projection.matrix, "rsir_codes_matrix")])
+    t = _fresh_tag(graph, "rsir_codes_mean", "rsir_codes_matrix", "rsir_codes_centred")
+    graph.initializer.extend([numpy_helper.from_array(projection.mean, f"rsir_codes_mean{t}"),
+                              numpy_helper.from_array(projection.matrix, f"rsir_codes_matrix{t}")])
     graph.node.extend([
-        helper.make_node("Sub", [outputs["embedding"], "rsir_codes_mean"], ["rsir_codes_centred"]),
-        helper.make_node("MatMul", ["rsir_codes_centred", "rsir_codes_matrix"], [code]),
+        helper.make_node("Sub", [outputs["embedding"], f"rsir_codes_mean{t}"], [f"rsir_codes_centred{t}"]),
+        helper.make_node("MatMul", [f"rsir_codes_centred{t}", f"rsir_codes_matrix{t}"], [code]),
     ])
     out = helper.make_tensor_value_info(code, TensorProto.FLOAT, [None, projection.matrix.shape[1]])
     out.type.tensor_type.shape.dim[0].CopyFrom(batch)
@@ -222,19 +238,22 @@ def append_to_onnx(model_path: str, out_path: str, whitening: Whitening | None, 
     meta = {p.key: p.value for p in model.metadata_props}
     outputs = json.loads(meta["rsir.outputs"])
     name = outputs["embedding"]
-    raw = f"{name}_unwhitened"
     graph = model.graph
+    t = _fresh_tag(graph, f"{name}_unwhitened", "rsir_whiten_mean", "rsir_whiten_projection", "rsir_whiten_unit",
+                   "rsir_whiten_centred", "rsir_whiten_projected")
+    raw = f"{name}_unwhitened{t}"
     _rename(graph, name, raw)
     if whitening is None:  # the codes are fitted on the unit embedding: give them that
         graph.node.append(helper.make_node("LpNormalization", [raw], [name], axis=1, p=2))
     else:
-        graph.initializer.extend([numpy_helper.from_array(whitening.mean, "rsir_whiten_mean"),
-                                  numpy_helper.from_array(whitening.projection, "rsir_whiten_projection")])
+        graph.initializer.extend([numpy_helper.from_array(whitening.mean, f"rsir_whiten_mean{t}"),
+                                  numpy_helper.from_array(whitening.projection, f"rsir_whiten_projection{t}")])
         graph.node.extend([
-            helper.make_node("LpNormalization", [raw], ["rsir_whiten_unit"], axis=1, p=2),
-            helper.make_node("Sub", ["rsir_whiten_unit", "rsir_whiten_mean"], ["rsir_whiten_centred"]),
-            helper.make_node("MatMul", ["rsir_whiten_centred", "rsir_whiten_projection"], ["rsir_whiten_projected"]),
-            helper.make_node("LpNormalization", ["rsir_whiten_projected"], [name], axis=1, p=2),
+            helper.make_node("LpNormalization", [raw], [f"rsir_whiten_unit{t}"], axis=1, p=2),
+            helper.make_node("Sub", [f"rsir_whiten_unit{t}", f"rsir_whiten_mean{t}"], [f"rsir_whiten_centred{t}"]),
+            helper.make_node("MatMul", [f"rsir_whiten_centred{t}", f"rsir_whiten_projection{t}"],
+                             [f"rsir_whiten_projected{t}"]),
+            helper.make_node("LpNormalization", [f"rsir_whiten_projected{t}"], [name], axis=1, p=2),
         ])
     if codes is not None:
         _replace_codes(graph, outputs, codes)

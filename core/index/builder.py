@@ -601,3 +601,64 @@ def _finish_install(out_dir: str, manifest: Manifest, partial: str) -> None:
                 pass
     _step("install:old-removed")
     shutil.rmtree(partial, ignore_errors=True)
+
+
+VectorTransform = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # embeddings -> (embeddings, codes)
+
+
+def rewrite_vectors(index_dir: str, model_path: str, transform: VectorTransform, chunk: int = 65536,
+                    progress: ProgressFn | None = None) -> Manifest:
+    """Install a new generation of the index whose vectors are `transform` of its current ones (float32
+    embeddings in, unit embeddings and packed codes out), with `model_path` as its model: a model that appends a
+    map to the index's own (e.g. one learned from an analyst's labels) re-encodes the index without reading an
+    image. Same tiles and ids; a kill leaves the current generation in service."""
+    out_dir = os.path.abspath(index_dir)
+    info = Encoder(model_path, device="cpu").info
+    partial = layout.path(out_dir, layout.PARTIAL)
+    with IndexLock(out_dir, what=f"re-encoding with {os.path.basename(model_path)}"):
+        manifest = read_manifest(out_dir)
+        if manifest is None:
+            raise RsirError(f"{out_dir}: not an rsir index (no {layout.MANIFEST})")
+        if os.path.exists(os.path.join(partial, "state.json")):
+            raise RsirError(f"{out_dir}: holds an unfinished indexing run; finish it (rerun it) or discard it "
+                            "(rsir index --restart) first")
+        shutil.rmtree(partial, ignore_errors=True)  # a killed rewrite's leftovers
+        final = os.path.join(partial, "final")
+        os.makedirs(final)
+        n, old = manifest.tiles, manifest.data_dir(out_dir)
+        table = np.memmap(os.path.join(old, layout.EMBEDDINGS), np.float16, "r", shape=(n, manifest.embedding_dim))
+        dim, nbytes = info.embedding_dim, info.effective_code_bits // 8
+        with open(os.path.join(final, layout.EMBEDDINGS), "wb") as fe, open(os.path.join(final, layout.CODES),
+                                                                           "wb") as fc:
+            for start in range(0, n, chunk):
+                emb, codes = transform(np.asarray(table[start:start + chunk], np.float32))
+                if emb.shape[1] != dim or codes.shape[1] != nbytes:
+                    raise RsirError(f"{model_path}: the transform gives {emb.shape[1]}-d embeddings and "
+                                    f"{8 * codes.shape[1]}-bit codes, the model says {dim} and {8 * nbytes}")
+                fe.write(np.ascontiguousarray(emb, np.float16).tobytes())
+                fc.write(np.ascontiguousarray(codes, np.uint8).tobytes())
+                if progress:
+                    progress(min(start + chunk, n), n)
+        all_emb = np.fromfile(os.path.join(final, layout.EMBEDDINGS), np.float16).reshape(n, dim)
+        all_codes = np.fromfile(os.path.join(final, layout.CODES), np.uint8).reshape(n, nbytes)
+        import faiss
+
+        faiss.write_index(build_float_index(all_emb.astype(np.float32), manifest.float_factory),
+                          os.path.join(final, layout.FLOAT_INDEX))
+        faiss.write_index_binary(build_binary_index(all_codes, info.effective_code_bits,
+                                                    default_binary_factory(n, info.effective_code_bits)
+                                                    if dim != manifest.embedding_dim or
+                                                    info.effective_code_bits != manifest.code_bits
+                                                    else manifest.binary_factory),
+                                 os.path.join(final, layout.BINARY_INDEX))
+        shutil.copyfile(os.path.join(old, layout.TILES), os.path.join(final, layout.TILES))
+        generation = manifest.generation + 1
+        new = manifest.replace(model=ModelRef(os.path.abspath(info.path), info.sha256, info.metadata),
+                               embedding_dim=dim, code_bits=info.effective_code_bits,
+                               code_source="hash" if info.has_hash else "embedding-signs", updated=_now(),
+                               rsir_version=__version__, format=layout.FORMAT_VERSION, generation=generation,
+                               data=layout.generation_name(generation), previous=manifest.data or ".")
+        write_manifest(os.path.join(final, layout.MANIFEST), new)
+        _fsync_folder(final)
+        _install(out_dir, partial, generation)
+        return read_manifest(out_dir)
