@@ -62,32 +62,37 @@ class Analyst:
         rng = np.random.default_rng(seed)
         self.background = np.sort(rng.choice(len(db_emb), size=min(256, len(db_emb)), replace=False))
 
+    def rounds(self, i: int, method: str, weights=feedback.RocchioWeights(), options=feedback.LinearOptions(),
+               rounds: int = ROUNDS):
+        """Query `i`'s rankings, round 0 (no feedback) to `rounds`, each yielded with the marks so far; between
+        rounds the analyst marks the top MARK_TOP hits not marked yet, right or wrong by their labels."""
+        q, c, label = self.q_emb[i], self.q_codes[i], self.q_labels[i]
+        emb, code = q, c
+        marked: dict[int, bool] = {}
+        for r in range(rounds + 1):
+            if r:
+                pos = [j for j, ok in marked.items() if ok]
+                neg = [j for j, ok in marked.items() if not ok]
+                marks = feedback.Marks(self.db_emb[pos], self.db_codes[pos], self.db_emb[neg], self.db_codes[neg])
+                if method == "rocchio":
+                    emb, code = feedback.rocchio(q, c, marks, weights)
+                else:
+                    emb, code, _ = feedback.linear(q, c, marks, self.db_emb[self.background],
+                                                   self.db_codes[self.background], options)
+            ranked = rank(emb, code, self.db_emb, self.db_bits, self.mode)
+            yield ranked, dict(marked)
+            for j in [j for j in ranked if j not in marked][:MARK_TOP]:  # the analyst marks what is new on top
+                marked[int(j)] = bool(self.db_labels[j] == label)
+
     def run(self, method: str, weights=feedback.RocchioWeights(), options=feedback.LinearOptions()
             ) -> np.ndarray:
         """(rounds + 1, 2) mean P@20 and mAP@100 per round."""
         out = np.zeros((ROUNDS + 1, 2))
         for i in range(len(self.q_emb)):
-            q, c, label = self.q_emb[i], self.q_codes[i], self.q_labels[i]
-            emb, code = q, c
-            marked: dict[int, bool] = {}
-            for r in range(ROUNDS + 1):
-                if r:
-                    pos = [j for j, ok in marked.items() if ok]
-                    neg = [j for j, ok in marked.items() if not ok]
-                    marks = feedback.Marks(self.db_emb[pos], self.db_codes[pos], self.db_emb[neg],
-                                           self.db_codes[neg])
-                    if method == "rocchio":
-                        emb, code = feedback.rocchio(q, c, marks, weights)
-                    else:
-                        emb, code, _ = feedback.linear(q, c, marks, self.db_emb[self.background],
-                                                       self.db_codes[self.background], options)
-                ranked = rank(emb, code, self.db_emb, self.db_bits, self.mode)
-                rel = (self.db_labels[ranked] == label)[None]
+            for r, (ranked, _) in enumerate(self.rounds(i, method, weights, options)):
+                rel = (self.db_labels[ranked] == self.q_labels[i])[None]
                 out[r, 0] += rel[0, :MARK_TOP].mean()
                 out[r, 1] += average_precision_at_k(rel, self.n_rel[i:i + 1], 100)[0]
-                new = [j for j in ranked if j not in marked][:MARK_TOP]  # the analyst marks what is new at the top
-                for j in new:
-                    marked[int(j)] = bool(self.db_labels[j] == label)
         return 100 * out / len(self.q_emb)
 
 
@@ -102,23 +107,11 @@ def learned_from_marks(analyst: Analyst, n_queries: int = 10, rounds: int = 2, s
     rng = np.random.default_rng(seed)
     classes = list(range(min(n_queries, analyst.q_labels.max() + 1)))
     labels: dict[int, str] = {}
+    float_analyst = Analyst(analyst.q_emb, analyst.q_codes, analyst.q_labels, analyst.db_emb, analyst.db_codes,
+                            analyst.db_labels, "float")  # the marks come from float search, in either mode
     for k in classes:
         i = int(rng.choice(np.flatnonzero(analyst.q_labels == k)))
-        q, c = analyst.q_emb[i], analyst.q_codes[i]
-        emb, code, marked = q, c, {}
-        for r in range(rounds + 1):
-            if r:
-                pos = [j for j, ok in marked.items() if ok]
-                neg = [j for j, ok in marked.items() if not ok]
-                marks = feedback.Marks(analyst.db_emb[pos], analyst.db_codes[pos], analyst.db_emb[neg],
-                                       analyst.db_codes[neg])
-                emb, code, _ = feedback.linear(q, c, marks, analyst.db_emb[analyst.background],
-                                               analyst.db_codes[analyst.background])
-            if r == rounds:
-                break
-            ranked = rank(emb, code, analyst.db_emb, analyst.db_bits, "float")
-            for j in [j for j in ranked if j not in marked][:MARK_TOP]:
-                marked[int(j)] = bool(analyst.db_labels[j] == analyst.q_labels[i])
+        *_, (_, marked) = float_analyst.rounds(i, "linear", rounds=rounds)
         labels.update({j: (f"class {k}" if ok else "other") for j, ok in marked.items()})
     ids = np.array(sorted(labels))
     bits = 8 * analyst.db_codes.shape[1]
