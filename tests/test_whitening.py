@@ -59,6 +59,8 @@ def test_choose_picks_a_shrinkage_on_val_and_lifts_map():
     assert set(report["val_map100_by_shrinkage"]) == {"0.0", "0.01", "0.1"}
     assert report["val_map100_after"] == max(report["val_map100_by_shrinkage"].values())
     assert report["val_map100_before"] < 75 and report["val_map100_after"] > 95  # the nuisance is gone
+    w3, report3 = choose(x, _images(x, y), xv, _images(xv, yv), (0.3,))  # a shrinkage given: that one, checked
+    assert w3.shrinkage == 0.3 and set(report3["val_map100_by_shrinkage"]) == {"0.3"}
     w2, report2 = choose(x, _images(x, y), None, None)  # no val: the fixed shrinkage, unchecked
     assert report2 == {"checked_on": None} and w2.shrinkage == 0.01
     with pytest.raises(RsirError, match=r"m\.onnx: whitening does not help .*90\.00 -> 89\.00.*nothing written"):
@@ -188,6 +190,11 @@ def test_whiten_command_writes_float_and_int8(tiny_model, tmp_path, capsys, twin
     # the tiny CNN's weights are below 1024 values each; the whitening and ITQ matrices are not
     assert f"wrote {itq}: 3 weight tensors stored in float16" in printed.out
     assert Encoder(str(itq)).info.code_bits == 8 and Encoder(str(itq)).info.metadata["rsir.weight_storage"]
+    shrunk = tmp_path / "shrunk.onnx"
+    assert main(["whiten", tiny_model, data, "--out", str(shrunk), "--shrinkage", "0.3", "--cache-dir", "",
+                 "--force"]) == 0
+    assert "shrinkage 0.3" in capsys.readouterr().out
+    assert json.loads(Encoder(str(shrunk)).info.metadata[METADATA_KEY])["shrinkage"] == 0.3
     code = main(["whiten", tiny_model, data, "--out", tiny_model, "--cache-dir", ""])
     assert code == 1 and "--out must differ" in capsys.readouterr().err
     code = main(["whiten", tiny_model, str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.onnx")])

@@ -211,6 +211,10 @@ def whiten_command(subparsers: argparse._SubParsersAction) -> None:
                                                   "ranges calibrated on 256 fit-split images), then whitened on its "
                                                   "own embeddings the same way")
     p.add_argument("--force", action="store_true", help="write the model even if whitening scores worse on --check")
+    p.add_argument("--shrinkage", type=float, default=None, metavar="S",
+                   help="shrink the within-class covariance towards its mean eigenvalue by S (0-1) instead of "
+                        "choosing among 0, 0.01, 0.1 on --check: the check split holds the training classes and "
+                        "prefers the least, while classes nobody trained on gain from more (docs/results.md)")
     p.add_argument("--cache-dir", default="cache/datasets", help="decoded-image cache ('' = none)")
     p.add_argument("--threads", type=int, help="onnxruntime threads")
     _half_weights_option(p)

@@ -131,19 +131,21 @@ def _map100(queries: np.ndarray, q_y: np.ndarray, database: np.ndarray, db_y: np
     return score("float", "float", 0, queries, database, q_y, db_y, names, min(100, len(database))).map_k
 
 
-def choose(train_e: np.ndarray, train: ImageSet, val_e: np.ndarray | None, val: ImageSet | None
-           ) -> tuple[Whitening, dict]:
-    """Fit on the training embeddings; with a validation split, keep the shrinkage of SHRINKAGES that scores the
-    best val -> train mAP@100 and report it beside the unwhitened score."""
+def choose(train_e: np.ndarray, train: ImageSet, val_e: np.ndarray | None, val: ImageSet | None,
+           shrinkages: tuple[float, ...] = SHRINKAGES) -> tuple[Whitening, dict]:
+    """Fit on the training embeddings; with a validation split, keep the shrinkage of `shrinkages` that scores the
+    best val -> train mAP@100 and report it beside the unwhitened score. (The validation split holds the training
+    classes: it prefers the least shrinkage, which is not what serves classes nobody trained on - give one.)"""
     names = list(train.class_names)
     if val is None or not len(val):
-        return fit_within_class(train_e, train.labels, UNCHECKED_SHRINKAGE), {"checked_on": None}
+        s = shrinkages[0] if len(shrinkages) == 1 else UNCHECKED_SHRINKAGE
+        return fit_within_class(train_e, train.labels, s), {"checked_on": None}
     report = {"checked_on": "val", "val_items": len(val),
               "val_map100_before": _map100(l2_normalise(val_e), val.labels, l2_normalise(train_e), train.labels,
                                            names),
               "val_map100_by_shrinkage": {}}
     best = None
-    for s in SHRINKAGES:
+    for s in shrinkages:
         w = fit_within_class(train_e, train.labels, s)
         m = _map100(w.apply(val_e), val.labels, w.apply(train_e), train.labels, names)
         report["val_map100_by_shrinkage"][str(s)] = m
@@ -291,7 +293,8 @@ def _encode_sets(encoder: Encoder, sets: list[ImageSet], what: str = "",
 
 def whiten_model(model_path: str, out_path: str, train: ImageSet | list[ImageSet],
                  val: ImageSet | list[ImageSet] | None = None, threads: int | None = None, force: bool = False,
-                 code_bits: int = 0, itq_restarts: int = ITQ_RESTARTS, whiten: bool = True, log=None) -> dict:
+                 code_bits: int = 0, itq_restarts: int = ITQ_RESTARTS, whiten: bool = True, log=None,
+                 shrinkage: float | None = None) -> dict:
     """Fit within-class whitening on `train` (the model's labelled training split; or the splits of several
     datasets, each at its own size, their classes told apart) and write the whitened model; with `code_bits`,
     its codes become PCA-ITQ codes of the whitened embedding (the best of `itq_restarts` ITQ starting rotations
@@ -320,8 +323,9 @@ def whiten_model(model_path: str, out_path: str, train: ImageSet | list[ImageSet
     codes = None
     try:
         if whiten:
-            say(f"fitting the within-class whitening ({len(SHRINKAGES)} shrinkages tried on the check split)")
-            whitening, report = choose(train_e, train, val_e, val)
+            tried = SHRINKAGES if shrinkage is None else (shrinkage,)
+            say(f"fitting the within-class whitening ({len(tried)} shrinkage(s) tried on the check split)")
+            whitening, report = choose(train_e, train, val_e, val, tried)
         else:
             whitening, report = None, {"checked_on": "val" if val is not None else None}
         apply = whitening.apply if whitening is not None else l2_normalise
@@ -369,6 +373,7 @@ class WhitenOptions:
     half_weights: bool = False
     cache_dir: str = "cache/datasets"
     threads: int | None = None
+    shrinkage: float | None = None  # None: the best of SHRINKAGES on the check split
 
 
 def _fit_sets(opts: WhitenOptions) -> tuple[list[ImageSet], list[ImageSet]]:
@@ -401,7 +406,7 @@ def whiten_files(opts: WhitenOptions, log=print) -> dict:
 
     def one(source: str, out: str) -> dict:
         report = whiten_model(source, out, fit, check or None, opts.threads, opts.force, opts.itq_codes,
-                              opts.itq_restarts, opts.whiten, log)
+                              opts.itq_restarts, opts.whiten, log, opts.shrinkage)
         checked = (f"{opts.check} mAP@100 {report['val_map100_before']:.2f} -> {report['val_map100_after']:.2f}"
                    if report["checked_on"] and opts.whiten else
                    "" if report["checked_on"] else "not checked on a validation split")
