@@ -194,10 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _progress_bar(what: str, quiet: bool):
-    """(update(done, total), close) of a `core.progress.Progress` in tiles."""
+    """(update(done, total), close) of a `core.progress.Progress` in tiles; its first update is where a resumed
+    run starts."""
     from .progress import Progress
 
-    bar = Progress(what, unit="tile", quiet=quiet)
+    bar = Progress(what, unit="tile", quiet=quiet, resumable=True)
     return bar.set, bar.close
 
 

@@ -20,12 +20,13 @@ class Progress:
     end. Nothing at all when `quiet`."""
 
     def __init__(self, desc: str, total: int | None = None, unit: str = "it", quiet: bool = False,
-                 every: float | None = None, stream=None, leave: bool = True):
+                 every: float | None = None, stream=None, leave: bool = True, resumable: bool = False):
         self.desc, self.total, self.unit, self.quiet = desc, total, unit, quiet
         self.stream = stream or sys.stderr
         self.every = float(os.environ.get("RSIR_PROGRESS_EVERY", 30.0)) if every is None else every
         self.done, self.stats = 0, {}
-        self.base: int | None = None  # work done before this run (the first `set`)
+        # work done before this run: with `resumable`, the first `set` says where a resumed run starts
+        self.base: int | None = None if resumable else 0
         self.t0 = self.last = time.perf_counter()
         self.lines = 0
         self.bar = None
@@ -36,8 +37,8 @@ class Progress:
                             leave=leave, file=self.stream)
 
     def set(self, done: int, total: int | None = None) -> None:
-        """Absolute progress (`done` of `total`). The first call's `done` is work of an earlier run (a resumed
-        one): said at once, and left out of the rate."""
+        """Absolute progress (`done` of `total`). With `resumable`, the first call's `done` is work of an earlier
+        run (a resumed one): said at once, and left out of the rate."""
         if total is not None and total != self.total:
             self.total = total
             if self.bar is not None:

@@ -21,7 +21,7 @@ def test_progress_writes_lines_not_a_bar_when_not_on_a_terminal():
     assert lines[-1].startswith("encoding: 4/4 img in 0:00 (")
     assert "\r" not in out.getvalue()
     resumed = io.StringIO()  # a resumed run says where it starts at once, and its rate counts this run's work
-    bar = Progress("indexing", unit="tile", every=0, stream=resumed)
+    bar = Progress("indexing", unit="tile", every=0, stream=resumed, resumable=True)
     bar.set(600, 1000)
     bar.t0 -= 10.0  # as if 10 s passed
     bar.set(700, 1000)
