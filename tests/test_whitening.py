@@ -43,6 +43,12 @@ def test_fit_whitens_the_pooled_within_class_covariance():
     assert np.allclose(w.projection, w.projection.T, atol=1e-5)  # symmetric inverse square root
     shrunk = fit_within_class(x, y, 0.5)
     assert shrunk.shrinkage == 0.5 and not np.allclose(shrunk.projection, w.projection)
+    # a weight of 2 is the item counted twice (datasets of different sizes are weighed the same this way)
+    twice = np.arange(len(x)) < 50
+    weighted = fit_within_class(x, y, 0.1, weights=np.where(twice, 2.0, 1.0))
+    doubled = fit_within_class(np.concatenate([x, x[twice]]), np.concatenate([y, y[twice]]), 0.1)
+    assert np.allclose(weighted.projection, doubled.projection, atol=1e-4)
+    assert np.allclose(weighted.mean, doubled.mean, atol=1e-6)
     with pytest.raises(ValueError, match="at least 2 classes"):
         fit_within_class(x, np.zeros(len(x), int))
     with pytest.raises(ValueError, match="shrinkage"):
