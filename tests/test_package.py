@@ -67,7 +67,8 @@ def test_the_default_model_ships_with_its_metadata_and_prefills_the_plugin(tmp_p
     # trained embedding, PCA-ITQ codes, no class-specific whitening, trained on EuroSAT and 15 AID classes only
     assert info.input_size_range == (96, 256) and info.input_size == 96 and info.views == 1
     assert "rsir.general_branch" in info.metadata
-    assert json.loads(info.metadata["rsir.whitening"])["kind"] == "none"  # codes only: no class-fitted whitening
+    whitening = json.loads(info.metadata["rsir.whitening"])  # fitted on both datasets alike, shrunk by 0.3
+    assert (whitening["kind"], whitening["shrinkage"], whitening["classes"]) == ("within-class", 0.3, 25)
     assert (info.embedding_dim, info.code_bits) == (256, 256)
     unseen = {line.strip() for line in open(os.path.join(ROOT, "configs", "generalization", "aid_unseen_classes.txt"))
               if line.strip() and not line.startswith("#")}
