@@ -105,11 +105,14 @@ class FeedbackPanel(QWidget):
     def on_result(self, result, refined: bool) -> None:
         """A search finished: a refined one continues the loop, any other starts a new one."""
         if not refined or self.loop_query is None:
-            if self.layer is not None:  # the last query's marks: kept in the tree, hidden, named as such
-                node = QgsProject.instance().layerTreeRoot().findLayer(self.layer.id())
+            for old in (self.layer, getattr(self, "found_layer", None)):  # the last query's: hidden, named so
+                if old is None:
+                    continue
+                node = QgsProject.instance().layerTreeRoot().findLayer(old.id())
                 if node is not None:
                     node.setItemVisibilityChecked(False)
-                self.layer.setName(f"{self.layer.name()} (earlier query)")
+                old.setName(f"{old.name()} (earlier query)")
+            self.found_layer = None
             self.loop_query, self.loop_raster, self.round = result.query, result.raster, 0
             self.layer, self.undo_stack = None, []
         else:
@@ -235,7 +238,10 @@ class FeedbackPanel(QWidget):
             if exception is not None or scores is None:
                 messages.push(self.dock.iface, f"Find all failed: {exception}")
                 return
-            start = engine_find_all.default_threshold(scores, relevant, len(result.hits))
+            # the lower of the lowest relevant mark's score and the last hit's: the marked tiles alone are no
+            # "find all"
+            start = min(engine_find_all.default_threshold(scores, relevant, len(result.hits)),
+                        engine_find_all.default_threshold(scores, (), len(result.hits)))
             chosen = threshold
             if chosen is None:
                 from .find_all_dialog import FindAllDialog
@@ -264,6 +270,7 @@ class FeedbackPanel(QWidget):
         project = QgsProject.instance()
         project.addMapLayer(layer, False)
         project.layerTreeRoot().insertLayer(0, layer)
+        self._to_top(self.layer)  # the marks stay on top of what was found
         self.found_layer = layer
         messages.push(self.dock.iface, f"{n} tiles score {threshold:.3f} or more against {description}",
                       level=Qgis.Success, duration=8)

@@ -26,18 +26,21 @@ class Histogram(QWidget):
         p = QPainter(self)
         p.fillRect(self.rect(), QColor(250, 250, 250))
         top = np.log1p(self.counts.max()) if self.counts.max() else 1.0
-        h = self.height() - 6
+        axis = 16  # px below the bars for the score axis's labels
+        base = self.height() - axis
+        h = base - 4
         for i, c in enumerate(self.counts):
             x0, x1 = self._x(self.edges[i]), self._x(self.edges[i + 1])
             bar = h * np.log1p(c) / top
             colour = QColor(60, 130, 200) if self.edges[i + 1] > self.threshold else QColor(180, 180, 180)
-            p.fillRect(int(x0), int(self.height() - 3 - bar), max(1, int(x1 - x0) - 1), int(bar), colour)
+            p.fillRect(int(x0), int(base - bar), max(1, int(x1 - x0) - 1), int(bar), colour)
         p.setPen(QPen(QColor(220, 30, 30), 2))
         x = int(self._x(self.threshold))
-        p.drawLine(x, 0, x, self.height())
-        p.setPen(QColor(60, 60, 60))  # the score axis: its two ends
-        p.drawText(6, 14, f"{self.edges[0]:.3f}")
-        p.drawText(self.width() - 46, 14, f"{self.edges[-1]:.3f}")
+        p.drawLine(x, 0, x, base)
+        p.setPen(QColor(60, 60, 60))  # the score axis: its two ends, under the bars
+        p.drawLine(4, base, self.width() - 4, base)
+        p.drawText(4, self.height() - 3, f"{self.edges[0]:.3f}")
+        p.drawText(self.width() - 44, self.height() - 3, f"{self.edges[-1]:.3f}")
         p.end()
 
     def mousePressEvent(self, event) -> None:  # noqa: N802 - Qt's name

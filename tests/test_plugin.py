@@ -798,6 +798,9 @@ def test_find_all_in_the_dock(dock, indexed, twin_raster, qgis_iface):
     tiles = {f["tile_id"] for f in layer.getFeatures()}
     assert {0, 14} <= tiles and all(f["score"] >= 0.99 for f in layer.getFeatures())
     assert QgsProject.instance().layerTreeRoot().children()[0].layer() is layer
+    dock.box_tool.set_box(BOX_00)  # a new query: what the last one found is hidden and named so
+    assert dock.wait() and layer.name().endswith("(earlier query)") and panel.found_layer is None
+    assert not QgsProject.instance().layerTreeRoot().findLayer(layer.id()).itemVisibilityChecked()
 
 
 def test_find_all_dialog_histogram_and_threshold(qgis_iface):
