@@ -234,7 +234,7 @@ def build_index(archive: list[str], model_path: str, out_dir: str, opts: BuildOp
     _refuse_foreign_folder(out_dir, read_manifest(out_dir) if os.path.isdir(out_dir) else None)
     created = not os.path.isdir(out_dir)
     partial = layout.path(out_dir, layout.PARTIAL)
-    names = os.path.basename(specs[0].path) + (f" and {len(specs) - 1} more" if len(specs) > 1 else "")
+    names = _listed([os.path.basename(s.path) for s in specs])
     program = "QGIS" if "qgis" in os.path.basename(sys.argv[0] if sys.argv else "").lower() else "rsir index"
     with IndexLock(out_dir, what=f"{program} indexing {names} with {os.path.basename(model_path)}") as lock:
         try:
@@ -246,6 +246,11 @@ def build_index(archive: list[str], model_path: str, out_dir: str, opts: BuildOp
             if isinstance(exc, OSError):
                 raise RsirError(_os_problem(exc, out_dir)) from None
             raise
+
+
+def _listed(names: list[str], limit: int = 1) -> str:
+    """"a.tif" / "a.tif, b.tif and 3 more": the first `limit` of `names`, and how many others."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _os_problem(exc: OSError, out_dir: str) -> str:
@@ -347,13 +352,13 @@ def _build_locked(specs, encoder, out_dir, opts, progress, cancel, restart, noti
         state["phase"] = "install"
         write_json(state_path, state)
     _step("install:ready")
-    _install(out_dir, partial, state["generation"])
+    installed = _install(out_dir, partial, state["generation"])
 
     report.windows_this_run = state["done_windows"] - report.resumed_windows
     report.tiles_added, report.skipped = state["kept"], state["skipped"]
     report.total_tiles = n0 + state["kept"]
     report.sources_added = len(plan)
-    report.tiles_path = os.path.join(read_manifest(out_dir).data_dir(out_dir), layout.TILES)
+    report.tiles_path = os.path.join(installed.data_dir(out_dir), layout.TILES)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -363,8 +368,7 @@ def _describe(state: dict) -> str:
     2026-12-07, whose state does not record its sources."""
     if not state.get("sources"):
         return ""
-    names = state["sources"]
-    what = os.path.basename(names[0]) + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+    what = _listed([os.path.basename(p) for p in state["sources"]])
     return (f" (of {what}, started {state.get('created', '?')}, {state['done_windows']} of "
             f"{state.get('windows', '?')} tiles encoded)")
 
@@ -472,11 +476,6 @@ def _append_rows(old_path: str | None, new_rows: np.ndarray, out_path: str, dtyp
     return np.fromfile(out_path, dtype=dtype)
 
 
-def _sources_named(plan: list[PlannedSource], limit: int = 3) -> str:
-    names = [p.path for p in plan[:limit]]
-    return ", ".join(names) + (f" and {len(plan) - limit} more" if len(plan) > limit else "")
-
-
 def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, state) -> int:
     """Write the next generation (data files and manifest) into IDX/.partial/final/; returns its number."""
     info = encoder.info
@@ -485,8 +484,8 @@ def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, 
     n = n0 + len(emb)
     if n == 0:
         shutil.rmtree(partial)
-        raise RsirError(f"{_sources_named(plan)}: no valid tiles: all {state['skipped']} tile(s) are nodata or "
-                        f"empty beyond --max-invalid {opts.max_invalid}; nothing was written")
+        raise RsirError(f"{_listed([p.path for p in plan], 3)}: no valid tiles: all {state['skipped']} tile(s) are "
+                        f"nodata or empty beyond --max-invalid {opts.max_invalid}; nothing was written")
     final = os.path.join(partial, "final")
     shutil.rmtree(final, ignore_errors=True)
     os.makedirs(final)
@@ -498,12 +497,7 @@ def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, 
 
     float_factory = opts.float_factory or default_float_factory(n)
     binary_factory = opts.binary_factory or default_binary_factory(n, info.effective_code_bits)
-    import faiss
-
-    faiss.write_index(build_float_index(all_emb.astype(np.float32), float_factory),
-                      os.path.join(final, layout.FLOAT_INDEX))
-    faiss.write_index_binary(build_binary_index(all_codes, info.effective_code_bits, binary_factory),
-                             os.path.join(final, layout.BINARY_INDEX))
+    _write_faiss(final, all_emb, all_codes, info.effective_code_bits, float_factory, binary_factory)
 
     gpkg = os.path.join(final, layout.TILES)
     if manifest:
@@ -533,20 +527,41 @@ def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, 
     sources = list(manifest.sources) if manifest else []
     sources += [p.entry(sid0 + si, int(kept_by_source[si]), int(state["skipped_by_source"][si]))
                 for si, p in enumerate(plan)]
-    generation = (manifest.generation if manifest else 0) + 1
     now = _now()
     new_manifest = Manifest(
-        model=ModelRef(os.path.abspath(info.path), info.sha256, info.metadata),
-        embedding_dim=dim, code_bits=info.effective_code_bits,
-        code_source="hash" if info.has_hash else "embedding-signs", tiling=opts.tiling(),
+        **_model_fields(info), tiling=opts.tiling(),
         tiles=n, skipped=(manifest.skipped if manifest else 0) + state["skipped"],
         float_factory=float_factory, binary_factory=binary_factory, sources=tuple(sources),
-        created=manifest.created if manifest else now, updated=now, rsir_version=__version__,
-        generation=generation, data=layout.generation_name(generation),
-        previous=(manifest.data or ".") if manifest else None)
+        created=manifest.created if manifest else now, updated=now, **_next_generation(manifest))
     write_manifest(os.path.join(final, layout.MANIFEST), new_manifest)
     _fsync_folder(final)
-    return generation
+    return new_manifest.generation
+
+
+def _model_fields(info: ModelInfo) -> dict:
+    """The manifest fields that come from the model an index is encoded with."""
+    return {"model": ModelRef(os.path.abspath(info.path), info.sha256, info.metadata),
+            "embedding_dim": info.embedding_dim, "code_bits": info.effective_code_bits,
+            "code_source": "hash" if info.has_hash else "embedding-signs"}
+
+
+def _next_generation(manifest: Manifest | None) -> dict:
+    """The manifest fields of the generation after `manifest`'s (the first when None), written by this rsir."""
+    generation = (manifest.generation if manifest else 0) + 1
+    return {"generation": generation, "data": layout.generation_name(generation),
+            "previous": (manifest.data or ".") if manifest else None, "format": layout.FORMAT_VERSION,
+            "rsir_version": __version__}
+
+
+def _write_faiss(folder: str, emb: np.ndarray, codes: np.ndarray, bits: int, float_factory: str,
+                 binary_factory: str) -> None:
+    """A generation's faiss files, float and binary, over its tables (row = tile id)."""
+    import faiss
+
+    faiss.write_index(build_float_index(emb.astype(np.float32), float_factory),
+                      os.path.join(folder, layout.FLOAT_INDEX))
+    faiss.write_index_binary(build_binary_index(codes, bits, binary_factory),
+                             os.path.join(folder, layout.BINARY_INDEX))
 
 
 def _fsync_folder(folder: str, files: bool = True) -> None:
@@ -564,9 +579,10 @@ def _fsync_folder(folder: str, files: bool = True) -> None:
             os.close(fd)
 
 
-def _install(out_dir: str, partial: str, generation: int) -> None:
+def _install(out_dir: str, partial: str, generation: int) -> Manifest:
     """Put generation `generation` in service: rename its folder into place, then replace the manifest. Each
-    step is one rename, and a rerun after a kill between them goes on from where it stopped."""
+    step is one rename, and a rerun after a kill between them goes on from where it stopped. Returns the
+    manifest now in service."""
     final = os.path.join(partial, "final")
     target = layout.path(out_dir, layout.generation_name(generation))
     current = read_manifest(out_dir)
@@ -583,7 +599,9 @@ def _install(out_dir: str, partial: str, generation: int) -> None:
         os.replace(staged, layout.path(out_dir, layout.MANIFEST))
         _fsync_folder(out_dir, files=False)
         _step("install:manifest-replaced")
-    _finish_install(out_dir, read_manifest(out_dir), partial)
+    installed = read_manifest(out_dir)
+    _finish_install(out_dir, installed, partial)
+    return installed
 
 
 def _finish_install(out_dir: str, manifest: Manifest, partial: str) -> None:
@@ -639,26 +657,13 @@ def rewrite_vectors(index_dir: str, model_path: str, transform: VectorTransform,
                 fc.write(np.ascontiguousarray(codes, np.uint8).tobytes())
                 if progress:
                     progress(min(start + chunk, n), n)
-        all_emb = np.fromfile(os.path.join(final, layout.EMBEDDINGS), np.float16).reshape(n, dim)
-        all_codes = np.fromfile(os.path.join(final, layout.CODES), np.uint8).reshape(n, nbytes)
-        import faiss
-
-        faiss.write_index(build_float_index(all_emb.astype(np.float32), manifest.float_factory),
-                          os.path.join(final, layout.FLOAT_INDEX))
-        faiss.write_index_binary(build_binary_index(all_codes, info.effective_code_bits,
-                                                    default_binary_factory(n, info.effective_code_bits)
-                                                    if dim != manifest.embedding_dim or
-                                                    info.effective_code_bits != manifest.code_bits
-                                                    else manifest.binary_factory),
-                                 os.path.join(final, layout.BINARY_INDEX))
+        same_sizes = (dim, info.effective_code_bits) == (manifest.embedding_dim, manifest.code_bits)
+        _write_faiss(final, np.fromfile(os.path.join(final, layout.EMBEDDINGS), np.float16).reshape(n, dim),
+                     np.fromfile(os.path.join(final, layout.CODES), np.uint8).reshape(n, nbytes),
+                     info.effective_code_bits, manifest.float_factory,
+                     manifest.binary_factory if same_sizes else default_binary_factory(n, info.effective_code_bits))
         shutil.copyfile(os.path.join(old, layout.TILES), os.path.join(final, layout.TILES))
-        generation = manifest.generation + 1
-        new = manifest.replace(model=ModelRef(os.path.abspath(info.path), info.sha256, info.metadata),
-                               embedding_dim=dim, code_bits=info.effective_code_bits,
-                               code_source="hash" if info.has_hash else "embedding-signs", updated=_now(),
-                               rsir_version=__version__, format=layout.FORMAT_VERSION, generation=generation,
-                               data=layout.generation_name(generation), previous=manifest.data or ".")
+        new = manifest.replace(**_model_fields(info), updated=_now(), **_next_generation(manifest))
         write_manifest(os.path.join(final, layout.MANIFEST), new)
         _fsync_folder(final)
-        _install(out_dir, partial, generation)
-        return read_manifest(out_dir)
+        return _install(out_dir, partial, new.generation)
