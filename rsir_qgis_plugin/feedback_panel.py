@@ -117,22 +117,10 @@ class FeedbackPanel(QWidget):
             self.layer, self.undo_stack = None, []
         else:
             self.round += 1
-        self._to_top(self.layer)  # over the new result group: its outlines would hide the marks
+        if self.layer is not None:  # over the new result group: its outlines would hide the marks
+            layers.move_to_top(self.layer)
         self.show_marks()
         self._update()
-
-    @staticmethod
-    def _to_top(layer) -> None:
-        """Move `layer` to the top of the layer tree (a node is moved by inserting its clone)."""
-        if layer is None:
-            return
-        root = QgsProject.instance().layerTreeRoot()
-        node = root.findLayer(layer.id())
-        first = root.children()[0] if root.children() else None
-        if node is None or getattr(first, "layerId", lambda: None)() == layer.id():
-            return
-        root.insertChildNode(0, node.clone())
-        node.parent().removeChildNode(node)
 
     def marks(self) -> dict[int, bool]:
         return marks_io.read(self.layer) if self.layer is not None else {}
@@ -145,9 +133,7 @@ class FeedbackPanel(QWidget):
             marks_io.create(path)
             self.layer = marks_io.open_layer(path, self.dock.session.index.dir,
                                              f"RSIR marks {_dt.datetime.now():%H:%M:%S}")
-            project = QgsProject.instance()
-            project.addMapLayer(self.layer, False)
-            project.layerTreeRoot().insertLayer(0, self.layer)  # over the hits: their outlines show the marks
+            layers.add_on_top(self.layer)  # over the hits: their outlines show the marks
         return self.layer
 
     def set_mark(self, row: int, relevant: bool | None) -> None:
@@ -267,10 +253,9 @@ class FeedbackPanel(QWidget):
         layer.renderer().setSymbol(QgsFillSymbol.createSimple(  # outlines: the imagery must show through
             {"color": "40,120,255,40", "outline_color": "40,120,255,255", "outline_width": "0.6"}))
         layer.setCustomProperty(layers.OUTPUT_PROPERTY, True)
-        project = QgsProject.instance()
-        project.addMapLayer(layer, False)
-        project.layerTreeRoot().insertLayer(0, layer)
-        self._to_top(self.layer)  # the marks stay on top of what was found
+        layers.add_on_top(layer)
+        if self.layer is not None:  # the marks stay on top of what was found
+            layers.move_to_top(self.layer)
         self.found_layer = layer
         messages.push(self.dock.iface, f"{n} tiles score {threshold:.3f} or more against {description}",
                       level=Qgis.Success, duration=8)
@@ -331,8 +316,7 @@ class FeedbackPanel(QWidget):
         if self.layer is not None:
             QgsProject.instance().removeMapLayer(self.layer.id())
         self.layer, self.undo_stack = layer, []
-        QgsProject.instance().addMapLayer(layer, False)
-        QgsProject.instance().layerTreeRoot().insertLayer(0, layer)
+        layers.add_on_top(layer)
         self.show_marks()
         self._update()
         return True

@@ -182,6 +182,25 @@ def follow_index(index_dir: str, tiles_path: str, project: QgsProject | None = N
     return moved
 
 
+def add_on_top(layer, project: QgsProject | None = None):
+    """Add `layer` to the project at the top of the layer tree (above the imagery and earlier results, which
+    would hide it); returns its tree node."""
+    project = project or QgsProject.instance()
+    project.addMapLayer(layer, False)
+    return project.layerTreeRoot().insertLayer(0, layer)
+
+
+def move_to_top(layer, project: QgsProject | None = None) -> None:
+    """Move a layer already in the tree to its top (a node is moved by inserting its clone)."""
+    root = (project or QgsProject.instance()).layerTreeRoot()
+    node = root.findLayer(layer.id())
+    first = root.children()[0] if root.children() else None
+    if node is None or getattr(first, "layerId", lambda: None)() == layer.id():
+        return
+    root.insertChildNode(0, node.clone())
+    node.parent().removeChildNode(node)
+
+
 def add_index_tiles(index_dir: str, tiles_path: str, project: QgsProject | None = None):
     """The index's footprints as a layer (outlines, switched off: thousands of filled squares hide the map), at
     the top of the layer tree, unless one is there already (then it follows the current generation)."""
@@ -197,9 +216,7 @@ def add_index_tiles(index_dir: str, tiles_path: str, project: QgsProject | None 
         {"color": "0,0,0,0", "outline_color": "255,140,0,160", "outline_width": "0.2"}))
     layer.setCustomProperty(OUTPUT_PROPERTY, True)
     layer.setCustomProperty(INDEX_PROPERTY, index_dir)
-    project.addMapLayer(layer, False)
-    node = project.layerTreeRoot().insertLayer(0, layer)  # above the imagery, or it draws under it
-    node.setItemVisibilityChecked(False)
+    add_on_top(layer, project).setItemVisibilityChecked(False)
     return layer
 
 

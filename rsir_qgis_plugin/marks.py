@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 
-from osgeo import ogr, osr
+from osgeo import ogr
 from qgis.core import QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsRendererCategory, QgsVectorLayer
 
-from .engine import mark_labels
+from .engine import footprints, mark_labels
 
 LAYER = "marks"
 RELEVANT, NOT_RELEVANT = "relevant", "not relevant"
@@ -23,10 +23,7 @@ def create(path: str) -> None:
     if os.path.exists(path):
         os.remove(path)
     ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(4326)
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    layer = ds.CreateLayer(LAYER, srs, ogr.wkbPolygon)
+    layer = ds.CreateLayer(LAYER, footprints.wgs84(), ogr.wkbPolygon)
     for name, kind in FIELDS:
         layer.CreateField(ogr.FieldDefn(name, kind))
     ds = None  # noqa: F841 - closes the file

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.archive.footprints import wgs84
 from core.archive.gdal_open import open_raster
 from core.archive.pixels import read_window
 from core.archive.sources import SourceSpec, open_source
@@ -185,14 +186,11 @@ def labelled_tiles(index, vector_path: str, field: str, progress=None) -> list[t
     if layer.GetLayerDefn().GetFieldIndex(field) < 0:
         names = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
         raise RsirError(f"{vector_path}: no field {field!r} (fields: {', '.join(names)})")
-    wgs84 = osr.SpatialReference()
-    wgs84.ImportFromEPSG(4326)
-    wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     to_layer = None
     if layer.GetSpatialRef() is not None:
         target = layer.GetSpatialRef().Clone()
         target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        to_layer = osr.CoordinateTransformation(wgs84, target)
+        to_layer = osr.CoordinateTransformation(wgs84(), target)
     out = []
     for tid in range(index.n):
         tile = index.tile(tid)
