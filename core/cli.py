@@ -276,7 +276,8 @@ def _query(args: argparse.Namespace, index, bands):
 
 
 def _feedback(args: argparse.Namespace, index, bands, query):
-    """(the query refined by the session's and this command's marks, the session or None, this round's marks)."""
+    """(the query refined by the session's and this command's marks, the session - the one in --session, else a
+    new one of this query - with this command's marks as its latest round)."""
     from . import feedback
     from .feedback_session import Example, Session
 
@@ -294,23 +295,20 @@ def _feedback(args: argparse.Namespace, index, bands, query):
         for path, relevant in images:
             q = query_from_image(index, encoder, path, bands, args.scale, args.add_offset)
             examples.append(Example(os.path.abspath(path), relevant, q.embedding, q.code))
-    new = (args.positive or [], args.negative or [], examples)
     if query is None:
         if session is None:
             raise RsirError("give a query (--tile, --image, --bbox or --polygon), or --session FILE of an earlier "
                             "search to continue it")
         query = session.query
-    both = set(new[0]) & set(new[1])
+    both = set(args.positive or []) & set(args.negative or [])
     if both:
         raise RsirError(f"tile(s) {sorted(both)} marked both --positive and --negative")
-    pos, neg, earlier = session.marked() if session else ([], [], [])
-    pos = sorted((set(pos) - set(new[1])) | set(new[0]))  # a tile marked again takes its latest mark
-    neg = sorted((set(neg) - set(new[0])) | set(new[1]))
-    marks = feedback.Marks.from_index(index, pos, neg)
-    for e in earlier + examples:
-        marks = marks.add(e.embedding, e.code, e.relevant)
+    session = session or Session(index.dir, query)
+    if args.positive or args.negative or examples:
+        session.add_round(args.feedback, args.positive or [], args.negative or [], examples, hits=[])
+    marks = session.marks(index)  # every round's, a tile marked again taking its latest mark
     refined = feedback.refine(index, query, marks, args.feedback) if any(marks.counts) else query
-    return refined, session, new
+    return refined, session
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -337,12 +335,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = Index(args.index)
     bands = parse_band_list(args.bands)
     query = _query(args, index, bands) if asked else None
-    original = query
+    session = None
     if marking or args.session:
-        query, session, new = _feedback(args, index, bands, query)
-        original = session.query if session else original
-    else:
-        session, new = None, ([], [], [])
+        query, session = _feedback(args, index, bands, query)
     mode = "hash" if args.hash else "float"
     query = expand_query(index, query, args.expand, mode, args.nprobe)
     hits = search(index, query, k=args.k, mode=mode, radius=args.radius, nprobe=args.nprobe, rerank=args.rerank)
@@ -364,12 +359,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         _write_png(args.png, index, query, hits)
         print(f"wrote {args.png}")
     if args.session:
-        from .feedback_session import Session
-
-        if session is None:
-            session = Session(index.dir, original, hits=[h.tile_id for h in hits])
-        if any(new):
-            session.add_round(args.feedback, *new, hits=[h.tile_id for h in hits])
+        ids = [h.tile_id for h in hits]
+        session.hits = session.hits or ids  # a new session's: its first command's hits
+        if marking:
+            session.rounds[-1].hits = ids
         session.save(args.session)
         print(f"session {args.session}: {len(session.rounds)} round(s) of marks; continue with --session "
               f"{args.session} --positive ID,... --negative ID,...")

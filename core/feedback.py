@@ -54,11 +54,6 @@ class Marks:
     neg_codes: np.ndarray
 
     @classmethod
-    def empty(cls, dim: int, code_bytes: int) -> Marks:
-        return cls(np.zeros((0, dim), np.float32), np.zeros((0, code_bytes), np.uint8),
-                   np.zeros((0, dim), np.float32), np.zeros((0, code_bytes), np.uint8))
-
-    @classmethod
     def from_index(cls, index, positives=(), negatives=()) -> Marks:
         """Marks of tile ids of `index` (a core.index.reader.Index)."""
         pos, neg = np.asarray(list(positives), np.int64), np.asarray(list(negatives), np.int64)
@@ -69,10 +64,6 @@ class Marks:
                    index.codes(pos) if len(pos) else np.zeros((0, index.code_bytes), np.uint8),
                    index.embeddings(neg) if len(neg) else np.zeros((0, index.embedding_dim), np.float32),
                    index.codes(neg) if len(neg) else np.zeros((0, index.code_bytes), np.uint8))
-
-    def plus(self, other: Marks) -> Marks:
-        """These marks and `other`'s."""
-        return Marks(*(np.concatenate([a, b]) for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
 
     def add(self, embedding: np.ndarray, code: np.ndarray, relevant: bool) -> Marks:
         """These marks and one more example (e.g. an image file's query)."""
