@@ -100,9 +100,9 @@ def learned_from_marks(analyst: Analyst, n_queries: int = 10, rounds: int = 2, s
                        seed: int = 0):
     """The analyst refines `n_queries` queries (one per class, the first classes) for `rounds` rounds with the
     linear refiner, exports every mark as labels (relevant: the query's class; not relevant: "other"), and the
-    index's vectors are adapted to them (training/label_adapter.py, what `rsir learn-labels` does). Returns
+    index's vectors are adapted to them (core/adapt/from_labels.py, what `rsir learn-labels` does). Returns
     (a new Analyst over the adapted vectors, the classes that were marked)."""
-    from training.label_adapter import fit
+    from core.adapt.from_labels import fit
 
     rng = np.random.default_rng(seed)
     classes = list(range(min(n_queries, analyst.q_labels.max() + 1)))

@@ -41,6 +41,7 @@ class SearchResult:
     tile_rasters: int = 5
     warnings: list[str] = field(default_factory=list)
     ranking: str = "cosine"         # how the hits were ranked (core.search.ranking_name)
+    model_sha: str = ""             # the index's model the query was encoded with
 
     @property
     def title(self) -> str:
@@ -63,11 +64,23 @@ class RetrievalSession:
 
     def __init__(self, index_dir: str):
         self.index = reader.Index(index_dir)
-        self._encoders: dict[tuple[str, str], object] = {}
         self._display_ranges: dict[tuple, list] = {}  # per source and bands: the whole scene's stretch
+        self._load_models()
+
+    def _load_models(self) -> None:
         own = self.index.model_info
+        self._encoders: dict[tuple[str, str], object] = {}
+        self._model_sha = self.index.model.sha256
         # cross-modal indexes: the other modalities' encoders exported beside the index's model
         self.modality_models = modality.modality_models(own) if os.path.exists(own.path) else {own.modality: own}
+
+    def refresh(self) -> bool:
+        """Follow an update of the index (Index.refresh); when it brought another model (Learn from marks,
+        `rsir learn-labels`), queries are encoded with that one from now on. True if the index changed."""
+        changed = self.index.refresh()
+        if changed and self.index.model.sha256 != self._model_sha:
+            self._load_models()
+        return changed
 
     @property
     def modalities(self) -> list[str]:
@@ -118,7 +131,7 @@ class RetrievalSession:
     def search_box(self, raster: str, box: tuple[float, float, float, float], box_crs: str,
                    req: SearchRequest, within: str | None = None) -> SearchResult:
         """`within`: a polygon (WKT in `box_crs`) whose bounding box `box` is; only its tiles are averaged."""
-        self.index.refresh()  # an update since the index was opened: search its newest generation
+        self.refresh()  # an update since the index was opened: search its newest generation
         enc, said = self._query_encoder(raster, req)
         query = queries.query_from_box(self.index, enc, raster, box, box_crs, whole=req.whole_box, within=within)
         query.warnings[:0] = said
@@ -126,19 +139,19 @@ class RetrievalSession:
 
     def search_polygons(self, raster: str, polygons: list[str], crs: str, req: SearchRequest) -> SearchResult:
         """Several polygons (WKT in `crs`) as one query: the tiles inside each, averaged together."""
-        self.index.refresh()
+        self.refresh()
         enc, said = self._query_encoder(raster, req)
         query = queries.query_from_polygons(self.index, enc, raster, polygons, crs)
         query.warnings[:0] = said
         return self._finish(query, req, raster)
 
     def search_tile(self, tile_id: int, req: SearchRequest) -> SearchResult:
-        self.index.refresh()
+        self.refresh()
         query = queries.query_from_tile(self.index, tile_id)
         return self._finish(query, req, self.index.tile(tile_id).source)
 
     def search_image(self, path: str, req: SearchRequest) -> SearchResult:
-        self.index.refresh()
+        self.refresh()
         enc, said = self._query_encoder(path, req)
         query = queries.query_from_image(self.index, enc, path, whole=req.whole_box)
         query.warnings[:0] = said
@@ -146,10 +159,13 @@ class RetrievalSession:
         return self._finish(query, req, path if in_index else None)
 
     def refine(self, query, marks: dict[int, bool], method: str, req: SearchRequest,
-               raster: str | None = None) -> SearchResult:
-        """The next round of relevance feedback: `query` (the loop's original query) refined by the analyst's
-        marks {tile id: relevant?}, searched as any query."""
-        self.index.refresh()
+               raster: str | None = None, model_sha: str = "") -> SearchResult:
+        """The next round of relevance feedback: `query` (the loop's original query, encoded with the model
+        `model_sha`) refined by the analyst's marks {tile id: relevant?}, searched as any query."""
+        self.refresh()
+        if model_sha and model_sha != self._model_sha:
+            raise errors.RsirError("the index has been re-encoded with another model since this query ran "
+                                   "(Learn from marks, or rsir learn-labels); search again, then refine")
         pos = [t for t, ok in marks.items() if ok]
         neg = [t for t, ok in marks.items() if not ok]
         refined = feedback.refine(self.index, query, feedback.Marks.from_index(self.index, pos, neg), method)
@@ -157,7 +173,7 @@ class RetrievalSession:
 
     def tile_at(self, lon: float, lat: float) -> int | None:
         """Id of the tile whose EPSG:4326 footprint contains (lon, lat), nearest centre first; None if none."""
-        self.index.refresh()
+        self.refresh()
         return self.index.tile_at(lon, lat)
 
     def _finish(self, query, req: SearchRequest, raster: str | None):
@@ -169,7 +185,7 @@ class RetrievalSession:
             radius_hits = search.search(self.index, query, k=req.k, mode="hash", radius=req.radius)
         result = SearchResult(query, hits, radius_hits, results_dir=results_folder(), raster=raster,
                               tile_rasters=req.tile_rasters, warnings=list(query.warnings),
-                              ranking=search.ranking_name(req.mode, rerank))
+                              ranking=search.ranking_name(req.mode, rerank), model_sha=self._model_sha)
         if req.heatmap:  # an extra layer: where it cannot be drawn the hits still come, with a warning
             if raster is None:
                 result.warnings.append("no heat map: an image-file query has no raster to map")

@@ -17,6 +17,8 @@ import sys
 
 # import name -> pip requirement
 REQUIRED = {"numpy": "numpy<2", "osgeo.gdal": "GDAL", "onnxruntime": "onnxruntime", "faiss": "faiss-cpu"}
+# only for Learn from marks, which writes an ONNX model: installed on its first use
+LEARN_REQUIRED = {"onnx": "onnx"}
 DEPS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "python_deps")
 
 

@@ -278,7 +278,7 @@ class RsirDock(QDockWidget):
         if self.session is None:
             return
         try:
-            if not self.session.index.refresh():
+            if not self.session.refresh():
                 return
         except errors.RsirError:  # mid-update or removed: the next change or search says
             return

@@ -18,6 +18,7 @@ try:  # packaged plugin
         search,
         tile_vrt,
     )
+    from .core.adapt import from_labels
     from .core.archive import footprints, sources, value_check, values
     from .core.index import builder, reader
 except ModuleNotFoundError as exc:
@@ -38,6 +39,7 @@ except ModuleNotFoundError as exc:
         search,
         tile_vrt,
     )
+    from core.adapt import from_labels
     from core.archive import footprints, sources, value_check, values
     from core.index import builder, reader
 

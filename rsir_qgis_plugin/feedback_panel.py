@@ -52,6 +52,7 @@ class FeedbackPanel(QWidget):
         self.dock = dock
         self.loop_query = None      # the query the marks refine (the loop's first search, not a refined one)
         self.loop_raster = None
+        self.loop_model = ""        # the index's model the loop's query was encoded with
         self.round = 0
         self.layer = None           # the loop's marks layer
         self.undo_stack: list[tuple[object, bool | None]] = []  # (hit, its mark before) per change
@@ -87,6 +88,8 @@ class FeedbackPanel(QWidget):
         menu.addAction("Save marks as…", self.save_as)
         menu.addAction("Load marks…", self.load)
         menu.addAction("Export labels for training…", self.export_labels)
+        menu.addSeparator()
+        menu.addAction("Learn from marks…", self.learn)
         more.setMenu(menu)
         for w in (self.relevant_button, self.not_button, self.refine_button, self.undo_button, self.find_button,
                   self.method_combo, more):
@@ -114,6 +117,7 @@ class FeedbackPanel(QWidget):
                 old.setName(f"{old.name()} (earlier query)")
             self.found_layer = None
             self.loop_query, self.loop_raster, self.round = result.query, result.raster, 0
+            self.loop_model = result.model_sha
             self.layer, self.undo_stack = None, []
         else:
             self.round += 1
@@ -189,7 +193,8 @@ class FeedbackPanel(QWidget):
             messages.push(self.dock.iface, "Mark some hits as relevant or not first.", duration=5)
             return None
         query, raster, method = self.loop_query, self.loop_raster, self.method_combo.currentText()
-        task = self.dock.run_search(lambda s, req: s.refine(query, marked, method, req, raster))
+        model = self.loop_model
+        task = self.dock.run_search(lambda s, req: s.refine(query, marked, method, req, raster, model))
         if task is not None:
             task.refining = True
         return task
@@ -340,3 +345,77 @@ class FeedbackPanel(QWidget):
                           level=Qgis.Success, duration=10)
             QgsMessageLog.logMessage(f"{path}: class \"{name}\" and \"other\"; train with data.kind = \"index\", "
                                      f"data.labels = that file", "RSIR", Qgis.Info)
+
+    # -- learn from marks ------------------------------------------------------------------------------------
+    def learn(self, options=None):
+        """Fit the index's model to the marks (and any label files the analyst adds) and re-encode the index in
+        the background (core/adapt/from_labels.py, `rsir learn-labels`). `options` (a learn_dialog.LearnOptions)
+        skips the dialog (scripts, tests). Returns the task, or None."""
+        from . import deps
+
+        session = self.dock.session
+        if session is None:
+            messages.push(self.dock.iface, "Open an index first.", duration=5)
+            return None
+        missing = deps.missing_modules(deps.LEARN_REQUIRED)
+        if missing:
+            self._offer_onnx(missing)
+            return None
+        if options is None:
+            from .learn_dialog import LearnDialog
+
+            dialog = LearnDialog(session.index.dir, session.index.model.path, self.marks(),
+                                 self.loop_query.description if self.loop_query is not None else "", self)
+            if not dialog.exec_():
+                return None
+            options = dialog.options()
+        from qgis.core import QgsApplication
+
+        from .tasks import LearnTask
+
+        self.learn_task = LearnTask(session.index.dir, options, self.marks(), self._learned)
+        QgsApplication.taskManager().addTask(self.learn_task)
+        messages.push(self.dock.iface, "Learning from the marks and re-encoding the index in the background (see "
+                      "the task manager)…", level=Qgis.Info, duration=5)
+        return self.learn_task
+
+    def _offer_onnx(self, missing: list[str]) -> None:
+        from qgis.PyQt.QtWidgets import QMessageBox
+
+        from . import deps
+
+        command = deps.pip_install_command(missing, deps.LEARN_REQUIRED)
+        if QMessageBox.question(self, "RSIR", "Writing the adapted model needs the Python package onnx "
+                                "(about 20 MB), which this QGIS lacks. Install it with\n\n"
+                                f"{' '.join(command)}\n\ninto {deps.DEPS_DIR}?") != QMessageBox.Yes:
+            return
+        from qgis.core import QgsApplication
+
+        from .install_task import InstallTask
+
+        def installed(task):
+            import importlib
+
+            importlib.invalidate_caches()
+            if task.ok and not deps.missing_modules(deps.LEARN_REQUIRED):
+                messages.push(self.dock.iface, "onnx installed; Learn from marks is ready.", level=Qgis.Success,
+                              duration=5)
+                self.learn()
+            else:
+                messages.push(self.dock.iface, f"Installing onnx failed: {task.log[-300:]}")
+
+        self.install_task = InstallTask(command, installed)
+        QgsApplication.taskManager().addTask(self.install_task)
+
+    def _learned(self, task, ok: bool) -> None:
+        if not ok:
+            if task.error:
+                messages.push(self.dock.iface, task.error, level=Qgis.Warning if task.was_cancelled else
+                              Qgis.Critical)
+            return
+        self.dock.session.refresh()  # the new generation and its model: queries are encoded with it now
+        self.dock._describe_index()  # noqa: SLF001 - the dock's own summary line
+        layers.follow_index(self.dock.session.index.dir, self.dock.session.index.tiles_path())
+        messages.push(self.dock.iface, f"Learned from {task.adapter.describe()}: the index is re-encoded with "
+                      f"{os.path.basename(task.options.out_model)}. Search again to use it.", level=Qgis.Success,
+                      duration=15)

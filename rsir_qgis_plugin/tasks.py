@@ -4,7 +4,7 @@ from __future__ import annotations
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 
 from . import layers
-from .engine import builder, errors
+from .engine import builder, errors, from_labels
 
 
 class IndexTask(QgsTask):
@@ -100,3 +100,37 @@ class SearchTask(QgsTask):
             QgsMessageLog.logMessage(self.details, "RSIR", Qgis.Critical)
         self.on_done(self)
 
+
+
+class LearnTask(QgsTask):
+    """Learn from marks: fit the index's model to the analyst's marks and label files, write the adapted model
+    and re-encode the index as its next generation (core/adapt/from_labels.py), off the main thread. Cancel (or a
+    crash) leaves the index as it was; rerunning costs seconds, as no image is read."""
+
+    def __init__(self, index_dir: str, options, marks: dict[int, bool], on_done):
+        super().__init__(f"RSIR: learning from marks ({options.class_name})", QgsTask.CanCancel)
+        self.index_dir, self.options, self.marks, self.on_done = index_dir, options, dict(marks), on_done
+        self.adapter = None
+        self.error: str | None = None
+        self.was_cancelled = False
+
+    def run(self) -> bool:  # worker thread: no GUI, no layers
+        try:
+            o = self.options
+            labelled = from_labels.marks_as_labels(self.marks, o.class_name) if self.marks else None
+            self.adapter = from_labels.learn(
+                self.index_dir, o.out_model, o.label_files, labelled=labelled, shrinkage=o.shrinkage,
+                progress=lambda done, total: self.setProgress(100.0 * done / max(total, 1)), cancel=self.isCanceled)
+            return True
+        except errors.Cancelled as exc:
+            self.was_cancelled, self.error = True, str(exc)
+        except errors.RsirError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - report, never crash QGIS
+            self.error = f"learning from marks failed: {type(exc).__name__}: {exc}"
+        return False
+
+    def finished(self, ok: bool) -> None:  # main thread
+        if not ok:
+            QgsMessageLog.logMessage(self.error or "learning stopped", "RSIR", Qgis.Warning)
+        self.on_done(self, ok)

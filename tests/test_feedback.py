@@ -226,3 +226,28 @@ def test_labels_become_a_model_and_re_encode_the_index(tmp_path, tiny_model, cap
     again = str(tmp_path / "again.onnx")
     assert main(["learn-labels", out, labels, "--out", again, "--no-reencode"]) == 0
     assert Encoder(again).encode(pixels)[0].shape == emb.shape and Index(out).model.path == model
+
+
+def test_label_polygons_pick_the_tiles_under_them(tmp_path, twin_raster, tiny_model):
+    """A label layer in the raster's own CRS (UTM) labels exactly the tiles whose centres it covers, found through
+    the tiles' R-tree; a later polygon wins where two overlap; bad files and fields are named."""
+    from core.adapt.labels import labelled_ids, labelled_tiles
+    from tests.rasters import GSD, ORIGIN, write_polygons
+
+    out = str(tmp_path / "idx")
+    build_index([twin_raster], tiny_model, out, BuildOptions(tile=64))  # 4 x 4 tiles of 64 px
+    index = Index(out)
+    x0, y0, side = ORIGIN[0], ORIGIN[1], 64 * GSD
+
+    def box(col0, row0, col1, row1):  # tiles [col0, col1) x [row0, row1), as a polygon in UTM
+        a, b, c, d = x0 + col0 * side, y0 - row0 * side, x0 + col1 * side, y0 - row1 * side
+        return f"POLYGON(({a} {b},{c} {b},{c} {d},{a} {d},{a} {b}))"
+
+    labels = write_polygons(str(tmp_path / "l.gpkg"), [box(0, 0, 2, 1), box(1, 0, 3, 1)], ["field", "water"])
+    assert labelled_tiles(index, labels) == {0: "field", 1: "water", 2: "water"}
+    ids, names = labelled_ids(index, [labels])
+    assert ids.tolist() == [0, 1, 2] and names == ["field", "water", "water"]
+    with pytest.raises(RsirError, match="no field 'kind'"):
+        labelled_tiles(index, labels, "kind")
+    with pytest.raises(RsirError, match="no such label file"):
+        labelled_ids(index, [str(tmp_path / "none.gpkg")])

@@ -776,6 +776,68 @@ def test_relevance_feedback_in_the_dock(dock, indexed, twin_raster, tmp_path, qg
     assert not QgsProject.instance().layerTreeRoot().findLayer(old.id()).itemVisibilityChecked()
 
 
+def test_learn_from_marks_in_the_dock(dock, twin_raster, tiny_model, tmp_path, qgis_iface):
+    """Learn from marks: a background task fits the index's model to the marks, writes the adapted model beside
+    the index and re-encodes the index; the dock then encodes queries with the new model, and a refine of the old
+    loop is refused (its query is in the old model's space). A cancelled run leaves the index as it was."""
+    import time
+
+    from rsir_qgis_plugin.learn_dialog import LearnDialog, LearnOptions, default_model_path
+    from rsir_qgis_plugin.tasks import LearnTask
+
+    indexed = str(tmp_path / "idx")
+    build_index([twin_raster], tiny_model, indexed, BuildOptions(tile=32))  # 64 tiles: enough for 32-bit ITQ
+    _raster_layer(twin_raster, qgis_iface)
+    dock.open_index(indexed)
+    dock.k_spin.setValue(8)
+    dock.raster_combo.setLayer(QgsProject.instance().mapLayersByName("twin.tif")[0])
+    dock.box_tool.set_box(BOX_00)
+    assert dock.wait()
+    first_query = dock.last_result.query.embedding
+    panel = dock.feedback
+    for row, relevant in ((0, True), (1, True), (2, False), (3, False), (4, False)):
+        panel.set_mark(row, relevant)
+    before = Index(indexed)
+    base = before.model.path
+    # the dialog's default path: beside the index, named after it, the model and the class; never taken
+    dialog = LearnDialog(indexed, base, panel.marks(), "box", None)
+    dialog.name_edit.setText("Twin pattern!")
+    expected = os.path.join(os.path.dirname(indexed), f"idx-{os.path.splitext(os.path.basename(base))[0]}-"
+                                                      "twin-pattern.onnx")
+    assert dialog.options().out_model == expected == default_model_path(indexed, base, "Twin pattern!")
+    dialog.name_edit.setText("other")  # the class of the not relevant marks: refused
+    assert not dialog.button_box.button(dialog.button_box.Ok).isEnabled()
+    dialog.deleteLater()
+    # cancelled before its first chunk: nothing changes, nothing is left behind
+    out_model = str(tmp_path / "adapted.onnx")
+    cancelled = LearnTask(indexed, LearnOptions("twin", out_model), panel.marks(), lambda *_: None)
+    cancelled.cancel()
+    assert cancelled.run() is False and cancelled.was_cancelled and "index is as it was" in cancelled.error, \
+        cancelled.error
+    assert Index(indexed).manifest.generation == before.manifest.generation
+    assert not os.path.exists(os.path.join(indexed, ".partial"))
+    # the real thing, through the panel
+    task = panel.learn(LearnOptions("twin", out_model))
+    deadline = time.time() + 60
+    while not os.path.exists(out_model) or Index(indexed).model.path != out_model or \
+            dock.session._model_sha == before.model.sha256:  # noqa: SLF001
+        assert time.time() < deadline, (task.error, qgis_iface.messageBar().messages)
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+    after = Index(indexed)
+    assert task.adapter.classes == {"twin": 2, "other": 3}
+    assert after.manifest.generation == before.manifest.generation + 1 and after.n == before.n
+    assert "re-encoded with adapted.onnx" in " ".join(qgis_iface.messageBar().get_messages(Qgis.Success))
+    # the old loop cannot refine: its query was encoded with the old model
+    assert panel.refine() is not None and dock.wait()
+    assert any("re-encoded with another model" in m for m in _critical(qgis_iface))
+    # a new search encodes with the adapted model
+    dock.box_tool.set_box(BOX_00)
+    assert dock.wait() and dock.last_result.model_sha == after.model.sha256
+    assert dock.session.encoder().info.path == out_model
+    assert float(dock.last_result.query.embedding @ first_query) < 0.99  # another space
+
+
 def test_find_all_in_the_dock(dock, indexed, twin_raster, qgis_iface):
     """Find all scores every tile in a background task and adds one layer of those above the threshold."""
     import time

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.archive.footprints import wgs84
 from core.archive.gdal_open import open_raster
 from core.archive.pixels import read_window
 from core.archive.sources import SourceSpec, open_source
@@ -174,52 +173,21 @@ def _from_rows(root: str, rows: list[dict], bands, size, cache_dir, splits, prog
     return {s: everything.subset(np.flatnonzero(which == s)) for s in splits}
 
 
-def labelled_tiles(index, vector_path: str, field: str, progress=None) -> list[tuple[int, str]]:
-    """(tile id, label) of every tile of `index` (a core.index.reader.Index) whose centre falls in a polygon of
-    `vector_path`; label = that polygon's `field`. Tiles outside every polygon are left out."""
-    from osgeo import ogr, osr
-
-    vec = ogr.Open(vector_path)
-    if vec is None:
-        raise RsirError(f"{vector_path}: not a vector file OGR can open")
-    layer = vec.GetLayer(0)
-    if layer.GetLayerDefn().GetFieldIndex(field) < 0:
-        names = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
-        raise RsirError(f"{vector_path}: no field {field!r} (fields: {', '.join(names)})")
-    to_layer = None
-    if layer.GetSpatialRef() is not None:
-        target = layer.GetSpatialRef().Clone()
-        target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        to_layer = osr.CoordinateTransformation(wgs84(), target)
-    out = []
-    for tid in range(index.n):
-        tile = index.tile(tid)
-        if progress:
-            progress(tid + 1, index.n)
-        if tile.footprint_wkt is None:
-            continue
-        centre = ogr.CreateGeometryFromWkt(tile.footprint_wkt).Centroid()
-        if to_layer is not None:
-            centre.Transform(to_layer)
-        layer.SetSpatialFilter(centre)
-        label = next((f.GetField(field) for f in layer if f.GetGeometryRef().Contains(centre)), None)
-        layer.SetSpatialFilter(None)
-        if label is not None:
-            out.append((tid, str(label)))
-    return out
-
-
 def load_index_tiles(index_dir: str, vector_path: str, field: str, size: int | None = None,
                      progress=None) -> ImageSet:
     """Every tile of an rsir index whose centre falls in a polygon of `vector_path`; label = that polygon's
     `field`. Tiles outside every polygon are left out. Pixels are read with the index's bands."""
+    from core.adapt.labels import labelled_tiles
     from core.index.reader import Index
 
     index = Index(index_dir)
     size = size or index.model_info.input_size
     picked, pixels, labels, ids = [], [], [], []
     datasets: dict[int, object] = {}
-    for tid, label in labelled_tiles(index, vector_path, field, progress):
+    labelled = labelled_tiles(index, vector_path, field)
+    for i, (tid, label) in enumerate(sorted(labelled.items())):
+        if progress:
+            progress(i + 1, len(labelled))
         tile = index.tile(tid)
         entry = index.sources[tile.source_id]
         if tile.source_id not in datasets:

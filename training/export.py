@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from core.adapt.onnx_graph import set_metadata
 from core.fileio import atomic_path
-
-from .onnx_metadata import set_metadata
 
 FORMAT_VERSION = "1"
 PARITY_ATOL = 1e-4

@@ -11,10 +11,10 @@ import tempfile
 
 import numpy as np
 
+from core.adapt.onnx_graph import set_metadata
 from core.fileio import atomic_path
 
 from . import weight_storage
-from .onnx_metadata import set_metadata
 
 
 class _Calibration:

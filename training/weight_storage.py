@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.adapt.onnx_graph import set_metadata
 from core.fileio import atomic_path
-
-from .onnx_metadata import set_metadata
 
 METADATA_KEY = "rsir.weight_storage"
 STORAGE = "float16"

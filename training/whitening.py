@@ -19,87 +19,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.adapt.linear_maps import CodeProjection, Whitening, fit_itq, fit_within_class
+from core.adapt.onnx_graph import append_to_onnx
 from core.encoder import Encoder, l2_normalise, pack_signs
 from core.errors import RsirError
-from core.fileio import atomic_path
 
 from .datasets import ImageSet
 from .evaluate import pm1, score
-from .onnx_metadata import set_metadata
 
 SHRINKAGES = (0.0, 0.01, 0.1)  # tried on the validation split; without one, UNCHECKED_SHRINKAGE is used
 UNCHECKED_SHRINKAGE = 0.01
 ITQ_RESTARTS = 16  # ITQ starting rotations tried on the validation split
-EIGEN_FLOOR = 1e-6  # relative to the mean eigenvalue: directions with no within-class spread are not blown up
 METADATA_KEY = "rsir.whitening"
-
-
-@dataclass
-class Whitening:
-    mean: np.ndarray  # (D,) float32, subtracted from the L2-normalised embedding
-    projection: np.ndarray  # (D, D) float32, applied after centring
-    shrinkage: float
-
-    def apply(self, embeddings: np.ndarray) -> np.ndarray:
-        """What the appended graph computes, in numpy: L2-normalised whitened embeddings."""
-        return l2_normalise((l2_normalise(embeddings) - self.mean) @ self.projection)
-
-
-def fit_within_class(embeddings: np.ndarray, labels: np.ndarray, shrinkage: float = 0.0,
-                     weights: np.ndarray | None = None) -> Whitening:
-    """Inverse square root of the pooled within-class covariance of L2-normalised `embeddings` (N, D) with class
-    indices `labels` (N,), shrunk towards its mean eigenvalue by `shrinkage` (0..1). `weights` (N,): how much
-    each item counts (e.g. so that datasets of different sizes weigh the same; the same within a class)."""
-    if not 0.0 <= shrinkage < 1.0:
-        raise ValueError(f"shrinkage must be in [0, 1), got {shrinkage}")
-    x = l2_normalise(np.asarray(embeddings, np.float64))
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or len(labels) != len(x):
-        raise ValueError("within-class whitening needs one class index per embedding (single-label data)")
-    classes = np.unique(labels)
-    if len(classes) < 2:
-        raise ValueError(f"within-class whitening needs at least 2 classes, got {len(classes)}")
-    w = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
-    dim = x.shape[1]
-    scatter = np.zeros((dim, dim))
-    for c in classes:
-        xc, wc = x[labels == c], w[labels == c]
-        centred = xc - (wc[:, None] * xc).sum(axis=0) / wc.sum()
-        scatter += (centred * wc[:, None]).T @ centred
-    scatter /= w.sum()
-    level = np.trace(scatter) / dim
-    scatter = (1.0 - shrinkage) * scatter + shrinkage * level * np.eye(dim)
-    values, vectors = np.linalg.eigh(scatter)
-    values = np.maximum(values, EIGEN_FLOOR * level)
-    projection = (vectors / np.sqrt(values)) @ vectors.T
-    mean = (w[:, None] * x).sum(axis=0) / w.sum()
-    return Whitening(mean.astype(np.float32), projection.astype(np.float32), shrinkage)
-
-
-@dataclass
-class CodeProjection:
-    """Hash logits of the whitened embedding z: (z - mean) @ matrix, signs = the codes."""
-    mean: np.ndarray  # (D,) float32
-    matrix: np.ndarray  # (D, bits) float32
-
-    def logits(self, whitened: np.ndarray) -> np.ndarray:
-        return (whitened - self.mean) @ self.matrix
-
-
-def fit_itq(whitened: np.ndarray, bits: int, seed: int = 123) -> CodeProjection:
-    """PCA of the whitened training embeddings to `bits` dimensions, then the ITQ rotation (faiss ITQTransform;
-    `seed` draws its random starting rotation, 123 = faiss's default), as one affine map."""
-    import faiss
-
-    dim = whitened.shape[1]
-    if bits <= 0 or bits % 8 or bits > dim:
-        raise ValueError(f"code bits must be a positive multiple of 8 up to the embedding size {dim}, got {bits}")
-    itq = faiss.ITQTransform(dim, bits, True)
-    itq.itq.seed = seed
-    itq.train(np.ascontiguousarray(whitened, np.float32))
-    lin = itq.pca_then_itq
-    matrix = faiss.vector_to_array(lin.A).reshape(lin.d_out, lin.d_in).T
-    return CodeProjection(faiss.vector_to_array(itq.mean).astype(np.float32), np.ascontiguousarray(matrix, np.float32))
 
 
 def choose_itq(white_train: np.ndarray, train_y: np.ndarray, white_val: np.ndarray | None, val_y: np.ndarray | None,
@@ -173,107 +104,6 @@ def check_gain(model_path: str, report: dict) -> None:
             raise RsirError(f"{model_path}: {what} not help on the validation split (mAP@100 "
                             f"{report[f'{key}_before']:.2f} -> {report[f'{key}_after']:.2f}); nothing written "
                             "(--force writes it anyway)")
-
-
-def _rename(graph, old: str, new: str) -> None:
-    for node in graph.node:
-        node.output[:] = [new if o == old else o for o in node.output]
-        node.input[:] = [new if i == old else i for i in node.input]
-
-
-def _prune(graph) -> None:
-    """Drop the nodes and initializers no graph output depends on (a replaced hash head)."""
-    needed = {o.name for o in graph.output}
-    keep = []
-    for node in reversed(list(graph.node)):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(node.input)
-    if len(keep) < len(graph.node):
-        del graph.node[:]
-        graph.node.extend(reversed(keep))
-    unused = [t for t in graph.initializer if t.name not in needed]
-    for t in unused:
-        graph.initializer.remove(t)
-
-
-def _names(graph) -> set[str]:
-    return ({t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-            | {i.name for i in graph.input})
-
-
-def _fresh_tag(graph, *bases: str) -> str:
-    """"" or "_2", "_3", ...: a suffix that makes every `base` + suffix a new name in `graph` (a model adapted
-    twice, e.g. whitened, then fitted to an analyst's labels, holds the first one's names)."""
-    taken = _names(graph)
-    k = 1
-    while any(f"{b}{'' if k == 1 else f'_{k}'}" in taken for b in bases):
-        k += 1
-    return "" if k == 1 else f"_{k}"
-
-
-def _replace_codes(graph, outputs: dict, projection: CodeProjection) -> None:
-    """Point the code output at (embedding - mean) @ matrix; the model's own hash head is dropped unless the
-    embedding is computed from it (MiLAN's is: normalise(tanh(hash logits)))."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    code = outputs.get("code", "hash_logits")
-    batch = graph.output[[o.name for o in graph.output].index(outputs["embedding"])].type.tensor_type.shape.dim[0]
-    if code in [o.name for o in graph.output]:
-        _rename(graph, code, f"{code}_replaced{_fresh_tag(graph, f'{code}_replaced')}")
-        graph.output.remove(graph.output[[o.name for o in graph.output].index(code)])
-    t = _fresh_tag(graph, "rsir_codes_mean", "rsir_codes_matrix", "rsir_codes_centred")
-    graph.initializer.extend([numpy_helper.from_array(projection.mean, f"rsir_codes_mean{t}"),
-                              numpy_helper.from_array(projection.matrix, f"rsir_codes_matrix{t}")])
-    graph.node.extend([
-        helper.make_node("Sub", [outputs["embedding"], f"rsir_codes_mean{t}"], [f"rsir_codes_centred{t}"]),
-        helper.make_node("MatMul", [f"rsir_codes_centred{t}", f"rsir_codes_matrix{t}"], [code]),
-    ])
-    out = helper.make_tensor_value_info(code, TensorProto.FLOAT, [None, projection.matrix.shape[1]])
-    out.type.tensor_type.shape.dim[0].CopyFrom(batch)
-    graph.output.append(out)
-    outputs["code"] = code
-    _prune(graph)
-
-
-def append_to_onnx(model_path: str, out_path: str, whitening: Whitening | None, metadata: dict[str, str],
-                   codes: CodeProjection | None = None) -> None:
-    """Write `model_path` with the whitening appended to its embedding output (same output name; None: the
-    embedding is only L2-normalised, for codes alone), its code output replaced by `codes` if given, and
-    `metadata` added, atomically: a failed write leaves no file at `out_path`."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(model_path)
-    meta = {p.key: p.value for p in model.metadata_props}
-    outputs = json.loads(meta["rsir.outputs"])
-    name = outputs["embedding"]
-    graph = model.graph
-    t = _fresh_tag(graph, f"{name}_unwhitened", "rsir_whiten_mean", "rsir_whiten_projection", "rsir_whiten_unit",
-                   "rsir_whiten_centred", "rsir_whiten_projected")
-    raw = f"{name}_unwhitened{t}"
-    _rename(graph, name, raw)
-    if whitening is None:  # the codes are fitted on the unit embedding: give them that
-        graph.node.append(helper.make_node("LpNormalization", [raw], [name], axis=1, p=2))
-    else:
-        graph.initializer.extend([numpy_helper.from_array(whitening.mean, f"rsir_whiten_mean{t}"),
-                                  numpy_helper.from_array(whitening.projection, f"rsir_whiten_projection{t}")])
-        graph.node.extend([
-            helper.make_node("LpNormalization", [raw], [f"rsir_whiten_unit{t}"], axis=1, p=2),
-            helper.make_node("Sub", [f"rsir_whiten_unit{t}", f"rsir_whiten_mean{t}"], [f"rsir_whiten_centred{t}"]),
-            helper.make_node("MatMul", [f"rsir_whiten_centred{t}", f"rsir_whiten_projection{t}"],
-                             [f"rsir_whiten_projected{t}"]),
-            helper.make_node("LpNormalization", [f"rsir_whiten_projected{t}"], [name], axis=1, p=2),
-        ])
-    if codes is not None:
-        _replace_codes(graph, outputs, codes)
-        meta.update({"rsir.outputs": json.dumps(outputs), "rsir.code_bits": str(codes.matrix.shape[1]),
-                     "rsir.model_type": "embedding+hash"})
-    meta.update(metadata)
-    set_metadata(model, meta)
-    onnx.checker.check_model(model)
-    with atomic_path(out_path) as tmp:
-        onnx.save(model, tmp)
 
 
 def _encode_sets(encoder: Encoder, sets: list[ImageSet], what: str = "",

@@ -625,11 +625,12 @@ VectorTransform = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # embed
 
 
 def rewrite_vectors(index_dir: str, model_path: str, transform: VectorTransform, chunk: int = 65536,
-                    progress: ProgressFn | None = None) -> Manifest:
+                    progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> Manifest:
     """Install a new generation of the index whose vectors are `transform` of its current ones (float32
     embeddings in, unit embeddings and packed codes out), with `model_path` as its model: a model that appends a
     map to the index's own (e.g. one learned from an analyst's labels) re-encodes the index without reading an
-    image. Same tiles and ids; a kill leaves the current generation in service."""
+    image. Same tiles and ids; a kill or a cancel leaves the current generation in service (nothing to resume:
+    rerunning costs what the run did, seconds per 100k tiles)."""
     out_dir = os.path.abspath(index_dir)
     info = Encoder(model_path, device="cpu").info
     partial = layout.path(out_dir, layout.PARTIAL)
@@ -643,27 +644,33 @@ def rewrite_vectors(index_dir: str, model_path: str, transform: VectorTransform,
         shutil.rmtree(partial, ignore_errors=True)  # a killed rewrite's leftovers
         final = os.path.join(partial, "final")
         os.makedirs(final)
-        n, old = manifest.tiles, manifest.data_dir(out_dir)
-        table = np.memmap(os.path.join(old, layout.EMBEDDINGS), np.float16, "r", shape=(n, manifest.embedding_dim))
-        dim, nbytes = info.embedding_dim, info.effective_code_bits // 8
-        with open(os.path.join(final, layout.EMBEDDINGS), "wb") as fe, open(os.path.join(final, layout.CODES),
-                                                                           "wb") as fc:
-            for start in range(0, n, chunk):
-                emb, codes = transform(np.asarray(table[start:start + chunk], np.float32))
-                if emb.shape[1] != dim or codes.shape[1] != nbytes:
-                    raise RsirError(f"{model_path}: the transform gives {emb.shape[1]}-d embeddings and "
-                                    f"{8 * codes.shape[1]}-bit codes, the model says {dim} and {8 * nbytes}")
-                fe.write(np.ascontiguousarray(emb, np.float16).tobytes())
-                fc.write(np.ascontiguousarray(codes, np.uint8).tobytes())
-                if progress:
-                    progress(min(start + chunk, n), n)
-        same_sizes = (dim, info.effective_code_bits) == (manifest.embedding_dim, manifest.code_bits)
-        _write_faiss(final, np.fromfile(os.path.join(final, layout.EMBEDDINGS), np.float16).reshape(n, dim),
-                     np.fromfile(os.path.join(final, layout.CODES), np.uint8).reshape(n, nbytes),
-                     info.effective_code_bits, manifest.float_factory,
-                     manifest.binary_factory if same_sizes else default_binary_factory(n, info.effective_code_bits))
-        shutil.copyfile(os.path.join(old, layout.TILES), os.path.join(final, layout.TILES))
-        new = manifest.replace(**_model_fields(info), updated=_now(), **_next_generation(manifest))
-        write_manifest(os.path.join(final, layout.MANIFEST), new)
-        _fsync_folder(final)
+        try:
+            n, old = manifest.tiles, manifest.data_dir(out_dir)
+            table = np.memmap(os.path.join(old, layout.EMBEDDINGS), np.float16, "r", shape=(n, manifest.embedding_dim))
+            dim, nbytes = info.embedding_dim, info.effective_code_bits // 8
+            with open(os.path.join(final, layout.EMBEDDINGS), "wb") as fe, open(os.path.join(final, layout.CODES),
+                                                                               "wb") as fc:
+                for start in range(0, n, chunk):
+                    if cancel is not None and cancel():
+                        raise Cancelled(f"{out_dir}: re-encoding cancelled; the index is as it was")
+                    emb, codes = transform(np.asarray(table[start:start + chunk], np.float32))
+                    if emb.shape[1] != dim or codes.shape[1] != nbytes:
+                        raise RsirError(f"{model_path}: the transform gives {emb.shape[1]}-d embeddings and "
+                                        f"{8 * codes.shape[1]}-bit codes, the model says {dim} and {8 * nbytes}")
+                    fe.write(np.ascontiguousarray(emb, np.float16).tobytes())
+                    fc.write(np.ascontiguousarray(codes, np.uint8).tobytes())
+                    if progress:
+                        progress(min(start + chunk, n), n)
+            same_sizes = (dim, info.effective_code_bits) == (manifest.embedding_dim, manifest.code_bits)
+            _write_faiss(final, np.fromfile(os.path.join(final, layout.EMBEDDINGS), np.float16).reshape(n, dim),
+                         np.fromfile(os.path.join(final, layout.CODES), np.uint8).reshape(n, nbytes),
+                         info.effective_code_bits, manifest.float_factory,
+                         manifest.binary_factory if same_sizes else default_binary_factory(n, info.effective_code_bits))
+            shutil.copyfile(os.path.join(old, layout.TILES), os.path.join(final, layout.TILES))
+            new = manifest.replace(**_model_fields(info), updated=_now(), **_next_generation(manifest))
+            write_manifest(os.path.join(final, layout.MANIFEST), new)
+            _fsync_folder(final)
+        except BaseException:  # a failed or cancelled rewrite leaves nothing behind
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         return _install(out_dir, partial, new.generation)

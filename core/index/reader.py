@@ -340,15 +340,19 @@ class Index:
             self._windows[source_id] = (table[:, 0], table[:, 1:].astype(np.int32))
         return self._windows[source_id]
 
+    def ids_in_box(self, minx: float, miny: float, maxx: float, maxy: float) -> list[int]:
+        """Ids of the tiles whose EPSG:4326 footprint's bounding box meets the box, from the GeoPackage's R-tree."""
+        return [int(t) for (t,) in self._sql("SELECT id FROM rtree_tiles_geom WHERE maxx >= ? AND minx <= ? AND "
+                                             "maxy >= ? AND miny <= ?", (minx, maxx, miny, maxy))]
+
     def tile_at(self, lon: float, lat: float) -> int | None:
         """Id of the tile whose EPSG:4326 footprint contains (lon, lat), the one with the nearest centre where
         tiles overlap; None where there is none. Candidates come from the GeoPackage's R-tree."""
-        candidates = self._sql("SELECT id FROM rtree_tiles_geom WHERE minx <= ? AND maxx >= ? AND miny <= ? AND "
-                               "maxy >= ?", (lon, lon, lat, lat))
+        candidates = self.ids_in_box(lon, lat, lon, lat)
         point = ogr.Geometry(ogr.wkbPoint)
         point.AddPoint_2D(lon, lat)
         best = None
-        for (tid,) in candidates:
+        for tid in candidates:
             wkt = self.tile(int(tid)).footprint_wkt
             geom = ogr.CreateGeometryFromWkt(wkt) if wkt else None
             if geom is not None and geom.Contains(point):

@@ -1,0 +1,41 @@
+"""`rsir learn-labels`: registered through the rsir.commands entry points (pyproject.toml)."""
+from __future__ import annotations
+
+import argparse
+
+
+def learn_labels_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register `rsir learn-labels`."""
+    p = subparsers.add_parser(
+        "learn-labels", help="fit the index's model to an analyst's label layers and re-encode the index",
+        description="Label layers over an index (the plugin's Export labels, `rsir search --labels-out`, or any "
+                    "polygons with a class field: a tile takes the class of the polygon under its centre) fit a "
+                    "within-class whitening of the index's stored embeddings and new PCA-ITQ codes of the whitened "
+                    "embedding. Both are appended to the index's model (written to --out), and the index is "
+                    "re-encoded by the same map as its next generation: no image is read again.")
+    p.add_argument("index", metavar="IDX", help="index folder")
+    p.add_argument("labels", nargs="+", metavar="LABELS", help="label layers (GeoPackage, shapefile, GeoJSON, ...)")
+    p.add_argument("--field", default="class", help="the class field of the label layers (default: %(default)s)")
+    p.add_argument("--shrinkage", type=float, default=0.3,
+                   help="shrink the within-class covariance towards its mean eigenvalue by this share (0-1; "
+                        "default %(default)s, chosen in docs/results.md)")
+    p.add_argument("--out", required=True, help="the adapted model (.onnx)")
+    p.add_argument("--no-reencode", action="store_true", help="only write the model; leave the index as it is")
+    p.set_defaults(func=_run_learn_labels)
+
+
+def _run_learn_labels(args: argparse.Namespace) -> int:
+    from ..progress import Progress
+    from .from_labels import learn
+
+    bar = Progress("re-encoding the index", unit="tile")
+    try:
+        adapter = learn(args.index, args.out, args.labels, args.field, shrinkage=args.shrinkage,
+                        reencode=not args.no_reencode, progress=bar.set)
+    finally:
+        bar.close()
+    print(f"fitted on {adapter.describe()}; wrote {args.out}")
+    if not args.no_reencode:
+        print(f"index {args.index} re-encoded with it (searches use it from now on; the model the index had is "
+              "unchanged on disk)")
+    return 0
