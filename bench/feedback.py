@@ -11,6 +11,9 @@ as the product's Flat indexes are): float by cosine, hash by Hamming distance wi
 negatives are a fixed sample of the database, as the product samples the index. P@20 counts the marked relevant
 hits that stay in the top 20 (the analyst's result list), mAP@100 as everywhere in docs/results.md.
 
+`--learn-mix W1,W2,...` (with `--learn-shrinkage S1,...`) also fits --learn's marks together with the default's
+training data (EuroSAT and AID seen 15 train rows, classes namespaced by dataset), weighing W times the marks.
+
 `--grid` also scores other Rocchio weights and linear options on AID unseen (the defaults were chosen there).
 `--timing N` instead times one round of each refiner through the product path (`feedback.refine` + `search`) on
 a synthetic N-tile index (bench/synthetic_index.py) of the demo scene.
@@ -84,12 +87,12 @@ class Analyst:
             for j in [j for j in ranked if j not in marked][:MARK_TOP]:  # the analyst marks what is new on top
                 marked[int(j)] = bool(self.db_labels[j] == label)
 
-    def run(self, method: str, weights=feedback.RocchioWeights(), options=feedback.LinearOptions()
-            ) -> np.ndarray:
+    def run(self, method: str, weights=feedback.RocchioWeights(), options=feedback.LinearOptions(),
+            rounds: int = ROUNDS) -> np.ndarray:
         """(rounds + 1, 2) mean P@20 and mAP@100 per round."""
-        out = np.zeros((ROUNDS + 1, 2))
+        out = np.zeros((rounds + 1, 2))
         for i in range(len(self.q_emb)):
-            for r, (ranked, _) in enumerate(self.rounds(i, method, weights, options)):
+            for r, (ranked, _) in enumerate(self.rounds(i, method, weights, options, rounds)):
                 rel = (self.db_labels[ranked] == self.q_labels[i])[None]
                 out[r, 0] += rel[0, :MARK_TOP].mean()
                 out[r, 1] += average_precision_at_k(rel, self.n_rel[i:i + 1], 100)[0]
@@ -104,6 +107,17 @@ def learned_from_marks(analyst: Analyst, n_queries: int = 10, rounds: int = 2, s
     (a new Analyst over the adapted vectors, the classes that were marked)."""
     from core.adapt.from_labels import fit
 
+    ids, labels, classes = analyst_marks(analyst, n_queries, rounds, seed)
+    bits = 8 * analyst.db_codes.shape[1]
+    adapter = fit(analyst.db_emb[ids], labels, analyst.db_emb, bits, shrinkage)
+    return adapted_analyst(analyst, adapter, analyst.mode), classes, len(ids)
+
+
+def analyst_marks(analyst: Analyst, n_queries: int = 10, rounds: int = 2, seed: int = 0
+                  ) -> tuple[np.ndarray, list[str], list[int]]:
+    """(database rows marked, their labels, the classes queried) of `learned_from_marks`' analyst: `n_queries`
+    queries (one per class, the first classes) refined `rounds` rounds with the linear refiner in float search;
+    relevant marks are labelled with the query's class, the rest "other"."""
     rng = np.random.default_rng(seed)
     classes = list(range(min(n_queries, analyst.q_labels.max() + 1)))
     labels: dict[int, str] = {}
@@ -114,12 +128,88 @@ def learned_from_marks(analyst: Analyst, n_queries: int = 10, rounds: int = 2, s
         *_, (_, marked) = float_analyst.rounds(i, "linear", rounds=rounds)
         labels.update({j: (f"class {k}" if ok else "other") for j, ok in marked.items()})
     ids = np.array(sorted(labels))
-    bits = 8 * analyst.db_codes.shape[1]
-    adapter = fit(analyst.db_emb[ids], [labels[int(j)] for j in ids], analyst.db_emb, bits, shrinkage)
+    return ids, [labels[int(j)] for j in ids], classes
+
+
+def adapted_analyst(analyst: Analyst, adapter, mode: str) -> Analyst:
+    """The analyst over the adapter's vectors (queries and database), as the re-encoded index gives them."""
     q_emb, q_codes = adapter.transform(analyst.q_emb)
     db_emb, db_codes = adapter.transform(analyst.db_emb)
-    return (Analyst(q_emb, q_codes, analyst.q_labels, db_emb, db_codes, analyst.db_labels, analyst.mode),
-            classes, len(ids))
+    return Analyst(q_emb, q_codes, analyst.q_labels, db_emb, db_codes, analyst.db_labels, mode)
+
+
+def training_data(suite: Suite, contender: Contender, enc: Encoder, tasks,
+                  names: tuple[str, ...] = ("EuroSAT", "AID seen 15")) -> list[tuple[np.ndarray, list[str]]]:
+    """The default's training data as labelled embeddings, one (embeddings, labels) per dataset: the database
+    (train split) rows of the suite tasks `names`, their classes namespaced by dataset ("aid:Beach") as
+    multi-dataset training names them. From the suite's embedding cache (the same rows its tasks read)."""
+    out = []
+    for name in names:
+        task = next(t for t in tasks if t.name == name)
+        size = contender.size or enc.info.encode_size(suite.native(task.dataset))
+        emb, _ = suite._embed(contender, enc, task.dataset, size)
+        where = {row: i for i, row in enumerate(suite._needed(task.dataset))}
+        classes = suite.items(task.dataset).classes
+        _, db_rows = suite.picks(task)
+        out.append((emb[[where[r] for r in db_rows]], [f"{task.dataset}:{classes[r]}" for r in db_rows]))
+    return out
+
+
+def mixed_fit(mark_emb: np.ndarray, mark_labels: list[str], parts: list[tuple[np.ndarray, list[str]]],
+              mix: float, background: np.ndarray, bits: int, shrinkage: float):
+    """core/adapt/from_labels.py `fit` on the marks plus labelled training data `parts` (one per dataset): the
+    training data weighs `mix` times the marks in all (every mark 1; each dataset alike within the training part,
+    each of its items alike), `mix` 0 being `fit` itself. Codes: PCA-ITQ of the whitened `background`."""
+    from core.adapt.from_labels import LabelAdapter
+    from core.adapt.linear_maps import fit_itq, fit_within_class
+
+    emb, labels, weights = [mark_emb], list(mark_labels), [np.ones(len(mark_emb))]
+    if mix > 0:
+        for e, lab in parts:
+            emb.append(e)
+            labels += lab
+            weights.append(np.full(len(e), mix * len(mark_emb) / len(parts) / len(e)))
+    names = sorted(set(labels))
+    y = np.array([names.index(v) for v in labels])
+    whitening = fit_within_class(np.concatenate(emb), y, shrinkage, np.concatenate(weights))
+    white = whitening.apply(background)
+    bits = min(bits, white.shape[1] // 8 * 8)
+    return LabelAdapter(whitening, fit_itq(white, bits), {n: int(np.sum(y == i)) for i, n in enumerate(names)})
+
+
+def learn_mix(analysts: dict, parts: list[tuple[np.ndarray, list[str]]], mixes: list[float],
+              shrinkages: list[float]) -> None:
+    """--learn-mix: `learned_from_marks`' marks (AID unseen 15) fitted together with the default's training data
+    `parts` at each weight and shrinkage; the linear refiner's rounds 0-2 on the adapted vectors, the marked
+    classes' queries and the others apart."""
+    base = analysts[("AID unseen 15", "float")]
+    ids, labels, classes = analyst_marks(base)
+    sizes = ", ".join(f"{len(e)} {lab[0].split(':')[0]} ({len(set(lab))} classes)" for e, lab in parts)
+    print(f"\n--learn's {len(ids)} marks (AID unseen 15) fitted together with the default's training data ({sizes}; "
+          "each dataset alike), weighing w times the marks in all; w = 0: the marks alone (rsir learn-labels). "
+          "Linear refiner; the 10 marked classes' queries and the 5 others apart")
+    print("| vectors | shrinkage | w | mode | queries | P@20 round 0 | 1 | 2 | mAP@100 round 0 | 1 | 2 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    bits = 8 * base.db_codes.shape[1]
+    adapters = {}
+    for s in shrinkages:
+        for w in mixes:
+            t0 = time.perf_counter()
+            adapters[(s, w)] = mixed_fit(base.db_emb[ids], labels, parts, w, base.db_emb, bits, s)
+            print(f"  fit shrinkage {s} w {w}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    for mode in ("float", "hash"):
+        shipped = analysts[("AID unseen 15", mode)]
+        marked = np.isin(shipped.q_labels, classes)
+        runs = [("as shipped", "-", "-", shipped)] + [
+            ("adapted", f"{s}", f"{w:g}", adapted_analyst(shipped, adapters[(s, w)], mode))
+            for s in shrinkages for w in mixes]
+        for name, s, w, a in runs:
+            for subset, rows in (("10 marked classes", marked), ("5 other classes", ~marked)):
+                sub = Analyst(a.q_emb[rows], a.q_codes[rows], a.q_labels[rows], a.db_emb, a.db_codes, a.db_labels,
+                              mode)
+                res = sub.run("linear", rounds=2)
+                print(f"| {name} | {s} | {w} | {mode} | {subset} | " + " | ".join(f"{v:.1f}" for v in res[:, 0])
+                      + " | " + " | ".join(f"{v:.2f}" for v in res[:, 1]) + " |", flush=True)
 
 
 def task_vectors(suite: Suite, contender: Contender, enc: Encoder, task, queries: int, seed: int = 0):
@@ -181,6 +271,11 @@ def main() -> int:
     ap.add_argument("--hash-grid", action="store_true", help="only the hash refiner's grid")
     ap.add_argument("--learn", action="store_true",
                     help="also: the vectors adapted to the marks of 10 queries (rsir learn-labels), AID unseen")
+    ap.add_argument("--learn-mix", default="", metavar="W1,W2,...",
+                    help="also: --learn's fit on the marks plus the default's training data (EuroSAT and AID seen "
+                         "15 train rows, classes namespaced), weighing W times the marks (0 = the marks alone)")
+    ap.add_argument("--learn-shrinkage", default="0.3", metavar="S1,S2,...",
+                    help="shrinkages of the --learn-mix fits (default 0.3, rsir learn-labels')")
     ap.add_argument("--tasks", default="", help="comma-separated task names to run (default: all)")
     ap.add_argument("--timing", type=int, default=0, metavar="N")
     args = ap.parse_args()
@@ -202,7 +297,8 @@ def main() -> int:
     analysts = {}
     grids = args.grid or args.hash_grid
     for task in tasks:
-        if args.tasks and task.name not in args.tasks.split(",") and not ((grids or args.learn) and task.unseen):
+        if args.tasks and task.name not in args.tasks.split(",") and not (
+                (grids or args.learn or args.learn_mix) and task.unseen):
             continue
         vectors = task_vectors(suite, contender, enc, task, args.queries)
         for mode in ("float", "hash"):
@@ -230,6 +326,9 @@ def main() -> int:
                         print(f"| {name} | {method} | {mode} | {subset} | "
                               + " | ".join(f"{v:.1f}" for v in res[:3, 0]) + " | "
                               + " | ".join(f"{v:.2f}" for v in res[:3, 1]) + " |", flush=True)
+    if args.learn_mix:
+        learn_mix(analysts, training_data(suite, contender, enc, tasks),
+                  [float(w) for w in args.learn_mix.split(",")], [float(v) for v in args.learn_shrinkage.split(",")])
     if args.grid and not args.hash_grid:
         print("\nAID unseen 15, float: P@20 / mAP@100 after 2 rounds")
         analyst = analysts[("AID unseen 15", "float")]

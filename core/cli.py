@@ -58,6 +58,15 @@ def _ids(text: str) -> list[int]:
     return ids
 
 
+def _dask_address(text: str) -> str:
+    from .index.distributed import check_address
+
+    try:
+        return check_address(text)
+    except RsirError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
+
+
 def _common_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="onnxruntime device: auto uses CUDA when its provider is installed (default: auto)")
@@ -114,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_whole(1, 1 << 16), default=64, help="tiles per inference batch")
     p.add_argument("--checkpoint-every", type=_whole(1), default=2048, help="tiles between resumable checkpoints")
     p.add_argument("--restart", action="store_true", help="discard an unfinished run in --out instead of resuming")
+    p.add_argument("--dask", type=_dask_address, default=None, metavar="CLUSTER",
+                   help="encode on Dask: local (one worker process per core), local:N (N worker processes) or a "
+                        "scheduler address such as tcp://HOST:8786 (workers must see the archive and the model at "
+                        "the same paths); the index is the same as without --dask")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _common_encoder_args(p)
     p.set_defaults(func=cmd_index)
@@ -211,7 +224,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                         scale=args.scale, add_offset=args.add_offset, max_invalid=args.max_invalid, nodata=args.nodata,
                         float_factory=args.float_factory, binary_factory=args.binary_factory,
                         checkpoint_every=args.checkpoint_every,
-                        device=args.device, threads=args.threads, batch_size=args.batch_size)
+                        device=args.device, threads=args.threads, batch_size=args.batch_size, dask=args.dask)
     model = args.model
     if not model:
         from .default_model import default_model_path

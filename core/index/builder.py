@@ -25,7 +25,6 @@ import numpy as np
 
 from .. import __version__
 from ..archive.footprints import FootprintMaker
-from ..archive.pixels import invalid_fraction, read_window
 from ..archive.sources import SourceSpec, expand_archive, open_source, resolve_bands
 from ..archive.tiling import TileWindow, WindowGrid, plan_windows, source_gsd
 from ..archive.value_check import reading_problem, sample_reading
@@ -34,6 +33,7 @@ from ..encoder import Encoder, ModelInfo
 from ..errors import Cancelled, RsirError
 from ..fileio import atomic_path, read_json, write_json
 from . import layout, tiles_gpkg
+from .encode_chunks import ChunkResult, DatasetCache, EncodeSettings, SourceReader, encode_windows
 from .faiss_build import (
     build_binary_index,
     build_float_index,
@@ -82,6 +82,7 @@ class BuildOptions:
     device: str = "auto"
     threads: int | None = None
     batch_size: int = 64
+    dask: str | None = None             # encode on Dask: "local", "local:N" or a scheduler address (tcp://...)
 
     def tiling(self) -> Tiling:
         return Tiling(tile=self.tile, stride=self.stride or self.tile, gsd=self.gsd,
@@ -386,73 +387,66 @@ def _windows(plan: list[PlannedSource], start: int, stop: int):
             return
 
 
+def _readers(plan: list[PlannedSource]) -> list[SourceReader]:
+    return [SourceReader(p.spec, tuple(p.bands), p.values, p.input_size) for p in plan]
+
+
+def _settings(encoder: Encoder, opts: BuildOptions) -> EncodeSettings:
+    return EncodeSettings(model=os.path.abspath(encoder.info.path), sha256=encoder.info.sha256,
+                          batch_size=opts.batch_size, max_invalid=opts.max_invalid, nodata=opts.nodata,
+                          device=opts.device, threads=opts.threads)
+
+
+def _commit_chunk(partial: str, state: dict, state_path: str, result: ChunkResult) -> None:
+    """Save one encoded chunk and count it in the run's state: a kill after this keeps it."""
+    name = f"chunk_{len(state['chunks']):06d}.npz"
+    with atomic_path(os.path.join(partial, name)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, emb=result.emb, codes=result.codes, meta=result.meta)
+    _step("encode:chunk-saved")
+    state["chunks"].append(name)
+    state["done_windows"] += result.processed
+    state["kept"] += len(result.meta)
+    state["skipped"] += sum(result.skipped.values())
+    state["skipped_by_source"] = [n + result.skipped.get(si, 0) for si, n in enumerate(state["skipped_by_source"])]
+    write_json(state_path, state)
+    _step("encode:state-saved")
+
+
 def _encode(plan, encoder, opts, partial, state, state_path, progress, cancel, notice) -> None:
     total, done = sum(len(p.windows) for p in plan), state["done_windows"]
-    datasets: dict[int, object] = {}
+    readers, settings = _readers(plan), _settings(encoder, opts)
+    if opts.dask:
+        from .distributed import encode_on_cluster
+
+        chunks = ((start, list(_windows(plan, start, min(start + opts.checkpoint_every, total))))
+                  for start in range(done, total, opts.checkpoint_every))
+        encode_on_cluster(opts.dask, chunks, readers, settings, total, done,
+                          commit=lambda result: _commit_chunk(partial, state, state_path, result),
+                          progress=progress, cancel=cancel, notice=notice)
+        return
+    datasets = DatasetCache()
     t_start, announced = time.perf_counter(), total - done <= LARGE_RUN
-
-    def dataset(si: int):
-        if si not in datasets:
-            datasets.clear()  # one open source at a time: archives can hold tens of thousands of patches
-            datasets[si] = open_source(plan[si].spec)
-        return datasets[si]
-
     if progress:
         progress(done, total)
     while done < total:
         chunk = list(_windows(plan, done, done + opts.checkpoint_every))
-        meta, skipped_here = [], [0] * len(plan)
-        embs, codes = [], []
-        cancelled = False
-        processed = 0
-        for start in range(0, len(chunk), opts.batch_size):
-            if cancel and cancel():
-                cancelled = True
-                break
-            # one tensor per input side (patches of several sizes); tiles keep their archive order
-            by_size: dict[int, tuple[list, list]] = {}
-            for si, win in chunk[start:start + opts.batch_size]:
-                ds, p = dataset(si), plan[si]
-                raw = read_window(ds, p.bands, win, p.input_size, p.path)
-                if invalid_fraction(ds, p.bands, win, raw, opts.nodata) > opts.max_invalid:
-                    skipped_here[si] += 1
-                    continue
-                batch_pix, batch_meta = by_size.setdefault(p.input_size, ([], []))
-                batch_pix.append(p.values.apply(raw))
-                batch_meta.append((si, win.x, win.y, win.w, win.h))
-            if by_size:
-                parts = [(encoder.encode(np.stack(pix), scale=1.0), m) for pix, m in by_size.values()]
-                batch_meta = [row for _, m in parts for row in m]
-                order = sorted(range(len(batch_meta)), key=lambda i: (batch_meta[i][0], i))
-                embs.append(np.concatenate([e for (e, _), _ in parts])[order])
-                codes.append(np.concatenate([c for (_, c), _ in parts])[order])
-                meta.extend(batch_meta[i] for i in order)
-            processed += len(chunk[start:start + opts.batch_size])
+
+        def batch_done(processed: int, base: int = done) -> None:
+            nonlocal announced
             if progress:
-                progress(done + processed, total)
+                progress(base + processed, total)
             if not announced and notice:
                 announced = True
                 rate = processed / max(time.perf_counter() - t_start, 1e-6)
-                notice(f"{total - done:,} tiles to encode: about {(total - done) / rate / 3600:.1f} h at "
+                notice(f"{total - base:,} tiles to encode: about {(total - base) / rate / 3600:.1f} h at "
                        f"{rate:.0f} tiles/s; checkpointed every {opts.checkpoint_every} tiles, so an interrupted "
                        "run resumes when the same command is run again")
-        if processed:
-            name = f"chunk_{len(state['chunks']):06d}.npz"
-            with atomic_path(os.path.join(partial, name)) as tmp, open(tmp, "wb") as f:
-                np.savez(f, emb=np.concatenate(embs) if embs else np.zeros((0, encoder.info.embedding_dim), "f4"),
-                         codes=np.concatenate(codes) if codes else
-                         np.zeros((0, encoder.info.effective_code_bits // 8), "u1"),
-                         meta=np.asarray(meta, dtype=np.int64).reshape(-1, 5))
-            _step("encode:chunk-saved")
-            done += processed
-            state["chunks"].append(name)
-            state["done_windows"] = done
-            state["kept"] += len(meta)
-            state["skipped"] += sum(skipped_here)
-            state["skipped_by_source"] = [a + b for a, b in zip(state["skipped_by_source"], skipped_here)]
-            write_json(state_path, state)
-            _step("encode:state-saved")
-        if cancelled:
+
+        result = encode_windows(chunk, dict(enumerate(readers)), encoder, settings, datasets, cancel, batch_done)
+        if result.processed:
+            _commit_chunk(partial, state, state_path, result)
+            done += result.processed
+        if result.cancelled:
             raise Cancelled(f"indexing cancelled after {done} of {total} tiles; rerun the same command to resume")
 
 
