@@ -19,6 +19,8 @@ import sys
 REQUIRED = {"numpy": "numpy<2", "osgeo.gdal": "GDAL", "onnxruntime": "onnxruntime", "faiss": "faiss-cpu"}
 # only for Learn from marks, which writes an ONNX model: installed on its first use
 LEARN_REQUIRED = {"onnx": "onnx"}
+# only for Build index with worker processes (Dask): installed on first use
+DASK_REQUIRED = {"distributed": "dask[distributed]"}
 DEPS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "python_deps")
 
 

@@ -20,7 +20,7 @@ try:  # packaged plugin
     )
     from .core.adapt import from_labels
     from .core.archive import footprints, sources, value_check, values
-    from .core.index import builder, reader
+    from .core.index import builder, distributed, reader
 except ModuleNotFoundError as exc:
     if exc.name != f"{__package__}.core":  # the packaged core is there but lacks a dependency (faiss...): say that
         raise
@@ -41,6 +41,6 @@ except ModuleNotFoundError as exc:
     )
     from core.adapt import from_labels
     from core.archive import footprints, sources, value_check, values
-    from core.index import builder, reader
+    from core.index import builder, distributed, reader
 
 default_model_path = default_model.default_model_path  # the shipped model, "" when there is none

@@ -23,7 +23,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import messages
-from .engine import builder, default_model_path, encoder, errors, sources, value_check, values
+from .engine import builder, default_model_path, distributed, encoder, errors, sources, value_check, values
 from .layers import OUTPUT_PROPERTY
 from .tasks import IndexTask
 
@@ -97,13 +97,25 @@ class IndexDialog(QDialog):
         scale_row = QHBoxLayout()
         scale_row.addWidget(self.scale)
         scale_row.addWidget(self.suggest)
+        self.workers = QSpinBox()
+        self.workers.setRange(1, 256)
+        self.workers.setValue(1)
+        self.workers.setSpecialValueText("1 (inside QGIS)")
+        self.workers.setToolTip("2 or more: encode in that many worker processes of a Dask cluster started on this "
+                                "computer (about one per CPU core is fastest; the index is the same)")
+        self.scheduler = QLineEdit()
+        self.scheduler.setPlaceholderText("optional: tcp://HOST:8786 of a running Dask cluster")
+        self.scheduler.setToolTip("Encode on an existing Dask cluster instead; its workers must see the sources and "
+                                  "the model at the same paths")
         self.restart = QCheckBox("Discard an unfinished run in this folder and start over")
         self.restart.setToolTip("An interrupted run (this dialog's or `rsir index`'s) resumes when the same sources "
                                 "and options are indexed again; to index others into the folder, discard it")
         form = QFormLayout()
         for label, widget in (("Model (.onnx)", self.model), ("Index folder", self.out), ("Tile (px)", self.tile),
                               ("Stride (px)", self.stride), ("Bands", self.bands), ("Value scale", scale_row),
-                              ("Value offset", self.offset), ("Nodata value", self.nodata), ("", self.restart)):
+                              ("Value offset", self.offset), ("Nodata value", self.nodata),
+                              ("Worker processes", self.workers), ("Dask scheduler", self.scheduler),
+                              ("", self.restart)):
             form.addRow(label, widget)
         root.addLayout(form)
         self.problem = QLabel("")  # the last run's error, when the dialog comes back for a fix
@@ -160,7 +172,14 @@ class IndexDialog(QDialog):
         return builder.BuildOptions(tile=self.tile.value(), stride=self.stride.value(),
                                     bands=sources.parse_band_list(self.bands.text()),
                                     scale=self.scale.value() or None, add_offset=self.offset.value() or None,
-                                    nodata=_number(self.nodata.text()))
+                                    nodata=_number(self.nodata.text()), dask=self.dask_address())
+
+    def dask_address(self) -> str | None:
+        """Where to encode: the scheduler typed, else a local cluster of the chosen worker count, else in QGIS."""
+        typed = self.scheduler.text().strip()
+        if typed:
+            return typed
+        return f"local:{self.workers.value()}" if self.workers.value() > 1 else None
 
     def start(self) -> None:
         srcs, model, out = self.chosen_sources(), self.model.filePath(), self.out.filePath()
@@ -168,10 +187,47 @@ class IndexDialog(QDialog):
             self.iface.messageBar().pushMessage("RSIR", "Choose sources, a model and an index folder.",
                                                 level=Qgis.Warning, duration=6)
             return
+        address = self.dask_address()
+        if address:
+            try:
+                distributed.check_address(address)
+            except errors.RsirError as exc:
+                messages.push(self.iface, str(exc), duration=10)
+                return
+            from . import deps
+
+            missing = deps.missing_modules(deps.DASK_REQUIRED)
+            if missing:
+                self._offer_dask(missing)
+                return
         self.task = IndexTask(srcs, model, out, self.options(), on_done=self._done,
                               restart=self.restart.isChecked())
         QgsApplication.taskManager().addTask(self.task)
         self.accept()
+
+    def _offer_dask(self, missing: list[str]) -> None:
+        from qgis.PyQt.QtWidgets import QMessageBox
+
+        from . import deps
+        from .install_task import InstallTask
+
+        command = deps.pip_install_command(missing, deps.DASK_REQUIRED)
+        if QMessageBox.question(self, "RSIR", "Worker processes run on Dask, which this QGIS lacks. Install it "
+                                f"with\n\n{' '.join(command)}\n\ninto {deps.DEPS_DIR}?") != QMessageBox.Yes:
+            return
+
+        def installed(task):
+            import importlib
+
+            importlib.invalidate_caches()
+            if task.ok and not deps.missing_modules(deps.DASK_REQUIRED):
+                messages.push(self.iface, "Dask installed; indexing starts.", level=Qgis.Success, duration=5)
+                self.start()
+            else:
+                messages.push(self.iface, f"Installing Dask failed: {task.log[-300:]}")
+
+        self.install_task = InstallTask(command, installed)
+        QgsApplication.taskManager().addTask(self.install_task)
 
     def _done(self, task: IndexTask, ok: bool) -> None:
         level = Qgis.Success if ok else (Qgis.Warning if task.was_cancelled else Qgis.Critical)

@@ -547,6 +547,39 @@ def test_index_dialog_starts_a_task_over_loaded_layers(tmp_path, twin_raster, ti
     assert not node.itemVisibilityChecked() and tiles.renderer().symbol().color().alpha() == 0
 
 
+def test_index_dialog_worker_processes_run_on_dask(tmp_path, twin_raster, tiny_model, qgis_iface, qgis_new_project):
+    """Worker processes > 1 in Build index: the task encodes on a Dask LocalCluster of that many processes and
+    the index is the one the dialog makes inside QGIS; a scheduler address wins; a bad one is refused at once."""
+    from qgis.PyQt.QtCore import Qt
+
+    from rsir_qgis_plugin.index_dialog import IndexDialog
+    from rsir_qgis_plugin.tasks import IndexTask
+
+    _raster_layer(twin_raster, qgis_iface)
+    dialog = IndexDialog(qgis_iface)
+    dialog.source_list.item(0).setCheckState(Qt.Checked)
+    dialog.model.setFilePath(tiny_model)
+    dialog.tile.setValue(32)
+    dialog.stride.setValue(32)
+    assert dialog.options().dask is None  # 1 worker: inside QGIS
+    single = IndexTask([twin_raster], tiny_model, str(tmp_path / "single"), dialog.options(), add_layer=False)
+    assert single.run()
+    dialog.workers.setValue(2)
+    assert dialog.options().dask == "local:2"
+    task = IndexTask([twin_raster], tiny_model, str(tmp_path / "dask"), dialog.options(), add_layer=False)
+    assert task.run(), task.error
+    a, b = Index(str(tmp_path / "single")), Index(str(tmp_path / "dask"))
+    assert a.n == b.n == 64 and np.array_equal(a.embeddings(np.arange(64)), b.embeddings(np.arange(64)))
+    assert np.array_equal(a.codes(np.arange(64)), b.codes(np.arange(64)))
+    dialog.scheduler.setText("tcp://10.1.2.3:8786")
+    assert dialog.options().dask == "tcp://10.1.2.3:8786"
+    dialog.scheduler.setText("my cluster")
+    dialog.out.setFilePath(str(tmp_path / "never"))
+    dialog.start()
+    assert dialog.task is None and "--dask my cluster: give local" in _critical(qgis_iface)[-1]
+    dialog.deleteLater()
+
+
 def test_index_dialog_suggests_the_scale_of_a_16_bit_source(tmp_path, tiny_model, qgis_iface, qgis_new_project):
     from qgis.PyQt.QtCore import Qt
 

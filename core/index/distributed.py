@@ -55,6 +55,11 @@ def cluster_client(address: str, notice: Callable[[str], None] | None = None) ->
     cluster = None
     n = local_workers(address)
     if n is not None:
+        python = worker_python()
+        if python:
+            import multiprocessing
+
+            multiprocessing.set_executable(python)
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                                silence_logs=logging.ERROR)
         client = Client(cluster)
@@ -82,6 +87,24 @@ def cluster_client(address: str, notice: Callable[[str], None] | None = None) ->
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def worker_python() -> str | None:
+    """The Python interpreter local worker processes must be started with when this process is not one (an
+    embedded interpreter: inside QGIS sys.executable is the QGIS program); None when sys.executable is fine."""
+    import os
+    import shutil
+    import sys
+
+    if os.path.basename(sys.executable).lower().startswith("python"):
+        return None
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for cand in (os.path.join(sys.exec_prefix, "bin", version), os.path.join(sys.exec_prefix, "bin", "python3"),
+                 os.path.join(sys.exec_prefix, "python.exe"), shutil.which(version)):
+        if cand and os.path.exists(cand):
+            return cand
+    raise RsirError(f"--dask local: no Python interpreter found to start worker processes with ({sys.executable} "
+                    "is not one); use a scheduler address instead")
 
 
 def _has_dashboard() -> bool:
