@@ -164,8 +164,8 @@ class RetrievalSession:
         `model_sha`) refined by the analyst's marks {tile id: relevant?}, searched as any query."""
         self.refresh()
         if model_sha and model_sha != self._model_sha:
-            raise errors.RsirError("the index has been re-encoded with another model since this query ran "
-                                   "(Learn from marks, or rsir learn-labels); search again, then refine")
+            raise errors.RsirError("Search again, then refine: the index was re-encoded with another model since "
+                                   "this search (Learn from marks, or rsir learn-labels)")
         pos = [t for t, ok in marks.items() if ok]
         neg = [t for t, ok in marks.items() if not ok]
         refined = feedback.refine(self.index, query, feedback.Marks.from_index(self.index, pos, neg), method)

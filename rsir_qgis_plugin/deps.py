@@ -19,8 +19,10 @@ import sys
 REQUIRED = {"numpy": "numpy<2", "osgeo.gdal": "GDAL", "onnxruntime": "onnxruntime", "faiss": "faiss-cpu"}
 # only for Learn from marks, which writes an ONNX model: installed on its first use
 LEARN_REQUIRED = {"onnx": "onnx"}
+LEARN_INSTALL_MB = 60  # onnx, ml_dtypes, protobuf, typing_extensions (measured, Debian 12)
 # only for Build index with worker processes (Dask): installed on first use
 DASK_REQUIRED = {"distributed": "dask[distributed]"}
+NEEDS_NO_NUMPY = {"distributed"}  # installed without the numpy pin: pip then adds no numpy copy of its own
 DEPS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "python_deps")
 
 
@@ -68,6 +70,8 @@ def python_executable() -> str:
 # qgis_process of Debian 12's QGIS 3.22; tests/test_installer.py repeats it).
 OLD_NUMPY_PINS = {"faiss": "faiss-cpu==1.11.0", "onnxruntime": "onnxruntime==1.32.0"}
 OLD_NUMPY_EXTRAS = ("packaging", "flatbuffers", "protobuf>=4.25.8")
+# the optional packages' tested pins for numpy < 1.25 (ml_dtypes releases after 0.5.4 are built for numpy 2)
+OLD_NUMPY_OPTIONAL = {"onnx": ("onnx==1.23.2", "ml_dtypes==0.5.4", "typing_extensions", "protobuf>=4.25.8")}
 
 
 def loaded_numpy() -> str | None:
@@ -91,9 +95,13 @@ def pip_install_command(missing: list[str], required: dict[str, str] | None = No
     wanted = [m for m in missing if m not in ("osgeo.gdal", "numpy")]
     version = loaded_numpy()
     base = [python_executable(), "-m", "pip", "install", "--upgrade", "--target", DEPS_DIR]
-    if version and _old_numpy(version) and required is None:
-        return base + ["--no-deps"] + [OLD_NUMPY_PINS.get(m, REQUIRED.get(m, m)) for m in wanted] + \
-            list(OLD_NUMPY_EXTRAS)
+    if required is not None and all(m in NEEDS_NO_NUMPY for m in wanted):
+        return base + [required.get(m, m) for m in wanted]
+    if version and _old_numpy(version):
+        if required is None:
+            return base + ["--no-deps"] + [OLD_NUMPY_PINS.get(m, REQUIRED.get(m, m)) for m in wanted] + \
+                list(OLD_NUMPY_EXTRAS)
+        return base + ["--no-deps"] + [p for m in wanted for p in OLD_NUMPY_OPTIONAL.get(m, (required.get(m, m),))]
     pin = f"numpy=={version}" if version else "numpy<2"
     return base + [pin] + [(required or REQUIRED).get(m, m) for m in wanted]
 

@@ -36,7 +36,7 @@ from qgis.PyQt.QtWidgets import (
 
 from . import layers, messages
 from . import marks as marks_io
-from .engine import errors
+from .engine import errors, from_labels
 from .engine import find_all as engine_find_all
 
 MARK_COLUMN = 2  # in the dock's results table
@@ -53,6 +53,7 @@ class FeedbackPanel(QWidget):
         self.loop_query = None      # the query the marks refine (the loop's first search, not a refined one)
         self.loop_raster = None
         self.loop_model = ""        # the index's model the loop's query was encoded with
+        self.stale_text = ""        # after learning: the loop's query is in the old model's space
         self.round = 0
         self.layer = None           # the loop's marks layer
         self.undo_stack: list[tuple[object, bool | None]] = []  # (hit, its mark before) per change
@@ -82,7 +83,7 @@ class FeedbackPanel(QWidget):
         self.method_combo.setToolTip("linear: a classifier fitted on the marks scores every tile (best in "
                                      "docs/results.md); rocchio: the query moved towards the relevant marks")
         more = QToolButton()
-        more.setText("Marks…")
+        more.setText("Marks")
         more.setPopupMode(QToolButton.InstantPopup)
         menu = QMenu(more)
         menu.addAction("Save marks as…", self.save_as)
@@ -90,6 +91,8 @@ class FeedbackPanel(QWidget):
         menu.addAction("Export labels for training…", self.export_labels)
         menu.addSeparator()
         menu.addAction("Learn from marks…", self.learn)
+        self.undo_learning_action = menu.addAction("Undo learning", self.undo_learning)
+        menu.aboutToShow.connect(self._menu_about_to_show)
         more.setMenu(menu)
         for w in (self.relevant_button, self.not_button, self.refine_button, self.undo_button, self.find_button,
                   self.method_combo, more):
@@ -118,6 +121,7 @@ class FeedbackPanel(QWidget):
             self.found_layer = None
             self.loop_query, self.loop_raster, self.round = result.query, result.raster, 0
             self.loop_model = result.model_sha
+            self.stale_text = ""
             self.layer, self.undo_stack = None, []
         else:
             self.round += 1
@@ -281,10 +285,17 @@ class FeedbackPanel(QWidget):
         has_result = self.dock.last_result is not None
         for b in (self.relevant_button, self.not_button, self.find_button):
             b.setEnabled(has_result)
-        self.refine_button.setEnabled(bool(marked))
+        self.refine_button.setEnabled(bool(marked) and self.loop_query is not None)
         self.undo_button.setEnabled(bool(self.undo_stack))
-        self.summary.setText(f"round {self.round}: {pos} relevant, {len(marked) - pos} not relevant marked"
-                             if marked or self.round else "")
+        if self.loop_query is None and self.stale_text:
+            self.summary.setText(self.stale_text)
+        else:
+            self.summary.setText(f"round {self.round}: {pos} relevant, {len(marked) - pos} not relevant marked"
+                                 if marked or self.round else "")
+
+    def _menu_about_to_show(self) -> None:
+        session = self.dock.session
+        self.undo_learning_action.setEnabled(session is not None and from_labels.learned_before(session.index.dir))
 
     # -- the marks file -------------------------------------------------------------------------------------
     def save_as(self) -> None:
@@ -364,20 +375,34 @@ class FeedbackPanel(QWidget):
         if options is None:
             from .learn_dialog import LearnDialog
 
-            dialog = LearnDialog(session.index.dir, session.index.model.path, self.marks(),
-                                 self.loop_query.description if self.loop_query is not None else "", self)
+            dialog = LearnDialog(session.index.dir, self.marks(), from_labels.learned_before(session.index.dir),
+                                 self)
             if not dialog.exec_():
                 return None
             options = dialog.options()
-        from qgis.core import QgsApplication
-
         from .tasks import LearnTask
 
-        self.learn_task = LearnTask(session.index.dir, options, self.marks(), self._learned)
-        QgsApplication.taskManager().addTask(self.learn_task)
-        messages.push(self.dock.iface, "Learning from the marks and re-encoding the index in the background (see "
-                      "the task manager)…", level=Qgis.Info, duration=5)
-        return self.learn_task
+        return self._run_adapt(LearnTask(session.index.dir, options, self.marks(), self._adapted),
+                               "Learning from the marks…")
+
+    def undo_learning(self):
+        """Put back the vectors and model the index had before learning, in the background. Returns the task."""
+        from .tasks import UndoLearningTask
+
+        session = self.dock.session
+        if session is None or not from_labels.learned_before(session.index.dir):
+            messages.push(self.dock.iface, "This index has not learned from marks: nothing to undo.",
+                          level=Qgis.Info, duration=5)
+            return None
+        return self._run_adapt(UndoLearningTask(session.index.dir, self._adapted), "Undoing the learning…")
+
+    def _run_adapt(self, task, text: str):
+        from qgis.core import QgsApplication
+
+        self.adapt_task = task
+        QgsApplication.taskManager().addTask(task)
+        messages.push(self.dock.iface, text, level=Qgis.Info, duration=8)
+        return task
 
     def _offer_onnx(self, missing: list[str]) -> None:
         from qgis.PyQt.QtWidgets import QMessageBox
@@ -385,9 +410,9 @@ class FeedbackPanel(QWidget):
         from . import deps
 
         command = deps.pip_install_command(missing, deps.LEARN_REQUIRED)
-        if QMessageBox.question(self, "RSIR", "Writing the adapted model needs the Python package onnx "
-                                "(about 20 MB), which this QGIS lacks. Install it with\n\n"
-                                f"{' '.join(command)}\n\ninto {deps.DEPS_DIR}?") != QMessageBox.Yes:
+        if QMessageBox.question(self, "RSIR", "Learning from marks writes an ONNX model, which needs the Python "
+                                f"package onnx (about {deps.LEARN_INSTALL_MB} MB with what it needs). Install it "
+                                f"with\n\n{' '.join(command)}\n\ninto {deps.DEPS_DIR}?") != QMessageBox.Yes:
             return
         from qgis.core import QgsApplication
 
@@ -407,7 +432,9 @@ class FeedbackPanel(QWidget):
         self.install_task = InstallTask(command, installed)
         QgsApplication.taskManager().addTask(self.install_task)
 
-    def _learned(self, task, ok: bool) -> None:
+    def _adapted(self, task, ok: bool) -> None:
+        """A learning or undo task ended: on success the dock moves to the new model, the loop's query (encoded
+        with the old one) cannot be refined any more, and the message says to search again."""
         if not ok:
             if task.error:
                 messages.push(self.dock.iface, task.error, level=Qgis.Warning if task.was_cancelled else
@@ -416,6 +443,12 @@ class FeedbackPanel(QWidget):
         self.dock.session.refresh()  # the new generation and its model: queries are encoded with it now
         self.dock._describe_index()  # noqa: SLF001 - the dock's own summary line
         layers.follow_index(self.dock.session.index.dir, self.dock.session.index.tiles_path())
-        messages.push(self.dock.iface, f"Learned from {task.adapter.describe()}: the index is re-encoded with "
-                      f"{os.path.basename(task.options.out_model)}. Search again to use it.", level=Qgis.Success,
-                      duration=15)
+        self.loop_query = None  # its embedding is in the old model's space
+        self.stale_text = task.done_text
+        self._update()
+        QgsMessageLog.logMessage(task.log_text, "RSIR", Qgis.Info)
+        from qgis.PyQt.QtCore import QTimer
+
+        # after QGIS's own "Task complete" message, which would hide this one under "1 more"
+        QTimer.singleShot(1200, lambda: messages.push(self.dock.iface, task.done_text, level=Qgis.Success,
+                                                      duration=15))

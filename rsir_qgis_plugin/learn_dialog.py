@@ -32,12 +32,11 @@ class LearnOptions:
     shrinkage: float = DEFAULT_SHRINKAGE
 
 
-def default_model_path(index_dir: str, model_path: str, class_name: str) -> str:
-    """Beside the index: <index>-<model>-<class>.onnx (a new name, never the index's own model)."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", class_name).strip("-").lower() or "labels"
-    stem = os.path.splitext(os.path.basename(model_path))[0]
+def default_model_path(index_dir: str, class_name: str) -> str:
+    """Beside the index: <index>-learned-<class>.onnx (-2, -3, ... where taken)."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", class_name).strip("-").lower()[:40] or "labels"
     index_dir = os.path.abspath(index_dir)
-    base = os.path.join(os.path.dirname(index_dir), f"{os.path.basename(index_dir)}-{stem}-{slug}")
+    base = os.path.join(os.path.dirname(index_dir), f"{os.path.basename(index_dir)}-learned-{slug}")
     path, k = f"{base}.onnx", 2
     while os.path.exists(path):
         path, k = f"{base}-{k}.onnx", k + 1
@@ -45,20 +44,22 @@ def default_model_path(index_dir: str, model_path: str, class_name: str) -> str:
 
 
 class LearnDialog(QDialog):
-    def __init__(self, index_dir: str, model_path: str, marks: dict[int, bool], query: str, parent=None):
+    def __init__(self, index_dir: str, marks: dict[int, bool], learned_before: bool = False, parent=None):
         super().__init__(parent)
         self.setWindowTitle("RSIR: learn from marks")
-        self.setMinimumWidth(560)
-        self.index_dir, self.model_path = index_dir, model_path
+        self.setMinimumWidth(640)
+        self.index_dir, self.marks = index_dir, dict(marks)
         pos = sum(marks.values())
         root = QVBoxLayout(self)
-        intro = QLabel(f"Fit the index's model to what you marked ({pos} relevant, {len(marks) - pos} not relevant"
-                       f"{' for ' + query if query else ''}) and any label files you add, then re-encode the "
-                       "index with it (no image is read again). Searches use the adapted model afterwards; the "
-                       "index's present model stays on disk.")
+        again = (" Earlier learning's labels count too: this refines the same adaptation of the index's original "
+                 "model." if learned_before else "")
+        intro = QLabel(f"Fit the index's model to your marks ({pos} relevant, {len(marks) - pos} not relevant) and "
+                       "any label files you add, then re-encode the index with it (no image is read again). "
+                       f"Searches use the adapted model afterwards; Marks > Undo learning goes back.{again}")
         intro.setWordWrap(True)
         root.addWidget(intro)
         form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
         self.name_edit = QLineEdit()
         self.name_edit.setPlaceholderText("e.g. solar farm")
         self.name_edit.setToolTip('The class the relevant marks show; the tiles marked not relevant become "other"')
@@ -73,8 +74,7 @@ class LearnDialog(QDialog):
         buttons = QVBoxLayout()
         add, remove = QPushButton("Add…"), QPushButton("Remove")
         add.clicked.connect(self._add_files)
-        remove.clicked.connect(lambda: [self.files_list.takeItem(self.files_list.row(i))
-                                        for i in self.files_list.selectedItems()])
+        remove.clicked.connect(self._remove_files)
         buttons.addWidget(add)
         buttons.addWidget(remove)
         buttons.addStretch(1)
@@ -85,6 +85,8 @@ class LearnDialog(QDialog):
         out_row = QHBoxLayout(out)
         out_row.setContentsMargins(0, 0, 0, 0)
         self.out_edit = QLineEdit()
+        self.out_edit.setMinimumWidth(380)
+        self.out_edit.textChanged.connect(lambda text: self.out_edit.setToolTip(text))
         browse = QPushButton("…")
         browse.clicked.connect(self._browse)
         out_row.addWidget(self.out_edit, 1)
@@ -98,6 +100,9 @@ class LearnDialog(QDialog):
                                        "higher: safer with few marks). 0.3 was best in docs/results.md")
         form.addRow("Shrinkage:", self.shrinkage_spin)
         root.addLayout(form)
+        self.hint = QLabel("")
+        self.hint.setStyleSheet("color: #b00020")
+        root.addWidget(self.hint)
         self.button_box = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         self.button_box.button(QDialogButtonBox.Ok).setText("Learn and re-encode")
         self.button_box.accepted.connect(self.accept)
@@ -109,9 +114,25 @@ class LearnDialog(QDialog):
 
     def _name_changed(self, text: str) -> None:
         if self.out_edit.text() in ("", self._auto_out):  # follow the name until the analyst picks a path
-            self._auto_out = default_model_path(self.index_dir, self.model_path, text)
+            self._auto_out = default_model_path(self.index_dir, text)
             self.out_edit.setText(self._auto_out)
-        ok = bool(text.strip()) and text.strip() != "other"
+        self._check()
+
+    def _check(self) -> None:
+        """OK only with something to learn from and a usable class name; the hint says what is missing."""
+        name = self.name_edit.text().strip()
+        if not self.marks and not self.files_list.count():
+            hint = "Mark some hits relevant and not relevant first, or add label files."
+        elif self.marks and name.lower() == "other":
+            hint = '"other" is the class of the tiles marked not relevant: name what the relevant ones show.'
+        elif self.marks and not name:
+            hint = ""  # the placeholder says it
+        elif self.marks and all(self.marks.values()) and not self.files_list.count():
+            hint = "Only relevant marks: mark some hits not relevant too, so the model learns what to tell apart."
+        else:
+            hint = ""
+        self.hint.setText(hint)
+        ok = not hint and (bool(name) or not self.marks)
         self.button_box.button(QDialogButtonBox.Ok).setEnabled(ok)
 
     def _add_files(self) -> None:
@@ -119,6 +140,12 @@ class LearnDialog(QDialog):
                                                 "*.json *.sqlite);;All files (*)")
         for p in paths:
             self.files_list.addItem(p)
+        self._check()
+
+    def _remove_files(self) -> None:
+        for item in self.files_list.selectedItems():
+            self.files_list.takeItem(self.files_list.row(item))
+        self._check()
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Adapted model", self.out_edit.text(), "ONNX (*.onnx)")

@@ -102,35 +102,63 @@ class SearchTask(QgsTask):
 
 
 
-class LearnTask(QgsTask):
-    """Learn from marks: fit the index's model to the analyst's marks and label files, write the adapted model
-    and re-encode the index as its next generation (core/adapt/from_labels.py), off the main thread. Cancel (or a
-    crash) leaves the index as it was; rerunning costs seconds, as no image is read."""
+class _AdaptTask(QgsTask):
+    """Learning from marks, or undoing it: the index re-encoded from its stored vectors as its next generation
+    (core/adapt/from_labels.py), off the main thread. Cancel (or a crash) leaves the index as it was; rerunning
+    costs seconds, as no image is read."""
 
-    def __init__(self, index_dir: str, options, marks: dict[int, bool], on_done):
-        super().__init__(f"RSIR: learning from marks ({options.class_name})", QgsTask.CanCancel)
-        self.index_dir, self.options, self.marks, self.on_done = index_dir, options, dict(marks), on_done
-        self.adapter = None
+    def __init__(self, title: str, index_dir: str, on_done):
+        super().__init__(title, QgsTask.CanCancel)
+        self.index_dir, self.on_done = index_dir, on_done
         self.error: str | None = None
         self.was_cancelled = False
+        self.done_text = self.log_text = ""
+
+    def work(self) -> None:
+        raise NotImplementedError
 
     def run(self) -> bool:  # worker thread: no GUI, no layers
         try:
-            o = self.options
-            labelled = from_labels.marks_as_labels(self.marks, o.class_name) if self.marks else None
-            self.adapter = from_labels.learn(
-                self.index_dir, o.out_model, o.label_files, labelled=labelled, shrinkage=o.shrinkage,
-                progress=lambda done, total: self.setProgress(100.0 * done / max(total, 1)), cancel=self.isCanceled)
+            self.work()
             return True
         except errors.Cancelled as exc:
             self.was_cancelled, self.error = True, str(exc)
         except errors.RsirError as exc:
             self.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - report, never crash QGIS
-            self.error = f"learning from marks failed: {type(exc).__name__}: {exc}"
+            self.error = f"Learning from marks failed: {type(exc).__name__}: {exc}"
         return False
+
+    def progress_to(self, done: int, total: int) -> None:
+        self.setProgress(100.0 * done / max(total, 1))
 
     def finished(self, ok: bool) -> None:  # main thread
         if not ok:
-            QgsMessageLog.logMessage(self.error or "learning stopped", "RSIR", Qgis.Warning)
+            QgsMessageLog.logMessage(self.error or "stopped", "RSIR", Qgis.Warning)
         self.on_done(self, ok)
+
+
+class LearnTask(_AdaptTask):
+    def __init__(self, index_dir: str, options, marks: dict[int, bool], on_done):
+        super().__init__(f"RSIR: learning from marks ({options.class_name})", index_dir, on_done)
+        self.options, self.marks = options, dict(marks)
+        self.adapter = None
+
+    def work(self) -> None:
+        o = self.options
+        labelled = from_labels.marks_as_labels(self.marks, o.class_name) if self.marks else None
+        self.adapter = from_labels.learn(self.index_dir, o.out_model, o.label_files, labelled=labelled,
+                                         shrinkage=o.shrinkage, progress=self.progress_to, cancel=self.isCanceled)
+        self.done_text = (f"Learned from {self.adapter.describe()}. Search again to use the adapted model "
+                          "(Marks > Undo learning goes back).")
+        self.log_text = f"{self.index_dir}: re-encoded with {o.out_model}"
+
+
+class UndoLearningTask(_AdaptTask):
+    def __init__(self, index_dir: str, on_done):
+        super().__init__("RSIR: undoing learning from marks", index_dir, on_done)
+
+    def work(self) -> None:
+        model = from_labels.undo(self.index_dir, progress=self.progress_to, cancel=self.isCanceled)
+        self.done_text = "The index is back to its model from before learning. Search again to use it."
+        self.log_text = f"{self.index_dir}: back to {model}"

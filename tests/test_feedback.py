@@ -251,3 +251,43 @@ def test_label_polygons_pick_the_tiles_under_them(tmp_path, twin_raster, tiny_mo
         labelled_tiles(index, labels, "kind")
     with pytest.raises(RsirError, match="no such label file"):
         labelled_ids(index, [str(tmp_path / "none.gpkg")])
+
+
+def test_learning_again_refits_the_original_and_undo_restores_it(tmp_path, tiny_model, capsys):
+    """The first re-encoding keeps the vectors from before learning (IDX/base/); a second learning run fits the
+    original model on those with the labels of both runs (no stacking), --undo restores them exactly, and adding
+    tiles drops them (they would lack the new tiles)."""
+    from core.adapt.base import read_base
+    from core.encoder import Encoder
+    from core.mark_labels import write_labels
+
+    raster = write_raster(str(tmp_path / "a.tif"), np.concatenate([mosaic_with_twin(seed=0),
+                                                                   mosaic_with_twin(seed=1)], axis=2))
+    out = str(tmp_path / "idx")
+    build_index([raster], tiny_model, out, BuildOptions(tile=32))
+    original = Index(out)
+    ids = np.arange(original.n)
+    first, second = str(tmp_path / "first.gpkg"), str(tmp_path / "second.gpkg")
+    write_labels(first, original, {3: True, 4: True, 40: False, 41: False}, "mine")
+    write_labels(second, original, {60: True, 61: True, 90: False, 91: False}, "yours")
+    m1, m2 = str(tmp_path / "m1.onnx"), str(tmp_path / "m2.onnx")
+    assert main(["learn-labels", out, first, "--out", m1]) == 0
+    base = read_base(out)
+    assert base is not None and base.model.sha256 == original.model.sha256 and len(base.labels) == 4
+    assert main(["learn-labels", out, second, "--out", m2]) == 0
+    assert "fitted on 8 labelled tiles (mine 2, other 4, yours 2)" in capsys.readouterr().out
+    meta = Encoder(m2).info.metadata
+    assert meta["rsir.adapted_from"] == original.model.sha256  # built on the original model, not on m1
+    assert Index(out).model.path == m2
+    assert main(["learn-labels", out, "--undo"]) == 0
+    back = Index(out)
+    assert back.model.path == original.model.path and read_base(out) is None
+    assert np.array_equal(back.embeddings(ids), original.embeddings(ids))
+    assert np.array_equal(back.codes(ids), original.codes(ids))
+    assert main(["learn-labels", out, "--undo"]) == 1
+    assert "nothing to undo" in capsys.readouterr().err
+    # learned, then tiles added: the kept vectors are dropped (said), and there is nothing to undo any more
+    assert main(["learn-labels", out, first, "--out", str(tmp_path / "m3.onnx")]) == 0
+    more = write_raster(str(tmp_path / "b.tif"), mosaic_with_twin(seed=2))
+    report = build_index([more], str(tmp_path / "m3.onnx"), out, BuildOptions(tile=32))
+    assert any("dropped" in n for n in report.notes) and read_base(out) is None

@@ -457,6 +457,12 @@ def test_missing_dependency_is_reported_not_fatal(qgis_iface, monkeypatch):
     old = deps.pip_install_command(["onnxruntime", "faiss"])
     assert old[old.index("--no-deps"):] == ["--no-deps", "onnxruntime==1.32.0", "faiss-cpu==1.11.0", "packaging",
                                             "flatbuffers", "protobuf>=4.25.8"]
+    # the optional packages: onnx (Learn from marks) with its tested pins; Dask without any numpy
+    learn = deps.pip_install_command(["onnx"], deps.LEARN_REQUIRED)
+    assert learn[learn.index("--no-deps"):] == ["--no-deps", "onnx==1.23.2", "ml_dtypes==0.5.4", "typing_extensions",
+                                                "protobuf>=4.25.8"]
+    dask = deps.pip_install_command(["distributed"], deps.DASK_REQUIRED)
+    assert dask[-1] == "dask[distributed]" and not any(a.startswith("numpy") or a == "--no-deps" for a in dask)
     plugin.unload()
 
 
@@ -832,15 +838,18 @@ def test_learn_from_marks_in_the_dock(dock, twin_raster, tiny_model, tmp_path, q
         panel.set_mark(row, relevant)
     before = Index(indexed)
     base = before.model.path
-    # the dialog's default path: beside the index, named after it, the model and the class; never taken
-    dialog = LearnDialog(indexed, base, panel.marks(), "box", None)
+    # the dialog's default path: beside the index, named after it and the class; never taken
+    dialog = LearnDialog(indexed, panel.marks())
     dialog.name_edit.setText("Twin pattern!")
-    expected = os.path.join(os.path.dirname(indexed), f"idx-{os.path.splitext(os.path.basename(base))[0]}-"
-                                                      "twin-pattern.onnx")
-    assert dialog.options().out_model == expected == default_model_path(indexed, base, "Twin pattern!")
-    dialog.name_edit.setText("other")  # the class of the not relevant marks: refused
-    assert not dialog.button_box.button(dialog.button_box.Ok).isEnabled()
+    expected = os.path.join(os.path.dirname(indexed), "idx-learned-twin-pattern.onnx")
+    assert dialog.options().out_model == expected == default_model_path(indexed, "Twin pattern!")
+    assert dialog.button_box.button(dialog.button_box.Ok).isEnabled()
+    dialog.name_edit.setText("Other")  # the class of the not relevant marks: refused, and the hint says why
+    assert not dialog.button_box.button(dialog.button_box.Ok).isEnabled() and '"other"' in dialog.hint.text()
     dialog.deleteLater()
+    empty = LearnDialog(indexed, {})  # nothing to learn from
+    assert not empty.button_box.button(empty.button_box.Ok).isEnabled() and "Mark some hits" in empty.hint.text()
+    empty.deleteLater()
     # cancelled before its first chunk: nothing changes, nothing is left behind
     out_model = str(tmp_path / "adapted.onnx")
     cancelled = LearnTask(indexed, LearnOptions("twin", out_model), panel.marks(), lambda *_: None)
@@ -860,15 +869,33 @@ def test_learn_from_marks_in_the_dock(dock, twin_raster, tiny_model, tmp_path, q
     after = Index(indexed)
     assert task.adapter.classes == {"twin": 2, "other": 3}
     assert after.manifest.generation == before.manifest.generation + 1 and after.n == before.n
-    assert "re-encoded with adapted.onnx" in " ".join(qgis_iface.messageBar().get_messages(Qgis.Success))
+    deadline = time.time() + 10  # said after QGIS's own "task complete", which would hide it
+    while not any("Learned from 5 labelled tiles" in m for m in qgis_iface.messageBar().get_messages(Qgis.Success)):
+        assert time.time() < deadline
+        QgsApplication.processEvents()
+        time.sleep(0.02)
     # the old loop cannot refine: its query was encoded with the old model
-    assert panel.refine() is not None and dock.wait()
-    assert any("re-encoded with another model" in m for m in _critical(qgis_iface))
+    assert not panel.refine_button.isEnabled() and "Search again" in panel.summary.text()
     # a new search encodes with the adapted model
     dock.box_tool.set_box(BOX_00)
     assert dock.wait() and dock.last_result.model_sha == after.model.sha256
     assert dock.session.encoder().info.path == out_model
     assert float(dock.last_result.query.embedding @ first_query) < 0.99  # another space
+    # Undo learning: the vectors and model from before, as a new generation
+    panel._menu_about_to_show()
+    assert panel.undo_learning_action.isEnabled()
+    undo = panel.undo_learning()
+    deadline = time.time() + 60
+    while Index(indexed).model.path != base or dock.session._model_sha != before.model.sha256:  # noqa: SLF001
+        assert time.time() < deadline, (undo.error, qgis_iface.messageBar().messages)
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+    back = Index(indexed)
+    ids = np.arange(back.n)
+    assert np.array_equal(back.embeddings(ids), before.embeddings(ids)) and np.array_equal(back.codes(ids),
+                                                                                           before.codes(ids))
+    panel._menu_about_to_show()
+    assert not panel.undo_learning_action.isEnabled()
 
 
 def test_find_all_in_the_dock(dock, indexed, twin_raster, qgis_iface):

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..encoder import pack_signs
+from ..encoder import l2_normalise, pack_signs
 from ..errors import RsirError
-from ..index.builder import rewrite_vectors
+from ..index.builder import rewrite_vectors_locked
+from ..index.lock import IndexLock
 from ..index.reader import Index
+from .base import drop_base, keep_base, read_base
 from .labels import labelled_ids
 from .linear_maps import CodeProjection, Whitening, fit_itq, fit_within_class
 from .onnx_graph import append_to_onnx, require_onnx
@@ -65,18 +67,19 @@ def fit(embeddings: np.ndarray, labels: list[str], background: np.ndarray, bits:
     return LabelAdapter(whitening, fit_itq(white, bits), {n: int(np.sum(y == i)) for i, n in enumerate(names)})
 
 
-def fit_adapter(index: Index, ids: np.ndarray, labels: list[str], shrinkage: float = DEFAULT_SHRINKAGE,
-                seed: int = 0) -> LabelAdapter:
-    """`fit` on the index's stored embeddings: the labelled tiles, and up to ITQ_SAMPLE tiles for the codes."""
+def fit_adapter(embeddings, n: int, ids: np.ndarray, labels: list[str], code_bits: int,
+                shrinkage: float = DEFAULT_SHRINKAGE, seed: int = 0) -> LabelAdapter:
+    """`fit` on stored embeddings (`embeddings(ids)` gives unit rows of the n tiles): the labelled tiles, and up to
+    ITQ_SAMPLE tiles for the codes."""
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(index.n, size=min(ITQ_SAMPLE, index.n), replace=False))
-    return fit(index.embeddings(ids), labels, index.embeddings(sample), index.code_bits, shrinkage)
+    sample = np.sort(rng.choice(n, size=min(ITQ_SAMPLE, n), replace=False))
+    return fit(embeddings(ids), labels, embeddings(sample), code_bits, shrinkage)
 
 
 def marks_as_labels(marks: dict[int, bool], class_name: str) -> dict[int, str]:
     """{tile id: label} of relevance marks: `class_name` for the relevant tiles, "other" for the rest."""
     name = class_name.strip()
-    if not name or name == OTHER:
+    if not name or name.lower() == OTHER:
         raise RsirError(f'name the class the relevant marks show (not "{OTHER}": that is the not-relevant class)')
     return {int(t): (name if ok else OTHER) for t, ok in marks.items()}
 
@@ -84,21 +87,30 @@ def marks_as_labels(marks: dict[int, bool], class_name: str) -> dict[int, str]:
 def learn(index_dir: str, out_model: str, label_paths: list[str] = (), field: str = "class",
           labelled: dict[int, str] | None = None, shrinkage: float = DEFAULT_SHRINKAGE, reencode: bool = True,
           progress=None, cancel: Callable[[], bool] | None = None) -> LabelAdapter:
-    """Fit the adapter on the index's tiles labelled by `label_paths` and `labelled` ({tile id: label}, e.g.
+    """Fit the index's model to its tiles labelled by `label_paths` and `labelled` ({tile id: label}, e.g.
     `marks_as_labels`; these win over the files), write the adapted model to `out_model` and (unless `reencode`
-    is False) install the index's re-encoded vectors as its next generation, with that model. A cancel or a kill
-    leaves the index as it was."""
+    is False) install the index's re-encoded vectors as its next generation, with that model.
+
+    The fit is always on the vectors from before any learning (IDX/base/, kept by the first re-encoding), with
+    the labels of every earlier learning run too: learning again refines one adaptation of the original model,
+    and `undo` restores it. A cancel or a kill leaves the index as it was."""
     require_onnx()  # before the work, not after it
     index = Index(index_dir)
-    base = index.model.path
-    if not os.path.exists(base):
-        raise RsirError(f"{base}: the index's model is not there any more; the adapted model is built on it")
-    if os.path.abspath(out_model) == os.path.abspath(base):
-        raise RsirError(f"{out_model}: is the index's model; write the adapted model to a new file")
+    base = read_base(index.dir)
+    if base is not None and base.tiles != index.n:
+        drop_base(index.dir)  # left over from before an append (the builder drops it; an older rsir did not)
+        base = None
+    model = base.model if base is not None else index.model
+    if not os.path.exists(model.path):
+        raise RsirError(f"{model.path}: the model the index had before learning is not there any more; the adapted "
+                        "model is built on it")
+    for path in (model.path, index.model.path):
+        if os.path.abspath(out_model) == os.path.abspath(path):
+            raise RsirError(f"{out_model}: is the index's model; write the adapted model to a new file")
     if index.model_info.shared_space:
         raise RsirError(f"{index_dir}: a cross-modal index; its encoders share one space, and adapting one of them "
                         "would leave the others behind")
-    merged: dict[int, str] = {}
+    merged: dict[int, str] = dict(base.labels) if base is not None else {}
     if label_paths:
         ids, labels = labelled_ids(index, list(label_paths), field)
         merged.update(zip(ids.tolist(), labels))
@@ -106,12 +118,43 @@ def learn(index_dir: str, out_model: str, label_paths: list[str] = (), field: st
     if not merged:
         raise RsirError("no labelled tiles: mark some hits, or give label files")
     ids = np.array(sorted(merged), np.int64)
-    adapter = fit_adapter(index, ids, [merged[int(t)] for t in ids], shrinkage)
-    meta = {"rsir.adapted_from": index.model.sha256,
+    embeddings = base.embeddings if base is not None else index.embeddings
+    adapter = fit_adapter(embeddings, index.n, ids, [merged[int(t)] for t in ids], index.code_bits, shrinkage)
+    meta = {"rsir.adapted_from": model.sha256,
             "rsir.adapted_labels": json.dumps({"files": [os.path.abspath(p) for p in label_paths],
-                                              "marked_tiles": len(labelled or {}), "classes": adapter.classes,
+                                              "labelled_tiles": len(merged), "classes": adapter.classes,
                                               "shrinkage": shrinkage})}
-    append_to_onnx(base, out_model, adapter.whitening, meta, codes=adapter.codes)
+    try:
+        append_to_onnx(model.path, out_model, adapter.whitening, meta, codes=adapter.codes)
+    except OSError as exc:
+        raise RsirError(f"{out_model}: cannot be written ({exc.strerror or exc})") from None
     if reencode:
-        rewrite_vectors(index_dir, out_model, adapter.transform, progress=progress, cancel=cancel)
+        with IndexLock(index.dir, what=f"learning from labels ({os.path.basename(out_model)})"):
+            if base is None:
+                base = keep_base(Index(index.dir))  # the generation in service now, under the lock
+            base.labels = merged
+            base.save()
+            rewrite_vectors_locked(index.dir, out_model, lambda emb, _codes: adapter.transform(emb),
+                                   progress=progress, cancel=cancel, source_dir=base.dir)
     return adapter
+
+
+def learned_before(index_dir: str) -> bool:
+    """Whether the index has learned from labels and can go back (`undo`)."""
+    return read_base(os.path.abspath(index_dir)) is not None
+
+
+def undo(index_dir: str, progress=None, cancel: Callable[[], bool] | None = None) -> str:
+    """Put back the vectors and model the index had before learning from labels; returns that model's path."""
+    index = Index(index_dir)
+    base = read_base(index.dir)
+    if base is None:
+        raise RsirError(f"{index_dir}: has not learned from labels (or has since had tiles added), so there is "
+                        "nothing to undo")
+    if not os.path.exists(base.model.path):
+        raise RsirError(f"{base.model.path}: the model the index had before learning is not there any more")
+    with IndexLock(index.dir, what="undoing learning from labels"):
+        rewrite_vectors_locked(index.dir, base.model.path, lambda emb, codes: (l2_normalise(emb), codes),
+                               progress=progress, cancel=cancel, source_dir=base.dir)
+        drop_base(index.dir)
+    return base.model.path

@@ -354,6 +354,11 @@ def _build_locked(specs, encoder, out_dir, opts, progress, cancel, restart, noti
         write_json(state_path, state)
     _step("install:ready")
     installed = _install(out_dir, partial, state["generation"])
+    base = layout.path(out_dir, layout.BASE)
+    if plan and os.path.isdir(base):  # its tables lack the new tiles: learning can no longer be undone
+        shutil.rmtree(base, ignore_errors=True)
+        report.notes.append(f"{out_dir}: its vectors from before learning from labels are dropped (they lack the "
+                            "new tiles): the learned model is now the index's own")
 
     report.windows_this_run = state["done_windows"] - report.resumed_windows
     report.tiles_added, report.skipped = state["kept"], state["skipped"]
@@ -615,56 +620,69 @@ def _finish_install(out_dir: str, manifest: Manifest, partial: str) -> None:
     shutil.rmtree(partial, ignore_errors=True)
 
 
-VectorTransform = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # embeddings -> (embeddings, codes)
+VectorTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (emb, codes) -> same
 
 
 def rewrite_vectors(index_dir: str, model_path: str, transform: VectorTransform, chunk: int = 65536,
-                    progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> Manifest:
-    """Install a new generation of the index whose vectors are `transform` of its current ones (float32
-    embeddings in, unit embeddings and packed codes out), with `model_path` as its model: a model that appends a
-    map to the index's own (e.g. one learned from an analyst's labels) re-encodes the index without reading an
+                    progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                    source_dir: str | None = None) -> Manifest:
+    """Install a new generation of the index whose vectors are `transform` of its current ones (or of the tables
+    in `source_dir`, e.g. the vectors from before learning), with `model_path` as its model: a model that appends
+    a map to the index's own (e.g. one learned from an analyst's labels) re-encodes the index without reading an
     image. Same tiles and ids; a kill or a cancel leaves the current generation in service (nothing to resume:
     rerunning costs what the run did, seconds per 100k tiles)."""
     out_dir = os.path.abspath(index_dir)
+    with IndexLock(out_dir, what=f"re-encoding with {os.path.basename(model_path)}"):
+        return rewrite_vectors_locked(out_dir, model_path, transform, chunk, progress, cancel, source_dir)
+
+
+def rewrite_vectors_locked(out_dir: str, model_path: str, transform: VectorTransform, chunk: int = 65536,
+                           progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                           source_dir: str | None = None) -> Manifest:
+    """`rewrite_vectors` for a caller that holds the index's lock."""
     info = Encoder(model_path, device="cpu").info
     partial = layout.path(out_dir, layout.PARTIAL)
-    with IndexLock(out_dir, what=f"re-encoding with {os.path.basename(model_path)}"):
-        manifest = read_manifest(out_dir)
-        if manifest is None:
-            raise RsirError(f"{out_dir}: not an rsir index (no {layout.MANIFEST})")
-        if os.path.exists(os.path.join(partial, "state.json")):
-            raise RsirError(f"{out_dir}: holds an unfinished indexing run; finish it (rerun it) or discard it "
-                            "(rsir index --restart) first")
-        shutil.rmtree(partial, ignore_errors=True)  # a killed rewrite's leftovers
-        final = os.path.join(partial, "final")
-        os.makedirs(final)
-        try:
-            n, old = manifest.tiles, manifest.data_dir(out_dir)
-            table = np.memmap(os.path.join(old, layout.EMBEDDINGS), np.float16, "r", shape=(n, manifest.embedding_dim))
-            dim, nbytes = info.embedding_dim, info.effective_code_bits // 8
-            with open(os.path.join(final, layout.EMBEDDINGS), "wb") as fe, open(os.path.join(final, layout.CODES),
-                                                                               "wb") as fc:
-                for start in range(0, n, chunk):
-                    if cancel is not None and cancel():
-                        raise Cancelled(f"{out_dir}: re-encoding cancelled; the index is as it was")
-                    emb, codes = transform(np.asarray(table[start:start + chunk], np.float32))
-                    if emb.shape[1] != dim or codes.shape[1] != nbytes:
-                        raise RsirError(f"{model_path}: the transform gives {emb.shape[1]}-d embeddings and "
-                                        f"{8 * codes.shape[1]}-bit codes, the model says {dim} and {8 * nbytes}")
-                    fe.write(np.ascontiguousarray(emb, np.float16).tobytes())
-                    fc.write(np.ascontiguousarray(codes, np.uint8).tobytes())
-                    if progress:
-                        progress(min(start + chunk, n), n)
-            same_sizes = (dim, info.effective_code_bits) == (manifest.embedding_dim, manifest.code_bits)
-            _write_faiss(final, np.fromfile(os.path.join(final, layout.EMBEDDINGS), np.float16).reshape(n, dim),
-                         np.fromfile(os.path.join(final, layout.CODES), np.uint8).reshape(n, nbytes),
-                         info.effective_code_bits, manifest.float_factory,
-                         manifest.binary_factory if same_sizes else default_binary_factory(n, info.effective_code_bits))
-            shutil.copyfile(os.path.join(old, layout.TILES), os.path.join(final, layout.TILES))
-            new = manifest.replace(**_model_fields(info), updated=_now(), **_next_generation(manifest))
-            write_manifest(os.path.join(final, layout.MANIFEST), new)
-            _fsync_folder(final)
-        except BaseException:  # a failed or cancelled rewrite leaves nothing behind
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        return _install(out_dir, partial, new.generation)
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        raise RsirError(f"{out_dir}: not an rsir index (no {layout.MANIFEST})")
+    if os.path.exists(os.path.join(partial, "state.json")):
+        raise RsirError(f"{out_dir}: holds an unfinished indexing run; finish it (rerun it) or discard it "
+                        "(rsir index --restart) first")
+    shutil.rmtree(partial, ignore_errors=True)  # a killed rewrite's leftovers
+    final = os.path.join(partial, "final")
+    os.makedirs(final)
+    try:
+        n, old = manifest.tiles, manifest.data_dir(out_dir)
+        src = source_dir or old
+        width = (os.path.getsize(os.path.join(src, layout.EMBEDDINGS)) // 2) // max(n, 1)
+        table = np.memmap(os.path.join(src, layout.EMBEDDINGS), np.float16, "r", shape=(n, width))
+        code_bytes = os.path.getsize(os.path.join(src, layout.CODES)) // max(n, 1)
+        code_table = np.memmap(os.path.join(src, layout.CODES), np.uint8, "r", shape=(n, code_bytes))
+        dim, nbytes = info.embedding_dim, info.effective_code_bits // 8
+        with open(os.path.join(final, layout.EMBEDDINGS), "wb") as fe, open(os.path.join(final, layout.CODES),
+                                                                           "wb") as fc:
+            for start in range(0, n, chunk):
+                if cancel is not None and cancel():
+                    raise Cancelled(f"{out_dir}: re-encoding cancelled; the index is as it was")
+                emb, codes = transform(np.asarray(table[start:start + chunk], np.float32),
+                                       np.asarray(code_table[start:start + chunk]))
+                if emb.shape[1] != dim or codes.shape[1] != nbytes:
+                    raise RsirError(f"{model_path}: the transform gives {emb.shape[1]}-d embeddings and "
+                                    f"{8 * codes.shape[1]}-bit codes, the model says {dim} and {8 * nbytes}")
+                fe.write(np.ascontiguousarray(emb, np.float16).tobytes())
+                fc.write(np.ascontiguousarray(codes, np.uint8).tobytes())
+                if progress:
+                    progress(min(start + chunk, n), n)
+        same_sizes = (dim, info.effective_code_bits) == (manifest.embedding_dim, manifest.code_bits)
+        _write_faiss(final, np.fromfile(os.path.join(final, layout.EMBEDDINGS), np.float16).reshape(n, dim),
+                     np.fromfile(os.path.join(final, layout.CODES), np.uint8).reshape(n, nbytes),
+                     info.effective_code_bits, manifest.float_factory,
+                     manifest.binary_factory if same_sizes else default_binary_factory(n, info.effective_code_bits))
+        shutil.copyfile(os.path.join(old, layout.TILES), os.path.join(final, layout.TILES))
+        new = manifest.replace(**_model_fields(info), updated=_now(), **_next_generation(manifest))
+        write_manifest(os.path.join(final, layout.MANIFEST), new)
+        _fsync_folder(final)
+    except BaseException:  # a failed or cancelled rewrite leaves nothing behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return _install(out_dir, partial, new.generation)

@@ -16,6 +16,7 @@ BINARY_INDEX = "codes.faiss"
 EMBEDDINGS = "embeddings.f16"  # float16 (N, D) row = tile id; heat maps, re-ranking, index rebuilds
 CODES = "codes.u8"             # uint8 (N, bits/8) row = tile id; packed sign bits
 PARTIAL = ".partial"
+BASE = "base"                  # the vectors and model as they were before an analyst's labels adapted the index
 LOCK = ".lock"
 GENERATION_PREFIX = "gen-"
 DATA_FILES = (EMBEDDINGS, CODES, FLOAT_INDEX, BINARY_INDEX, TILES)
@@ -35,5 +36,6 @@ def is_generation(name: str) -> bool:
 
 
 def bookkeeping(name: str) -> bool:
-    """Entries of an index folder that are not its data or manifest: an unfinished run, the lock, generations."""
-    return name in (PARTIAL, LOCK) or is_generation(name)
+    """Entries of an index folder that are not its data or manifest: an unfinished run, the lock, generations, the
+    vectors from before learning."""
+    return name in (PARTIAL, LOCK, BASE) or is_generation(name)
