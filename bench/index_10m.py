@@ -35,7 +35,7 @@ import time
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 TARGETS = {"rss_mb": 300.0, "hash_ms": 10.0, "box_s": 1.0}
 DEFAULT_STEPS = ("open", "hash", "float", "plugin")
@@ -119,7 +119,8 @@ def apply_variant(name: str) -> None:
     """Patch core.index.reader.Index in this process: "pread": rows of embeddings.f16 / codes.u8 read with pread
     instead of through the memory map, and tiles.gpkg fields read by index; "scan": also no codes.faiss: exact
     k-NN and radius search scan codes.u8 (memory-mapped) and drop its pages from the process after each search;
-    "product": nothing."""
+    "mih": as "scan", but k-NN and radius search through multi-index hashing tables on disk (`build_mih`, run
+    with --build-mih first); "product": nothing."""
     if name == "product":
         return
     import mmap
@@ -157,7 +158,7 @@ def apply_variant(name: str) -> None:
             return original_tile(self, tile_id)
         ix = self._field_ix
         geom = feat.GetGeometryRef()
-        text = lambda name: feat.GetFieldAsString(ix[name]) if feat.IsFieldSetAndNotNull(ix[name]) else None  # noqa: E731
+        text = lambda name: feat.GetFieldAsString(ix[name]) if feat.IsFieldSetAndNotNull(ix[name]) else None
         return reader.TileRecord(
             id=int(tile_id), source_id=feat.GetFieldAsInteger(ix["source_id"]), source=text("source"),
             x=feat.GetFieldAsInteger(ix["x"]), y=feat.GetFieldAsInteger(ix["y"]), w=feat.GetFieldAsInteger(ix["w"]),
@@ -187,9 +188,170 @@ def apply_variant(name: str) -> None:
         finally:
             release(self)
 
+    if name == "mih":
+        search_hamming, range_hamming = _mih_methods(release)
     Index.search_hamming, Index.range_hamming = search_hamming, range_hamming
     Index.hamming_exact = property(lambda self: True)
     Index.binary_index = property(lambda self: None)
+
+
+# -- a prototype of multi-index hashing on disk (the "mih" what-if) --------------------------------------------------
+# faiss's IndexBinaryMultiHash keeps nhash std::unordered_maps of id vectors, and the code table, in RAM, and
+# read_index_binary rebuilds them on every open. The same tables as flat files, memory-mapped: per table t, the ids
+# sorted by their t-th b-bit substring (int32, n) and the start of each substring value in that order (uint32,
+# 2^b + 1): a bucket is ids[starts[key]:starts[key + 1]], one page or two per probe.
+POPCOUNT = np.array([i.bit_count() for i in range(256)], np.uint8)
+
+
+def mih_folder(index_dir: str) -> str:
+    return os.path.abspath(index_dir.rstrip("/")) + "-mih"
+
+
+def build_mih(index_dir: str, chunk: int = 1 << 20) -> str:
+    """Write the on-disk tables for the index's codes, beside it (INDEX-mih/), with the index's own table layout
+    (nhash x b from its binary factory, else from mih_factory)."""
+    from core.index.faiss_build import mih_factory
+    from core.index.reader import Index
+
+    index = Index(index_dir)
+    n, bits = index.n, index.code_bits
+    factory = index.manifest.binary_factory
+    if not factory.startswith("BHash"):
+        factory = mih_factory(n, bits)
+    spec = factory[len("BHash"):]
+    nhash, b = (int(v) for v in spec.split("x")) if "x" in spec else (1, int(spec))
+    out = mih_folder(index_dir)
+    os.makedirs(out, exist_ok=True)
+    codes = np.memmap(index.data_path("codes.u8"), np.uint8, "r", shape=(n, index.code_bytes))
+    keys = np.empty((nhash, n), np.uint32)
+    weights = (1 << np.arange(b - 1, -1, -1, dtype=np.uint64)).astype(np.uint64)
+    t0 = time.perf_counter()
+    for start in range(0, n, chunk):
+        part = np.unpackbits(np.asarray(codes[start:start + chunk]), axis=1)
+        for t in range(nhash):
+            keys[t, start:start + len(part)] = part[:, t * b:(t + 1) * b].astype(np.uint64) @ weights
+    for t in range(nhash):
+        order = np.argsort(keys[t], kind="stable").astype(np.int32)
+        starts = np.zeros((1 << b) + 1, np.uint32)
+        np.cumsum(np.bincount(keys[t], minlength=1 << b), out=starts[1:])
+        order.tofile(os.path.join(out, f"t{t:02d}.ids.i32"))
+        starts.tofile(os.path.join(out, f"t{t:02d}.starts.u32"))
+    with open(os.path.join(out, "mih.json"), "w") as f:
+        json.dump({"n": n, "bits": bits, "nhash": nhash, "b": b, "index": os.path.abspath(index_dir),
+                   "generation": index.manifest.generation}, f)
+    print(f"{out}: {nhash} tables x {b} bits over {n:,} codes in {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+class DiskMIH:
+    """Exact Hamming k-NN and radius search over `build_mih`'s tables and the index's codes.u8, all memory-mapped."""
+
+    def __init__(self, index):
+        import mmap
+
+        folder = mih_folder(index.dir)
+        with open(os.path.join(folder, "mih.json")) as f:
+            meta = json.load(f)
+        if meta["n"] != index.n:
+            raise SystemExit(f"{folder}: made for {meta['n']} codes, the index has {index.n}; rerun --build-mih")
+        self.nhash, self.b, self.bits, self.n = meta["nhash"], meta["b"], meta["bits"], meta["n"]
+        self.ids = [np.memmap(os.path.join(folder, f"t{t:02d}.ids.i32"), np.int32, "r") for t in range(self.nhash)]
+        self.starts = [np.memmap(os.path.join(folder, f"t{t:02d}.starts.u32"), np.uint32, "r")
+                       for t in range(self.nhash)]
+        self.codes = index._codes
+        self.weights = (1 << np.arange(self.b - 1, -1, -1, dtype=np.uint64)).astype(np.uint64)
+        self.masks = {0: np.zeros(1, np.uint64)}
+        self._mmap = mmap
+
+    def _flip_masks(self, flips: int) -> np.ndarray:
+        """Every b-bit mask with exactly `flips` bits set."""
+        if flips not in self.masks:
+            from itertools import combinations
+
+            self.masks[flips] = np.asarray([sum(1 << j for j in c) for c in combinations(range(self.b), flips)],
+                                           np.uint64)
+        return self.masks[flips]
+
+    def _substrings(self, code: np.ndarray) -> np.ndarray:
+        bits = np.unpackbits(np.asarray(code, np.uint8).reshape(1, -1), axis=1)[0]
+        return np.asarray([int(bits[t * self.b:(t + 1) * self.b].astype(np.uint64) @ self.weights)
+                           for t in range(self.nhash)], np.uint64)
+
+    def _candidates(self, subs: np.ndarray, flips: int) -> np.ndarray:
+        """Ids in the buckets at exactly `flips` flips of each table's substring."""
+        masks, found = self._flip_masks(flips), []
+        for t in range(self.nhash):
+            keys = (subs[t] ^ masks).astype(np.int64)
+            starts = self.starts[t]
+            lo, hi = starts[keys], starts[keys + 1]
+            for a, z in zip(lo.tolist(), hi.tolist()):
+                if z > a:
+                    found.append(self.ids[t][a:z])
+        return np.concatenate(found) if found else np.zeros(0, np.int32)
+
+    def _distances(self, code: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        return POPCOUNT[np.bitwise_xor(self.codes[ids], np.asarray(code, np.uint8)[None])].sum(1, dtype=np.int32)
+
+    def release(self) -> None:
+        """Drop the mapped pages from this process (clean file pages: they stay in the page cache)."""
+        for m in (*self.ids, *self.starts, self.codes):
+            m._mmap.madvise(self._mmap.MADV_DONTNEED)
+
+    def knn(self, code: np.ndarray, k: int, scan) -> tuple[np.ndarray, np.ndarray]:
+        """As hamming.mih_knn: grow the radius a flip per table at a time until k codes lie within it; a scan
+        (`scan`) once probing would cost more (past 2 flips here)."""
+        subs = self._substrings(code)
+        seen = np.zeros(0, np.int64)
+        dist_all = np.zeros(0, np.int32)
+        for flips in range(3):
+            radius = min(self.bits, (flips + 1) * self.nhash - 1)
+            new = np.setdiff1d(self._candidates(subs, flips).astype(np.int64), seen)
+            seen = np.concatenate([seen, new])
+            dist_all = np.concatenate([dist_all, self._distances(code, new)])
+            inside = dist_all <= radius
+            if inside.sum() >= k:
+                d, i = dist_all[inside], seen[inside]
+                order = np.lexsort((i, d))[:k]
+                return d[order], i[order]
+        return scan(code, k)
+
+    def range(self, code: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+        subs = self._substrings(code)
+        flips = min(radius // self.nhash, self.b)
+        cand = np.unique(np.concatenate([self._candidates(subs, f) for f in range(flips + 1)]).astype(np.int64))
+        d = self._distances(code, cand)
+        keep = d <= radius
+        d, i = d[keep], cand[keep]
+        order = np.lexsort((i, d))
+        return d[order], i[order]
+
+
+def _mih_methods(release_codes):
+    from core.index import hamming
+
+    def disk(self) -> DiskMIH:
+        if getattr(self, "_disk_mih", None) is None:
+            self._disk_mih = DiskMIH(self)
+        return self._disk_mih
+
+    def search_hamming(self, queries, k, nprobe=None):
+        mih = disk(self)
+        scan = lambda q, kk: tuple(a[0] for a in hamming.scan_knn(self._codes, q[None], kk))
+        try:
+            found = [mih.knn(q, min(k, self.n), scan)
+                     for q in np.ascontiguousarray(queries, np.uint8).reshape(-1, self.code_bytes)]
+            return np.stack([d for d, _ in found]), np.stack([i for _, i in found])
+        finally:
+            mih.release()
+
+    def range_hamming(self, code, radius):
+        mih = disk(self)
+        try:
+            return mih.range(code, radius)
+        finally:
+            mih.release()
+
+    return search_hamming, range_hamming
 
 
 # -- steps (each in its own process) ------------------------------------------------------------------------------
@@ -388,7 +550,7 @@ def run_step(args, step: str, extra: list[str] | None = None, timeout: int = 180
     if args.cold:
         evict(args.index)
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -486,8 +648,9 @@ def main() -> int:
     ap.add_argument("--cold", action="store_true", help="evict the index's files from the page cache before each step")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
     ap.add_argument("--json", help="also write the raw results here")
-    ap.add_argument("--variant", default="product", choices=("product", "pread", "scan"),
+    ap.add_argument("--variant", default="product", choices=("product", "pread", "scan", "mih"),
                     help="hash/float steps: patch the reader in the child to size a fix (see apply_variant)")
+    ap.add_argument("--build-mih", action="store_true", help="write the on-disk tables of the mih what-if, then go on")
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--profile-queries", type=int, default=20, help=argparse.SUPPRESS)
     ap.add_argument("--profile-plugin", action="store_true", help=argparse.SUPPRESS)
@@ -501,6 +664,8 @@ def main() -> int:
         print("RESULT " + json.dumps(res), flush=True)
         os._exit(0)  # QGIS's teardown can crash after the work is done
 
+    if args.build_mih:
+        build_mih(args.index)
     results = {}
     for step in args.steps.split(","):
         print(f"[{time.strftime('%H:%M:%S')}] step {step} ...", flush=True)

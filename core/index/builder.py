@@ -455,32 +455,34 @@ def _encode(plan, encoder, opts, partial, state, state_path, progress, cancel, n
             raise Cancelled(f"indexing cancelled after {done} of {total} tiles; rerun the same command to resume")
 
 
-def _load_chunks(partial: str, names: list[str]):
-    embs, codes, metas = [], [], []
+def _chunk_tables(partial: str, names: list[str], key: str):
+    """Each committed chunk's `key` array ("emb", "codes", "meta") in run order, one chunk in memory at a time."""
     for name in names:
         with np.load(os.path.join(partial, name)) as z:
-            embs.append(z["emb"])
-            codes.append(z["codes"])
-            metas.append(z["meta"])
-    return np.concatenate(embs), np.concatenate(codes), np.concatenate(metas)
+            yield z[key]
 
 
-def _append_rows(old_path: str | None, new_rows: np.ndarray, out_path: str, dtype) -> np.ndarray:
-    """Write old file bytes + new rows to out_path; return the whole table as a read-only memmap-ish array."""
+def _append_tables(old_path: str | None, parts, out_path: str, dtype, width: int, n: int) -> np.ndarray:
+    """Write the old file's bytes, then each of `parts`, to `out_path`; returns the whole (n, width) table,
+    memory-mapped read-only."""
     with open(out_path, "wb") as out:
         if old_path and os.path.exists(old_path):
             with open(old_path, "rb") as old:
                 shutil.copyfileobj(old, out, 1 << 24)
-        out.write(np.ascontiguousarray(new_rows, dtype=dtype).tobytes())
-    return np.fromfile(out_path, dtype=dtype)
+        for rows in parts:
+            out.write(np.ascontiguousarray(rows, dtype=dtype).tobytes())
+    if n == 0:
+        return np.zeros((0, width), dtype)
+    return np.memmap(out_path, dtype=dtype, mode="r", shape=(n, width))
 
 
 def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, state) -> int:
-    """Write the next generation (data files and manifest) into IDX/.partial/final/; returns its number."""
+    """Write the next generation (data files and manifest) into IDX/.partial/final/; returns its number. Streams
+    the chunks: memory stays at one chunk plus the faiss indexes being built, whatever the archive's size."""
     info = encoder.info
-    emb, codes, meta = _load_chunks(partial, state["chunks"])
+    new_rows = sum(len(m) for m in _chunk_tables(partial, state["chunks"], "meta"))
     n0 = manifest.tiles if manifest else 0
-    n = n0 + len(emb)
+    n = n0 + new_rows
     if n == 0:
         shutil.rmtree(partial)
         raise RsirError(f"{_listed([p.path for p in plan], 3)}: no valid tiles: all {state['skipped']} tile(s) are "
@@ -490,9 +492,10 @@ def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, 
     os.makedirs(final)
     old = (lambda name: os.path.join(manifest.data_dir(out_dir), name)) if manifest else (lambda name: None)
     dim, nbytes = info.embedding_dim, info.effective_code_bits // 8
-    all_emb = _append_rows(old(layout.EMBEDDINGS), emb.astype(np.float16), os.path.join(final, layout.EMBEDDINGS),
-                           np.float16).reshape(n, dim)
-    all_codes = _append_rows(old(layout.CODES), codes, os.path.join(final, layout.CODES), np.uint8).reshape(n, nbytes)
+    all_emb = _append_tables(old(layout.EMBEDDINGS), _chunk_tables(partial, state["chunks"], "emb"),
+                             os.path.join(final, layout.EMBEDDINGS), np.float16, dim, n)
+    all_codes = _append_tables(old(layout.CODES), _chunk_tables(partial, state["chunks"], "codes"),
+                               os.path.join(final, layout.CODES), np.uint8, nbytes, n)
 
     float_factory = opts.float_factory or default_float_factory(n)
     binary_factory = opts.binary_factory or default_binary_factory(n, info.effective_code_bits)
@@ -505,24 +508,28 @@ def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, 
     else:
         gds, layer = tiles_gpkg.create(gpkg)
     sid0 = len(manifest.sources) if manifest else 0
-    rows, makers = [], {}
-    for i, (si, x, y, w, h) in enumerate(meta.tolist()):
-        if si not in makers:
-            makers.clear()
-            makers[si] = FootprintMaker(open_source(plan[si].spec))
-        src_geom, geo = makers[si].polygons(TileWindow(x, y, w, h))
-        label = plan[si].spec.label
-        rows.append({"id": n0 + i, "source_id": sid0 + si, "source": plan[si].path, "x": x, "y": y, "w": w,
-                     "h": h, "label": label, "labels": [label] if label else [], "src_crs": plan[si].crs,
-                     "src_wkt": src_geom.ExportToWkt() if src_geom else None, "geom": geo})
-        if len(rows) >= 50_000:
-            tiles_gpkg.add_tiles(layer, rows)
-            rows = []
+    rows, makers, i = [], {}, n0
+    kept_by_source = np.zeros(len(plan), np.int64)
+    for meta in _chunk_tables(partial, state["chunks"], "meta"):
+        if len(meta):
+            kept_by_source += np.bincount(meta[:, 0], minlength=len(plan))
+        for si, x, y, w, h in meta.tolist():
+            if si not in makers:
+                makers.clear()
+                makers[si] = FootprintMaker(open_source(plan[si].spec))
+            src_geom, geo = makers[si].polygons(TileWindow(x, y, w, h))
+            label = plan[si].spec.label
+            rows.append({"id": i, "source_id": sid0 + si, "source": plan[si].path, "x": x, "y": y, "w": w,
+                         "h": h, "label": label, "labels": [label] if label else [], "src_crs": plan[si].crs,
+                         "src_wkt": src_geom.ExportToWkt() if src_geom else None, "geom": geo})
+            i += 1
+            if len(rows) >= 50_000:
+                tiles_gpkg.add_tiles(layer, rows)
+                rows = []
     tiles_gpkg.add_tiles(layer, rows)
     tiles_gpkg.index_sources(gds)
     gds = None  # noqa: F841 - closes the GeoPackage
 
-    kept_by_source = np.bincount(meta[:, 0], minlength=len(plan)) if len(meta) else np.zeros(len(plan), int)
     sources = list(manifest.sources) if manifest else []
     sources += [p.entry(sid0 + si, int(kept_by_source[si]), int(state["skipped_by_source"][si]))
                 for si, p in enumerate(plan)]
@@ -557,10 +564,11 @@ def _write_faiss(folder: str, emb: np.ndarray, codes: np.ndarray, bits: int, flo
     """A generation's faiss files, float and binary, over its tables (row = tile id)."""
     import faiss
 
-    faiss.write_index(build_float_index(emb.astype(np.float32), float_factory),
-                      os.path.join(folder, layout.FLOAT_INDEX))
-    faiss.write_index_binary(build_binary_index(codes, bits, binary_factory),
-                             os.path.join(folder, layout.BINARY_INDEX))
+    index = build_float_index(emb, float_factory)  # chunk by chunk from the (memory-mapped) table
+    faiss.write_index(index, os.path.join(folder, layout.FLOAT_INDEX))
+    del index  # before the binary one is built: at 10M tiles each is gigabytes
+    binary = build_binary_index(codes, bits, binary_factory)
+    faiss.write_index_binary(binary, os.path.join(folder, layout.BINARY_INDEX))
 
 
 def _fsync_folder(folder: str, files: bool = True) -> None:
@@ -674,8 +682,8 @@ def rewrite_vectors_locked(out_dir: str, model_path: str, transform: VectorTrans
                 if progress:
                     progress(min(start + chunk, n), n)
         same_sizes = (dim, info.effective_code_bits) == (manifest.embedding_dim, manifest.code_bits)
-        _write_faiss(final, np.fromfile(os.path.join(final, layout.EMBEDDINGS), np.float16).reshape(n, dim),
-                     np.fromfile(os.path.join(final, layout.CODES), np.uint8).reshape(n, nbytes),
+        _write_faiss(final, np.memmap(os.path.join(final, layout.EMBEDDINGS), np.float16, "r", shape=(n, dim)),
+                     np.memmap(os.path.join(final, layout.CODES), np.uint8, "r", shape=(n, nbytes)),
                      info.effective_code_bits, manifest.float_factory,
                      manifest.binary_factory if same_sizes else default_binary_factory(n, info.effective_code_bits))
         shutil.copyfile(os.path.join(old, layout.TILES), os.path.join(final, layout.TILES))

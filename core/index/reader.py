@@ -35,6 +35,16 @@ class TileRecord:
     footprint_wkt: str | None
 
 
+def _read_mapped(read, path: str):
+    """A faiss index file memory-mapped (IO_FLAG_MMAP: flat codes and inverted lists stay on disk and only the
+    pages a search touches are read: opening a 10M-tile index costs nothing), else read whole where the platform
+    or the index type does not map."""
+    try:
+        return read(path, faiss.IO_FLAG_MMAP)
+    except RuntimeError:
+        return read(path)
+
+
 class Index:
     """An rsir index directory. Raises RsirError if it is not one, or is incomplete.
 
@@ -236,14 +246,14 @@ class Index:
     @property
     def float_index(self):
         if self._float is None:
-            self._float = faiss.read_index(self.data_path(layout.FLOAT_INDEX))
+            self._float = _read_mapped(faiss.read_index, self.data_path(layout.FLOAT_INDEX))
             self._check_ntotal(self._float, layout.FLOAT_INDEX)
         return self._float
 
     @property
     def binary_index(self):
         if self._binary is None:
-            self._binary = faiss.read_index_binary(self.data_path(layout.BINARY_INDEX))
+            self._binary = _read_mapped(faiss.read_index_binary, self.data_path(layout.BINARY_INDEX))
             self._check_ntotal(self._binary, layout.BINARY_INDEX)
         return self._binary
 
