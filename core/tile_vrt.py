@@ -41,8 +41,11 @@ def display_range(source: str, kind: str, bands: list[int], low: float = 2.0, hi
     for b in bands:
         band = ds.GetRasterBand(b)
         arr = band.ReadAsArray(buf_xsize=w, buf_ysize=h, resample_alg=gdal.GRIORA_NearestNeighbour)
-        valid = band.GetMaskBand().ReadAsArray(buf_xsize=w, buf_ysize=h) != 0
-        values = arr[valid] if valid.any() else arr.ravel()
+        if band.GetMaskFlags() & gdal.GMF_ALL_VALID:  # no mask to read: GDAL's all-valid mask has no overviews,
+            values = arr.ravel()                      # so reading it walked the full-resolution raster (1 s)
+        else:
+            valid = band.GetMaskBand().ReadAsArray(buf_xsize=w, buf_ysize=h) != 0
+            values = arr[valid] if valid.any() else arr.ravel()
         lo, hi = np.percentile(values, [low, high]) if values.size else (0.0, 1.0)
         out.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
     return out

@@ -32,7 +32,7 @@ from ..archive.values import ValueScaling, resolve_values
 from ..encoder import Encoder, ModelInfo
 from ..errors import Cancelled, RsirError
 from ..fileio import atomic_path, read_json, write_json
-from . import layout, tiles_gpkg
+from . import layout, mih_tables, tiles_gpkg
 from .encode_chunks import ChunkResult, DatasetCache, EncodeSettings, SourceReader, encode_windows
 from .faiss_build import (
     build_binary_index,
@@ -569,6 +569,10 @@ def _write_faiss(folder: str, emb: np.ndarray, codes: np.ndarray, bits: int, flo
     del index  # before the binary one is built: at 10M tiles each is gigabytes
     binary = build_binary_index(codes, bits, binary_factory)
     faiss.write_index_binary(binary, os.path.join(folder, layout.BINARY_INDEX))
+    del binary
+    tables = mih_tables.hash_layout(binary_factory)
+    if tables is not None and tables[1] <= mih_tables.MAX_BITS:  # searched from disk, not from faiss's in-RAM copy
+        mih_tables.write_tables(folder, codes, *tables)
 
 
 def _fsync_folder(folder: str, files: bool = True) -> None:
@@ -576,7 +580,11 @@ def _fsync_folder(folder: str, files: bool = True) -> None:
     whose contents never reached the disk."""
     if files:
         for name in os.listdir(folder):
-            with open(os.path.join(folder, name), "rb") as f:
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):  # e.g. the hash tables' folder
+                _fsync_folder(path)
+                continue
+            with open(path, "rb") as f:
                 os.fsync(f.fileno())
     if hasattr(os, "O_DIRECTORY"):
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)

@@ -12,9 +12,10 @@ from osgeo import ogr
 
 from ..encoder import ModelInfo, l2_normalise
 from ..errors import RsirError
-from . import hamming, layout
+from . import hamming, layout, mih_tables
 from .faiss_build import set_nprobe
 from .manifest import Manifest, ModelRef, SourceEntry, read_manifest
+from .mih_tables import MihTables
 
 
 @dataclass
@@ -33,6 +34,22 @@ class TileRecord:
     src_crs: str
     src_wkt: str | None
     footprint_wkt: str | None
+
+
+PREAD_MAX = 65536  # rows read with pread; more (a heat map's, Find all's) go through the memory map
+
+
+def _drop_pages(table: np.ndarray) -> None:
+    """After a scan of a memory-mapped table: release its pages from this process (they stay in the page cache),
+    so one scan of 10M codes does not leave 320 MB counted against a searching process."""
+    import mmap
+
+    base = getattr(table, "_mmap", None)
+    if base is not None and hasattr(base, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            base.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
 
 
 def _read_mapped(read, path: str):
@@ -91,13 +108,19 @@ class Index:
         self._codes = self._table(layout.CODES, np.uint8, self.code_bytes)
         self._float = None
         self._binary = None
+        self._mih = None
+        # opened now, as the memory maps are: an open index keeps reading its generation after an update removes it
+        self._fds: dict[str, int] = ({name: os.open(self.data_path(name), os.O_RDONLY)
+                                      for name in (layout.EMBEDDINGS, layout.CODES)} if hasattr(os, "pread") else {})
         self._gpkg = None
+        self._fields: dict[str, int] | None = None
         self._windows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def refresh(self) -> bool:
         """Reopen when an update has installed a new generation since this index was opened; True if it did."""
         if self._stamp() in (self._opened, None):
             return False
+        self.close()
         self.__init__(self.dir)
         return True
 
@@ -220,8 +243,35 @@ class Index:
             raise RsirError(f"{self.dir}: no tile {int(bad[0])} (tile ids are 0..{self.n - 1})")
         return ids
 
+    def _rows(self, table: np.ndarray, name: str, ids: np.ndarray) -> np.ndarray:
+        """Rows `ids` of a table: a few (hits, marks, candidates) read with pread, which leaves them in the page
+        cache; through the memory map each random row would map a whole block into this process (3 GB of a 10M-tile
+        index's embeddings after 100 searches)."""
+        if len(ids) > PREAD_MAX or not hasattr(os, "pread"):
+            return np.asarray(table[ids])
+        width = table.shape[1]
+        return mih_tables.pread_rows(self._fds[name], ids, width * table.dtype.itemsize, table.dtype, width)
+
+    def close(self) -> None:
+        """Close the files this index reads with pread (the memory maps close with the object)."""
+        for fd in self._fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = {}
+        if self._mih is not None:
+            self._mih.close()
+            self._mih = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
     def embeddings(self, ids) -> np.ndarray:
-        return l2_normalise(self._emb[self._check_ids(ids)].astype(np.float32))
+        return l2_normalise(self._rows(self._emb, layout.EMBEDDINGS, self._check_ids(ids)).astype(np.float32))
 
     def scores(self, ids: np.ndarray, query: np.ndarray, chunk: int = 65536) -> np.ndarray:
         """Cosine similarity of `query` (unit, float32) to the tiles `ids` (sorted ascending), in chunks of the
@@ -234,6 +284,7 @@ class Index:
             contiguous = len(part) and part[-1] - part[0] == len(part) - 1
             rows = (self._emb[part[0]:part[-1] + 1] if contiguous else self._emb[part]).astype(np.float32)
             out[i:i + chunk] = (rows @ query) / np.maximum(np.linalg.norm(rows, axis=1), 1e-12)
+        _drop_pages(self._emb)  # a heat map over millions of tiles must not stay resident in this process
         return out
 
     def all_embeddings(self) -> np.ndarray:
@@ -241,7 +292,7 @@ class Index:
         return self._emb
 
     def codes(self, ids) -> np.ndarray:
-        return np.asarray(self._codes[self._check_ids(ids)])
+        return self._rows(self._codes, layout.CODES, self._check_ids(ids))
 
     @property
     def float_index(self):
@@ -269,12 +320,21 @@ class Index:
             set_nprobe(index, nprobe)
         return index.search(np.ascontiguousarray(queries, np.float32), min(k, self.n))
 
+    @property
+    def mih(self) -> MihTables | None:
+        """The generation's multi-index hashing tables on disk (mih_tables.py), None where it has none."""
+        if self._mih is None and os.path.isdir(self.data_path(mih_tables.FOLDER)) and hasattr(os, "pread"):
+            self._mih = MihTables(self.data_dir, self.data_path(layout.CODES), self.n)
+        return self._mih
+
     def search_hamming(self, codes: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(Hamming distances, tile ids), each (nq, k), ties broken by id. Exact for flat and hash (multi-index
         hashing) indexes; IVF and HNSW are approximate, their effort set by `nprobe`."""
-        index = self.binary_index
         codes = np.ascontiguousarray(codes, np.uint8).reshape(-1, self.code_bytes)
         k = min(k, self.n)
+        if self.mih is not None:
+            return self._search_mih(codes, k)
+        index = self.binary_index
         if hamming.hash_tables(index) is not None:
             return hamming.mih_search(index, self._codes, codes, k)
         if isinstance(index, faiss.IndexBinaryFlat):  # one shard per core: a single query uses them all
@@ -283,15 +343,37 @@ class Index:
             set_nprobe(index, nprobe)
         return index.search(codes, k)
 
+    def _search_mih(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """k-NN through the tables on disk; a query whose neighbours lie too far for probing to pay scans."""
+        dist = np.full((len(codes), k), -1, np.int32)
+        ids = np.full((len(codes), k), -1, np.int64)
+        for row, code in enumerate(codes):
+            found = self.mih.knn(code, k)
+            if found is None:
+                d, i = hamming.scan_knn(self._codes, code[None], k)
+                found = (d[0], i[0])
+                _drop_pages(self._codes)
+            dist[row, :len(found[0])], ids[row, :len(found[1])] = found
+        return dist, ids
+
     @property
     def hamming_exact(self) -> bool:
         """Whether search_hamming is exact (flat scan, multi-index hashing) rather than approximate (IVF, HNSW)."""
+        if self.mih is not None:
+            return True
         index = self.binary_index
         return hamming.hash_tables(index) is not None or isinstance(index, faiss.IndexBinaryFlat)
 
     def range_hamming(self, code: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
         """All tiles within Hamming distance <= radius of one code, sorted by distance then id; exact with
         every index type."""
+        if self.mih is not None:
+            if self.mih.range_wins(radius):
+                return self.mih.range(code, radius)
+            dist, ids = hamming.scan_range(self._codes, code, radius)
+            _drop_pages(self._codes)
+            order = np.lexsort((ids, dist))
+            return dist[order], ids[order]
         return hamming.range_search(self.binary_index, self._codes, code, radius)
 
     def hamming(self, code: np.ndarray, ids) -> np.ndarray:
@@ -309,15 +391,22 @@ class Index:
 
     def tile(self, tile_id: int) -> TileRecord:
         self._check_ids([tile_id])
-        feat = self._layer().GetFeature(int(tile_id))
+        layer = self._layer()
+        feat = layer.GetFeature(int(tile_id))
         if feat is None:
             raise RsirError(f"{self.dir}: tile {tile_id} is missing from {layout.TILES}")
+        if self._fields is None:  # by index: GDAL's Python binding looks a name up with a loop over the fields
+            defn = layer.GetLayerDefn()
+            self._fields = {defn.GetFieldDefn(i).GetName(): i for i in range(defn.GetFieldCount())}
+        f = self._fields
+        text = feat.GetFieldAsString
         geom = feat.GetGeometryRef()
         return TileRecord(
-            id=int(tile_id), source_id=feat.GetField("source_id"), source=feat.GetField("source"),
-            x=feat.GetField("x"), y=feat.GetField("y"), w=feat.GetField("w"), h=feat.GetField("h"),
-            label=feat.GetField("label") or "", labels=json.loads(feat.GetField("labels") or "[]"),
-            src_crs=feat.GetField("src_crs") or "", src_wkt=feat.GetField("src_wkt"),
+            id=int(tile_id), source_id=feat.GetFieldAsInteger(f["source_id"]), source=text(f["source"]),
+            x=feat.GetFieldAsInteger(f["x"]), y=feat.GetFieldAsInteger(f["y"]), w=feat.GetFieldAsInteger(f["w"]),
+            h=feat.GetFieldAsInteger(f["h"]), label=text(f["label"]), labels=json.loads(text(f["labels"]) or "[]"),
+            src_crs=text(f["src_crs"]),
+            src_wkt=text(f["src_wkt"]) if feat.IsFieldSetAndNotNull(f["src_wkt"]) else None,
             footprint_wkt=geom.ExportToWkt() if geom is not None else None)
 
     def _sql(self, query: str, args=(), batch: int = 4096) -> list[tuple]:
