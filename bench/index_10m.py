@@ -463,7 +463,10 @@ def step_search(args, mode: str) -> dict:
     out["mem_open"] = mem()
     reset_peak()
     t = time.perf_counter()
-    faiss_index = index.binary_index if mode == "hash" else index.float_index
+    if mode == "hash" and index.mih is not None:  # the product searches its tables on disk, not codes.faiss
+        faiss_index = index.mih
+    else:
+        faiss_index = index.binary_index if mode == "hash" else index.float_index
     out["load_index_s"] = time.perf_counter() - t
     out["index_type"] = type(faiss_index).__name__ if faiss_index is not None else "scan of codes.u8"
     out["mem_index"] = mem()

@@ -64,9 +64,12 @@ def pread_rows(fd: int, ids, row_bytes: int, dtype, width: int) -> np.ndarray:
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     first = np.concatenate([[0], np.flatnonzero(np.diff(sorted_ids) != 1) + 1])
-    counts = np.diff(np.concatenate([first, [len(ids)]]))
-    blob = b"".join(os.pread(fd, int(c) * row_bytes, int(s) * row_bytes)
-                    for s, c in zip(sorted_ids[first].tolist(), counts.tolist()))
+    if len(first) > len(ids) // 2:  # mostly scattered rows: one call each, without the bookkeeping of runs
+        blob = b"".join([os.pread(fd, row_bytes, i * row_bytes) for i in sorted_ids.tolist()])
+    else:
+        counts = np.diff(np.concatenate([first, [len(ids)]]))
+        blob = b"".join([os.pread(fd, c * row_bytes, s * row_bytes)
+                         for s, c in zip(sorted_ids[first].tolist(), counts.tolist())])
     out = np.empty((len(ids), width), dtype)
     out[order] = np.frombuffer(blob, dtype).reshape(len(ids), width)
     return out
