@@ -9,8 +9,9 @@
 
     .venv/bin/python bench/dask_index.py [--crops 6] [--model M.onnx]
 
-The archive: crops of the Sentinel-2 demo scene written as GeoTIFFs (bench/chaos.py's, 300 tiles each at 64 px;
-`make demo` fetches the scene). Run it on an otherwise idle machine.
+The archive: crops of the Sentinel-2 demo scene written as GeoTIFFs (bench/chaos.py's: 1,200 tiles each at the
+default --tile 32, encoded at the default model's smallest input side, 96 px; `make demo` fetches the scene). Run
+it on an otherwise idle machine.
 """
 from __future__ import annotations
 
@@ -50,9 +51,12 @@ def write_crops(folder: str, n: int) -> list[str]:
     return paths
 
 
+TILE = 64
+
+
 def index_command(sources: list[str], model: str, out: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "core.cli", "index", *sources, "--model", model, "--out", out, "--scale", "3000",
-            "-q", *extra]
+            "--tile", str(TILE), "-q", *extra]
 
 
 def timed(cmd: list[str]) -> tuple[float, str]:
@@ -151,10 +155,13 @@ def multi_node(sources: list[str], model: str, work: str, reference: str, worker
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--crops", type=int, default=6, help="GeoTIFF crops of 300 tiles each")
+    ap.add_argument("--crops", type=int, default=9, help="GeoTIFF crops of 1920 x 640 px")
     ap.add_argument("--model", default=default_model_path())
+    ap.add_argument("--tile", type=int, default=32, help="tile side in px (32: 1,200 tiles per crop)")
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
+    global TILE
+    TILE = args.tile
     work = tempfile.mkdtemp(prefix="rsir-dask-")
     try:
         sources = write_crops(work, args.crops)
