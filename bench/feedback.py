@@ -261,6 +261,15 @@ def timing(n: int, model: str) -> None:
                 print(f"| {method} | {mode} | {1000 * np.median(times):.0f} |")
 
 
+def suite_for(data: str, cache: str):
+    """(Suite, its tasks): the generalization suite's EuroSAT and AID tasks over `data`, embeddings in `cache`."""
+    datasets = [SuiteDataset("eurosat_rgb", os.path.join(data, "eurosat_rgb")),
+                SuiteDataset("aid", os.path.join(data, "aid"))]
+    aid_classes = sorted(d for d in os.listdir(datasets[1].root) if os.path.isdir(os.path.join(datasets[1].root, d)))
+    tasks = suite_tasks(aid_classes, tuple(read_class_list(UNSEEN_FILE)), 1000, 5000)
+    return Suite(datasets, tasks, os.path.abspath(cache), log=lambda m: print(m, file=sys.stderr)), tasks
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", default=default_model_path())
@@ -283,11 +292,7 @@ def main() -> int:
         timing(args.timing, args.model)
         return 0
     t0 = time.perf_counter()
-    datasets = [SuiteDataset("eurosat_rgb", os.path.join(args.data, "eurosat_rgb")),
-                SuiteDataset("aid", os.path.join(args.data, "aid"))]
-    aid_classes = sorted(d for d in os.listdir(datasets[1].root) if os.path.isdir(os.path.join(datasets[1].root, d)))
-    tasks = suite_tasks(aid_classes, tuple(read_class_list(UNSEEN_FILE)), 1000, 5000)
-    suite = Suite(datasets, tasks, os.path.abspath(args.cache), log=lambda m: print(m, file=sys.stderr))
+    suite, tasks = suite_for(args.data, args.cache)
     contender = Contender(os.path.basename(args.model), args.model)
     enc = Encoder(args.model)
     print(f"model {args.model}; {args.queries or 'all'} queries per task; the analyst marks the top {MARK_TOP} "

@@ -291,3 +291,43 @@ def test_learning_again_refits_the_original_and_undo_restores_it(tmp_path, tiny_
     more = write_raster(str(tmp_path / "b.tif"), mosaic_with_twin(seed=2))
     report = build_index([more], str(tmp_path / "m3.onnx"), out, BuildOptions(tile=32))
     assert any("dropped" in n for n in report.notes) and read_base(out) is None
+
+
+def test_training_data_prior_joins_the_fit(tmp_path, tiny_model, capsys):
+    """A model's training-data statistics shipped beside it (<model>.prior.npz, keyed to its sha256) join the
+    fit at --mix times the labels' weight: the same whitening as fitting on labels and training rows together
+    with those weights; a prior made for another model is ignored."""
+    import shutil
+
+    from core.adapt.linear_maps import class_stats, fit_within_class
+    from core.adapt.prior import load_prior, save_prior
+    from core.encoder import Encoder
+    from core.mark_labels import write_labels
+
+    rng = np.random.default_rng(0)
+    marks, mark_y = rng.normal(size=(12, 16)), np.repeat([0, 1], 6)
+    train, train_y = rng.normal(size=(40, 16)) + 0.3, np.repeat([2, 3, 4, 5], 10)
+    stats = class_stats(train, train_y)
+    mixed = fit_within_class(marks, mark_y, 0.3, prior=stats, prior_weight=0.5)
+    together = fit_within_class(np.concatenate([marks, train]), np.concatenate([mark_y, train_y]), 0.3,
+                                np.concatenate([np.ones(12), np.full(40, 0.5 * 12 / 40)]))
+    np.testing.assert_allclose(mixed.projection, together.projection, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(mixed.mean, together.mean, atol=1e-6)
+    # beside a model: used by learn-labels (said, and recorded in the adapted model), unless --mix 0
+    model = str(tmp_path / "m.onnx")
+    shutil.copyfile(tiny_model, model)
+    sha = Encoder(model).info.sha256
+    dim = Encoder(model).info.embedding_dim
+    save_prior(model, sha, class_stats(rng.normal(size=(30, dim)), np.repeat([0, 1, 2], 10)), {"test": True})
+    assert load_prior(model, sha).classes == 3 and load_prior(model, "0" * 64) is None
+    raster = write_raster(str(tmp_path / "a.tif"), mosaic_with_twin(seed=0))
+    out = str(tmp_path / "idx")
+    build_index([raster], model, out, BuildOptions(tile=16))
+    labels = str(tmp_path / "l.gpkg")
+    write_labels(labels, Index(out), {3: True, 4: True, 40: False, 41: False}, "mine")
+    assert main(["learn-labels", out, labels, "--out", str(tmp_path / "a.onnx"), "--no-reencode"]) == 0
+    assert "with the model's training data (3 classes)" in capsys.readouterr().out
+    meta = json.loads(Encoder(str(tmp_path / "a.onnx")).info.metadata["rsir.adapted_labels"])
+    assert meta["prior"] == {"classes": 3, "mix": 0.5}
+    assert main(["learn-labels", out, labels, "--out", str(tmp_path / "b.onnx"), "--no-reencode", "--mix", "0"]) == 0
+    assert "training data" not in capsys.readouterr().out

@@ -21,6 +21,10 @@ def learn_labels_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shrinkage", type=float, default=0.3,
                    help="shrink the within-class covariance towards its mean eigenvalue by this share (0-1; "
                         "default %(default)s, chosen in docs/results.md)")
+    p.add_argument("--mix", type=float, default=0.5,
+                   help="weight of the model's training data (its statistics shipped as <model>.prior.npz), "
+                        "relative to all the labels together; 0: the labels alone (default %(default)s, chosen in "
+                        "docs/results.md; models without that file: the labels alone)")
     p.add_argument("--out", help="the adapted model (.onnx)")
     p.add_argument("--no-reencode", action="store_true", help="only write the model; leave the index as it is")
     p.add_argument("--undo", action="store_true",
@@ -48,7 +52,7 @@ def _run_learn_labels(args: argparse.Namespace) -> int:
     bar = Progress("re-encoding the index", unit="tile")
     try:
         adapter = learn(args.index, args.out, args.labels, args.field, shrinkage=args.shrinkage,
-                        reencode=not args.no_reencode, progress=bar.set)
+                        reencode=not args.no_reencode, progress=bar.set, mix=args.mix)
     finally:
         bar.close()
     print(f"fitted on {adapter.describe()}; wrote {args.out}")

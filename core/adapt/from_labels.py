@@ -23,8 +23,9 @@ from ..index.lock import IndexLock
 from ..index.reader import Index
 from .base import drop_base, keep_base, read_base
 from .labels import labelled_ids
-from .linear_maps import CodeProjection, Whitening, fit_itq, fit_within_class
+from .linear_maps import ClassStats, CodeProjection, Whitening, fit_itq, fit_within_class
 from .onnx_graph import append_to_onnx, require_onnx
+from .prior import DEFAULT_MIX, load_prior
 
 DEFAULT_SHRINKAGE = 0.3
 ITQ_SAMPLE = 100_000  # index tiles the codes are fitted on
@@ -36,6 +37,7 @@ class LabelAdapter:
     whitening: Whitening
     codes: CodeProjection
     classes: dict[str, int]  # class -> labelled tiles
+    prior_classes: int = 0   # classes of the model's training data mixed in (0: none)
 
     def transform(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(unit embeddings, packed codes) the adapted model gives for the base model's `embeddings`."""
@@ -44,13 +46,15 @@ class LabelAdapter:
 
     def describe(self) -> str:
         counts = ", ".join(f"{name} {n}" for name, n in sorted(self.classes.items()))
-        return f"{sum(self.classes.values())} labelled tiles ({counts})"
+        mixed = (f", with the model's training data ({self.prior_classes} classes)" if self.prior_classes else "")
+        return f"{sum(self.classes.values())} labelled tiles ({counts}){mixed}"
 
 
 def fit(embeddings: np.ndarray, labels: list[str], background: np.ndarray, bits: int,
-        shrinkage: float = DEFAULT_SHRINKAGE) -> LabelAdapter:
+        shrinkage: float = DEFAULT_SHRINKAGE, prior: ClassStats | None = None, mix: float = 0.0) -> LabelAdapter:
     """The adapter of labelled unit `embeddings` (their `labels`), its codes fitted on `background` (a sample of
-    the archive's embeddings) with at most `bits` bits (PCA-ITQ has at most one bit per dimension)."""
+    the archive's embeddings) with at most `bits` bits (PCA-ITQ has at most one bit per dimension). `prior` (the
+    model's training data, core/adapt/prior.py) counts `mix` times as much as the labels."""
     names = sorted(set(labels))
     if len(names) < 2:
         raise RsirError(f"the labels name one class ({names[0]!r}); mark tiles that are not it too (class "
@@ -59,7 +63,7 @@ def fit(embeddings: np.ndarray, labels: list[str], background: np.ndarray, bits:
     if len(small) == len(names):
         raise RsirError("every class has a single labelled tile; a class's spread needs two or more")
     y = np.array([names.index(v) for v in labels])
-    whitening = fit_within_class(embeddings, y, shrinkage)
+    whitening = fit_within_class(embeddings, y, shrinkage, prior=prior, prior_weight=mix if prior else 0.0)
     white = whitening.apply(background)
     bits = min(bits, white.shape[1] // 8 * 8)
     if len(white) < bits:
@@ -68,12 +72,13 @@ def fit(embeddings: np.ndarray, labels: list[str], background: np.ndarray, bits:
 
 
 def fit_adapter(embeddings, n: int, ids: np.ndarray, labels: list[str], code_bits: int,
-                shrinkage: float = DEFAULT_SHRINKAGE, seed: int = 0) -> LabelAdapter:
+                shrinkage: float = DEFAULT_SHRINKAGE, prior: ClassStats | None = None, mix: float = 0.0,
+                seed: int = 0) -> LabelAdapter:
     """`fit` on stored embeddings (`embeddings(ids)` gives unit rows of the n tiles): the labelled tiles, and up to
     ITQ_SAMPLE tiles for the codes."""
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=min(ITQ_SAMPLE, n), replace=False))
-    return fit(embeddings(ids), labels, embeddings(sample), code_bits, shrinkage)
+    return fit(embeddings(ids), labels, embeddings(sample), code_bits, shrinkage, prior, mix)
 
 
 def marks_as_labels(marks: dict[int, bool], class_name: str) -> dict[int, str]:
@@ -86,14 +91,18 @@ def marks_as_labels(marks: dict[int, bool], class_name: str) -> dict[int, str]:
 
 def learn(index_dir: str, out_model: str, label_paths: list[str] = (), field: str = "class",
           labelled: dict[int, str] | None = None, shrinkage: float = DEFAULT_SHRINKAGE, reencode: bool = True,
-          progress=None, cancel: Callable[[], bool] | None = None) -> LabelAdapter:
+          progress=None, cancel: Callable[[], bool] | None = None, mix: float = DEFAULT_MIX) -> LabelAdapter:
     """Fit the index's model to its tiles labelled by `label_paths` and `labelled` ({tile id: label}, e.g.
     `marks_as_labels`; these win over the files), write the adapted model to `out_model` and (unless `reencode`
     is False) install the index's re-encoded vectors as its next generation, with that model.
 
     The fit is always on the vectors from before any learning (IDX/base/, kept by the first re-encoding), with
     the labels of every earlier learning run too: learning again refines one adaptation of the original model,
-    and `undo` restores it. A cancel or a kill leaves the index as it was."""
+    and `undo` restores it. Where the model ships its training data's statistics (`<model>.prior.npz`), they
+    join the fit at `mix` times the labels' weight (0: the labels alone). A cancel or a kill leaves the index as it
+    was."""
+    if not mix >= 0:
+        raise RsirError(f"--mix {mix}: the training data's weight must be 0 or more")
     require_onnx()  # before the work, not after it
     index = Index(index_dir)
     base = read_base(index.dir)
@@ -119,11 +128,16 @@ def learn(index_dir: str, out_model: str, label_paths: list[str] = (), field: st
         raise RsirError("no labelled tiles: mark some hits, or give label files")
     ids = np.array(sorted(merged), np.int64)
     embeddings = base.embeddings if base is not None else index.embeddings
-    adapter = fit_adapter(embeddings, index.n, ids, [merged[int(t)] for t in ids], index.code_bits, shrinkage)
+    prior = load_prior(model.path, model.sha256) if mix > 0 else None
+    adapter = fit_adapter(embeddings, index.n, ids, [merged[int(t)] for t in ids], index.code_bits, shrinkage,
+                          prior, mix)
+    adapter.prior_classes = prior.classes if prior is not None else 0
     meta = {"rsir.adapted_from": model.sha256,
             "rsir.adapted_labels": json.dumps({"files": [os.path.abspath(p) for p in label_paths],
                                               "labelled_tiles": len(merged), "classes": adapter.classes,
-                                              "shrinkage": shrinkage})}
+                                              "shrinkage": shrinkage,
+                                              "prior": {"classes": adapter.prior_classes, "mix": mix}
+                                              if prior is not None else None})}
     try:
         append_to_onnx(model.path, out_model, adapter.whitening, meta, codes=adapter.codes)
     except OSError as exc:

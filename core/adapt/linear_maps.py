@@ -25,34 +25,56 @@ class Whitening:
         return l2_normalise((l2_normalise(embeddings) - self.mean) @ self.projection)
 
 
-def fit_within_class(embeddings: np.ndarray, labels: np.ndarray, shrinkage: float = 0.0,
-                     weights: np.ndarray | None = None) -> Whitening:
-    """Inverse square root of the pooled within-class covariance of L2-normalised `embeddings` (N, D) with class
-    indices `labels` (N,), shrunk towards its mean eigenvalue by `shrinkage` (0..1). `weights` (N,): how much
+@dataclass
+class ClassStats:
+    """Sufficient statistics of a labelled set for within-class whitening, normalised to a total weight of 1: the
+    pooled within-class scatter (D, D) and the mean (D,) of its L2-normalised embeddings. A model's training data
+    shipped this way (core/adapt/prior.py) joins an analyst's labels without the data itself."""
+    scatter: np.ndarray
+    mean: np.ndarray
+    classes: int = 0
+
+
+def class_stats(embeddings: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> ClassStats:
+    """ClassStats of L2-normalised `embeddings` (N, D) with class indices `labels` (N,); `weights` (N,): how much
     each item counts (e.g. so that datasets of different sizes weigh the same; the same within a class)."""
-    if not 0.0 <= shrinkage < 1.0:
-        raise ValueError(f"shrinkage must be in [0, 1), got {shrinkage}")
     x = l2_normalise(np.asarray(embeddings, np.float64))
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(x):
         raise ValueError("within-class whitening needs one class index per embedding (single-label data)")
-    classes = np.unique(labels)
-    if len(classes) < 2:
-        raise ValueError(f"within-class whitening needs at least 2 classes, got {len(classes)}")
     w = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
     dim = x.shape[1]
     scatter = np.zeros((dim, dim))
+    classes = np.unique(labels)
     for c in classes:
         xc, wc = x[labels == c], w[labels == c]
         centred = xc - (wc[:, None] * xc).sum(axis=0) / wc.sum()
         scatter += (centred * wc[:, None]).T @ centred
-    scatter /= w.sum()
+    return ClassStats(scatter / w.sum(), (w[:, None] * x).sum(axis=0) / w.sum(), len(classes))
+
+
+def fit_within_class(embeddings: np.ndarray, labels: np.ndarray, shrinkage: float = 0.0,
+                     weights: np.ndarray | None = None, prior: ClassStats | None = None,
+                     prior_weight: float = 0.0) -> Whitening:
+    """Inverse square root of the pooled within-class covariance of L2-normalised `embeddings` (N, D) with class
+    indices `labels` (N,), shrunk towards its mean eigenvalue by `shrinkage` (0..1). `weights` (N,): how much
+    each item counts. `prior` (another labelled set's statistics, its classes apart from these) counts
+    `prior_weight` times as much as all of `embeddings` together."""
+    if not 0.0 <= shrinkage < 1.0:
+        raise ValueError(f"shrinkage must be in [0, 1), got {shrinkage}")
+    own = class_stats(embeddings, labels, weights)
+    if own.classes + (prior.classes if prior is not None and prior_weight > 0 else 0) < 2:
+        raise ValueError(f"within-class whitening needs at least 2 classes, got {own.classes}")
+    scatter, mean = own.scatter, own.mean
+    if prior is not None and prior_weight > 0:
+        scatter = (scatter + prior_weight * prior.scatter) / (1.0 + prior_weight)
+        mean = (mean + prior_weight * prior.mean) / (1.0 + prior_weight)
+    dim = scatter.shape[0]
     level = np.trace(scatter) / dim
     scatter = (1.0 - shrinkage) * scatter + shrinkage * level * np.eye(dim)
     values, vectors = np.linalg.eigh(scatter)
     values = np.maximum(values, EIGEN_FLOOR * level)
     projection = (vectors / np.sqrt(values)) @ vectors.T
-    mean = (w[:, None] * x).sum(axis=0) / w.sum()
     return Whitening(mean.astype(np.float32), projection.astype(np.float32), shrinkage)
 
 
