@@ -41,7 +41,8 @@ def build(out_path: str) -> list[str]:
         models = os.path.join(ROOT, "default_model")
         # the shipped model, its int8 copy and the fast model without view averaging (in models/int8/ and
         # models/fast/, so default_model_path still finds the default one)
-        shipped = [p for sub in ("", "int8", "fast") for p in glob.glob(os.path.join(models, sub, "*.onnx"))]
+        shipped = [p for sub in ("", "int8", "fast") for pattern in ("*.onnx", "*.prior.npz")
+                   for p in glob.glob(os.path.join(models, sub, pattern))]  # priors: Learn from marks mixes them in
         for path in sorted(shipped):
             names.append("rsir_qgis_plugin/models/" + os.path.relpath(path, models).replace(os.sep, "/"))
             zf.write(path, names[-1])
