@@ -224,7 +224,9 @@ def _patch_reader(name: str) -> None:
             return original_tile(self, tile_id)
         ix = self._field_ix
         geom = feat.GetGeometryRef()
-        text = lambda name: feat.GetFieldAsString(ix[name]) if feat.IsFieldSetAndNotNull(ix[name]) else None
+        def text(name):
+            return feat.GetFieldAsString(ix[name]) if feat.IsFieldSetAndNotNull(ix[name]) else None
+
         return reader.TileRecord(
             id=int(tile_id), source_id=feat.GetFieldAsInteger(ix["source_id"]), source=text("source"),
             x=feat.GetFieldAsInteger(ix["x"]), y=feat.GetFieldAsInteger(ix["y"]), w=feat.GetFieldAsInteger(ix["w"]),
@@ -622,7 +624,8 @@ def step_plugin(args, heatmap: bool = False) -> dict:
 
 def run_step(args, step: str, extra: list[str] | None = None, timeout: int = 1800) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), args.index, "--step", step, "--queries", str(args.queries),
-           "--boxes", str(args.boxes), "--seed", str(args.seed), "--variant", args.variant] + (["--raster", args.raster] if args.raster else [])
+           "--boxes", str(args.boxes), "--seed", str(args.seed), "--variant", args.variant]
+    cmd += ["--raster", args.raster] if args.raster else []
     cmd += extra or []
     if args.cold:
         evict(args.index)
@@ -678,7 +681,8 @@ def report(args, results: dict) -> None:
         row(f"{mode}: RSS after open + {args.queries + 1} searches", mem_str(r["mem_after"]), "<= 300 MB"
             if mode == "hash" else "", r["mem_after"]["VmRSS"] <= TARGETS["rss_mb"] if mode == "hash" else None)
         row(f"{mode}: query_from_tile", f"{r['query_from_tile_ms']:.2f} ms each")
-        row(f"{mode}: resident MB by mapping after the searches", "; ".join(f"{k} {v:.0f}" for k, v in r["rss_by_file"]))
+        row(f"{mode}: resident MB by mapping after the searches",
+            "; ".join(f"{k} {v:.0f}" for k, v in r["rss_by_file"]))
     for name in ("plugin", "heatmap"):
         if name not in results:
             continue
