@@ -20,12 +20,9 @@ A step that misses its target is run again under cProfile and its top functions 
 --cold evicts the index's files from the page cache (posix_fadvise DONTNEED on them: nothing else's) before
 each step, so reads come from disk; by default they are warm, as after a build or a previous search.
 
-What-ifs (core/ untouched: the children patch it in memory, `apply_variant`), to size proposed fixes:
-    --variant pread          rows of embeddings.f16 / codes.u8 read with pread, not through the memory map
-    --variant scan           + no codes.faiss: exact scans of codes.u8
-    --build-mih --variant mih,allvalid
-                             + multi-index hashing tables on disk (INDEX-mih/, written by --build-mih) instead of
-                               faiss's in-memory IndexBinaryMultiHash; display_range skips all-valid mask bands
+What-if: `--variant scan` (the children patch core in memory, `apply_variant`): no hash tables, exact scans of
+codes.u8 - what the on-disk multi-index hashing tables (core/index/mih_tables.py) save. The other what-ifs this
+bench sized (pread rows, on-disk tables, the all-valid mask) are in core since 2026-12-07.
 """
 from __future__ import annotations
 
@@ -124,129 +121,31 @@ def pct(times: list[float]) -> dict:
 
 
 # -- what-ifs: the reader changed in this process only (core/ is not edited), to size a proposed fix ----------------
-def _pread_rows(fd: int, ids, row_bytes: int, dtype, width: int) -> np.ndarray:
-    """Rows `ids` of a row-major table file read with pread (the page cache, not this process's RSS), each run of
-    consecutive ids in one call; rows in the order of `ids`."""
-    ids = np.atleast_1d(np.asarray(ids, np.int64))
-    if not len(ids):
-        return np.zeros((0, width), dtype)
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-    first = np.concatenate([[0], np.flatnonzero(np.diff(sorted_ids) != 1) + 1])
-    counts = np.diff(np.concatenate([first, [len(ids)]]))
-    starts = sorted_ids[first]
-    blob = b"".join([os.pread(fd, c * row_bytes, s * row_bytes) for s, c in zip(starts.tolist(), counts.tolist())])
-    out = np.empty((len(ids), width), dtype)
-    out[order] = np.frombuffer(blob, dtype).reshape(len(ids), width)
-    return out
-
-
-VARIANTS = ("product", "pread", "scan", "mih", "allvalid")
+VARIANTS = ("product", "scan")
 
 
 def apply_variant(names: str) -> None:
-    """Patch the product in this process (comma-separated): "pread": rows of embeddings.f16 / codes.u8 read with
-    pread instead of through the memory map, and tiles.gpkg fields read by index; "scan": also no codes.faiss:
-    exact k-NN and radius search scan codes.u8 (memory-mapped) and drop its pages from the process after each
-    search; "mih": as "scan", but k-NN and radius search through multi-index hashing tables on disk (`build_mih`,
-    run with --build-mih first); "allvalid": `tile_vrt.display_range` skips reading a mask band GDAL flags all
-    valid; "product": nothing."""
+    """Patch the product in this process: "scan": no hash tables, exact k-NN and radius search scan codes.u8
+    (memory-mapped) and drop its pages from the process after each search; "product": nothing."""
     chosen = set(names.split(","))
     unknown = chosen - set(VARIANTS)
     if unknown:
         raise SystemExit(f"unknown variant(s) {sorted(unknown)}; choose from {VARIANTS}")
-    if "allvalid" in chosen:
-        _patch_display_range()
-    searched = chosen & {"pread", "scan", "mih"}
-    if searched:
-        _patch_reader("mih" if "mih" in searched else "scan" if "scan" in searched else "pread")
+    if "scan" in chosen:
+        _patch_scan()
 
 
-def _patch_display_range() -> None:
-    from osgeo import gdal
-
-    from core import tile_vrt
-    from core.archive.sources import SourceSpec, open_source
-
-    def display_range(source, kind, bands, low=2.0, high=98.0, side=512):
-        ds = open_source(SourceSpec(source, kind))
-        scale = min(1.0, side / max(ds.RasterXSize, ds.RasterYSize))
-        w, h = max(1, int(ds.RasterXSize * scale)), max(1, int(ds.RasterYSize * scale))
-        out = []
-        for b in bands:
-            band = ds.GetRasterBand(b)
-            arr = band.ReadAsArray(buf_xsize=w, buf_ysize=h, resample_alg=gdal.GRIORA_NearestNeighbour)
-            if band.GetMaskFlags() & gdal.GMF_ALL_VALID:  # the change: no full-resolution read of a constant mask
-                values = arr.ravel()
-            else:
-                valid = band.GetMaskBand().ReadAsArray(buf_xsize=w, buf_ysize=h) != 0
-                values = arr[valid] if valid.any() else arr.ravel()
-            lo, hi = np.percentile(values, [low, high]) if values.size else (0.0, 1.0)
-            out.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
-        return out
-
-    tile_vrt.display_range = display_range
-
-
-def _patch_reader(name: str) -> None:
-    import mmap
-
-    from core.encoder import l2_normalise
-    from core.index import hamming, layout, reader
+def _patch_scan() -> None:
+    from core.index import hamming, reader
 
     Index = reader.Index
-
-    def fds(self):
-        if getattr(self, "_fds", None) is None or self._fds[0] != self.data_dir:
-            self._fds = (self.data_dir, os.open(self.data_path(layout.EMBEDDINGS), os.O_RDONLY),
-                         os.open(self.data_path(layout.CODES), os.O_RDONLY))
-        return self._fds
-
-    def embeddings(self, ids):
-        ids = self._check_ids(ids)
-        rows = _pread_rows(fds(self)[1], ids, 2 * self.embedding_dim, np.float16, self.embedding_dim)
-        return l2_normalise(rows.astype(np.float32))
-
-    def codes(self, ids):
-        ids = self._check_ids(ids)
-        return _pread_rows(fds(self)[2], ids, self.code_bytes, np.uint8, self.code_bytes)
-
-    original_tile = Index.tile
-
-    def tile(self, tile_id):
-        layer = self._layer()
-        if getattr(self, "_field_ix", None) is None:
-            defn = layer.GetLayerDefn()
-            self._field_ix = {defn.GetFieldDefn(i).GetName(): i for i in range(defn.GetFieldCount())}
-        self._check_ids([tile_id])
-        feat = layer.GetFeature(int(tile_id))
-        if feat is None:
-            return original_tile(self, tile_id)
-        ix = self._field_ix
-        geom = feat.GetGeometryRef()
-        def text(name):
-            return feat.GetFieldAsString(ix[name]) if feat.IsFieldSetAndNotNull(ix[name]) else None
-
-        return reader.TileRecord(
-            id=int(tile_id), source_id=feat.GetFieldAsInteger(ix["source_id"]), source=text("source"),
-            x=feat.GetFieldAsInteger(ix["x"]), y=feat.GetFieldAsInteger(ix["y"]), w=feat.GetFieldAsInteger(ix["w"]),
-            h=feat.GetFieldAsInteger(ix["h"]), label=text("label") or "", labels=json.loads(text("labels") or "[]"),
-            src_crs=text("src_crs") or "", src_wkt=text("src_wkt"),
-            footprint_wkt=geom.ExportToWkt() if geom is not None else None)
-
-    Index.embeddings, Index.codes, Index.tile = embeddings, codes, tile
-    if name == "pread":
-        return
-
-    def release(self):
-        self._codes._mmap.madvise(mmap.MADV_DONTNEED)  # clean file pages: they stay in the page cache
 
     def search_hamming(self, queries, k, nprobe=None):
         try:
             return hamming.scan_knn(self._codes, np.ascontiguousarray(queries, np.uint8).reshape(-1, self.code_bytes),
                                     min(k, self.n))
         finally:
-            release(self)
+            reader._drop_pages(self._codes)
 
     def range_hamming(self, code, radius):
         try:
@@ -254,176 +153,12 @@ def _patch_reader(name: str) -> None:
             order = np.lexsort((ids, dist))
             return dist[order], ids[order]
         finally:
-            release(self)
+            reader._drop_pages(self._codes)
 
-    if name == "mih":
-        search_hamming, range_hamming = _mih_methods(release)
     Index.search_hamming, Index.range_hamming = search_hamming, range_hamming
     Index.hamming_exact = property(lambda self: True)
     Index.binary_index = property(lambda self: None)
-
-
-# -- a prototype of multi-index hashing on disk (the "mih" what-if) --------------------------------------------------
-# faiss's IndexBinaryMultiHash keeps nhash std::unordered_maps of id vectors, and the code table, in RAM, and
-# read_index_binary rebuilds them on every open. The same tables as flat files read with pread: per table t, the ids
-# sorted by their t-th b-bit substring (int32, n) and the start of each substring value in that order (uint32,
-# 2^b + 1): a bucket is ids[starts[key]:starts[key + 1]], two small reads per probe.
-POPCOUNT = np.array([i.bit_count() for i in range(256)], np.uint8)
-
-
-def mih_folder(index_dir: str) -> str:
-    return os.path.abspath(index_dir.rstrip("/")) + "-mih"
-
-
-def build_mih(index_dir: str, chunk: int = 1 << 20) -> str:
-    """Write the on-disk tables for the index's codes, beside it (INDEX-mih/), with the index's own table layout
-    (nhash x b from its binary factory, else from mih_factory)."""
-    from core.index.faiss_build import mih_factory
-    from core.index.reader import Index
-
-    index = Index(index_dir)
-    n, bits = index.n, index.code_bits
-    factory = index.manifest.binary_factory
-    if not factory.startswith("BHash"):
-        factory = mih_factory(n, bits)
-    spec = factory[len("BHash"):]
-    nhash, b = (int(v) for v in spec.split("x")) if "x" in spec else (1, int(spec))
-    out = mih_folder(index_dir)
-    os.makedirs(out, exist_ok=True)
-    codes = np.memmap(index.data_path("codes.u8"), np.uint8, "r", shape=(n, index.code_bytes))
-    keys = np.empty((nhash, n), np.uint32)
-    weights = (1 << np.arange(b - 1, -1, -1, dtype=np.uint64)).astype(np.uint64)
-    t0 = time.perf_counter()
-    for start in range(0, n, chunk):
-        part = np.unpackbits(np.asarray(codes[start:start + chunk]), axis=1)
-        for t in range(nhash):
-            keys[t, start:start + len(part)] = part[:, t * b:(t + 1) * b].astype(np.uint64) @ weights
-    for t in range(nhash):
-        order = np.argsort(keys[t], kind="stable").astype(np.int32)
-        starts = np.zeros((1 << b) + 1, np.uint32)
-        np.cumsum(np.bincount(keys[t], minlength=1 << b), out=starts[1:])
-        order.tofile(os.path.join(out, f"t{t:02d}.ids.i32"))
-        starts.tofile(os.path.join(out, f"t{t:02d}.starts.u32"))
-    with open(os.path.join(out, "mih.json"), "w") as f:
-        json.dump({"n": n, "bits": bits, "nhash": nhash, "b": b, "index": os.path.abspath(index_dir),
-                   "generation": index.manifest.generation}, f)
-    print(f"{out}: {nhash} tables x {b} bits over {n:,} codes in {time.perf_counter() - t0:.0f} s")
-    return out
-
-
-class DiskMIH:
-    """Exact Hamming k-NN and radius search over `build_mih`'s tables and the index's codes.u8, read with pread
-    (page cache, not this process's memory): a probe reads its bucket's bounds (8 bytes) and ids, and the candidates'
-    codes are read one run of consecutive ids at a time."""
-
-    def __init__(self, index):
-        from core.index import layout
-
-        folder = mih_folder(index.dir)
-        with open(os.path.join(folder, "mih.json")) as f:
-            meta = json.load(f)
-        if meta["n"] != index.n:
-            raise SystemExit(f"{folder}: made for {meta['n']} codes, the index has {index.n}; rerun --build-mih")
-        self.nhash, self.b, self.bits, self.n = meta["nhash"], meta["b"], meta["bits"], meta["n"]
-        self.code_bytes = self.bits // 8
-        self.ids = [os.open(os.path.join(folder, f"t{t:02d}.ids.i32"), os.O_RDONLY) for t in range(self.nhash)]
-        self.starts = [os.open(os.path.join(folder, f"t{t:02d}.starts.u32"), os.O_RDONLY) for t in range(self.nhash)]
-        self.codes = os.open(index.data_path(layout.CODES), os.O_RDONLY)
-        self.weights = (1 << np.arange(self.b - 1, -1, -1, dtype=np.uint64)).astype(np.uint64)
-        self.masks = {0: np.zeros(1, np.uint64)}
-
-    def _flip_masks(self, flips: int) -> np.ndarray:
-        """Every b-bit mask with exactly `flips` bits set."""
-        if flips not in self.masks:
-            from itertools import combinations
-
-            self.masks[flips] = np.asarray([sum(1 << j for j in c) for c in combinations(range(self.b), flips)],
-                                           np.uint64)
-        return self.masks[flips]
-
-    def _substrings(self, code: np.ndarray) -> np.ndarray:
-        bits = np.unpackbits(np.asarray(code, np.uint8).reshape(1, -1), axis=1)[0]
-        return np.asarray([int(bits[t * self.b:(t + 1) * self.b].astype(np.uint64) @ self.weights)
-                           for t in range(self.nhash)], np.uint64)
-
-    def _candidates(self, subs: np.ndarray, flips: int) -> np.ndarray:
-        """Ids in the buckets at exactly `flips` flips of each table's substring."""
-        masks, found = self._flip_masks(flips), []
-        for t in range(self.nhash):
-            fd_starts, fd_ids = self.starts[t], self.ids[t]
-            for key in (int(k) for k in (subs[t] ^ masks)):
-                lo, hi = np.frombuffer(os.pread(fd_starts, 8, 4 * key), "<u4").tolist()
-                if hi > lo:
-                    found.append(np.frombuffer(os.pread(fd_ids, 4 * (hi - lo), 4 * lo), "<i4"))
-        return np.concatenate(found) if found else np.zeros(0, np.int32)
-
-    def _distances(self, code: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        rows = _pread_rows(self.codes, ids, self.code_bytes, np.uint8, self.code_bytes)
-        return POPCOUNT[np.bitwise_xor(rows, np.asarray(code, np.uint8)[None])].sum(1, dtype=np.int32)
-
-    def release(self) -> None:
-        """Nothing is mapped."""
-
-    def knn(self, code: np.ndarray, k: int, scan) -> tuple[np.ndarray, np.ndarray]:
-        """As hamming.mih_knn: grow the radius a flip per table at a time until k codes lie within it; a scan
-        (`scan`) once probing would cost more (past 2 flips here)."""
-        subs = self._substrings(code)
-        seen = np.zeros(0, np.int64)
-        dist_all = np.zeros(0, np.int32)
-        for flips in range(3):
-            radius = min(self.bits, (flips + 1) * self.nhash - 1)
-            new = np.setdiff1d(self._candidates(subs, flips).astype(np.int64), seen)
-            seen = np.concatenate([seen, new])
-            dist_all = np.concatenate([dist_all, self._distances(code, new)])
-            inside = dist_all <= radius
-            if inside.sum() >= k:
-                d, i = dist_all[inside], seen[inside]
-                order = np.lexsort((i, d))[:k]
-                return d[order], i[order]
-        return scan(code, k)
-
-    def range(self, code: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
-        subs = self._substrings(code)
-        flips = min(radius // self.nhash, self.b)
-        cand = np.unique(np.concatenate([self._candidates(subs, f) for f in range(flips + 1)]).astype(np.int64))
-        d = self._distances(code, cand)
-        keep = d <= radius
-        d, i = d[keep], cand[keep]
-        order = np.lexsort((i, d))
-        return d[order], i[order]
-
-
-def _mih_methods(release_codes):
-    from core.index import hamming
-
-    def disk(self) -> DiskMIH:
-        if getattr(self, "_disk_mih", None) is None:
-            self._disk_mih = DiskMIH(self)
-        return self._disk_mih
-
-    def search_hamming(self, queries, k, nprobe=None):
-        mih = disk(self)
-        def scan(q, kk):
-            try:
-                return tuple(a[0] for a in hamming.scan_knn(self._codes, q[None], kk))
-            finally:
-                release_codes(self)
-
-        try:
-            found = [mih.knn(q, min(k, self.n), scan)
-                     for q in np.ascontiguousarray(queries, np.uint8).reshape(-1, self.code_bytes)]
-            return np.stack([d for d, _ in found]), np.stack([i for _, i in found])
-        finally:
-            mih.release()
-
-    def range_hamming(self, code, radius):
-        mih = disk(self)
-        try:
-            return mih.range(code, radius)
-        finally:
-            mih.release()
-
-    return search_hamming, range_hamming
+    Index.mih = property(lambda self: None)
 
 
 # -- steps (each in its own process) ------------------------------------------------------------------------------
@@ -734,7 +469,6 @@ def main() -> int:
     ap.add_argument("--variant", default="product",
                     help="patch the product in the children to size a fix, comma-separated: " + ", ".join(VARIANTS)
                     + " (see apply_variant)")
-    ap.add_argument("--build-mih", action="store_true", help="write the on-disk tables of the mih what-if, then go on")
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--profile-queries", type=int, default=20, help=argparse.SUPPRESS)
     ap.add_argument("--profile-plugin", action="store_true", help=argparse.SUPPRESS)
@@ -748,8 +482,6 @@ def main() -> int:
         print("RESULT " + json.dumps(res), flush=True)
         os._exit(0)  # QGIS's teardown can crash after the work is done
 
-    if args.build_mih:
-        build_mih(args.index)
     results = {}
     for step in args.steps.split(","):
         print(f"[{time.strftime('%H:%M:%S')}] step {step} ...", flush=True)

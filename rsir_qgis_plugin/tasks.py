@@ -7,7 +7,32 @@ from . import layers
 from .engine import builder, errors, from_labels
 
 
-class IndexTask(QgsTask):
+class _WorkTask(QgsTask):
+    """A task whose `work()` runs off the main thread; an error or a cancel becomes `error` (one line for the
+    user), never an exception in QGIS."""
+
+    failure = ""  # said before an unexpected exception's own text
+
+    def work(self) -> None:
+        raise NotImplementedError
+
+    def run(self) -> bool:  # worker thread: no GUI, no layers
+        try:
+            self.work()
+            return True
+        except errors.Cancelled as exc:
+            self.was_cancelled, self.error = True, str(exc)
+        except errors.RsirError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - report, never crash QGIS
+            self.error = f"{self.failure}{type(exc).__name__}: {exc}"
+        return False
+
+    def progress_to(self, done: int, total: int) -> None:
+        self.setProgress(100.0 * done / max(total, 1))
+
+
+class IndexTask(_WorkTask):
     """Runs core's resumable builder off the main thread. A cancelled run keeps its checkpoints: starting the same
     task again resumes it."""
 
@@ -23,22 +48,10 @@ class IndexTask(QgsTask):
         self.error: str | None = None
         self.was_cancelled = False
 
-    def run(self) -> bool:  # worker thread: no GUI, no layers
-        try:
-            self.report = builder.build_index(self.sources, self.model, self.out_dir, self.options,
-                                              progress=lambda done, total: self.setProgress(100.0 * done /
-                                                                                            max(total, 1)),
-                                              cancel=self.isCanceled, restart=self.restart,
-                                              notice=lambda message: QgsMessageLog.logMessage(message, "RSIR",
-                                                                                              Qgis.Info))
-            return True
-        except errors.Cancelled as exc:
-            self.was_cancelled, self.error = True, str(exc)
-        except errors.RsirError as exc:
-            self.error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - report, never crash QGIS
-            self.error = f"{type(exc).__name__}: {exc}"
-        return False
+    def work(self) -> None:
+        self.report = builder.build_index(self.sources, self.model, self.out_dir, self.options,
+                                          progress=self.progress_to, cancel=self.isCanceled, restart=self.restart,
+                                          notice=lambda message: QgsMessageLog.logMessage(message, "RSIR", Qgis.Info))
 
     def finished(self, ok: bool) -> None:  # main thread
         if ok and self.report.tiles_path:
@@ -102,10 +115,12 @@ class SearchTask(QgsTask):
 
 
 
-class _AdaptTask(QgsTask):
+class _AdaptTask(_WorkTask):
     """Learning from marks, or undoing it: the index re-encoded from its stored vectors as its next generation
     (core/adapt/from_labels.py), off the main thread. Cancel (or a crash) leaves the index as it was; rerunning
     costs seconds, as no image is read."""
+
+    failure = "Learning from marks failed: "
 
     def __init__(self, title: str, index_dir: str, on_done):
         super().__init__(title, QgsTask.CanCancel)
@@ -113,24 +128,6 @@ class _AdaptTask(QgsTask):
         self.error: str | None = None
         self.was_cancelled = False
         self.done_text = self.log_text = ""
-
-    def work(self) -> None:
-        raise NotImplementedError
-
-    def run(self) -> bool:  # worker thread: no GUI, no layers
-        try:
-            self.work()
-            return True
-        except errors.Cancelled as exc:
-            self.was_cancelled, self.error = True, str(exc)
-        except errors.RsirError as exc:
-            self.error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - report, never crash QGIS
-            self.error = f"Learning from marks failed: {type(exc).__name__}: {exc}"
-        return False
-
-    def progress_to(self, done: int, total: int) -> None:
-        self.setProgress(100.0 * done / max(total, 1))
 
     def finished(self, ok: bool) -> None:  # main thread
         if not ok:
