@@ -326,3 +326,26 @@ def test_heat_map_averages_overlapping_tiles_cell_by_cell(tmp_path, twin_raster,
     centre = ogr.CreateGeometryFromWkt(index.tile(5).footprint_wkt).Centroid()
     assert index.tile_at(centre.GetX(), centre.GetY()) == 5
     assert index.tile_at(0.0, 0.0) is None
+
+
+def test_source_windows_from_the_windows_table_and_from_sql(tmp_path, tiny_model):
+    """windows.i32 (source id and pixel window per tile) gives a source's windows without reading tiles.gpkg row by
+    row; appended sources extend it; an index without it (older rsir) reads the same from SQL."""
+    import os
+
+    from core.index import layout
+
+    a = write_raster(str(tmp_path / "a.tif"), mosaic_with_twin(seed=0))
+    b = write_raster(str(tmp_path / "b.tif"), mosaic_with_twin(seed=1))
+    out = str(tmp_path / "idx")
+    build_index([a], tiny_model, out, BuildOptions(tile=64))
+    build_index([b], tiny_model, out, BuildOptions(tile=64))
+    index = Index(out)
+    assert os.path.exists(index.data_path(layout.WINDOWS))
+    from_file = [index.source_windows(s) for s in (0, 1)]
+    os.remove(index.data_path(layout.WINDOWS))
+    again = Index(out)
+    from_sql = [again.source_windows(s) for s in (0, 1)]
+    for (i1, w1), (i2, w2) in zip(from_file, from_sql):
+        assert np.array_equal(i1, i2) and np.array_equal(w1, w2)
+    assert from_file[1][0].tolist() == list(range(16, 32)) and from_file[0][1][1].tolist() == [64, 0, 64, 64]

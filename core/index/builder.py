@@ -496,6 +496,12 @@ def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, 
                              os.path.join(final, layout.EMBEDDINGS), np.float16, dim, n)
     all_codes = _append_tables(old(layout.CODES), _chunk_tables(partial, state["chunks"], "codes"),
                                os.path.join(final, layout.CODES), np.uint8, nbytes, n)
+    sid0 = len(manifest.sources) if manifest else 0
+    old_windows = old(layout.WINDOWS)
+    if manifest is None or os.path.exists(old_windows):  # an index from before windows.i32 goes on without it
+        _append_tables(old_windows, (np.column_stack([m[:, :1] + sid0, m[:, 1:]])
+                                     for m in _chunk_tables(partial, state["chunks"], "meta")),
+                       os.path.join(final, layout.WINDOWS), np.int32, 5, n)
 
     float_factory = opts.float_factory or default_float_factory(n)
     binary_factory = opts.binary_factory or default_binary_factory(n, info.effective_code_bits)
@@ -507,7 +513,6 @@ def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, 
         gds, layer = tiles_gpkg.open_update(gpkg)
     else:
         gds, layer = tiles_gpkg.create(gpkg)
-    sid0 = len(manifest.sources) if manifest else 0
     rows, makers, i = [], {}, n0
     kept_by_source = np.zeros(len(plan), np.int64)
     for meta in _chunk_tables(partial, state["chunks"], "meta"):
@@ -694,7 +699,9 @@ def rewrite_vectors_locked(out_dir: str, model_path: str, transform: VectorTrans
                      np.memmap(os.path.join(final, layout.CODES), np.uint8, "r", shape=(n, nbytes)),
                      info.effective_code_bits, manifest.float_factory,
                      manifest.binary_factory if same_sizes else default_binary_factory(n, info.effective_code_bits))
-        shutil.copyfile(os.path.join(old, layout.TILES), os.path.join(final, layout.TILES))
+        for name in (layout.TILES, layout.WINDOWS):
+            if os.path.exists(os.path.join(old, name)):
+                shutil.copyfile(os.path.join(old, name), os.path.join(final, name))
         new = manifest.replace(**_model_fields(info), updated=_now(), **_next_generation(manifest))
         write_manifest(os.path.join(final, layout.MANIFEST), new)
         _fsync_folder(final)

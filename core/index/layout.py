@@ -15,6 +15,7 @@ FLOAT_INDEX = "float.faiss"
 BINARY_INDEX = "codes.faiss"
 EMBEDDINGS = "embeddings.f16"  # float16 (N, D) row = tile id; heat maps, re-ranking, index rebuilds
 CODES = "codes.u8"             # uint8 (N, bits/8) row = tile id; packed sign bits
+WINDOWS = "windows.i32"        # int32 (N, 5) row = tile id: source id, x, y, w, h (heat maps without SQL; optional)
 PARTIAL = ".partial"
 BASE = "base"                  # the vectors and model as they were before an analyst's labels adapted the index
 LOCK = ".lock"

@@ -431,7 +431,13 @@ class Index:
     def source_windows(self, source_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(tile ids, (n, 4) x/y/w/h pixel windows) of one source, in tile order; read once per open index (a
         heat map per query must not re-read 100k rows) and kept as int32."""
-        if source_id not in self._windows:
+        path = self.data_path(layout.WINDOWS)
+        if source_id not in self._windows and os.path.exists(path):  # one vectorised pass, no row objects
+            table = np.memmap(path, np.int32, "r", shape=(self.n, 5))
+            ids = np.flatnonzero(table[:, 0] == source_id)
+            self._windows[source_id] = (ids, np.asarray(table[ids, 1:]))
+            _drop_pages(table)
+        if source_id not in self._windows:  # indexes from before windows.i32
             rows = self._sql("SELECT fid, x, y, w, h FROM tiles WHERE source_id = ? ORDER BY fid",
                              (int(source_id),))
             table = np.concatenate([np.asarray(rows[i:i + 4096], np.int64).reshape(-1, 5)
