@@ -284,7 +284,9 @@ class Index:
             contiguous = len(part) and part[-1] - part[0] == len(part) - 1
             rows = (self._emb[part[0]:part[-1] + 1] if contiguous else self._emb[part]).astype(np.float32)
             out[i:i + chunk] = (rows @ query) / np.maximum(np.linalg.norm(rows, axis=1), 1e-12)
-        _drop_pages(self._emb)  # a heat map over millions of tiles must not stay resident in this process
+            if (i // chunk) % 16 == 15:  # a heat map over millions of tiles must not pile up in this process
+                _drop_pages(self._emb)
+        _drop_pages(self._emb)
         return out
 
     def all_embeddings(self) -> np.ndarray:
