@@ -253,40 +253,13 @@ def _gpkg_worker(path, planned, grid_xy, n, done):
 
 
 # -- faiss -------------------------------------------------------------------------------------------------------------
-def build_float_streaming(emb_path: str, n: int, dim: int, factory: str, chunk: int = 500_000,
-                          train_n: int = 100_000, seed: int = 0):
-    """A float faiss index over embeddings.f16 without the n x D float32 table in RAM: trained on a random sample,
-    added chunk by chunk (what `faiss_build.build_float_index` does in one piece)."""
-    import faiss
-
-    from core.index.faiss_build import DEFAULT_NPROBE, set_nprobe
-
-    table = np.memmap(emb_path, np.float16, "r", shape=(n, dim))
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(n, min(n, train_n), replace=False))
-        t = time.perf_counter()
-        index.train(np.ascontiguousarray(table[sample], np.float32))
-        _log(f"float.faiss: {factory} trained on {len(sample):,} in {time.perf_counter() - t:.0f} s")
-    t0 = time.perf_counter()
-    for start in range(0, n, chunk):
-        index.add(np.ascontiguousarray(table[start:start + chunk], np.float32))
-        done = min(n, start + chunk)
-        rate = done / (time.perf_counter() - t0)
-        _log(f"float.faiss: {done:,} / {n:,} added ({rate:,.0f}/s, ~{(n - done) / rate / 60:.1f} min left)")
-    set_nprobe(index, DEFAULT_NPROBE)
-    return index
-
-
 def build_streaming(raster: str, out: str, tiles: int, model: str, tile: int = 64, seed: int = 0,
                     centres: int = 10_000, flip: float = 0.04, float_factory: str = "IVF1024,PQ32",
                     binary_factory: str | None = None, chunk: int = 500_000, gpkg_from: str | None = None,
                     ) -> int:
     """The index of `raster`'s ~`tiles` windows, written chunk by chunk (module docstring); returns its tile count."""
-    import faiss
 
-    from core.index.faiss_build import build_binary_index, default_binary_factory
+    from core.index.faiss_build import default_binary_factory
     from core.index.manifest import Manifest, write_manifest
 
     t_start = time.perf_counter()
@@ -346,19 +319,19 @@ def build_streaming(raster: str, out: str, tiles: int, model: str, tile: int = 6
             if (start // chunk) % 4 == 3 or start + m == n:
                 _log(f"vectors: {start + m:,} / {n:,} ({time.perf_counter() - t0:.0f} s)")
     codes.tofile(os.path.join(final, layout.CODES))
+    xs, ys, tw, th = _grid_arrays(planned.windows)  # windows.i32: source 0, x, y, w, h per tile (row-major)
+    ids = np.arange(n)
+    np.column_stack([np.zeros(n, np.int32), xs[ids % len(xs)], ys[ids // len(xs)], np.full(n, tw),
+                     np.full(n, th)]).astype(np.int32).tofile(os.path.join(final, layout.WINDOWS))
+    del ids
 
+    # the product's writer: faiss files from the (memory-mapped) tables in chunks, and the hash tables on disk
     binary_factory = binary_factory or default_binary_factory(n, bits)
     t = time.perf_counter()
-    index = build_binary_index(codes, bits, binary_factory)
-    _log(f"codes.faiss: {binary_factory} built in {time.perf_counter() - t:.0f} s")
-    faiss.write_index_binary(index, os.path.join(final, layout.BINARY_INDEX))
-    del index, codes
-
-    t = time.perf_counter()
-    findex = build_float_streaming(emb_path, n, dim, float_factory, seed=seed)
-    faiss.write_index(findex, os.path.join(final, layout.FLOAT_INDEX))
-    _log(f"float.faiss: {float_factory} built in {time.perf_counter() - t:.0f} s")
-    del findex
+    builder._write_faiss(final, np.memmap(emb_path, np.float16, "r", shape=(n, dim)), codes, bits, float_factory,
+                         binary_factory)
+    _log(f"faiss files: {float_factory}, {binary_factory} (+ mih/ tables) in {time.perf_counter() - t:.0f} s")
+    del codes
 
     if writer is not None:
         _log("waiting for the tiles.gpkg writer")
