@@ -22,6 +22,7 @@ LEARN_REQUIRED = {"onnx": "onnx"}
 LEARN_INSTALL_MB = 60  # onnx, ml_dtypes, protobuf, typing_extensions (measured, Debian 12)
 # only for Build index with worker processes (Dask): installed on first use
 DASK_REQUIRED = {"distributed": "dask[distributed]"}
+DASK_INSTALL_MB = 45  # dask, distributed and what they need (measured, Debian 12)
 NEEDS_NO_NUMPY = {"distributed"}  # installed without the numpy pin: pip then adds no numpy copy of its own
 DEPS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "python_deps")
 

@@ -99,6 +99,7 @@ class FeedbackPanel(QWidget):
             row.addWidget(w)
         root.addLayout(row)
         self.summary = QLabel("")
+        self.summary.setWordWrap(True)  # a long line would widen the dock past the screen
         root.addWidget(self.summary)
         table = dock.table
         for key, value in (("R", True), ("N", False), ("Delete", None), ("Backspace", None)):
@@ -383,7 +384,7 @@ class FeedbackPanel(QWidget):
         from .tasks import LearnTask
 
         return self._run_adapt(LearnTask(session.index.dir, options, self.marks(), self._adapted),
-                               "Learning from the marks…")
+                               "Learning from the marks in the background…")
 
     def undo_learning(self):
         """Put back the vectors and model the index had before learning, in the background. Returns the task."""
@@ -401,7 +402,7 @@ class FeedbackPanel(QWidget):
 
         self.adapt_task = task
         QgsApplication.taskManager().addTask(task)
-        messages.push(self.dock.iface, text, level=Qgis.Info, duration=8)
+        messages.push(self.dock.iface, text, level=Qgis.Info, duration=3)  # the task manager shows the rest
         return task
 
     def _offer_onnx(self, missing: list[str]) -> None:
@@ -444,7 +445,7 @@ class FeedbackPanel(QWidget):
         self.dock._describe_index()  # noqa: SLF001 - the dock's own summary line
         layers.follow_index(self.dock.session.index.dir, self.dock.session.index.tiles_path())
         self.loop_query = None  # its embedding is in the old model's space
-        self.stale_text = task.done_text
+        self.stale_text = "The index has a new model: search again."
         self._update()
         QgsMessageLog.logMessage(task.log_text, "RSIR", Qgis.Info)
         from qgis.PyQt.QtCore import QTimer

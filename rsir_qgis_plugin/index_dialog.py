@@ -212,8 +212,9 @@ class IndexDialog(QDialog):
         from .install_task import InstallTask
 
         command = deps.pip_install_command(missing, deps.DASK_REQUIRED)
-        if QMessageBox.question(self, "RSIR", "Worker processes run on Dask, which this QGIS lacks. Install it "
-                                f"with\n\n{' '.join(command)}\n\ninto {deps.DEPS_DIR}?") != QMessageBox.Yes:
+        if QMessageBox.question(self, "RSIR", "Worker processes run on Dask, which this QGIS lacks (about "
+                                f"{deps.DASK_INSTALL_MB} MB with what it needs). Install it with\n\n"
+                                f"{' '.join(command)}\n\ninto {deps.DEPS_DIR}?") != QMessageBox.Yes:
             return
 
         def installed(task):
@@ -233,7 +234,11 @@ class IndexDialog(QDialog):
         level = Qgis.Success if ok else (Qgis.Warning if task.was_cancelled else Qgis.Critical)
         if ok and self.on_built is not None:
             self.on_built(task.out_dir)
-        messages.push(self.iface, task.summary(), level=level, duration=10 if ok else 20)
+        from qgis.PyQt.QtCore import QTimer
+
+        # after QGIS's own "Task complete" message, which would sit on top of this one
+        QTimer.singleShot(1200, lambda: messages.push(self.iface, task.summary(), level=level,
+                                                      duration=10 if ok else 20))
         if not ok and not task.was_cancelled:  # back with what was chosen, and the problem, to fix and retry
             self.problem.setText(task.summary())
             self.problem.setVisible(True)

@@ -48,7 +48,7 @@ class LearnDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("RSIR: learn from marks")
         self.setMinimumWidth(640)
-        self.index_dir, self.marks = index_dir, dict(marks)
+        self.index_dir, self.marks, self.learned_before = index_dir, dict(marks), learned_before
         pos = sum(marks.values())
         root = QVBoxLayout(self)
         again = (" Earlier learning's labels count too: this refines the same adaptation of the index's original "
@@ -126,8 +126,8 @@ class LearnDialog(QDialog):
         elif self.marks and name.lower() == "other":
             hint = '"other" is the class of the tiles marked not relevant: name what the relevant ones show.'
         elif self.marks and not name:
-            hint = ""  # the placeholder says it
-        elif self.marks and all(self.marks.values()) and not self.files_list.count():
+            hint = "Name what the relevant marks show."
+        elif self.marks and all(self.marks.values()) and not self.files_list.count() and not self.learned_before:
             hint = "Only relevant marks: mark some hits not relevant too, so the model learns what to tell apart."
         else:
             hint = ""

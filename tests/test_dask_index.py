@@ -89,5 +89,18 @@ def test_bad_cluster_addresses_are_one_line(tmp_path, archive, tiny_model, capsy
     monkeypatch.setattr(distributed, "CONNECT_TIMEOUT_S", 2)
     assert main(["index", *archive, "--out", out, "--model", tiny_model, "-q", "--dask", "tcp://127.0.0.1:9"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--dask tcp://127.0.0.1:9: no Dask scheduler answers there within 2 s" in err[0], err
+    assert len(err) == 1 and "Dask scheduler tcp://127.0.0.1:9: none answers there within 2 s" in err[0], err
     assert not os.path.exists(out)  # nothing written
+
+
+def test_local_workers_start_with_this_installations_python(monkeypatch):
+    """Inside QGIS sys.executable is the QGIS program, or whatever python3 comes first on PATH (a pyenv one without
+    GDAL): local workers start with sys.exec_prefix's interpreter instead; in a plain run nothing changes."""
+    from core.index import distributed
+
+    assert distributed.worker_python() is None  # this test's own interpreter
+    own = distributed.worker_python
+    for impostor in ("/usr/bin/qgis.bin", "/root/.pyenv/shims/python3"):
+        monkeypatch.setattr(sys, "executable", impostor)
+        python = own()
+        assert python and python.startswith(sys.exec_prefix) and os.path.basename(python).startswith("python")

@@ -875,7 +875,7 @@ def test_learn_from_marks_in_the_dock(dock, twin_raster, tiny_model, tmp_path, q
         QgsApplication.processEvents()
         time.sleep(0.02)
     # the old loop cannot refine: its query was encoded with the old model
-    assert not panel.refine_button.isEnabled() and "Search again" in panel.summary.text()
+    assert not panel.refine_button.isEnabled() and "search again" in panel.summary.text()
     # a new search encodes with the adapted model
     dock.box_tool.set_box(BOX_00)
     assert dock.wait() and dock.last_result.model_sha == after.model.sha256

@@ -14,8 +14,7 @@ from core.errors import RsirError
 from tests.rasters import write_class_folder
 from training.datasets import ImageSet
 from training.evaluate import score
-from training.whitening import (METADATA_KEY, check_gain, choose, choose_itq, fit_itq, fit_within_class,
-                                whiten_model)
+from training.whitening import METADATA_KEY, check_gain, choose, choose_itq, fit_itq, fit_within_class, whiten_model
 
 
 def _nuisance_set(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -60,24 +60,32 @@ def cluster_client(address: str, notice: Callable[[str], None] | None = None) ->
             import multiprocessing
 
             multiprocessing.set_executable(python)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
+        try:
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                   silence_logs=logging.ERROR)
+        except Exception as exc:  # noqa: BLE001 - e.g. "Nanny failed to start": say what the workers run
+            import sys
+
+            raise RsirError(f"--dask {address}: the {n} worker processes did not start ({type(exc).__name__}: "
+                            f"{exc}); they run {python or sys.executable}, which must import rsir's dependencies "
+                            "(GDAL, numpy, onnxruntime, faiss, dask)") from None
         client = Client(cluster)
     else:
         try:
             client = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")
         except (OSError, TimeoutError) as exc:
-            raise RsirError(f"--dask {address}: no Dask scheduler answers there within {CONNECT_TIMEOUT_S} s "
-                            f"({type(exc).__name__}); start one (dask scheduler) or use --dask local:N") from None
+            raise RsirError(f"Dask scheduler {address}: none answers there within {CONNECT_TIMEOUT_S} s "
+                            f"({type(exc).__name__}); start one (dask scheduler), or run the workers on this "
+                            "computer (rsir index --dask local:N; in QGIS, Worker processes)") from None
         except Exception as exc:  # noqa: BLE001 - something answered, not a scheduler (a proxy, another service)
-            raise RsirError(f"--dask {address}: what answers there is not a Dask scheduler ({type(exc).__name__}); "
-                            "check the address and port") from None
+            raise RsirError(f"Dask scheduler {address}: what answers there is not a Dask scheduler "
+                            f"({type(exc).__name__}); check the address and port") from None
     try:
         try:
             client.wait_for_workers(1, timeout=WORKER_WAIT_S)
         except TimeoutError:
-            raise RsirError(f"--dask {address}: the scheduler has no workers (waited {WORKER_WAIT_S} s); start "
-                            "some with: dask worker " + address) from None
+            raise RsirError(f"Dask scheduler {address}: it has no workers (waited {WORKER_WAIT_S} s); start some "
+                            "with: dask worker " + address) from None
         if notice:
             workers = len(client.scheduler_info().get("workers", {}))
             link = client.dashboard_link if _has_dashboard() else "none (pip install bokeh for one)"
@@ -90,19 +98,20 @@ def cluster_client(address: str, notice: Callable[[str], None] | None = None) ->
 
 
 def worker_python() -> str | None:
-    """The Python interpreter local worker processes must be started with when this process is not one (an
-    embedded interpreter: inside QGIS sys.executable is the QGIS program); None when sys.executable is fine."""
+    """The Python interpreter local worker processes must be started with, where it is not sys.executable: this
+    installation's own (sys.exec_prefix), as inside QGIS sys.executable is the QGIS program or whatever python3
+    comes first on PATH (a pyenv or conda one, without GDAL). None when sys.executable is that interpreter."""
     import os
-    import shutil
     import sys
 
-    if os.path.basename(sys.executable).lower().startswith("python"):
-        return None
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for cand in (os.path.join(sys.exec_prefix, "bin", version), os.path.join(sys.exec_prefix, "bin", "python3"),
-                 os.path.join(sys.exec_prefix, "python.exe"), shutil.which(version)):
-        if cand and os.path.exists(cand):
-            return cand
+                 os.path.join(sys.exec_prefix, "python.exe")):
+        if os.path.exists(cand):
+            same = os.path.exists(sys.executable) and os.path.samefile(cand, sys.executable)
+            return None if same else cand
+    if os.path.basename(sys.executable).lower().startswith("python"):
+        return None
     raise RsirError(f"--dask local: no Python interpreter found to start worker processes with ({sys.executable} "
                     "is not one); use a scheduler address instead")
 
