@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .encoder import ModelInfo, info_of_session, open_session
 from .errors import RsirError
+from .onnx_metadata import read_metadata_props
 
 
 def read_model_info(path: str) -> ModelInfo:
@@ -32,6 +33,11 @@ def modality_models(model: ModelInfo) -> dict[str, ModelInfo]:
         return found
     for path in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(model.path)), "*.onnx"))):
         if os.path.abspath(path) == os.path.abspath(model.path):
+            continue
+        try:  # the metadata alone first: an inference session per file in the folder took seconds
+            if read_metadata_props(path).get("rsir.shared_space", "") != model.shared_space:
+                continue
+        except (OSError, ValueError, UnicodeDecodeError):
             continue
         try:
             info = read_model_info(path)

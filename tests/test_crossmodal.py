@@ -531,3 +531,18 @@ def test_neighbour_batches_put_a_tiles_nearest_places_in_its_batch():
         parse_config({"out_dir": "o", "data": {"kind": "paired", "root": "a", "root_b": "b", "bands": [1],
                                                 "bands_b": [1], "neighbour_batches": 2.0},
                       "loss": {"name": "crossmodal-ssl"}})
+
+
+def test_onnx_metadata_read_without_a_session(tiny_model, tmp_path):
+    """core/onnx_metadata.py reads metadata_props straight from the protobuf, as onnx does, and refuses a file that
+    is not one."""
+    import onnx
+
+    from core.onnx_metadata import read_metadata_props
+
+    expected = {e.key: e.value for e in onnx.load(tiny_model).metadata_props}
+    assert read_metadata_props(tiny_model) == expected and "rsir.format" in expected
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\xff" * 20)
+    with pytest.raises(ValueError):
+        read_metadata_props(str(bad))
