@@ -107,7 +107,7 @@ def mosaic_vrt(raster: str, copies: int, folder: str, overviews: bool = True) ->
     mosaic = os.path.abspath(os.path.join(folder, f"mosaic_{copies}x{copies}.vrt"))
     if os.path.exists(mosaic) and (not overviews or os.path.exists(mosaic + ".ovr")):
         return mosaic
-    base = os.path.join(folder, "base.tif")
+    base = os.path.abspath(os.path.join(folder, "base.tif"))  # the copies' VRTs must find it from anywhere
     if not os.path.exists(base):
         gdal.Translate(base, raster, creationOptions=["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256"])
     ds = gdal.Open(base)

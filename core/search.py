@@ -75,8 +75,12 @@ def nearest_ids(index: Index, query: Query, k: int, mode: str = "float", nprobe:
     if mode == "float":
         if rerank:
             raise RsirError("re-ranking by cosine applies to hash search (--hash); float search is ranked by it")
-        _, ids = index.search_float(query.embedding[None], k + extra, nprobe)
-        ids = ids[0]
+        # candidates re-ranked by the exact cosine of the stored embeddings: a compressed float index (IVF-PQ)
+        # orders them by its approximation, and the hits' scores are the exact ones (an analyst read the mismatch
+        # as a bug); with exact indexes this changes nothing
+        _, ids = index.search_float(query.embedding[None], 2 * (k + extra), nprobe)
+        ids = ids[0][ids[0] >= 0]
+        ids = ids[np.argsort(-(index.embeddings(ids) @ query.embedding), kind="stable")][:k + extra]
     elif mode == "hash":
         ids, cosine = _hamming_ranked(index, query, max(k, rerank) + extra, nprobe)
         if rerank:  # the candidates' similarities are already at hand

@@ -1,6 +1,8 @@
 """Batch indexing dialog: sources (loaded raster layers and files/folders), model, options -> an IndexTask."""
 from __future__ import annotations
 
+import os
+
 from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsProject
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt
@@ -127,6 +129,41 @@ class IndexDialog(QDialog):
         box.accepted.connect(self.start)
         box.rejected.connect(self.reject)
         root.addWidget(box)
+        self._restore()
+
+    SETTINGS = "rsir/index_dialog/"
+
+    def _remembered(self):
+        """(key, getter, setter) of the fields the dialog remembers between runs (QGIS's settings)."""
+        return (("model", self.model.filePath, lambda v: os.path.exists(v) and self.model.setFilePath(v)),
+                ("out", self.out.filePath, self.out.setFilePath),
+                ("tile", self.tile.value, lambda v: self.tile.setValue(int(v))),
+                ("stride", self.stride.value, lambda v: self.stride.setValue(int(v))),
+                ("bands", self.bands.text, self.bands.setText),
+                ("scale", self.scale.value, lambda v: self.scale.setValue(float(v))),
+                ("offset", self.offset.value, lambda v: self.offset.setValue(float(v))),
+                ("nodata", self.nodata.text, self.nodata.setText),
+                ("workers", self.workers.value, lambda v: self.workers.setValue(int(v))),
+                ("scheduler", self.scheduler.text, self.scheduler.setText))
+
+    def _restore(self) -> None:
+        from qgis.core import QgsSettings
+
+        settings = QgsSettings()
+        for key, _get, put in self._remembered():
+            value = settings.value(self.SETTINGS + key, None)
+            if value not in (None, ""):
+                try:
+                    put(value)
+                except (TypeError, ValueError):
+                    pass
+
+    def _remember(self) -> None:
+        from qgis.core import QgsSettings
+
+        settings = QgsSettings()
+        for key, get, _put in self._remembered():
+            settings.setValue(self.SETTINGS + key, get())
 
     def _add_item(self, path: str) -> None:
         item = QListWidgetItem(path)
@@ -200,6 +237,7 @@ class IndexDialog(QDialog):
             if missing:
                 self._offer_dask(missing)
                 return
+        self._remember()
         self.task = IndexTask(srcs, model, out, self.options(), on_done=self._done,
                               restart=self.restart.isChecked())
         QgsApplication.taskManager().addTask(self.task)

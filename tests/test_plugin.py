@@ -54,6 +54,13 @@ def _done(dock, task):
     return task.result
 
 
+def _forget_dialog_settings() -> None:
+    """The Build index dialog remembers its fields in QGIS's settings: each test starts from its defaults."""
+    from qgis.core import QgsSettings
+
+    QgsSettings().remove("rsir/index_dialog")
+
+
 def _critical(iface) -> list[str]:
     return iface.messageBar().get_messages(Qgis.Critical)
 
@@ -515,6 +522,7 @@ def test_index_dialog_starts_a_task_over_loaded_layers(tmp_path, twin_raster, ti
     QgsProject.instance().addMapLayer(output)
     qgis_iface.messageBar().clear_messages()
     built = []
+    _forget_dialog_settings()
     dialog = IndexDialog(qgis_iface, on_built=built.append)  # the dock passes its open_index
     assert dialog.source_list.count() == 1  # the loaded raster layer is offered, checked
     assert dialog.source_list.item(0).checkState() == Qt.Checked and "hit 1" not in dialog.source_list.item(0).text()
@@ -562,6 +570,7 @@ def test_index_dialog_worker_processes_run_on_dask(tmp_path, twin_raster, tiny_m
     from rsir_qgis_plugin.tasks import IndexTask
 
     _raster_layer(twin_raster, qgis_iface)
+    _forget_dialog_settings()
     dialog = IndexDialog(qgis_iface)
     dialog.source_list.item(0).setCheckState(Qt.Checked)
     dialog.model.setFilePath(tiny_model)
@@ -594,6 +603,7 @@ def test_index_dialog_suggests_the_scale_of_a_16_bit_source(tmp_path, tiny_model
 
     raster = write_raster(str(tmp_path / "s2_16bit.tif"), mosaic_with_twin().astype(np.uint16) * 10 + 500)
     _raster_layer(raster, qgis_iface)
+    _forget_dialog_settings()
     dialog = IndexDialog(qgis_iface)
     dialog.model.setFilePath(tiny_model)
     dialog.source_list.item(0).setCheckState(Qt.Unchecked)
@@ -935,3 +945,27 @@ def test_find_all_dialog_histogram_and_threshold(qgis_iface):
     assert dialog.count.text() == "51 of 101 tiles" and dialog.histogram.threshold == pytest.approx(0.495)
     image = dialog.histogram.grab().toImage()  # painted: blue bars above the threshold, grey below
     assert image.width() >= 420
+
+
+def test_index_dialog_remembers_its_fields(tmp_path, twin_raster, tiny_model, qgis_iface, qgis_new_project):
+    """A started run's fields come back the next time the dialog opens (a model that is gone does not)."""
+    from qgis.PyQt.QtCore import Qt
+
+    from rsir_qgis_plugin.index_dialog import IndexDialog
+
+    _forget_dialog_settings()
+    _raster_layer(twin_raster, qgis_iface)
+    dialog = IndexDialog(qgis_iface)
+    dialog.source_list.item(0).setCheckState(Qt.Checked)
+    dialog.model.setFilePath(tiny_model)
+    dialog.out.setFilePath(str(tmp_path / "idx"))
+    dialog.tile.setValue(32)
+    dialog.scale.setValue(3000)
+    dialog.workers.setValue(3)
+    dialog._remember()
+    again = IndexDialog(qgis_iface)
+    assert (again.model.filePath(), again.out.filePath(), again.tile.value(), again.scale.value(),
+            again.workers.value()) == (tiny_model, str(tmp_path / "idx"), 32, 3000, 3)
+    _forget_dialog_settings()
+    for d in (dialog, again):
+        d.deleteLater()

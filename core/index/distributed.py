@@ -88,7 +88,7 @@ def cluster_client(address: str, notice: Callable[[str], None] | None = None) ->
                             "with: dask worker " + address) from None
         if notice:
             workers = len(client.scheduler_info().get("workers", {}))
-            link = client.dashboard_link if _has_dashboard() else "none (pip install bokeh for one)"
+            link = client.dashboard_link if _has_dashboard() else "none (Dask's dashboard needs the package bokeh)"
             notice(f"Dask: {workers} worker(s) at {client.scheduler.address}; dashboard: {link}")
         yield client
     finally:
