@@ -88,10 +88,11 @@ def main() -> int:
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--pulls", default="0.01,0.1,1")
+    ap.add_argument("--task", default="AID unseen 15", help="a generalization-suite task (its database = archive)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     suite, tasks = suite_for(args.data, args.cache)
-    task = next(t for t in tasks if t.name == "AID unseen 15")
+    task = next(t for t in tasks if t.name == args.task)
     enc = Encoder(args.model)
     size = enc.info.encode_size(suite.native(task.dataset))
     emb, _ = suite._embed(Contender(os.path.basename(args.model), args.model), enc, task.dataset, size)
@@ -101,7 +102,8 @@ def main() -> int:
     q_rows, db_rows = suite.picks(task)
     q, db = emb[[where[r] for r in q_rows]], emb[[where[r] for r in db_rows]]
     q_y, db_y = labels[q_rows], labels[db_rows]
-    cache = os.path.join(ROOT, "cache", "adapt_ssl", f"views-{enc.info.sha256[:12]}-{size}-{args.views}.npy")
+    cache = os.path.join(ROOT, "cache", "adapt_ssl",
+                         f"views-{enc.info.sha256[:12]}-{task.name.replace(' ', '_')}-{size}-{args.views}.npy")
     if os.path.exists(cache):
         view_emb = np.load(cache)
     else:
@@ -113,7 +115,7 @@ def main() -> int:
         view_emb = np.concatenate(parts)
         os.makedirs(os.path.dirname(cache), exist_ok=True)
         np.save(cache, view_emb)
-    print(f"model {os.path.basename(args.model)}; AID unseen 15: {len(q)} queries, {len(db)} archive images; "
+    print(f"model {os.path.basename(args.model)}; {task.name}: {len(q)} queries, {len(db)} archive images; "
           f"{args.views} views each ({time.perf_counter() - t0:.0f} s so far)\n")
     print("| embedding | mAP@100 test -> train |")
     print("|---|---|")
