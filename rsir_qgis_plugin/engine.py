@@ -18,7 +18,7 @@ try:  # packaged plugin
         search,
         tile_vrt,
     )
-    from .core.adapt import from_labels
+    from .core.adapt import from_labels, self_supervised
     from .core.archive import footprints, sources, value_check, values
     from .core.index import builder, distributed, reader
 except ModuleNotFoundError as exc:
@@ -39,7 +39,7 @@ except ModuleNotFoundError as exc:
         search,
         tile_vrt,
     )
-    from core.adapt import from_labels
+    from core.adapt import from_labels, self_supervised
     from core.archive import footprints, sources, value_check, values
     from core.index import builder, distributed, reader
 

@@ -159,3 +159,17 @@ class UndoLearningTask(_AdaptTask):
         model = from_labels.undo(self.index_dir, progress=self.progress_to, cancel=self.isCanceled)
         self.done_text = "The index is back to its model from before learning. Search again to use it."
         self.log_text = f"{self.index_dir}: back to {model}"
+
+
+class AdaptTask(_AdaptTask):
+    def __init__(self, index_dir: str, out_model: str, on_done):
+        super().__init__("RSIR: adapting to the archive (no labels)", index_dir, on_done)
+        self.out_model = out_model
+
+    def work(self) -> None:
+        from .engine import self_supervised
+
+        self_supervised.adapt(self.index_dir, self.out_model, progress=self.progress_to, cancel=self.isCanceled)
+        self.done_text = ("Adapted to this archive (no labels). Search again to use the adapted model "
+                          "(Marks > Undo learning goes back).")
+        self.log_text = f"{self.index_dir}: re-encoded with {self.out_model}"

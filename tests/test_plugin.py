@@ -891,6 +891,13 @@ def test_learn_from_marks_in_the_dock(dock, twin_raster, tiny_model, tmp_path, q
     assert dock.wait() and dock.last_result.model_sha == after.model.sha256
     assert dock.session.encoder().info.path == out_model
     assert float(dock.last_result.query.embedding @ first_query) < 0.99  # another space
+    # Adapt to this archive (no labels): the same machinery, another model; Undo goes back from it as well
+    adapt = panel.adapt_to_archive(ask=False)
+    deadline = time.time() + 120
+    while not Index(indexed).model.path.endswith("-adapted.onnx"):
+        assert time.time() < deadline, (adapt.error, qgis_iface.messageBar().messages)
+        QgsApplication.processEvents()
+        time.sleep(0.05)
     # Undo learning: the vectors and model from before, as a new generation
     panel._menu_about_to_show()
     assert panel.undo_learning_action.isEnabled()

@@ -105,20 +105,7 @@ def learn(index_dir: str, out_model: str, label_paths: list[str] = (), field: st
         raise RsirError(f"--mix {mix}: the training data's weight must be 0 or more")
     require_onnx()  # before the work, not after it
     index = Index(index_dir)
-    base = read_base(index.dir)
-    if base is not None and base.tiles != index.n:
-        drop_base(index.dir)  # left over from before an append (the builder drops it; an older rsir did not)
-        base = None
-    model = base.model if base is not None else index.model
-    if not os.path.exists(model.path):
-        raise RsirError(f"{model.path}: the model the index had before learning is not there any more; the adapted "
-                        "model is built on it")
-    for path in (model.path, index.model.path):
-        if os.path.abspath(out_model) == os.path.abspath(path):
-            raise RsirError(f"{out_model}: is the index's model; write the adapted model to a new file")
-    if index.model_info.shared_space:
-        raise RsirError(f"{index_dir}: a cross-modal index; its encoders share one space, and adapting one of them "
-                        "would leave the others behind")
+    base, model = starting_point(index, out_model)
     merged: dict[int, str] = dict(base.labels) if base is not None else {}
     if label_paths:
         ids, labels = labelled_ids(index, list(label_paths), field)
@@ -138,19 +125,47 @@ def learn(index_dir: str, out_model: str, label_paths: list[str] = (), field: st
                                               "shrinkage": shrinkage,
                                               "prior": {"classes": adapter.prior_classes, "mix": mix}
                                               if prior is not None else None})}
+    install(index, base, model, adapter, out_model, meta, merged, reencode, progress, cancel,
+            what="learning from labels")
+    return adapter
+
+
+def starting_point(index: Index, out_model: str):
+    """(the kept vectors from before any adaptation or None, the model they were made with) of an index about
+    to be adapted into `out_model`; RsirError where it cannot be."""
+    base = read_base(index.dir)
+    if base is not None and base.tiles != index.n:
+        drop_base(index.dir)  # left over from before an append (the builder drops it; an older rsir did not)
+        base = None
+    model = base.model if base is not None else index.model
+    if not os.path.exists(model.path):
+        raise RsirError(f"{model.path}: the model the index had before learning is not there any more; the adapted "
+                        "model is built on it")
+    for path in (model.path, index.model.path):
+        if os.path.abspath(out_model) == os.path.abspath(path):
+            raise RsirError(f"{out_model}: is the index's model; write the adapted model to a new file")
+    if index.model_info.shared_space:
+        raise RsirError(f"{index.dir}: a cross-modal index; its encoders share one space, and adapting one of them "
+                        "would leave the others behind")
+    return base, model
+
+
+def install(index: Index, base, model, adapter, out_model: str, meta: dict, labels: dict[int, str],
+            reencode: bool = True, progress=None, cancel=None, what: str = "adapting") -> None:
+    """Write `adapter` appended to `model` as `out_model`, then (with `reencode`) keep the vectors from before
+    (the first time) and re-encode the index from them as its next generation."""
     try:
         append_to_onnx(model.path, out_model, adapter.whitening, meta, codes=adapter.codes)
     except OSError as exc:
         raise RsirError(f"{out_model}: cannot be written ({exc.strerror or exc})") from None
     if reencode:
-        with IndexLock(index.dir, what=f"learning from labels ({os.path.basename(out_model)})"):
+        with IndexLock(index.dir, what=f"{what} ({os.path.basename(out_model)})"):
             if base is None:
                 base = keep_base(Index(index.dir))  # the generation in service now, under the lock
-            base.labels = merged
+            base.labels = labels
             base.save()
             rewrite_vectors_locked(index.dir, out_model, lambda emb, _codes: adapter.transform(emb),
                                    progress=progress, cancel=cancel, source_dir=base.dir)
-    return adapter
 
 
 def learned_before(index_dir: str) -> bool:
