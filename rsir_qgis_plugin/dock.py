@@ -1,6 +1,7 @@
 """The analyst's dock: open an index, query by box / footprint / image file, see hits as layers and a table."""
 from __future__ import annotations
 
+import time
 import traceback
 
 from qgis.core import (
@@ -401,7 +402,10 @@ class RsirDock(QDockWidget):
         self.last_result, self.last_group = task.result, group
         self._fill_table(task.result.hits)
         self.feedback.on_result(task.result, getattr(task, "refining", False))
-        self.status.setText(f"{len(task.result.hits)} hits in {task.seconds:.2f} s")
+        waited = time.perf_counter() - task.requested
+        queued = f" ({waited - task.seconds:.1f} s of it behind the search before)" if waited > task.seconds + 0.5 \
+            else ""
+        self.status.setText(f"{len(task.result.hits)} hits in {waited:.2f} s{queued}")
         for warning in task.result.warnings:
             if warning not in self.warned:  # said once per open index: the tenth box on a source needs no repeat
                 self.warned.add(warning)

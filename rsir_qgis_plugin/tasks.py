@@ -85,6 +85,9 @@ class SearchTask(QgsTask):
         self.details: str = ""
         self.superseded = False
         self.seconds = 0.0
+        import time
+
+        self.requested = time.perf_counter()  # the analyst waits from here, also while an earlier search runs
         self.layers: list = []
 
     def run(self) -> bool:  # worker thread: no GUI, no layers
