@@ -194,13 +194,21 @@ class RsirDock(QDockWidget):
 
     def _activate(self, tool) -> None:
         canvas = self.iface.mapCanvas()
+        self._show_tool(tool)
+        if tool is None:
+            if canvas.mapTool() in (self.box_tool, self.pick_tool, self.mark_tool):  # only our own
+                canvas.unsetMapTool(canvas.mapTool())
+        else:
+            canvas.setMapTool(tool)
+        if not getattr(self, "_follows_tools", False) and hasattr(canvas, "mapToolSet"):
+            # QGIS's own tools (Pan...) replace ours: the buttons must not stay pressed
+            canvas.mapToolSet.connect(lambda new, _old=None: self._show_tool(new))
+            self._follows_tools = True
+
+    def _show_tool(self, tool) -> None:
         self.box_button.setChecked(tool is self.box_tool)
         self.pick_button.setChecked(tool is self.pick_tool)
         self.mark_button.setChecked(tool is self.mark_tool)
-        if tool is None:
-            canvas.unsetMapTool(canvas.mapTool())
-        else:
-            canvas.setMapTool(tool)
 
     def _choose_image(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Query image", "", "Images (*.tif *.tiff *.png *.jpg *.jp2)")

@@ -149,8 +149,7 @@ class LearnTask(_AdaptTask):
         labelled = from_labels.marks_as_labels(self.marks, o.class_name) if self.marks else None
         self.adapter = from_labels.learn(self.index_dir, o.out_model, o.label_files, labelled=labelled,
                                          shrinkage=o.shrinkage, progress=self.progress_to, cancel=self.isCanceled)
-        self.done_text = (f"Learned from {self.adapter.describe()}. Search again to use the adapted model "
-                          "(Marks > Undo learning goes back).")
+        self.done_text = f"Learned from {self.adapter.describe()}. Search again to use it."
         self.log_text = f"{self.index_dir}: re-encoded with {o.out_model}"
 
 
@@ -173,6 +172,5 @@ class AdaptTask(_AdaptTask):
         from .engine import self_supervised
 
         self_supervised.adapt(self.index_dir, self.out_model, progress=self.progress_to, cancel=self.isCanceled)
-        self.done_text = ("Adapted to this archive (no labels). Search again to use the adapted model "
-                          "(Marks > Undo learning goes back).")
+        self.done_text = "Adapted to this archive. Search again to use it."
         self.log_text = f"{self.index_dir}: re-encoded with {self.out_model}"
