@@ -364,15 +364,8 @@ class FeedbackPanel(QWidget):
         """Fit the index's model to the marks (and any label files the analyst adds) and re-encode the index in
         the background (core/adapt/from_labels.py, `rsir learn-labels`). `options` (a learn_dialog.LearnOptions)
         skips the dialog (scripts, tests). Returns the task, or None."""
-        from . import deps
-
-        session = self.dock.session
+        session = self._ready_session(lambda: self.learn(options))
         if session is None:
-            messages.push(self.dock.iface, "Open an index first.", duration=5)
-            return None
-        missing = deps.missing_modules(deps.LEARN_REQUIRED)
-        if missing:
-            self._offer_onnx(missing)
             return None
         if options is None:
             from .learn_dialog import LearnDialog
@@ -390,17 +383,11 @@ class FeedbackPanel(QWidget):
     def adapt_to_archive(self, ask: bool = True):
         """Self-supervised adaptation of the index's model to its own tiles, in the background (`rsir adapt`).
         Returns the task, or None."""
-        from . import deps
         from .engine import self_supervised
         from .tasks import AdaptTask
 
-        session = self.dock.session
+        session = self._ready_session(lambda: self.adapt_to_archive(ask))
         if session is None:
-            messages.push(self.dock.iface, "Open an index first.", duration=5)
-            return None
-        missing = deps.missing_modules(deps.LEARN_REQUIRED)
-        if missing:
-            self._offer_onnx(missing)
             return None
         out = self_supervised.default_out(session.index.dir)
         if ask:
@@ -446,33 +433,24 @@ class FeedbackPanel(QWidget):
             except (RuntimeError, TypeError):  # closed by the analyst meanwhile
                 pass
 
-    def _offer_onnx(self, missing: list[str]) -> None:
-        from qgis.PyQt.QtWidgets import QMessageBox
-
+    def _ready_session(self, then):
+        """The open session when onnx (which writing an adapted model needs) is there; else None, after offering
+        to install onnx and to call `then()` when it imports."""
         from . import deps
 
-        command = deps.pip_install_command(missing, deps.LEARN_REQUIRED)
-        if QMessageBox.question(self, "RSIR", "Learning from marks writes an ONNX model, which needs the Python "
-                                f"package onnx (about {deps.LEARN_INSTALL_MB} MB with what it needs). Install it "
-                                f"with\n\n{' '.join(command)}\n\ninto {deps.DEPS_DIR}?") != QMessageBox.Yes:
-            return
-        from qgis.core import QgsApplication
+        session = self.dock.session
+        if session is None:
+            messages.push(self.dock.iface, "Open an index first.", duration=5)
+            return None
+        missing = deps.missing_modules(deps.LEARN_REQUIRED)
+        if missing:
+            from .install_task import offer_optional_install
 
-        from .install_task import InstallTask
-
-        def installed(task):
-            import importlib
-
-            importlib.invalidate_caches()
-            if task.ok and not deps.missing_modules(deps.LEARN_REQUIRED):
-                messages.push(self.dock.iface, "onnx installed; Learn from marks is ready.", level=Qgis.Success,
-                              duration=5)
-                self.learn()
-            else:
-                messages.push(self.dock.iface, f"Installing onnx failed: {task.log[-300:]}")
-
-        self.install_task = InstallTask(command, installed)
-        QgsApplication.taskManager().addTask(self.install_task)
+            self.install_task = offer_optional_install(
+                self, self.dock.iface, missing, deps.LEARN_REQUIRED, "Adapting the model writes an ONNX model, "
+                "which needs the Python package onnx", deps.LEARN_INSTALL_MB, then, "onnx installed.")
+            return None
+        return session
 
     def _adapted(self, task, ok: bool) -> None:
         """A learning or undo task ended: on success the dock moves to the new model, the loop's query (encoded

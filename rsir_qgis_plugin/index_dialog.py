@@ -235,38 +235,17 @@ class IndexDialog(QDialog):
 
             missing = deps.missing_modules(deps.DASK_REQUIRED)
             if missing:
-                self._offer_dask(missing)
+                from .install_task import offer_optional_install
+
+                self.install_task = offer_optional_install(
+                    self, self.iface, missing, deps.DASK_REQUIRED, "Worker processes run on Dask, which this QGIS "
+                    "lacks", deps.DASK_INSTALL_MB, self.start, "Dask installed; indexing starts.")
                 return
         self._remember()
         self.task = IndexTask(srcs, model, out, self.options(), on_done=self._done,
                               restart=self.restart.isChecked())
         QgsApplication.taskManager().addTask(self.task)
         self.accept()
-
-    def _offer_dask(self, missing: list[str]) -> None:
-        from qgis.PyQt.QtWidgets import QMessageBox
-
-        from . import deps
-        from .install_task import InstallTask
-
-        command = deps.pip_install_command(missing, deps.DASK_REQUIRED)
-        if QMessageBox.question(self, "RSIR", "Worker processes run on Dask, which this QGIS lacks (about "
-                                f"{deps.DASK_INSTALL_MB} MB with what it needs). Install it with\n\n"
-                                f"{' '.join(command)}\n\ninto {deps.DEPS_DIR}?") != QMessageBox.Yes:
-            return
-
-        def installed(task):
-            import importlib
-
-            importlib.invalidate_caches()
-            if task.ok and not deps.missing_modules(deps.DASK_REQUIRED):
-                messages.push(self.iface, "Dask installed; indexing starts.", level=Qgis.Success, duration=5)
-                self.start()
-            else:
-                messages.push(self.iface, f"Installing Dask failed: {task.log[-300:]}")
-
-        self.install_task = InstallTask(command, installed)
-        QgsApplication.taskManager().addTask(self.install_task)
 
     def _done(self, task: IndexTask, ok: bool) -> None:
         level = Qgis.Success if ok else (Qgis.Warning if task.was_cancelled else Qgis.Critical)

@@ -38,3 +38,32 @@ class InstallTask(QgsTask):
     def finished(self, ok: bool) -> None:  # main thread
         QgsMessageLog.logMessage(f"{' '.join(self.command)}\n{self.log}", "RSIR", Qgis.Info)
         self.on_done(self)
+
+
+def offer_optional_install(parent, iface, missing: list[str], required: dict[str, str], why: str, size_mb: int,
+                           then, ready_text: str):
+    """Ask to install an optional package (the pip command shown is the one run); install it in the background,
+    then run `then()` once it imports. Returns the task, or None when the analyst declined."""
+    from qgis.core import QgsApplication
+    from qgis.PyQt.QtWidgets import QMessageBox
+
+    from . import deps, messages
+
+    command = deps.pip_install_command(missing, required)
+    if QMessageBox.question(parent, "RSIR", f"{why} (about {size_mb} MB with what it needs). Install it with\n\n"
+                            f"{' '.join(command)}\n\ninto {deps.DEPS_DIR}?") != QMessageBox.Yes:
+        return None
+
+    def installed(task):
+        import importlib
+
+        importlib.invalidate_caches()
+        if task.ok and not deps.missing_modules(required):
+            messages.push(iface, ready_text, level=Qgis.Success, duration=5)
+            then()
+        else:
+            messages.push(iface, f"Installing {', '.join(missing)} failed: {task.log[-300:]}")
+
+    task = InstallTask(command, installed)
+    QgsApplication.taskManager().addTask(task)
+    return task

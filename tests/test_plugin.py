@@ -979,3 +979,20 @@ def test_index_dialog_remembers_its_fields(tmp_path, twin_raster, tiny_model, qg
     _forget_dialog_settings()
     for d in (dialog, again):
         d.deleteLater()
+
+
+def test_optional_packages_are_offered_with_their_command(dock, indexed, qgis_iface, monkeypatch):
+    """Learn from marks / Adapt without onnx, and worker processes without Dask: a question shows the pip command
+    and the size; declining starts nothing."""
+    from qgis.PyQt.QtWidgets import QMessageBox
+
+    from rsir_qgis_plugin import deps
+
+    dock.open_index(indexed)
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda _parent, _title, text: asked.append(text) or QMessageBox.No)
+    monkeypatch.setattr(deps, "missing_modules", lambda required=None: list(required or []))
+    assert dock.feedback.learn() is None and dock.feedback.adapt_to_archive() is None
+    assert len(asked) == 2 and all("onnx" in t and f"about {deps.LEARN_INSTALL_MB} MB" in t and "pip install" in t
+                                   for t in asked)
+    assert dock.feedback.install_task is None
