@@ -255,6 +255,7 @@ class RsirDock(QDockWidget):
         self.status.setText("")
         self.warned.clear()
         self.table.setRowCount(0)  # the old index's hits are not this one's
+        self.feedback.index_changed()
         mods = self.session.modalities
         self._describe_index()
         self._watch(path)

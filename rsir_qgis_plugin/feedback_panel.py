@@ -132,6 +132,16 @@ class FeedbackPanel(QWidget):
         self.show_marks()
         self._update()
 
+    def index_changed(self) -> None:
+        """Another index was opened: the loop's query and marks are tile ids of the one before."""
+        self.loop_query, self.stale_text, self.round = None, "", 0
+        if self.layer is not None:
+            node = QgsProject.instance().layerTreeRoot().findLayer(self.layer.id())
+            if node is not None:
+                node.setItemVisibilityChecked(False)
+        self.layer, self.undo_stack = None, []
+        self._update()
+
     def marks(self) -> dict[int, bool]:
         return marks_io.read(self.layer) if self.layer is not None else {}
 

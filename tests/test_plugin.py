@@ -996,3 +996,23 @@ def test_optional_packages_are_offered_with_their_command(dock, indexed, qgis_if
     assert len(asked) == 2 and all("onnx" in t and f"about {deps.LEARN_INSTALL_MB} MB" in t and "pip install" in t
                                    for t in asked)
     assert dock.feedback.install_task is None
+
+
+def test_opening_another_index_ends_the_feedback_loop(dock, indexed, twin_raster, tmp_path, tiny_model, qgis_iface):
+    """Marks and the loop's query are tile ids of the index they were made on: opening another one ends the loop
+    (buttons off, marks layer hidden) instead of leaving them enabled over an empty table."""
+    _raster_layer(twin_raster, qgis_iface)
+    dock.open_index(indexed)
+    dock.raster_combo.setLayer(QgsProject.instance().mapLayersByName("twin.tif")[0])
+    dock.box_tool.set_box(BOX_00)
+    assert dock.wait()
+    panel = dock.feedback
+    panel.set_mark(0, True)
+    marks_layer = panel.layer
+    assert panel.relevant_button.isEnabled() and panel.refine_button.isEnabled()
+    other = str(tmp_path / "other")
+    build_index([twin_raster], tiny_model, other, BuildOptions(tile=32))
+    assert dock.open_index(other)
+    assert not panel.relevant_button.isEnabled() and not panel.refine_button.isEnabled()
+    assert not panel.find_button.isEnabled() and panel.layer is None and panel.loop_query is None
+    assert not QgsProject.instance().layerTreeRoot().findLayer(marks_layer.id()).itemVisibilityChecked()
