@@ -64,11 +64,23 @@ def fit(embeddings: np.ndarray, labels: list[str], background: np.ndarray, bits:
         raise RsirError("every class has a single labelled tile; a class's spread needs two or more")
     y = np.array([names.index(v) for v in labels])
     whitening = fit_within_class(embeddings, y, shrinkage, prior=prior, prior_weight=mix if prior else 0.0)
+    return LabelAdapter(whitening, fit_codes(whitening, background, bits),
+                        {n: int(np.sum(y == i)) for i, n in enumerate(names)})
+
+
+def fit_codes(whitening: Whitening, background: np.ndarray, bits: int, what: str = "") -> CodeProjection:
+    """PCA-ITQ codes of the `whitening`-mapped `background` embeddings, at most `bits` bits (one per dimension
+    at most); RsirError (prefixed by `what`) when there are too few tiles to fit them."""
     white = whitening.apply(background)
     bits = min(bits, white.shape[1] // 8 * 8)
     if len(white) < bits:
-        raise RsirError(f"{len(white)} tiles are too few to fit {bits}-bit codes")
-    return LabelAdapter(whitening, fit_itq(white, bits), {n: int(np.sum(y == i)) for i, n in enumerate(names)})
+        raise RsirError(f"{what}{len(white)} tiles are too few to fit {bits}-bit codes")
+    return fit_itq(white, bits)
+
+
+def background_ids(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ITQ_SAMPLE of the n tiles, sorted: what new codes are fitted on."""
+    return np.sort(rng.choice(n, size=min(ITQ_SAMPLE, n), replace=False))
 
 
 def fit_adapter(embeddings, n: int, ids: np.ndarray, labels: list[str], code_bits: int,
@@ -76,8 +88,7 @@ def fit_adapter(embeddings, n: int, ids: np.ndarray, labels: list[str], code_bit
                 seed: int = 0) -> LabelAdapter:
     """`fit` on stored embeddings (`embeddings(ids)` gives unit rows of the n tiles): the labelled tiles, and up to
     ITQ_SAMPLE tiles for the codes."""
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(n, size=min(ITQ_SAMPLE, n), replace=False))
+    sample = background_ids(n, np.random.default_rng(seed))
     return fit(embeddings(ids), labels, embeddings(sample), code_bits, shrinkage, prior, mix)
 
 

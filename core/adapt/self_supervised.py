@@ -12,14 +12,15 @@ from collections.abc import Callable
 import numpy as np
 
 from ..archive.pixels import read_window
-from ..archive.sources import SourceSpec, open_source
+from ..archive.sources import SourceSpec
 from ..archive.tiling import TileWindow
 from ..encoder import Encoder, l2_normalise
 from ..errors import RsirError
+from ..index.encode_chunks import DatasetCache
 from ..index.reader import Index
 from .contrastive import train_linear_head
-from .from_labels import ITQ_SAMPLE, LabelAdapter, install, starting_point
-from .linear_maps import Whitening, fit_itq
+from .from_labels import LabelAdapter, background_ids, fit_codes, install, starting_point
+from .linear_maps import Whitening
 from .onnx_graph import require_onnx
 
 DEFAULT_SAMPLE = 4000  # tiles whose views train the head (3,458 in the measurement)
@@ -27,15 +28,13 @@ DEFAULT_PULL = 0.2
 DEFAULT_EPOCHS = 40
 
 
-def augmented_pixels(index: Index, tile_id: int, n_views: int, rng: np.random.Generator, datasets: dict) -> list:
+def augmented_pixels(index: Index, tile_id: int, n_views: int, rng: np.random.Generator,
+                     datasets: DatasetCache) -> list:
     """`n_views` views of one tile as the model reads it: a random sub-window of 40-100 % of its area, a random
     90-degree rotation and flip, brightness x U(0.8, 1.2); each (C, S, S) float32 with the source's values."""
     tile = index.tile(tile_id)
     entry = index.sources[tile.source_id]
-    if tile.source_id not in datasets:
-        datasets.clear()
-        datasets[tile.source_id] = open_source(SourceSpec(entry.path, entry.kind))
-    ds, size = datasets[tile.source_id], index.source_input_size(entry)
+    ds, size = datasets.get(tile.source_id, SourceSpec(entry.path, entry.kind)), index.source_input_size(entry)
     out = []
     for _ in range(n_views):
         share = np.sqrt(rng.uniform(0.4, 1.0))
@@ -53,7 +52,7 @@ def view_embeddings(index: Index, model_path: str, ids: np.ndarray, n_views: int
                     progress=None, cancel: Callable[[], bool] | None = None) -> np.ndarray:
     """(len(ids), n_views, D) unit embeddings of augmented views of the tiles `ids`, by the model `model_path`."""
     encoder = Encoder(model_path)
-    rng, datasets, out = np.random.default_rng(seed), {}, []
+    rng, datasets, out = np.random.default_rng(seed), DatasetCache(), []
     for start in range(0, len(ids), 64):
         if cancel is not None and cancel():
             from ..errors import Cancelled
@@ -91,12 +90,8 @@ def adapt(index_dir: str, out_model: str, sample: int = DEFAULT_SAMPLE, pull: fl
                              seed=seed, cancel=cancel)
     whitening = Whitening(np.zeros(len(head), np.float32), head, 0.0)  # normalise(normalise(e) @ W)
     embeddings = base.embeddings if base is not None else index.embeddings
-    background = np.sort(rng.choice(index.n, size=min(ITQ_SAMPLE, index.n), replace=False))
-    white = whitening.apply(embeddings(background))
-    bits = min(index.code_bits, white.shape[1] // 8 * 8)
-    if len(white) < bits:
-        raise RsirError(f"{index_dir}: {len(white)} tiles are too few to fit {bits}-bit codes")
-    adapter = LabelAdapter(whitening, fit_itq(white, bits), {})
+    codes = fit_codes(whitening, embeddings(background_ids(index.n, rng)), index.code_bits, f"{index_dir}: ")
+    adapter = LabelAdapter(whitening, codes, {})
     meta = {"rsir.adapted_from": model.sha256,
             "rsir.adapted_unlabelled": json.dumps({"method": "simclr-linear-head", "tiles": int(len(ids)),
                                                    "views": views, "pull": pull, "epochs": epochs})}

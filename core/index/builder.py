@@ -480,9 +480,8 @@ def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, 
     """Write the next generation (data files and manifest) into IDX/.partial/final/; returns its number. Streams
     the chunks: memory stays at one chunk plus the faiss indexes being built, whatever the archive's size."""
     info = encoder.info
-    new_rows = sum(len(m) for m in _chunk_tables(partial, state["chunks"], "meta"))
     n0 = manifest.tiles if manifest else 0
-    n = n0 + new_rows
+    n = n0 + state["kept"]  # the committed chunks' rows, counted as each was committed
     if n == 0:
         shutil.rmtree(partial)
         raise RsirError(f"{_listed([p.path for p in plan], 3)}: no valid tiles: all {state['skipped']} tile(s) are "

@@ -63,10 +63,11 @@ class DatasetCache:
     def __init__(self):
         self._open: dict[int, object] = {}
 
-    def get(self, si: int, reader: SourceReader):
+    def get(self, si: int, spec: SourceSpec):
+        """Source number `si` (whose spec is `spec`) opened; the one open before is closed."""
         if si not in self._open:
             self._open.clear()
-            self._open[si] = open_source(reader.spec)
+            self._open[si] = open_source(spec)
         return self._open[si]
 
 
@@ -90,7 +91,7 @@ def encode_windows(windows: list[tuple[int, TileWindow]], readers: Mapping[int, 
         by_size: dict[int, tuple[list, list]] = {}
         for si, win in windows[start:start + bs]:
             r = readers[si]
-            ds = datasets.get(si, r)
+            ds = datasets.get(si, r.spec)
             raw = read_window(ds, list(r.bands), win, r.input_size, r.path)
             if invalid_fraction(ds, list(r.bands), win, raw, settings.nodata) > settings.max_invalid:
                 skipped[si] = skipped.get(si, 0) + 1
