@@ -3,22 +3,16 @@ its centre. Candidates come from tiles.gpkg's R-tree, polygon by polygon, so the
 size of the index (10M tiles are not read to find 400)."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from osgeo import ogr, osr
 
 from ..archive.footprints import wgs84
+from ..archive.vectors import open_first_layer
 from ..errors import RsirError
 
 
 def _open_labels(path: str, field: str) -> tuple[ogr.DataSource, ogr.Layer]:
-    if not os.path.exists(path):
-        raise RsirError(f"{path}: no such label file")
-    ds = ogr.Open(path)
-    if ds is None or ds.GetLayerCount() == 0:
-        raise RsirError(f"{path}: not a vector file OGR can open")
-    layer = ds.GetLayer(0)
+    ds, layer = open_first_layer(path, "label file")
     defn = layer.GetLayerDefn()
     if defn.GetFieldIndex(field) < 0:
         names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
