@@ -54,6 +54,17 @@ def _done(dock, task):
     return task.result
 
 
+def _box_search(dock, index_dir: str, raster: str, iface, k: int | None = None) -> None:
+    """The raster loaded, the index open in the dock, the box over tile (0, 0) searched (and waited for)."""
+    _raster_layer(raster, iface)
+    dock.open_index(index_dir)
+    if k is not None:
+        dock.k_spin.setValue(k)
+    dock.raster_combo.setLayer(QgsProject.instance().mapLayersByName(os.path.basename(raster))[0])
+    dock.box_tool.set_box(BOX_00)
+    assert dock.wait()
+
+
 def _forget_dialog_settings() -> None:
     """The Build index dialog remembers its fields in QGIS's settings: each test starts from its defaults."""
     from qgis.core import QgsSettings
@@ -774,12 +785,7 @@ def test_relevance_feedback_in_the_dock(dock, indexed, twin_raster, tmp_path, qg
 
     wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
 
-    _raster_layer(twin_raster, qgis_iface)
-    dock.open_index(indexed)
-    dock.k_spin.setValue(8)
-    dock.raster_combo.setLayer(QgsProject.instance().mapLayersByName("twin.tif")[0])
-    dock.box_tool.set_box(BOX_00)
-    assert dock.wait()
+    _box_search(dock, indexed, twin_raster, qgis_iface, k=8)
     hits = dock.last_result.hits
     panel = dock.feedback
     assert not panel.refine_button.isEnabled() and panel.layer is None
@@ -839,12 +845,7 @@ def test_learn_from_marks_in_the_dock(dock, twin_raster, tiny_model, tmp_path, q
 
     indexed = str(tmp_path / "idx")
     build_index([twin_raster], tiny_model, indexed, BuildOptions(tile=32))  # 64 tiles: enough for 32-bit ITQ
-    _raster_layer(twin_raster, qgis_iface)
-    dock.open_index(indexed)
-    dock.k_spin.setValue(8)
-    dock.raster_combo.setLayer(QgsProject.instance().mapLayersByName("twin.tif")[0])
-    dock.box_tool.set_box(BOX_00)
-    assert dock.wait()
+    _box_search(dock, indexed, twin_raster, qgis_iface, k=8)
     first_query = dock.last_result.query.embedding
     panel = dock.feedback
     for row, relevant in ((0, True), (1, True), (2, False), (3, False), (4, False)):
@@ -922,11 +923,7 @@ def test_find_all_in_the_dock(dock, indexed, twin_raster, qgis_iface):
     """Find all scores every tile in a background task and adds one layer of those above the threshold."""
     import time
 
-    _raster_layer(twin_raster, qgis_iface)
-    dock.open_index(indexed)
-    dock.raster_combo.setLayer(QgsProject.instance().mapLayersByName("twin.tif")[0])
-    dock.box_tool.set_box(BOX_00)
-    assert dock.wait()
+    _box_search(dock, indexed, twin_raster, qgis_iface)
     panel = dock.feedback
     assert panel.find_button.isEnabled()
     task = panel.find_all(threshold=0.99)
@@ -1001,11 +998,7 @@ def test_optional_packages_are_offered_with_their_command(dock, indexed, qgis_if
 def test_opening_another_index_ends_the_feedback_loop(dock, indexed, twin_raster, tmp_path, tiny_model, qgis_iface):
     """Marks and the loop's query are tile ids of the index they were made on: opening another one ends the loop
     (buttons off, marks layer hidden) instead of leaving them enabled over an empty table."""
-    _raster_layer(twin_raster, qgis_iface)
-    dock.open_index(indexed)
-    dock.raster_combo.setLayer(QgsProject.instance().mapLayersByName("twin.tif")[0])
-    dock.box_tool.set_box(BOX_00)
-    assert dock.wait()
+    _box_search(dock, indexed, twin_raster, qgis_iface)
     panel = dock.feedback
     panel.set_mark(0, True)
     marks_layer = panel.layer
