@@ -243,6 +243,8 @@ def describe_method(meta: dict) -> str:
     if "rsir.general_branch" in meta:
         g = json.loads(meta["rsir.general_branch"])
         where = f", {g['features']} features" if g.get("features", "head") != "head" else ""
+        if g.get("input_scale", 1) != 1:
+            where += f" at {g['input_scale']:g}x the input"
         parts.append(f"with a general ImageNet branch (PCA-{g.get('dims')}, weight {g.get('weight')}{where})")
     if "rsir.invariance" in meta:
         parts.append(f"averaged over {meta['rsir.invariance']}")

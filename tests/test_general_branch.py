@@ -16,7 +16,7 @@ from core.errors import RsirError
 from tests.rasters import write_class_folder
 from training.config import parse_config
 from training.export import export_checkpoint  # it checks onnxruntime against torch at every side it tries
-from training.general_branch import GeneralAndTrained, fit_pca, shared_blocks_match
+from training.general_branch import GeneralAndTrained, GeneralBranch, fit_pca, shared_blocks_match
 from training.models.efficientnet_lite import efficientnet_lite
 from training.models.factory import TrainNet
 from training.trainer import train
@@ -54,6 +54,13 @@ def test_the_branches_share_the_prefix_and_concatenate_as_documented():
         general = F.normalize((mid - torch.from_numpy(m_mean)) @ torch.from_numpy(m_proj), dim=1)
     torch.testing.assert_close(tapped, F.normalize(torch.cat([0.3 * general, 0.7 * specific], dim=1), dim=1),
                                atol=1e-5, rtol=1e-4)
+    # scale: the general part sees the input resized (the trained part does not)
+    with torch.no_grad():
+        scaled = GeneralAndTrained(trained, imagenet, 3, mean, proj, 0.3, scale=1.5).eval()(x)
+        big = F.interpolate(x, size=(60, 60), mode="bilinear", align_corners=False)
+        general = F.normalize((imagenet.features(big) - torch.from_numpy(mean)) @ torch.from_numpy(proj), dim=1)
+    torch.testing.assert_close(scaled, F.normalize(torch.cat([0.3 * general, 0.7 * specific], dim=1), dim=1),
+                               atol=1e-5, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +77,7 @@ def lite0_run(tmp_path_factory) -> str:
 
 def test_a_checkpoint_exports_with_its_general_branch(lite0_run, tmp_path):
     out = str(tmp_path / "g.onnx")
-    meta = export_checkpoint(os.path.join(lite0_run, "best.pt"), out, general=(0.5, 8))
+    meta = export_checkpoint(os.path.join(lite0_run, "best.pt"), out, general=GeneralBranch(0.5, 8))
     assert meta["rsir.embedding_dim"] == "24" and json.loads(meta["rsir.general_branch"])["shared_blocks"] == 4
     enc = Encoder(out)
     assert "with a general ImageNet branch (PCA-8, weight 0.5)" in describe_method(enc.info.metadata)
@@ -78,10 +85,23 @@ def test_a_checkpoint_exports_with_its_general_branch(lite0_run, tmp_path):
     e48, _ = enc.encode(np.random.default_rng(0).uniform(0, 255, (2, 3, 48, 48)).astype(np.float32))
     assert e32.shape == e48.shape == (2, 24)
     tapped = str(tmp_path / "g10.onnx")
-    meta = export_checkpoint(os.path.join(lite0_run, "best.pt"), tapped, general=(0.5, 8, 10))
+    meta = export_checkpoint(os.path.join(lite0_run, "best.pt"), tapped, general=GeneralBranch(0.5, 8, 10))
     assert json.loads(meta["rsir.general_branch"])["features"] == "block 10"
     assert "PCA-8, weight 0.5, block 10 features" in describe_method(Encoder(tapped).info.metadata)
+    # the general part at 1.5x the input inside the graph: exported (parity with torch checked at every side),
+    # recorded, and run by core at the model's sides
+    scaled = str(tmp_path / "g10s.onnx")
+    meta = export_checkpoint(os.path.join(lite0_run, "best.pt"), scaled, general=GeneralBranch(0.5, 8, 10, 1.5))
+    assert json.loads(meta["rsir.general_branch"])["input_scale"] == 1.5
+    assert "block 10 features at 1.5x the input" in describe_method(Encoder(scaled).info.metadata)
+    px = np.random.default_rng(0).uniform(0, 255, (2, 3, 32, 32)).astype(np.float32)
+    s32, t32 = Encoder(scaled).encode(px)[0], Encoder(tapped).encode(px)[0]
+    np.testing.assert_allclose(s32[:, 8:], t32[:, 8:], atol=1e-5)  # the trained part saw the input as it was
+    assert np.abs(s32[:, :8] - t32[:, :8]).max() > 1e-3
+    ckpt, bad = os.path.join(lite0_run, "best.pt"), str(tmp_path / "x.onnx")
     with pytest.raises(RsirError, match="--general-block must be after the shared blocks"):
-        export_checkpoint(os.path.join(lite0_run, "best.pt"), str(tmp_path / "x.onnx"), general=(0.5, 8, 4))
+        export_checkpoint(ckpt, bad, general=GeneralBranch(0.5, 8, 4))
     with pytest.raises(RsirError, match="weight must be in"):
-        export_checkpoint(os.path.join(lite0_run, "best.pt"), str(tmp_path / "x.onnx"), general=(1.5, 8))
+        export_checkpoint(ckpt, bad, general=GeneralBranch(1.5, 8))
+    with pytest.raises(RsirError, match="--general-scale must be in 1..4"):
+        export_checkpoint(ckpt, bad, general=GeneralBranch(0.5, 8, scale=0.5))

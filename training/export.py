@@ -14,6 +14,8 @@ import torch
 from core.adapt.onnx_graph import set_metadata
 from core.fileio import atomic_path
 
+from .general_branch import GeneralBranch
+
 FORMAT_VERSION = "1"
 PARITY_ATOL = 1e-4
 
@@ -160,12 +162,12 @@ def _trained_metadata(ckpt: dict, cfg) -> dict[str, str]:
 
 
 def export_checkpoint(checkpoint_path: str, out_path: str, invariance: str = "none",
-                      general: tuple[float, int, int] | None = None, log=None) -> dict[str, str]:
+                      general: GeneralBranch | None = None, log=None) -> dict[str, str]:
     """Export a `rsir train` checkpoint (best.pt or last.pt): its embedding, with the metadata core/ needs.
 
     `invariance` "rot4" / "d4" averages the outputs over the input's quarter turns (and mirror images) inside the
     exported graph (training/models/invariant.py): orientation-invariant, at 4x / 8x the encoding cost.
-    `general` (weight, dims, block): concatenate the untrained ImageNet network's PCA-reduced features to the trained
+    `general`: concatenate the untrained ImageNet network's PCA-reduced features to the trained
     embedding (training/general_branch.py)."""
     from . import checkpoint
     from .models.invariant import GroupAveraged
@@ -175,7 +177,7 @@ def export_checkpoint(checkpoint_path: str, out_path: str, invariance: str = "no
     multi = bool(ckpt.get("multi_label", False))
     extra = {}
     if general:
-        net, extra = _with_general_branch(ckpt, cfg, *general, log=log)
+        net, extra = _with_general_branch(ckpt, cfg, general, log=log)
     else:
         # multi-label models also export their classifier: its per-label scores are the query's predicted labels
         net = checkpoint.model_from_checkpoint(ckpt).retrieval_net(with_classifier=multi)
@@ -194,7 +196,7 @@ def export_checkpoint(checkpoint_path: str, out_path: str, invariance: str = "no
 FIT_IMAGES_PER_SET = 4000  # training images per dataset the general branch's PCA is fitted on (stratified)
 
 
-def _with_general_branch(ckpt: dict, cfg, weight: float, dims: int, tap: int = 0, log=None):
+def _with_general_branch(ckpt: dict, cfg, spec: GeneralBranch, log=None):
     """(the trained network with the general branch beside it, its metadata)."""
     from core.errors import RsirError
 
@@ -206,8 +208,11 @@ def _with_general_branch(ckpt: dict, cfg, weight: float, dims: int, tap: int = 0
     if cfg.model.backbone not in LITE_VARIANTS or len(cfg.data.bands) != 3:
         raise RsirError(f"a general branch needs an RGB EfficientNet-Lite checkpoint, not {cfg.model.backbone} on "
                         f"{len(cfg.data.bands)} bands")
+    weight, dims, tap = spec.weight, spec.dims, spec.block
     if not 0 < weight < 1 or dims <= 0:
         raise RsirError(f"general branch weight must be in (0, 1) and its dims positive, got {weight}, {dims}")
+    if not 1 <= spec.scale <= 4:
+        raise RsirError(f"--general-scale must be in 1..4, got {spec.scale}")
     trained = checkpoint.model_from_checkpoint(ckpt)
     imagenet = efficientnet_lite(cfg.model.backbone, pretrained=True).eval()
     shared = cfg.model.frozen_blocks
@@ -230,12 +235,13 @@ def _with_general_branch(ckpt: dict, cfg, weight: float, dims: int, tap: int = 0
                 x = torch.from_numpy(s.pixels[i:i + 128]).float() / float(cfg.data.scale)
                 yield (x - mean_px) / std_px
 
-    mean, projection = fit_pca(pooled_features(imagenet, batches(), tap), dims)
-    net = GeneralAndTrained(trained, imagenet, shared, mean, projection, weight, tap).eval()
+    mean, projection = fit_pca(pooled_features(imagenet, batches(), tap, spec.scale), dims)
+    net = GeneralAndTrained(trained, imagenet, shared, mean, projection, weight, tap, spec.scale).eval()
     meta = {"rsir.general_branch": json.dumps({"weight": weight, "dims": dims, "backbone": cfg.model.backbone,
                                                "features": f"block {tap}" if tap else "head",
                                                "weights": "imagenet, untrained", "shared_blocks": shared,
-                                               "fit_images": n}, sort_keys=True)}
+                                               "fit_images": n, **({"input_scale": spec.scale}
+                                                                   if spec.scale != 1 else {})}, sort_keys=True)}
     return net, meta
 
 
@@ -295,6 +301,7 @@ class ExportOptions:
     general_branch: float = 0.0  # > 0: the weight of a general branch beside the trained embedding
     general_dims: int = 128
     general_block: int = 0  # > 0: the general branch pools this block's output instead of the head's
+    general_scale: float = 1.0  # > 1: the general branch sees the input resized by this factor
 
 
 def export_files(opts: ExportOptions, log=print) -> list[str]:
@@ -317,7 +324,8 @@ def export_files(opts: ExportOptions, log=print) -> list[str]:
     else:
         if opts.general_branch and ckpt.get("kind") == "crossmodal":
             raise RsirError(f"{opts.checkpoint}: --general-branch is for single-model exports")
-        general = (opts.general_branch, opts.general_dims, opts.general_block) if opts.general_branch else None
+        general = (GeneralBranch(opts.general_branch, opts.general_dims, opts.general_block, opts.general_scale)
+                   if opts.general_branch else None)
         written = export_checkpoint_files(opts.checkpoint, opts.out, opts.invariance, log, general)
     if opts.int8:
         import os
@@ -363,7 +371,7 @@ def _export_pretrained(opts: ExportOptions, log) -> str:
 
 
 def export_checkpoint_files(path: str, out: str, invariance: str = "none", log=print,
-                            general: tuple[float, int, int] | None = None) -> list[str]:
+                            general: GeneralBranch | None = None) -> list[str]:
     """Export `path` to `out` (a cross-modal checkpoint: one file per modality); returns the files written."""
     from core.errors import RsirError
 
