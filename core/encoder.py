@@ -245,6 +245,8 @@ def describe_method(meta: dict) -> str:
         where = f", {g['features']} features" if g.get("features", "head") != "head" else ""
         if g.get("input_scale", 1) != 1:
             where += f" at {g['input_scale']:g}x the input"
+        if g.get("views", 1) != 1:
+            where += f", averaged over {g['views']} quarter turns"
         parts.append(f"with a general ImageNet branch (PCA-{g.get('dims')}, weight {g.get('weight')}{where})")
     if "rsir.invariance" in meta:
         parts.append(f"averaged over {meta['rsir.invariance']}")

@@ -61,6 +61,13 @@ def test_the_branches_share_the_prefix_and_concatenate_as_documented():
         general = F.normalize((imagenet.features(big) - torch.from_numpy(mean)) @ torch.from_numpy(proj), dim=1)
     torch.testing.assert_close(scaled, F.normalize(torch.cat([0.3 * general, 0.7 * specific], dim=1), dim=1),
                                atol=1e-5, rtol=1e-4)
+    # views: the general part's pooled features averaged over the (resized) input and its quarter turn
+    with torch.no_grad():
+        two = GeneralAndTrained(trained, imagenet, 3, mean, proj, 0.3, scale=1.5, views=2).eval()(x)
+        f = (imagenet.features(big) + imagenet.features(torch.rot90(big, 1, dims=[2, 3]))) / 2
+        general = F.normalize((f - torch.from_numpy(mean)) @ torch.from_numpy(proj), dim=1)
+    torch.testing.assert_close(two, F.normalize(torch.cat([0.3 * general, 0.7 * specific], dim=1), dim=1),
+                               atol=1e-5, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +98,11 @@ def test_a_checkpoint_exports_with_its_general_branch(lite0_run, tmp_path):
     # the general part at 1.5x the input inside the graph: exported (parity with torch checked at every side),
     # recorded, and run by core at the model's sides
     scaled = str(tmp_path / "g10s.onnx")
-    meta = export_checkpoint(os.path.join(lite0_run, "best.pt"), scaled, general=GeneralBranch(0.5, 8, 10, 1.5))
+    meta = export_checkpoint(os.path.join(lite0_run, "best.pt"), scaled, general=GeneralBranch(0.5, 8, 10, 1.5, 2))
     assert json.loads(meta["rsir.general_branch"])["input_scale"] == 1.5
-    assert "block 10 features at 1.5x the input" in describe_method(Encoder(scaled).info.metadata)
+    assert json.loads(meta["rsir.general_branch"])["views"] == 2
+    assert ("block 10 features at 1.5x the input, averaged over 2 quarter turns"
+            in describe_method(Encoder(scaled).info.metadata))
     px = np.random.default_rng(0).uniform(0, 255, (2, 3, 32, 32)).astype(np.float32)
     s32, t32 = Encoder(scaled).encode(px)[0], Encoder(tapped).encode(px)[0]
     np.testing.assert_allclose(s32[:, 8:], t32[:, 8:], atol=1e-5)  # the trained part saw the input as it was
@@ -105,3 +114,5 @@ def test_a_checkpoint_exports_with_its_general_branch(lite0_run, tmp_path):
         export_checkpoint(ckpt, bad, general=GeneralBranch(1.5, 8))
     with pytest.raises(RsirError, match="--general-scale must be in 1..4"):
         export_checkpoint(ckpt, bad, general=GeneralBranch(0.5, 8, scale=0.5))
+    with pytest.raises(RsirError, match="--general-views must be 1, 2 or 4"):
+        export_checkpoint(ckpt, bad, general=GeneralBranch(0.5, 8, views=3))

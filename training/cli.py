@@ -105,6 +105,9 @@ def export_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--general-scale", type=float, default=1.0, metavar="FACTOR",
                    help="--general-branch: the branch sees the input resized by FACTOR (bilinear, inside the model; "
                         "1.5 gains on unseen aerial land uses at ~2x the encoding time; default: %(default)s)")
+    p.add_argument("--general-views", type=int, choices=[1, 2, 4], default=1,
+                   help="--general-branch: average its pooled features over this many quarter turns of the input "
+                        "(default: %(default)s)")
     p.add_argument("--int8", metavar="ONNX", help="also write an int8 copy here (check it with rsir eval)")
     p.add_argument("--calibration", type=int, default=256, metavar="N",
                    help="--int8: calibrate activation ranges on N images of the checkpoint's training split "

@@ -213,6 +213,8 @@ def _with_general_branch(ckpt: dict, cfg, spec: GeneralBranch, log=None):
         raise RsirError(f"general branch weight must be in (0, 1) and its dims positive, got {weight}, {dims}")
     if not 1 <= spec.scale <= 4:
         raise RsirError(f"--general-scale must be in 1..4, got {spec.scale}")
+    if spec.views not in (1, 2, 4):
+        raise RsirError(f"--general-views must be 1, 2 or 4, got {spec.views}")
     trained = checkpoint.model_from_checkpoint(ckpt)
     imagenet = efficientnet_lite(cfg.model.backbone, pretrained=True).eval()
     shared = cfg.model.frozen_blocks
@@ -235,13 +237,15 @@ def _with_general_branch(ckpt: dict, cfg, spec: GeneralBranch, log=None):
                 x = torch.from_numpy(s.pixels[i:i + 128]).float() / float(cfg.data.scale)
                 yield (x - mean_px) / std_px
 
-    mean, projection = fit_pca(pooled_features(imagenet, batches(), tap, spec.scale), dims)
-    net = GeneralAndTrained(trained, imagenet, shared, mean, projection, weight, tap, spec.scale).eval()
+    mean, projection = fit_pca(pooled_features(imagenet, batches(), tap, spec.scale, spec.views), dims)
+    net = GeneralAndTrained(trained, imagenet, shared, mean, projection, weight, tap, spec.scale, spec.views).eval()
     meta = {"rsir.general_branch": json.dumps({"weight": weight, "dims": dims, "backbone": cfg.model.backbone,
                                                "features": f"block {tap}" if tap else "head",
                                                "weights": "imagenet, untrained", "shared_blocks": shared,
-                                               "fit_images": n, **({"input_scale": spec.scale}
-                                                                   if spec.scale != 1 else {})}, sort_keys=True)}
+                                               "fit_images": n,
+                                               **({"input_scale": spec.scale} if spec.scale != 1 else {}),
+                                               **({"views": spec.views} if spec.views != 1 else {})},
+                                              sort_keys=True)}
     return net, meta
 
 
@@ -302,6 +306,7 @@ class ExportOptions:
     general_dims: int = 128
     general_block: int = 0  # > 0: the general branch pools this block's output instead of the head's
     general_scale: float = 1.0  # > 1: the general branch sees the input resized by this factor
+    general_views: int = 1  # 2 / 4: the general branch averages over this many quarter turns
 
 
 def export_files(opts: ExportOptions, log=print) -> list[str]:
@@ -324,8 +329,8 @@ def export_files(opts: ExportOptions, log=print) -> list[str]:
     else:
         if opts.general_branch and ckpt.get("kind") == "crossmodal":
             raise RsirError(f"{opts.checkpoint}: --general-branch is for single-model exports")
-        general = (GeneralBranch(opts.general_branch, opts.general_dims, opts.general_block, opts.general_scale)
-                   if opts.general_branch else None)
+        general = (GeneralBranch(opts.general_branch, opts.general_dims, opts.general_block, opts.general_scale,
+                                 opts.general_views) if opts.general_branch else None)
         written = export_checkpoint_files(opts.checkpoint, opts.out, opts.invariance, log, general)
     if opts.int8:
         import os

@@ -8,11 +8,12 @@ embedding is both, concatenated:
 
     embedding = normalise([ w * normalise((f - mean) @ P),  (1 - w) * normalise(trained embedding) ])
 
-f: the untrained ImageNet network's pooled features (with `scale` > 1 of the input resized by that factor first: a
-150 px aerial patch seen at 225 px scores 1.8 points higher on the unseen classes, while the trained part, trained
-at each dataset's own size, keeps it) (of its head, or with `tap = N` of block N's output: on AID's
+f: the untrained ImageNet network's pooled features (of its head, or with `tap = N` of block N's output: on AID's
 unseen classes the untrained Lite2 at 150 px scores 61.6 mAP@100 from block 17's pooled output against 56.3 from
-its head), `mean` and `P` (PCA to `dims`) fitted on the training images;
+its head), `mean` and `P` (PCA to `dims`) fitted on the training images. With `scale` > 1 the branch sees the input
+resized by that factor (a 150 px aerial patch seen at 225 px: unseen classes +1.8 in the default), while the trained
+part, trained at each dataset's own size, sees it as it is; with `views` 2 its features are averaged over the input
+and its quarter turn (+2.2 more; bench/general_features.py);
 w the weight of the general part. With `model.frozen_blocks = k` the trained network's stem and first k blocks are
 ImageNet's own, so the two branches share them and part ways after block k: a second tail, not a second network.
 """
@@ -31,12 +32,13 @@ from .models.efficientnet_lite import EfficientNetLite
 @dataclass(frozen=True)
 class GeneralBranch:
     """How the general branch is built (`rsir export --general-branch WEIGHT --general-dims --general-block
-    --general-scale`)."""
+    --general-scale --general-views`)."""
 
     weight: float
     dims: int = 128
     block: int = 0  # > 0: pool this block's output instead of the head's features
     scale: float = 1.0  # > 1: the branch sees the input resized by this factor (bilinear)
+    views: int = 1  # 2 or 4: its pooled features are averaged over this many quarter turns of the input
 
 
 class GeneralAndTrained(nn.Module):
@@ -47,27 +49,41 @@ class GeneralAndTrained(nn.Module):
     output_names = ["embedding"]
 
     def __init__(self, trained: nn.Module, imagenet: EfficientNetLite, shared: int, mean: np.ndarray,
-                 projection: np.ndarray, weight: float, tap: int = 0, scale: float = 1.0):
+                 projection: np.ndarray, weight: float, tap: int = 0, scale: float = 1.0, views: int = 1):
         super().__init__()
         self.trained, self.imagenet, self.shared, self.weight = trained, imagenet, shared, float(weight)
-        self.tap, self.scale = tap, float(scale)
+        self.tap, self.scale, self.views = tap, float(scale), int(views)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("projection", torch.as_tensor(projection, dtype=torch.float32))
 
-    def general(self, h: torch.Tensor) -> torch.Tensor:
-        return F.normalize((untrained_features(self.imagenet, h, self.shared, self.tap) - self.mean) @ self.projection,
-                           dim=1)
+    def general(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The general part of input `x`, whose activations after the shared blocks are `h`."""
+        if self.scale == 1 and self.views == 1:
+            f = untrained_features(self.imagenet, h, self.shared, self.tap)
+        else:
+            f = general_features(self.imagenet, x, self.tap, self.scale, self.views)
+        return F.normalize((f - self.mean) @ self.projection, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.imagenet.prefix(x, self.shared)  # = the trained network's own: those blocks stayed frozen
         specific = F.normalize(self.trained.embed_head(self.trained.backbone.features_from(h, self.shared)), dim=1)
-        hg = h if self.scale == 1 else self.imagenet.prefix(upscaled(x, self.scale), self.shared)
-        return F.normalize(torch.cat([self.weight * self.general(hg), (1 - self.weight) * specific], dim=1), dim=1)
+        return F.normalize(torch.cat([self.weight * self.general(x, h), (1 - self.weight) * specific], dim=1), dim=1)
 
 
 def upscaled(x: torch.Tensor, scale: float) -> torch.Tensor:
     """`x` resized by `scale` (bilinear, half-pixel centres: ONNX Resize's default, so onnxruntime agrees)."""
     return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+
+
+def general_features(net: EfficientNetLite, x: torch.Tensor, tap: int, scale: float = 1.0,
+                     views: int = 1) -> torch.Tensor:
+    """`untrained_features` of normalised images `x`, resized by `scale` and averaged over `views` quarter turns
+    (run as one batch)."""
+    xs = x if scale == 1 else upscaled(x, scale)
+    if views > 1:
+        xs = torch.cat([torch.rot90(xs, k, dims=[2, 3]) for k in range(views)], dim=0)
+    f = untrained_features(net, net.prefix(xs, 0), 0, tap)
+    return f.reshape(views, x.shape[0], -1).mean(dim=0) if views > 1 else f
 
 
 def shared_blocks_match(trained_backbone: EfficientNetLite, imagenet: EfficientNetLite, n: int) -> bool:
@@ -94,9 +110,8 @@ def untrained_features(net: EfficientNetLite, h: torch.Tensor, start: int, tap: 
 
 
 @torch.no_grad()
-def pooled_features(net: EfficientNetLite, batches, tap: int = 0, scale: float = 1.0) -> np.ndarray:
-    """The general branch's features (`untrained_features`) of normalised image batches."""
+def pooled_features(net: EfficientNetLite, batches, tap: int = 0, scale: float = 1.0, views: int = 1) -> np.ndarray:
+    """The general branch's features (`general_features`) of normalised image batches."""
     net.eval()
-    out = [untrained_features(net, net.prefix(x if scale == 1 else upscaled(x, scale), 0), 0, tap).numpy()
-           for x in batches]
+    out = [general_features(net, x, tap, scale, views).numpy() for x in batches]
     return np.concatenate(out)
