@@ -103,6 +103,8 @@ def test_a_checkpoint_exports_with_its_general_branch(lite0_run, tmp_path):
     assert json.loads(meta["rsir.general_branch"])["views"] == 2
     assert ("block 10 features at 1.5x the input, averaged over 2 quarter turns"
             in describe_method(Encoder(scaled).info.metadata))
+    # its own pass costs 2 views x 1.5^2 the pixels: core shrinks its batches to keep memory flat
+    assert Encoder(scaled, batch_size=64).batch_size == 11 and Encoder(tapped, batch_size=64).batch_size == 64
     px = np.random.default_rng(0).uniform(0, 255, (2, 3, 32, 32)).astype(np.float32)
     s32, t32 = Encoder(scaled).encode(px)[0], Encoder(tapped).encode(px)[0]
     np.testing.assert_allclose(s32[:, 8:], t32[:, 8:], atol=1e-5)  # the trained part saw the input as it was
