@@ -260,7 +260,9 @@ def _query(args: argparse.Namespace, index, bands):
         return query_from_tile(index, args.tile)
     model = args.model or index.model.path
     if not os.path.exists(model):
-        raise RsirError(f"{model}: the index's model is not there any more; pass --model")
+        from .default_model import missing_model_message
+
+        raise RsirError(missing_model_message(model, index.model.sha256, "pass it with --model"))
     said = []
     if not args.model:  # a cross-modal index: the encoder of the query's modality
         from .modality import choose_for_path, modality_models

@@ -15,3 +15,14 @@ def default_model_path() -> str:
         if found:
             return found[0]
     return ""
+
+
+def missing_model_message(path: str, sha256: str, how_to_pass: str = "") -> str:
+    """One line for an index whose model file is gone (a default replaced by a newer one, a moved checkout): which
+    file, and what the analyst can do about it."""
+    shipped = default_model_path()
+    rebuild = f"rebuild the index with the shipped model ({os.path.basename(shipped)})" if shipped else \
+        "rebuild the index"
+    other = f", {how_to_pass}," if how_to_pass else ""
+    return (f"{path}: the model this index was built with (sha256 {sha256[:12]}) is not there any more; put it back "
+            f"there{other} or {rebuild}. Searching by one of the index's tiles still works.")

@@ -9,8 +9,8 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
+from .engine import default_model, errors, expansion, feedback, heatmap, modality, queries, reader, search, tile_vrt
 from .engine import encoder as core_encoder
-from .engine import errors, expansion, feedback, heatmap, modality, queries, reader, search, tile_vrt
 
 
 @dataclass
@@ -93,6 +93,9 @@ class RetrievalSession:
         if (device, which) not in self._encoders:
             info = self.modality_models.get(which)
             model = info.path if info else ""
+            if not os.path.exists(model) and which == self.index.model_info.modality:
+                raise errors.RsirError(default_model.missing_model_message(self.index.model.path,
+                                                                           self.index.model.sha256))
             if not os.path.exists(model):
                 raise errors.RsirError(f"{model or which}: the {which} encoder of this index is not there "
                                        f"(any more)")

@@ -3,6 +3,7 @@ file and the problem, exit code 1, and no index left behind."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -222,3 +223,26 @@ def test_more_bad_inputs_one_line_each(cli_index, tmp_path, twin_raster, tiny_mo
     gdal.GetDriverByName("GTiff").Create(huge, 20000, 20000, 3, gdal.GDT_Byte, ["SPARSE_OK=TRUE", "TILED=YES"])
     _assert_error(capsys, ["search", cli_index, "--image", huge], "huge.tif: is 20000 x 20000 px without a "
                   "georeference, too large to read whole")
+
+
+def test_an_index_whose_model_is_gone_says_what_to_do(tmp_path, twin_raster, tiny_model, capsys):
+    # e.g. an index built with a default model that a newer release replaced
+    model = tmp_path / "old_default.onnx"
+    shutil.copy(tiny_model, model)
+    out = tmp_path / "idx"
+    assert run(capsys, "index", twin_raster, "--model", model, "--out", out, "-q")[0] == 0
+    os.remove(model)
+    _assert_error(capsys, ["search", out, "--bbox", BOX_00, "--crs", "EPSG:32618", "--raster", twin_raster],
+                  f"{model}: the model this index was built with (sha256 ", "is not there any more; put it back "
+                  "there, pass it with --model, or rebuild the index with the shipped model (",
+                  "Searching by one of the index's tiles still works.")
+    code, stdout, _ = run(capsys, "search", out, "--tile", 0, "-k", "1")  # as it says
+    assert code == 0 and stdout.splitlines()[2].split()[:3] == ["1", "14", "1.0000"]
+    # the plugin's session says the same when a box is drawn
+    from core.errors import RsirError
+    from rsir_qgis_plugin.controller import RetrievalSession, SearchRequest
+
+    session = RetrievalSession(str(out))
+    with pytest.raises(RsirError, match="is not there any more; put it back there or rebuild the index with"):
+        session.search_box(twin_raster, tuple(float(v) for v in BOX_00.split(",")), "EPSG:32618", SearchRequest())
+    assert session.search_tile(0, SearchRequest(k=1)).hits[0].tile_id == 14
