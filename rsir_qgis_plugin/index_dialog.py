@@ -200,6 +200,8 @@ class IndexDialog(QDialog):
                                                 level=Qgis.Warning, duration=6)
             return None
         self.scale.setValue(reading.suggested_scale)
+        self.problem.setVisible(False)  # the last run's problem is most often the scale: do not leave it standing
+        messages.clear_ours(self.iface)
         self.iface.messageBar().pushMessage(
             "RSIR", f"{spec.path}: 98 % of its values are below {reading.p98:g}; value scale set to "
             f"{reading.suggested_scale:g}", level=Qgis.Info, duration=8)
@@ -242,6 +244,8 @@ class IndexDialog(QDialog):
                     "lacks", deps.DASK_INSTALL_MB, self.start, "Dask installed; indexing starts.")
                 return
         self._remember()
+        self.problem.setVisible(False)
+        messages.clear_ours(self.iface)  # the last run's error, if any, must not come back over this one
         self.task = IndexTask(srcs, model, out, self.options(), on_done=self._done,
                               restart=self.restart.isChecked())
         QgsApplication.taskManager().addTask(self.task)
