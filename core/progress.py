@@ -17,7 +17,7 @@ def _clock(seconds: float) -> str:
 
 class Progress:
     """`update(n)` / `set(done, total)` as work is done, `postfix(**stats)` for figures to show, `close()` at the
-    end. Nothing at all when `quiet`."""
+    end (or `with Progress(...) as bar:`). Nothing at all when `quiet`."""
 
     def __init__(self, desc: str, total: int | None = None, unit: str = "it", quiet: bool = False,
                  every: float | None = None, stream=None, leave: bool = True, resumable: bool = False):
@@ -83,6 +83,12 @@ class Progress:
         stats = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.stats.items())
         print(text + (f"; {stats}" if stats else ""), file=self.stream, flush=True)
         self.lines += 1
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         if self.bar is not None:

@@ -40,21 +40,15 @@ def _run_learn_labels(args: argparse.Namespace) -> int:
     if args.undo:
         if args.labels or args.out:
             raise RsirError("--undo takes the index alone (no LABELS, no --out)")
-        bar = Progress("re-encoding the index", unit="tile")
-        try:
+        with Progress("re-encoding the index", unit="tile") as bar:
             model = undo(args.index, progress=bar.set)
-        finally:
-            bar.close()
         print(f"index {args.index} is back to {model}, as before it learned from labels")
         return 0
     if not args.labels or not args.out:
         raise RsirError("give LABELS (one or more label layers) and --out M.onnx, or --undo")
-    bar = Progress("re-encoding the index", unit="tile")
-    try:
+    with Progress("re-encoding the index", unit="tile") as bar:
         adapter = learn(args.index, args.out, args.labels, args.field, shrinkage=args.shrinkage,
                         reencode=not args.no_reencode, progress=bar.set, mix=args.mix)
-    finally:
-        bar.close()
     print(f"fitted on {adapter.describe()}; wrote {args.out}")
     if not args.no_reencode:
         print(f"index {args.index} re-encoded with it (searches use it from now on; `rsir learn-labels "
@@ -90,12 +84,9 @@ def _run_adapt(args: argparse.Namespace) -> int:
     from .self_supervised import adapt, default_out
 
     out = args.out or default_out(args.index)
-    bar = Progress("encoding views, then re-encoding the index", unit="tile")
-    try:
+    with Progress("encoding views, then re-encoding the index", unit="tile") as bar:
         adapt(args.index, out, sample=args.sample, pull=args.pull, epochs=args.epochs,
               reencode=not args.no_reencode, progress=bar.set)
-    finally:
-        bar.close()
     print(f"wrote {out}" + ("" if args.no_reencode else
                             f"; index {args.index} re-encoded with it (`rsir learn-labels {args.index} --undo` goes "
                             "back)"))
