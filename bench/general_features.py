@@ -27,6 +27,7 @@ from core.encoder import l2_normalise  # noqa: E402
 from training.config import read_class_list  # noqa: E402
 from training.datasets import _read_images  # noqa: E402
 from training.evaluate import score  # noqa: E402
+from training.general_branch import fit_pca  # noqa: E402
 from training.generalization import Suite, SuiteDataset  # noqa: E402
 
 POOLS = ["mean", "max", "std"]
@@ -70,14 +71,6 @@ def extract(paths: list[str], size: int, taps: list[int], cache: str, batch: int
     result = {k: np.concatenate(v) for k, v in feats.items()}
     np.savez(out_path, **result)
     return result
-
-
-def pca(train: np.ndarray, weights: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
-    w = weights / weights.sum()
-    mean = (train * w[:, None]).sum(axis=0)
-    c = ((train - mean) * w[:, None]).T @ (train - mean)
-    vals, vecs = np.linalg.eigh(c)
-    return mean, vecs[:, ::-1][:, :dims]
 
 
 def main() -> int:
@@ -172,7 +165,7 @@ def evaluate(suite: Suite, tasks, feats: dict[str, dict[str, np.ndarray]], key: 
     train = np.concatenate(train_rows)
     y = np.concatenate(train_y)
     w = np.concatenate(train_w)
-    mean, proj = pca(train, w, dims)
+    mean, proj = fit_pca(train, dims, weights=w)
     red = {n: l2_normalise((v - mean) @ proj) for n, v in x.items()}
     if trained is not None:
         red = {n: l2_normalise(np.concatenate([weight * v, (1 - weight) * l2_normalise(trained[n])], axis=1))

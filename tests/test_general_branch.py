@@ -34,6 +34,12 @@ def test_the_branches_share_the_prefix_and_concatenate_as_documented():
     feats = np.random.default_rng(0).normal(size=(50, 1280)).astype(np.float32)
     mean, proj = fit_pca(feats, 8)
     assert proj.shape == (1280, 8) and np.allclose(proj.T @ proj, np.eye(8), atol=1e-5)
+    # weights count rows as if repeated: the first 10 rows weighing 3 each are those rows three times over
+    w_mean, w_proj = fit_pca(feats, 8, weights=np.r_[np.full(10, 3.0), np.ones(40)])
+    r_mean, r_proj = fit_pca(np.concatenate([feats[:10], feats[:10], feats]), 8)
+    np.testing.assert_allclose(w_mean, r_mean, atol=1e-5)
+    np.testing.assert_allclose(np.abs(w_proj.T @ r_proj), np.eye(8), atol=1e-3)  # the same axes, up to sign
+    assert not np.allclose(np.abs(w_proj.T @ proj), np.eye(8), atol=1e-3)  # and not the unweighted ones
     net = GeneralAndTrained(trained, imagenet, 3, mean, proj, 0.3).eval()
     x = torch.randn(2, 3, 40, 40)
     with torch.no_grad():

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models.efficientnet_lite import EfficientNetLite
+from .models.invariant import group_views
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,8 @@ def general_features(net: EfficientNetLite, x: torch.Tensor, tap: int, scale: fl
     """`untrained_features` of normalised images `x`, resized by `scale` and averaged over `views` quarter turns
     (run as one batch)."""
     xs = x if scale == 1 else upscaled(x, scale)
-    if views > 1:
-        xs = torch.cat([torch.rot90(xs, k, dims=[2, 3]) for k in range(views)], dim=0)
+    if views > 1:  # the first `views` of the four quarter turns, as --invariance rot4 makes them
+        xs = torch.cat(group_views(xs, "rot4")[:views], dim=0)
     f = untrained_features(net, net.prefix(xs, 0), 0, tap)
     return f.reshape(views, x.shape[0], -1).mean(dim=0) if views > 1 else f
 
@@ -95,11 +96,13 @@ def shared_blocks_match(trained_backbone: EfficientNetLite, imagenet: EfficientN
     return all(torch.equal(a[k], b[k]) for k in keys)
 
 
-def fit_pca(features: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, (D, dims) projection onto the top principal directions) of `features` (N, D)."""
+def fit_pca(features: np.ndarray, dims: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, (D, dims) projection onto the top principal directions) of `features` (N, D); `weights` (N,): how
+    much each row counts (e.g. datasets of different sizes alike)."""
     x = np.asarray(features, np.float64)
-    mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    w = np.full(len(x), 1.0 / len(x)) if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
+    mean = w @ x
+    _, _, vt = np.linalg.svd((x - mean) * np.sqrt(w)[:, None], full_matrices=False)
     return mean.astype(np.float32), np.ascontiguousarray(vt[:dims].T, np.float32)
 
 
