@@ -93,12 +93,11 @@ class RetrievalSession:
         if (device, which) not in self._encoders:
             info = self.modality_models.get(which)
             model = info.path if info else ""
-            if not os.path.exists(model) and which == self.index.model_info.modality:
-                raise errors.RsirError(default_model.missing_model_message(self.index.model.path,
-                                                                           self.index.model.sha256))
             if not os.path.exists(model):
-                raise errors.RsirError(f"{model or which}: the {which} encoder of this index is not there "
-                                       f"(any more)")
+                own = which == self.index.model_info.modality
+                raise errors.RsirError(
+                    default_model.missing_model_message(self.index.model.path, self.index.model.sha256) if own
+                    else f"{model or which}: the {which} encoder of this index is not there (any more)")
             self._encoders[(device, which)] = core_encoder.Encoder(model, device=device)
         return self._encoders[(device, which)]
 
