@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/generalization.py default_model/*.onnx [MORE.onnx ...]
 
-Tasks (test -> train, mAP@100, float cosine and Hamming):
+Tasks (test -> train, mAP@100, float cosine and Hamming, ties by cosine as core.search orders them):
 - EuroSAT (Sentinel-2, 10 classes; queries and database subsampled, stratified, see the note under the table);
 - AID, all 30 classes (aerial);
 - AID seen 15: the classes multi-dataset training may use;
 - AID unseen 15: `configs/generalization/aid_unseen_classes.txt`, which no default may train on (a model that did
   gets a dagger on that column).
+Models' codes: fitted on each task's database as `rsir index` fits them on an archive (--codes model: the model's
+own); --rerank R adds hash search with its R nearest re-ranked by cosine.
 Baselines in the same run: untrained ImageNet EfficientNet-Lite0 and Lite2 at 96 and 224 px, float cosine of the
 1280-d pooled features and 128-bit PCA-ITQ codes fitted on each task's database. Each model runs at its own input
 size, or a resolution-aware model at each dataset's image size clamped to its range (as `rsir index` reads a patch
@@ -41,11 +43,13 @@ BASELINES = (("efficientnet_lite0", 96), ("efficientnet_lite0", 224), ("efficien
 RESOLUTION_AWARE = ("efficientnet_lite2", (96, 256))
 
 
-def model_contender(arg: str) -> Contender:
-    """MODEL.onnx, or MODEL.onnx@SIZE (every dataset read at SIZE px)."""
+def model_contender(arg: str, codes: str = "archive") -> Contender:
+    """MODEL.onnx, or MODEL.onnx@SIZE (every dataset read at SIZE px); `codes`: Contender.hash."""
     path, _, size = arg.rpartition("@") if arg.rpartition("@")[2].isdigit() else (arg, "", "")
     label = os.path.splitext(os.path.basename(path))[0]
-    return Contender(f"{label} @ {size} px", path, size=int(size)) if size else Contender(label, path)
+    if size:
+        return Contender(f"{label} @ {size} px", path, size=int(size), hash=codes)
+    return Contender(label, path, hash=codes)
 
 
 def baseline_model(cache: str, backbone: str, size: int, size_range: tuple[int, int] | None = None) -> str:
@@ -82,6 +86,12 @@ def main() -> int:
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--fresh", action="store_true", help="ignore cached embeddings")
+    ap.add_argument("--codes", choices=("archive", "model"), default="archive",
+                    help="the models' hash codes: fitted on each task's database as `rsir index` fits them on an "
+                         "archive (default), or the model's own (`rsir index --model-codes`)")
+    ap.add_argument("--rerank", type=int, default=0, metavar="R",
+                    help="also score hash search with its R nearest re-ranked by cosine (`rsir search --hash "
+                         "--rerank R`)")
     ap.add_argument("--out", help="also write the table (markdown) here")
     args = ap.parse_args()
 
@@ -95,20 +105,24 @@ def main() -> int:
                 SuiteDataset("aid", os.path.join(args.data, "aid"))]
     aid_classes = sorted(d for d in os.listdir(datasets[1].root) if os.path.isdir(os.path.join(datasets[1].root, d)))
     tasks = suite_tasks(aid_classes, tuple(read_class_list(UNSEEN_FILE)), args.eurosat_queries, args.eurosat_database)
-    contenders = [model_contender(m) for m in args.models]
+    contenders = [model_contender(m, args.codes) for m in args.models]
     if not args.no_baselines:
         contenders += [Contender(f"untrained ImageNet {b.split('_')[1].capitalize()}, {s} px",
                                  baseline_model(cache, b, s), hash="itq") for b, s in BASELINES]
         b, size_range = RESOLUTION_AWARE
         contenders.append(Contender(f"untrained ImageNet {b.split('_')[1].capitalize()}, each dataset at its size",
                                     baseline_model(cache, b, size_range[0], size_range), hash="itq"))
-    suite = Suite(datasets, tasks, cache, threads=args.threads)
+    suite = Suite(datasets, tasks, cache, threads=args.threads, rerank=args.rerank)
     rows = suite.run(contenders)
     table = suite_table(rows, tasks)
     note = task_sizes_note(rows, tasks)
     minutes = (time.perf_counter() - t0) / 60
-    text = (f"{table}\n\nmAP@100, test -> train; float = cosine, hash = the model's codes (untrained: PCA-ITQ "
-            f"{128} bits fitted on the task's database); † = trained on these classes.\n{note}\n"
+    codes = ("codes fitted on the task's database as `rsir index` fits them on an archive" if args.codes == "archive"
+             else "the model's own codes")
+    rerank = f"; re-ranked = its {args.rerank} nearest ranked again by cosine" if args.rerank else ""
+    text = (f"{table}\n\nmAP@100, test -> train; float = cosine, hash = Hamming distance (ties by cosine) of "
+            f"{codes} (untrained: PCA-ITQ 128 bits fitted on the task's database){rerank}; † = trained on these "
+            f"classes.\n{note}\n"
             f"({minutes:.1f} min with cached embeddings where present)\n")
     print()
     print(text)

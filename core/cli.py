@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: Flat up to 200k tiles, IVF above)")
     p.add_argument("--binary-factory", default=None, help="faiss factory string for the binary index "
                    "(default: BFlat up to 2M tiles, BIVF above)")
+    p.add_argument("--model-codes", action="store_true",
+                   help="keep the model's hash codes; by default an index of at least 2 tiles per code bit gets "
+                        "codes fitted on its own embeddings (PCA-ITQ; better hash search on imagery unlike the "
+                        "model's training data, docs/results.md)")
     p.add_argument("--batch-size", type=_whole(1, 1 << 16), default=64, help="tiles per inference batch")
     p.add_argument("--checkpoint-every", type=_whole(1), default=2048, help="tiles between resumable checkpoints")
     p.add_argument("--restart", action="store_true", help="discard an unfinished run in --out instead of resuming")
@@ -224,7 +228,8 @@ def cmd_index(args: argparse.Namespace) -> int:
                         scale=args.scale, add_offset=args.add_offset, max_invalid=args.max_invalid, nodata=args.nodata,
                         float_factory=args.float_factory, binary_factory=args.binary_factory,
                         checkpoint_every=args.checkpoint_every,
-                        device=args.device, threads=args.threads, batch_size=args.batch_size, dask=args.dask)
+                        device=args.device, threads=args.threads, batch_size=args.batch_size, dask=args.dask,
+                        model_codes=args.model_codes)
     model = args.model
     if not model:
         from .default_model import default_model_path
@@ -258,7 +263,7 @@ def _query(args: argparse.Namespace, index, bands):
 
     if args.tile is not None:
         return query_from_tile(index, args.tile)
-    model = args.model or index.model.path
+    model = args.model or index.model_file
     if not os.path.exists(model):
         from .default_model import missing_model_message
 
@@ -270,7 +275,9 @@ def _query(args: argparse.Namespace, index, bands):
         encoders = modality_models(index.model_info)
         choice = choose_for_path(index, encoders, args.image or args.raster, args.modality,
                                  how_to_choose="pass --modality")
-        model, said = encoders[choice.modality].path, [choice.warning] if choice.warning else []
+        own = choice.modality == index.model_info.modality
+        model = index.model_file if own else encoders[choice.modality].path
+        said = [choice.warning] if choice.warning else []
         if len(encoders) > 1:
             print(f"query read with the {choice.modality} encoder ({choice.reason})")
     encoder = Encoder(model, device=args.device, threads=args.threads)
@@ -306,7 +313,7 @@ def _feedback(args: argparse.Namespace, index, bands, query):
         from .encoder import Encoder
         from .queries import query_from_image
 
-        encoder = Encoder(args.model or index.model.path, device=args.device, threads=args.threads)
+        encoder = Encoder(args.model or index.model_file, device=args.device, threads=args.threads)
         for path, relevant in images:
             q = query_from_image(index, encoder, path, bands, args.scale, args.add_offset)
             examples.append(Example(os.path.abspath(path), relevant, q.embedding, q.code))
@@ -428,8 +435,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"tiles      {m.tiles} indexed, {m.skipped} skipped as nodata/empty, from {len(m.sources)} source(s)")
     print(f"model      {m.model.path} (sha256 {m.model.sha256[:12]}, {describe_method(meta)}, "
           f"input {meta.get('rsir.input_size')} px, bands {meta.get('rsir.bands')})")
-    print(f"vectors    {m.embedding_dim}-d float ({m.float_factory}), {m.code_bits}-bit codes "
-          f"({m.binary_factory}, from {m.code_source})")
+    print(f"vectors    {m.embedding_dim}-d float ({m.float_factory}), {m.describe_codes()} ({m.binary_factory})")
     ground = index.tile_ground_size()
     options = ((f", gsd {t.gsd}" if t.gsd else "") + (f", bands {list(t.bands)}" if t.bands else "")
                + (f", scale {t.scale}" if t.scale else "")

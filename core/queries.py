@@ -155,6 +155,7 @@ def _encode_parts(index: Index, encoder: Encoder, ds, bands: list, parts: list[T
         if any(valid):
             pixels = pixels[np.asarray(valid)]
     emb, code = encoder.encode(values.apply(pixels), scale=1.0)
+    code = index.query_codes(emb, code)
     if len(pixels) == 1:
         return emb[0], code[0], 1, pixels
     bits = np.unpackbits(code, axis=1).mean(axis=0) >= 0.5  # majority; ties set the bit
@@ -222,7 +223,7 @@ def query_from_array(index: Index, encoder: Encoder, pixels: np.ndarray, scale: 
     own_scale = None if index.is_cross_modal(encoder.info) else index.manifest.tiling.scale
     values = resolve_values((scale, None), (own_scale, None), default_scale=encoder.info.scale)
     emb, code = encoder.encode(values.apply(raw[None]), scale=1.0)
-    return Query("image", description, emb[0], code[0], pixels=raw)
+    return Query("image", description, emb[0], index.query_codes(emb, code)[0], pixels=raw)
 
 
 def _corner(v: float) -> str:

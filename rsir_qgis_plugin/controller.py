@@ -92,9 +92,9 @@ class RetrievalSession:
         which = which or self.index.model_info.modality
         if (device, which) not in self._encoders:
             info = self.modality_models.get(which)
-            model = info.path if info else ""
+            own = which == self.index.model_info.modality
+            model = self.index.model_file if own else info.path if info else ""
             if not os.path.exists(model):
-                own = which == self.index.model_info.modality
                 raise errors.RsirError(
                     default_model.missing_model_message(self.index.model.path, self.index.model.sha256) if own
                     else f"{model or which}: the {which} encoder of this index is not there (any more)")
@@ -118,7 +118,7 @@ class RetrievalSession:
         return {"model": os.path.basename(m.model.path), "method": core_encoder.describe_method(meta),
                 "tile": m.tiling.tile, "stride": m.tiling.stride, "tiles": m.tiles,
                 "crs": sorted({s.crs or "(none)" for s in m.sources}), "code_bits": m.code_bits,
-                "has_hash": m.code_source == "hash", "sources": len(m.sources)}
+                "codes": m.describe_codes(), "sources": len(m.sources)}
 
     def describe(self) -> str:
         s = self.summary()
@@ -126,7 +126,7 @@ class RetrievalSession:
         return (f"{s['tiles']} tiles of {s['tile']} px{f' ({ground})' if ground else ''} from {s['sources']} "
                 f"source(s); model {s['model']} "
                 f"({s['method']}); CRS {', '.join(s['crs'])}; "
-                f"{'hash codes ' + str(s['code_bits']) + ' bits' if s['has_hash'] else 'no hash head (sign bits)'}; "
+                f"{s['codes']}; "
                 f"values {self.index.describe_values()}")
 
     # -- queries ------------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ class RsirDock(QDockWidget):
         self.iface = iface
         self.session: RetrievalSession | None = None
         self.last_result = None
+        self.last_search = None  # the query of the last search (a function of session and request), for reruns
         self.last_group = None
         self.task = None      # the search running in the background
         self.pending = None   # the newest query asked for meanwhile
@@ -116,7 +117,7 @@ class RsirDock(QDockWidget):
         self.rerank_spin = _off_spin(100_000, "Hash search: rank this many nearest tiles by Hamming distance again by "
                                      "cosine similarity. Near float-search quality at hash-search cost; helps "
                                      "most across sensors.")
-        self.mode_combo.currentIndexChanged.connect(lambda i: self.rerank_spin.setEnabled(i == 1))
+        self.mode_combo.currentIndexChanged.connect(self._mode_changed)
         self.rerank_spin.setEnabled(False)
         self.heat_check = QCheckBox("Similarity heat map over the query raster")
         self.whole_box_check = QCheckBox("Read a large box as one image")
@@ -251,7 +252,7 @@ class RsirDock(QDockWidget):
             self.info.setText("No index open.")
             self._error(str(exc))
             return False
-        self.last_result = None
+        self.last_result, self.last_search = None, None
         self.status.setText("")
         self.warned.clear()
         self.table.setRowCount(0)  # the old index's hits are not this one's
@@ -363,6 +364,13 @@ class RsirDock(QDockWidget):
     def search_image(self, path: str):
         return self.run_search(lambda s, req: s.search_image(path, req))
 
+    def _mode_changed(self, index: int) -> None:
+        """Float <-> hash: re-ranking applies to hash search only, and the last query is searched again the new
+        way (an analyst who switches wants to see the other ranking, not to draw the box again)."""
+        self.rerank_spin.setEnabled(index == 1)
+        if self.last_search is not None and self.session is not None:
+            self.run_search(self.last_search)
+
     def _need_session(self) -> bool:
         if self.session is None:
             self._error("Open an index folder first.")
@@ -376,6 +384,7 @@ class RsirDock(QDockWidget):
         if not self._need_session():
             return None
         task = SearchTask(self.session, make_result, self.request(), self._search_done)
+        self.last_search = make_result
         if self.task is not None:  # one search at a time over the session's index and models
             self.task.superseded = True
             self.pending = task

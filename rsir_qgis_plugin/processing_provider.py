@@ -132,6 +132,9 @@ class BuildIndex(_Base):
         self.addParameter(QgsProcessingParameterNumber("NODATA", "Nodata value of sources that declare none, e.g. 0 "
                                                        "for scene fill (empty: zeros are data)",
                                                        QgsProcessingParameterNumber.Double, optional=True))
+        self.addParameter(QgsProcessingParameterBoolean("MODEL_CODES", "Keep the model's hash codes (default: fit "
+                                                        "codes on this archive's own embeddings)",
+                                                        defaultValue=False))
         self.addParameter(QgsProcessingParameterFile("OUT", "Index folder", behavior=QgsProcessingParameterFile.Folder))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -142,7 +145,8 @@ class BuildIndex(_Base):
                                     scale=self.parameterAsDouble(parameters, "SCALE", context) or None,
                                     add_offset=self.parameterAsDouble(parameters, "ADD_OFFSET", context) or None,
                                     nodata=(self.parameterAsDouble(parameters, "NODATA", context)
-                                            if parameters.get("NODATA") not in (None, "") else None))
+                                            if parameters.get("NODATA") not in (None, "") else None),
+                                    model_codes=self.parameterAsBool(parameters, "MODEL_CODES", context))
         try:
             model = self.parameterAsFile(parameters, "MODEL", context) or default_model_path()
             if not model:

@@ -225,13 +225,27 @@ def test_more_bad_inputs_one_line_each(cli_index, tmp_path, twin_raster, tiny_mo
                   "georeference, too large to read whole")
 
 
-def test_an_index_whose_model_is_gone_says_what_to_do(tmp_path, twin_raster, tiny_model, capsys):
+def test_an_index_keeps_its_model_and_says_what_to_do_without_it(tmp_path, twin_raster, tiny_model,
+                                                                  other_tiny_model, capsys):
     # e.g. an index built with a default model that a newer release replaced
     model = tmp_path / "old_default.onnx"
     shutil.copy(tiny_model, model)
     out = tmp_path / "idx"
     assert run(capsys, "index", twin_raster, "--model", model, "--out", out, "-q")[0] == 0
-    os.remove(model)
+    from core.index.reader import Index
+
+    box = ["search", out, "--bbox", BOX_00, "--crs", "EPSG:32618", "--raster", twin_raster, "-k", "2"]
+    code, before, _ = run(capsys, *box)
+    copy = Index(str(out)).data_path("model.onnx")
+    assert code == 0 and open(copy, "rb").read() == open(model, "rb").read()
+    shutil.copy(other_tiny_model, model)  # replaced by another model of the same name, then gone altogether
+    for _ in range(2):
+        assert Index(str(out)).model_file == copy
+        code, after, _ = run(capsys, *box)
+        assert code == 0 and after.splitlines()[2:] == before.splitlines()[2:]
+        if os.path.exists(model):
+            os.remove(model)
+    os.remove(copy)  # an index from before indexes kept their model
     _assert_error(capsys, ["search", out, "--bbox", BOX_00, "--crs", "EPSG:32618", "--raster", twin_raster],
                   f"{model}: the model this index was built with (sha256 ", "is not there any more; put it back "
                   "there, pass it with --model, or rebuild the index with the shipped model (",

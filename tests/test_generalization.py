@@ -82,6 +82,35 @@ def test_suite_scores_a_constructed_case_exactly(suite_data):
     assert len([n for n in os.listdir(cache) if n.startswith("emb-")]) == 4  # 2 datasets x 2 sizes
 
 
+def test_reranking_the_whole_database_is_float_search_and_archive_codes_fall_back(suite_data):
+    """--rerank R >= the database: hash candidates re-ranked by cosine are the float ranking. The mean-colour model
+    has 3 sign bits, too few for codes fitted on the archive: its own are scored, as `rsir index` keeps them."""
+    alpha, beta, model, cache = suite_data
+    tasks = [SuiteTask("alpha", "alpha"), SuiteTask("beta all", "beta")]
+    suite = Suite([SuiteDataset("alpha", alpha), SuiteDataset("beta", beta)], tasks, cache, log=lambda _: None,
+                  rerank=1000)
+    own, fitted = (suite.run([Contender(codes, model, hash=codes)]) for codes in ("model", "archive"))
+    for a, b in zip(own, fitted):
+        assert a.reranked_map == pytest.approx(a.float_map) and a.hash_map == b.hash_map
+    assert "| alpha float | hash | re-ranked |" in suite_table(own, tasks)
+
+
+def test_reranked_map_keeps_the_hash_candidates():
+    """Two queries, four items: the code finds items 0 and 1 first; re-ranking 2 of them puts the more similar one
+    first, but cannot reach item 3 (most similar, far in Hamming distance)."""
+    from training.generalization import reranked_map
+
+    q_e = np.array([[1.0, 0.0]], np.float32)
+    db_e = np.array([[0.6, 0.8], [0.8, 0.6], [0.0, 1.0], [1.0, 0.0]], np.float32)
+    q_pm = np.array([[1, 1]], np.float32)
+    db_pm = np.array([[1, 1], [1, 1], [-1, -1], [-1, 1]], np.float32)
+    q_y, db_y = np.array([0]), np.array([1, 0, 1, 0])
+    # candidates {0, 1} re-ranked: 1 (relevant), 0; then nothing: AP@2 over 2 relevant = (1/1) / 2
+    assert reranked_map(q_e, db_e, q_pm, db_pm, q_y, db_y, rerank=2, k=2) == pytest.approx(50.0)
+    # all four re-ranked: 3, 1 first: both relevant
+    assert reranked_map(q_e, db_e, q_pm, db_pm, q_y, db_y, rerank=4, k=2) == pytest.approx(100.0)
+
+
 def test_trained_classes_reads_namespaced_and_plain_names(suite_data):
     info = Encoder(suite_data[2]).info
     assert trained_classes(info, "beta", ["red", "blue", "twin"]) == {"red", "blue"}

@@ -244,7 +244,7 @@ def test_hash_ties_are_ordered_by_cosine(tmp_path, twin_raster, factory):
 
     model = export_tiny(str(tmp_path / "m8.onnx"), bits=8)
     out = str(tmp_path / "idx")
-    build_index([twin_raster], model, out, BuildOptions(tile=16, binary_factory=factory))
+    build_index([twin_raster], model, out, BuildOptions(tile=16, binary_factory=factory, model_codes=True))
     index = Index(out)
     everything = np.arange(index.n)
     for tile in (0, 77, 255):

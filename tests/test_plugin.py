@@ -137,6 +137,20 @@ def test_box_search_builds_the_layer_group(dock, indexed, twin_raster, qgis_ifac
     assert dock.table.rowCount() == 5 and {dock.table.item(0, 1).text(), dock.table.item(1, 1).text()} == {"0", "14"}
 
 
+def test_switching_float_and_hash_searches_the_last_query_again(dock, indexed, twin_raster, qgis_iface):
+    _box_search(dock, indexed, twin_raster, qgis_iface, k=3)
+    assert dock.last_group.name().endswith("(cosine)") and not dock.rerank_spin.isEnabled()
+    dock.mode_combo.setCurrentIndex(1)  # as the analyst picks Hash (Hamming)
+    assert dock.wait() and dock.rerank_spin.isEnabled()
+    assert dock.last_group.name().endswith("(Hamming)") and dock.last_group.name().count("box") == 1
+    assert {h.tile_id for h in dock.last_result.hits[:2]} == {0, 14}
+    dock.mode_combo.setCurrentIndex(0)
+    assert dock.wait() and dock.last_group.name().endswith("(cosine)")
+    dock.open_index(indexed)  # another index (or the same, reopened): nothing to search again
+    dock.mode_combo.setCurrentIndex(1)
+    assert dock.task is None and dock.last_result is None
+
+
 def test_more_like_this_and_image_queries(dock, indexed, twin_raster, tmp_path, qgis_iface):
     _raster_layer(twin_raster, qgis_iface)
     dock.open_index(indexed)
@@ -364,6 +378,15 @@ def test_processing_algorithms(tmp_path, twin_raster, tiny_model, qgis_processin
         assert (tiling.add_offset, tiling.nodata) == (-1000, 0)
         np.testing.assert_allclose(shifted_index.embeddings(list(range(16))), Index(out).embeddings(list(range(16))),
                                    atol=2e-3)
+        # 256 tiles of a 16-bit model: codes fitted on the archive, unless MODEL_CODES keeps the model's
+        from tests.conftest import export_tiny
+
+        model16 = export_tiny(str(tmp_path / "tiny16.onnx"), bits=16)
+        for keep, source in ((False, "archive-itq"), (True, "hash")):
+            folder = str(tmp_path / f"codes_{keep}")
+            processing.run("rsir:buildindex", {"SOURCES": [layer], "MODEL": model16, "TILE": 16, "STRIDE": 16,
+                                               "MODEL_CODES": keep, "OUT": folder})
+            assert (Index(folder).n, Index(folder).manifest.code_source) == (256, source)
         extent = f"{BOX_00.xMinimum()},{BOX_00.xMaximum()},{BOX_00.yMinimum()},{BOX_00.yMaximum()} [EPSG:32618]"
         res = processing.run("rsir:searchbyextent", {"INDEX": out, "RASTER": layer, "EXTENT": extent, "K": 3,
                                                      "HASH": False, "OUTPUT": "memory:"})

@@ -6,8 +6,9 @@ split, database = the train split, optionally restricted to some classes and sub
 models). Each contender encodes each dataset once, at the model's own size or, for a resolution-aware model, at
 the dataset's image size clamped to its range (what `core/` does for a patch folder); every task then ranks its
 queries against its database exactly (`evaluate.score`: mAP@k with min(k, R) normalisation, ties in random but
-seeded order). Float = cosine of the embeddings; hash = the model's own codes, or for untrained models PCA-ITQ
-codes fitted on the task's database.
+seeded order). Float = cosine of the embeddings; hash = Hamming distance, ties by cosine (as core.search ranks),
+of the model's own codes, of codes fitted on the task's database as `rsir index` fits them on an archive, or for
+untrained models of 128-bit PCA-ITQ codes fitted on the task's database; optionally hash re-ranked (--rerank).
 
 A model trained on a class of a task (its `rsir.class_names`, namespaced "dataset:class" by multi-dataset
 training) is flagged on that task's row: it is not an unseen-class result there.
@@ -23,16 +24,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.archive.gdal_open import open_raster
-from core.encoder import Encoder, ModelInfo
+from core.encoder import Encoder, ModelInfo, l2_normalise
 from core.errors import RsirError
 from core.fileio import atomic_path
+from core.index import archive_codes
+from core.metrics import average_precision_at_k
 
 from .datasets import _read_images, stratified_sample
-from .evaluate import pm1, score
+from .evaluate import pm1, score, tie_order
 from .hash_baselines import itq_codes
 from .splits import make_split, read_split
 
 HASH_BITS = 128  # code length of the untrained baselines' PCA-ITQ codes
+TIE_WEIGHT = 0.9  # of the cosine beside the +-1 code dot product: orders Hamming ties, never crosses a distance
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,10 @@ class SuiteTask:
 
 @dataclass(frozen=True)
 class Contender:
-    """A model to score: `size` forces one input side (None: the model's own rule); `hash` "model" uses its codes,
-    "itq" PCA-ITQ codes of its float features fitted on each task's database (untrained baselines)."""
+    """A model to score: `size` forces one input side (None: the model's own rule); `hash` "model" uses its codes
+    (`rsir index --model-codes`), "archive" codes fitted on each task's database as `rsir index` fits them on an
+    archive (core/index/archive_codes.py; the model's own where they do not apply), "itq" 128-bit PCA-ITQ codes
+    of its float features fitted on each task's database (untrained baselines)."""
 
     label: str
     model: str
@@ -89,6 +95,7 @@ class SuiteRow:
     queries: int
     database: int
     trained_on_task: bool = False  # the model was trained on some of the task's classes
+    reranked_map: float | None = None  # hash search with the suite's `rerank` nearest ranked again by cosine
 
 
 @dataclass
@@ -125,7 +132,7 @@ class Suite:
     """Runs contenders over tasks; embeddings are cached per (model file, size, image list) in `cache_dir`."""
 
     def __init__(self, datasets: list[SuiteDataset], tasks: list[SuiteTask], cache_dir: str, k: int = 100,
-                 threads: int | None = None, log: Callable[[str], None] = print, seed: int = 0):
+                 threads: int | None = None, log: Callable[[str], None] = print, seed: int = 0, rerank: int = 0):
         self.datasets = {d.name: d for d in datasets}
         unknown = sorted({t.dataset for t in tasks} - set(self.datasets))
         if unknown:
@@ -135,6 +142,7 @@ class Suite:
         self._picks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._native: dict[str, int] = {}
         self.seed = seed
+        self.rerank = rerank  # also score hash search with this many candidates re-ranked by cosine (0: not)
 
     def items(self, name: str) -> _Items:
         """The dataset's images that some task uses (its splits and classes), in split-file order."""
@@ -227,32 +235,65 @@ class Suite:
     def _score(self, c: Contender, info: ModelInfo, task: SuiteTask, q_e, db_e, q_c, db_c, q_y, db_y,
                class_names, size) -> SuiteRow:
         k = min(self.k, len(db_e))
+        q_e, db_e = l2_normalise(q_e), l2_normalise(db_e)
         f = score("float", "float", 0, q_e, db_e, q_y, db_y, class_names, k)
+        bits = info.effective_code_bits
         if c.hash == "itq":
             bits = min(HASH_BITS, db_e.shape[1])
             db_c, q_c = itq_codes(db_e, db_e, q_e, bits=bits)
-        else:
-            bits = info.effective_code_bits
-        h = score("hash", "hash", bits, pm1(q_c, bits), pm1(db_c, bits), q_y, db_y, class_names, k)
-        return SuiteRow(c.label, task.name, size, f.map_k, h.map_k, bits, len(q_y), len(db_y))
+        elif c.hash == "archive" and archive_codes.applies(len(db_e), bits, db_e.shape[1]):
+            fitted = archive_codes.fit(db_e, bits)
+            db_c, q_c = fitted.codes(db_e), fitted.codes(q_e)
+        # Hamming distance, ties by cosine as core.search orders them: the cosine (|.| <= 1) weighs less than one
+        # bit (a step of 2 in the +-1 dot product)
+        h = score("hash", "hash", bits, np.hstack([pm1(q_c, bits), TIE_WEIGHT * q_e]),
+                  np.hstack([pm1(db_c, bits), db_e]), q_y, db_y, class_names, k)
+        row = SuiteRow(c.label, task.name, size, f.map_k, h.map_k, bits, len(q_y), len(db_y))
+        if self.rerank:
+            row.reranked_map = reranked_map(q_e, db_e, pm1(q_c, bits), pm1(db_c, bits), q_y, db_y, self.rerank, k)
+        return row
+
+
+def reranked_map(q_e: np.ndarray, db_e: np.ndarray, q_pm: np.ndarray, db_pm: np.ndarray, q_y: np.ndarray,
+                 db_y: np.ndarray, rerank: int, k: int, chunk: int = 256) -> float:
+    """mAP@k of hash search re-ranked as `rsir search --hash --rerank R` ranks (core.search.nearest_ids): the R
+    nearest by Hamming distance (ties by cosine), ranked again by cosine; single-label data, ties in the seeded
+    order `score` uses."""
+    perm = tie_order(len(db_e))
+    db_e, db_pm, db_y = db_e[perm], db_pm[perm], db_y[perm]
+    aps = []
+    for i in range(0, len(q_e), chunk):
+        cos = q_e[i:i + chunk] @ db_e.T
+        by_code = q_pm[i:i + chunk] @ db_pm.T + TIE_WEIGHT * cos
+        candidates = np.argsort(-by_code, axis=1, kind="stable")[:, :min(rerank, len(db_e))]
+        order = np.take_along_axis(candidates, np.argsort(-np.take_along_axis(cos, candidates, axis=1), axis=1,
+                                                          kind="stable"), axis=1)[:, :k]
+        rel = db_y[order] == q_y[i:i + chunk, None]
+        n_rel = (db_y[None, :] == q_y[i:i + chunk, None]).sum(axis=1)
+        aps.append(average_precision_at_k(rel, n_rel, k))
+    return float(100 * np.concatenate(aps).mean())
 
 
 def suite_table(rows: list[SuiteRow], tasks: list[SuiteTask]) -> str:
-    """Markdown: a row per contender, float / hash mAP@100 per task; a model trained on an unseen task's classes
-    gets a dagger there."""
+    """Markdown: a row per contender, float / hash (/ re-ranked hash, where scored) mAP@100 per task; a model
+    trained on an unseen task's classes gets a dagger there."""
     names = list(dict.fromkeys(r.contender for r in rows))
     by = {(r.contender, r.task): r for r in rows}
-    head = "| model | " + " | ".join(f"{t.name} float | hash" for t in tasks) + " |"
-    lines = [head, "|---|" + "---|---|" * len(tasks)]
+    reranked = any(r.reranked_map is not None for r in rows)
+    head = "| model | " + " | ".join(f"{t.name} float | hash" + (" | re-ranked" if reranked else "")
+                                     for t in tasks) + " |"
+    lines = [head, "|---|" + ("---|---|---|" if reranked else "---|---|") * len(tasks)]
     for n in names:
         cells = []
         for t in tasks:
             r = by.get((n, t.name))
             if r is None:
-                cells += ["-", "-"]
+                cells += ["-"] * (3 if reranked else 2)
                 continue
             mark = " †" if r.trained_on_task and t.unseen else ""
             cells += [f"{r.float_map:.2f}{mark}", f"{r.hash_map:.2f}"]
+            if reranked:
+                cells.append("-" if r.reranked_map is None else f"{r.reranked_map:.2f}")
         sizes = sorted({by[(n, t.name)].size for t in tasks if (n, t.name) in by})
         name = n if n.endswith(" px") else f"{n} ({'/'.join(map(str, sizes))} px)"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

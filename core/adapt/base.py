@@ -14,6 +14,7 @@ import numpy as np
 from ..encoder import l2_normalise
 from ..fileio import atomic_path
 from ..index import layout
+from ..index.builder import keep_model_copy
 from ..index.manifest import ModelRef
 
 INFO = "base.json"
@@ -25,6 +26,12 @@ class LearningBase:
     model: ModelRef            # the model the index had before learning
     tiles: int
     labels: dict[int, str] = field(default_factory=dict)  # every tile label learned from so far
+    code_source: str = "hash"  # the manifest's code_source then: codes fitted on the archive come back refitted
+
+    @property
+    def model_file(self) -> str:
+        """The file of the model from before learning (`ModelRef.file`: its own path, else the copy kept here)."""
+        return self.model.file(os.path.join(self.dir, layout.MODEL_COPY))
 
     def embeddings(self, ids: np.ndarray) -> np.ndarray:
         """Unit float32 embeddings of tiles `ids`, as the model before learning gave them."""
@@ -37,7 +44,8 @@ class LearningBase:
         m = self.model
         with atomic_path(os.path.join(self.dir, INFO)) as tmp, open(tmp, "w") as f:
             json.dump({"model": {"path": m.path, "sha256": m.sha256, "metadata": m.metadata}, "tiles": self.tiles,
-                       "labels": {str(t): v for t, v in sorted(self.labels.items())}}, f)
+                       "labels": {str(t): v for t, v in sorted(self.labels.items())},
+                       "code_source": self.code_source}, f)
 
 
 def read_base(index_dir: str) -> LearningBase | None:
@@ -50,7 +58,7 @@ def read_base(index_dir: str) -> LearningBase | None:
         return None
     m = d["model"]
     return LearningBase(folder, ModelRef(m["path"], m["sha256"], m["metadata"]), int(d["tiles"]),
-                        {int(t): v for t, v in d.get("labels", {}).items()})
+                        {int(t): v for t, v in d.get("labels", {}).items()}, d.get("code_source", "hash"))
 
 
 def keep_base(index) -> LearningBase:
@@ -65,7 +73,8 @@ def keep_base(index) -> LearningBase:
             os.link(src, dst)  # the generation's files are never modified, only removed: a link is a copy
         except OSError:
             shutil.copyfile(src, dst)
-    base = LearningBase(folder, index.model, index.n)
+    keep_model_copy(folder, index.model_file)  # undo needs it after the generation that holds one is gone
+    base = LearningBase(folder, index.model, index.n, code_source=index.manifest.code_source)
     base.save()
     return base
 

@@ -18,8 +18,10 @@ import numpy as np
 
 from ..encoder import l2_normalise, pack_signs
 from ..errors import RsirError
+from ..index import archive_codes
 from ..index.builder import rewrite_vectors_locked
 from ..index.lock import IndexLock
+from ..index.manifest import ModelRef
 from ..index.reader import Index
 from .base import drop_base, keep_base, read_base
 from .labels import labelled_ids
@@ -149,6 +151,7 @@ def starting_point(index: Index, out_model: str):
         drop_base(index.dir)  # left over from before an append (the builder drops it; an older rsir did not)
         base = None
     model = base.model if base is not None else index.model
+    model = ModelRef(base.model_file if base is not None else index.model_file, model.sha256, model.metadata)
     if not os.path.exists(model.path):
         raise RsirError(f"{model.path}: the model the index had before learning is not there any more; the adapted "
                         "model is built on it")
@@ -191,10 +194,12 @@ def undo(index_dir: str, progress=None, cancel: Callable[[], bool] | None = None
     if base is None:
         raise RsirError(f"{index_dir}: has not learned from labels (or has since had tiles added), so there is "
                         "nothing to undo")
-    if not os.path.exists(base.model.path):
+    model = base.model_file
+    if not os.path.exists(model):
         raise RsirError(f"{base.model.path}: the model the index had before learning is not there any more")
     with IndexLock(index.dir, what="undoing learning from labels"):
-        rewrite_vectors_locked(index.dir, base.model.path, lambda emb, codes: (l2_normalise(emb), codes),
-                               progress=progress, cancel=cancel, source_dir=base.dir)
+        rewrite_vectors_locked(index.dir, model, lambda emb, codes: (l2_normalise(emb), codes),
+                               progress=progress, cancel=cancel, source_dir=base.dir,
+                               model_codes=base.code_source != archive_codes.SOURCE, recorded_path=base.model.path)
         drop_base(index.dir)
     return base.model.path

@@ -32,7 +32,7 @@ from ..archive.values import ValueScaling, resolve_values
 from ..encoder import Encoder, ModelInfo
 from ..errors import Cancelled, RsirError
 from ..fileio import atomic_path, read_json, write_json
-from . import layout, mih_tables, tiles_gpkg
+from . import archive_codes, layout, mih_tables, tiles_gpkg
 from .encode_chunks import ChunkResult, DatasetCache, EncodeSettings, SourceReader, encode_windows
 from .faiss_build import (
     build_binary_index,
@@ -83,6 +83,7 @@ class BuildOptions:
     threads: int | None = None
     batch_size: int = 64
     dask: str | None = None             # encode on Dask: "local", "local:N" or a scheduler address (tcp://...)
+    model_codes: bool = False           # keep the model's hash codes instead of fitting codes on the archive
 
     def tiling(self) -> Tiling:
         return Tiling(tile=self.tile, stride=self.stride or self.tile, gsd=self.gsd,
@@ -197,9 +198,11 @@ def _plan_source(spec: SourceSpec, encoder: Encoder, opts: BuildOptions, check_v
 
 def _check_existing(out_dir: str, manifest: Manifest, encoder: Encoder, opts: BuildOptions) -> None:
     if manifest.model.sha256 != encoder.info.sha256:
+        own = manifest.model.file(os.path.join(manifest.data_dir(out_dir), layout.MODEL_COPY))
+        where = "" if own == manifest.model.path else f" (the index keeps a copy: {own})"
         raise RsirError(f"{out_dir}: index was built with model {manifest.model.path} (sha256 "
                         f"{manifest.model.sha256[:12]}), not {encoder.info.path} (sha256 {encoder.info.sha256[:12]});"
-                        " use that model or a new --out")
+                        f" use that model{where} or a new --out")
     if manifest.tiling != opts.tiling():
         raise RsirError(f"{out_dir}: index was built with tiling {manifest.tiling.to_dict()}, not "
                         f"{opts.tiling().to_dict()}; use the same options to add to it, or a new --out")
@@ -502,6 +505,9 @@ def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, 
                                      for m in _chunk_tables(partial, state["chunks"], "meta")),
                        os.path.join(final, layout.WINDOWS), np.int32, 5, n)
 
+    fitted = _archive_codes_wanted(out_dir, manifest, info, n, opts.model_codes)
+    if fitted:
+        all_codes = _fit_archive_codes(final, all_emb, info.effective_code_bits)
     float_factory = opts.float_factory or default_float_factory(n)
     binary_factory = opts.binary_factory or default_binary_factory(n, info.effective_code_bits)
     _write_faiss(final, all_emb, all_codes, info.effective_code_bits, float_factory, binary_factory)
@@ -539,28 +545,67 @@ def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, 
                 for si, p in enumerate(plan)]
     now = _now()
     new_manifest = Manifest(
-        **_model_fields(info), tiling=opts.tiling(),
+        **_model_fields(info, fitted), tiling=opts.tiling(),
         tiles=n, skipped=(manifest.skipped if manifest else 0) + state["skipped"],
         float_factory=float_factory, binary_factory=binary_factory, sources=tuple(sources),
         created=manifest.created if manifest else now, updated=now, **_next_generation(manifest))
+    keep_model_copy(final, info.path)
     write_manifest(os.path.join(final, layout.MANIFEST), new_manifest)
     _fsync_folder(final)
     return new_manifest.generation
 
 
-def _model_fields(info: ModelInfo) -> dict:
-    """The manifest fields that come from the model an index is encoded with."""
-    return {"model": ModelRef(os.path.abspath(info.path), info.sha256, info.metadata),
-            "embedding_dim": info.embedding_dim, "code_bits": info.effective_code_bits,
-            "code_source": "hash" if info.has_hash else "embedding-signs"}
+def keep_model_copy(folder: str, model_path: str) -> None:
+    """A copy of the model beside a generation's data (layout.MODEL_COPY). Searches use it where the model's own
+    file has gone or changed (a default model replaced by a newer one, an index moved to another machine), so an
+    index always has the encoder its vectors came from. A copy, not a hard link: `cp new.onnx model.onnx`
+    rewrites the file a link shares (15 MB for the default model)."""
+    target = os.path.join(folder, layout.MODEL_COPY)
+    if os.path.abspath(model_path) != os.path.abspath(target):
+        shutil.copyfile(model_path, target)
+
+
+def _model_fields(info: ModelInfo, archive_fitted: bool = False, path: str | None = None) -> dict:
+    """The manifest fields that come from the model an index is encoded with (and whether its codes are fitted
+    on the archive: format 3, which older rsir versions refuse rather than search with the model's codes);
+    `path`: where the manifest says the model is (default: the file read)."""
+    source = archive_codes.SOURCE if archive_fitted else "hash" if info.has_hash else "embedding-signs"
+    return {"model": ModelRef(os.path.abspath(path or info.path), info.sha256, info.metadata),
+            "embedding_dim": info.embedding_dim, "code_bits": info.effective_code_bits, "code_source": source,
+            "format": layout.FORMAT_VERSION if archive_fitted else layout.FORMAT_MODEL_CODES}
+
+
+def _archive_codes_wanted(out_dir: str, previous: Manifest | None, info: ModelInfo, n: int,
+                          model_codes: bool) -> bool:
+    """Whether the next generation's codes are fitted on the archive (archive_codes.py): not for a model already
+    fitted to this archive (learning from labels, `rsir adapt`: its codes are), nor with `model_codes` (RsirError
+    for an index whose codes are fitted: its tiles' model codes were never stored), nor where
+    archive_codes.applies says no; else yes, refitted on all the tiles at each update."""
+    if "rsir.adapted_from" in info.metadata:
+        return False
+    if model_codes:
+        if previous is not None and previous.code_source == archive_codes.SOURCE:
+            raise RsirError(f"{out_dir}: its codes are fitted on its archive, and the model's codes of its tiles were "
+                            "not kept; add to it without --model-codes, or build a new index with it")
+        return False
+    return archive_codes.applies(n, info.effective_code_bits, info.embedding_dim)
+
+
+def _fit_archive_codes(final: str, embeddings: np.ndarray, bits: int) -> np.ndarray:
+    """Fit codes on the generation's `embeddings` (its table, row = tile id), write them over its code table and
+    the map beside it; returns the new code table, memory-mapped."""
+    fitted = archive_codes.fit(embeddings, bits)
+    codes_path = os.path.join(final, layout.CODES)
+    archive_codes.recode(embeddings, codes_path, fitted)
+    fitted.save(os.path.join(final, layout.CODE_FIT))
+    return np.memmap(codes_path, np.uint8, "r", shape=(len(embeddings), bits // 8))
 
 
 def _next_generation(manifest: Manifest | None) -> dict:
     """The manifest fields of the generation after `manifest`'s (the first when None), written by this rsir."""
     generation = (manifest.generation if manifest else 0) + 1
     return {"generation": generation, "data": layout.generation_name(generation),
-            "previous": (manifest.data or ".") if manifest else None, "format": layout.FORMAT_VERSION,
-            "rsir_version": __version__}
+            "previous": (manifest.data or ".") if manifest else None, "rsir_version": __version__}
 
 
 def _write_faiss(folder: str, emb: np.ndarray, codes: np.ndarray, bits: int, float_factory: str,
@@ -645,21 +690,25 @@ VectorTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarra
 
 def rewrite_vectors(index_dir: str, model_path: str, transform: VectorTransform, chunk: int = 65536,
                     progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-                    source_dir: str | None = None) -> Manifest:
+                    source_dir: str | None = None, model_codes: bool = False) -> Manifest:
     """Install a new generation of the index whose vectors are `transform` of its current ones (or of the tables
     in `source_dir`, e.g. the vectors from before learning), with `model_path` as its model: a model that appends
     a map to the index's own (e.g. one learned from an analyst's labels) re-encodes the index without reading an
     image. Same tiles and ids; a kill or a cancel leaves the current generation in service (nothing to resume:
-    rerunning costs what the run did, seconds per 100k tiles)."""
+    rerunning costs what the run did, seconds per 100k tiles). The codes are then fitted on the archive as indexing
+    fits them (`_archive_codes_wanted`; `model_codes`: keep the transform's)."""
     out_dir = os.path.abspath(index_dir)
     with IndexLock(out_dir, what=f"re-encoding with {os.path.basename(model_path)}"):
-        return rewrite_vectors_locked(out_dir, model_path, transform, chunk, progress, cancel, source_dir)
+        return rewrite_vectors_locked(out_dir, model_path, transform, chunk, progress, cancel, source_dir,
+                                      model_codes)
 
 
 def rewrite_vectors_locked(out_dir: str, model_path: str, transform: VectorTransform, chunk: int = 65536,
                            progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-                           source_dir: str | None = None) -> Manifest:
-    """`rewrite_vectors` for a caller that holds the index's lock."""
+                           source_dir: str | None = None, model_codes: bool = False,
+                           recorded_path: str | None = None) -> Manifest:
+    """`rewrite_vectors` for a caller that holds the index's lock. `recorded_path`: the path the manifest names
+    for the model, where `model_path` is a copy of it (default: `model_path`)."""
     info = Encoder(model_path, device="cpu").info
     partial = layout.path(out_dir, layout.PARTIAL)
     manifest = read_manifest(out_dir)
@@ -694,14 +743,18 @@ def rewrite_vectors_locked(out_dir: str, model_path: str, transform: VectorTrans
                 if progress:
                     progress(min(start + chunk, n), n)
         same_sizes = (dim, info.effective_code_bits) == (manifest.embedding_dim, manifest.code_bits)
-        _write_faiss(final, np.memmap(os.path.join(final, layout.EMBEDDINGS), np.float16, "r", shape=(n, dim)),
-                     np.memmap(os.path.join(final, layout.CODES), np.uint8, "r", shape=(n, nbytes)),
-                     info.effective_code_bits, manifest.float_factory,
+        embeddings = np.memmap(os.path.join(final, layout.EMBEDDINGS), np.float16, "r", shape=(n, dim))
+        fitted = _archive_codes_wanted(out_dir, None, info, n, model_codes)
+        codes = (_fit_archive_codes(final, embeddings, info.effective_code_bits) if fitted else
+                 np.memmap(os.path.join(final, layout.CODES), np.uint8, "r", shape=(n, nbytes)))
+        _write_faiss(final, embeddings, codes, info.effective_code_bits, manifest.float_factory,
                      manifest.binary_factory if same_sizes else default_binary_factory(n, info.effective_code_bits))
         for name in (layout.TILES, layout.WINDOWS):
             if os.path.exists(os.path.join(old, name)):
                 shutil.copyfile(os.path.join(old, name), os.path.join(final, name))
-        new = manifest.replace(**_model_fields(info), updated=_now(), **_next_generation(manifest))
+        new = manifest.replace(**_model_fields(info, fitted, recorded_path), updated=_now(),
+                               **_next_generation(manifest))
+        keep_model_copy(final, info.path)
         write_manifest(os.path.join(final, layout.MANIFEST), new)
         _fsync_folder(final)
     except BaseException:  # a failed or cancelled rewrite leaves nothing behind

@@ -7,14 +7,17 @@ the data files in IDX/ itself; they are read as they are and replaced by a gener
 """
 import os
 
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3       # format 3: the codes may be fitted on the archive (CODE_FIT; manifest code_source)
+FORMAT_MODEL_CODES = 2   # what an index whose codes are the model's is written as, so older rsir still reads it
+READABLE_FORMATS = (1, 2, 3)
 MANIFEST = "manifest.json"
 TILES = "tiles.gpkg"
 FLOAT_INDEX = "float.faiss"
 BINARY_INDEX = "codes.faiss"
 EMBEDDINGS = "embeddings.f16"  # float16 (N, D) row = tile id; heat maps, re-ranking, index rebuilds
 CODES = "codes.u8"             # uint8 (N, bits/8) row = tile id; packed sign bits
+MODEL_COPY = "model.onnx"      # the generation's model, hard-linked (or copied) when the generation is written
+CODE_FIT = "codes_fit.npz"  # the map from embedding to code fitted on the archive (core/index/archive_codes.py)
 WINDOWS = "windows.i32"        # int32 (N, 5) row = tile id: source id, x, y, w, h (heat maps without SQL; optional)
 PARTIAL = ".partial"
 BASE = "base"                  # the vectors and model as they were before an analyst's labels adapted the index

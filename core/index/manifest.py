@@ -91,6 +91,15 @@ class ModelRef:
     sha256: str
     metadata: dict
 
+    def file(self, copy: str) -> str:
+        """The model's file: `path` if it still holds this model (the same sha256), else the `copy` an index keeps
+        of it (layout.MODEL_COPY) if there, else `path`, gone or changed (the encoder then says so)."""
+        from ..fileio import sha256_file
+
+        if os.path.isfile(self.path) and sha256_file(self.path) == self.sha256:
+            return self.path
+        return copy if os.path.isfile(copy) else self.path
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -100,7 +109,7 @@ class Manifest:
     model: ModelRef
     embedding_dim: int
     code_bits: int
-    code_source: str                   # "hash" or "embedding-signs"
+    code_source: str                   # "hash" (the model's), "embedding-signs" or "archive-itq" (archive_codes.py)
     tiling: Tiling
     tiles: int
     skipped: int
@@ -156,6 +165,14 @@ class Manifest:
                 "counts": {"tiles": self.tiles, "skipped": self.skipped, "sources": len(self.sources)},
                 "faiss": {"float": self.float_factory, "binary": self.binary_factory},
                 "sources": [s.to_dict() for s in self.sources], **self.extra}
+
+    def describe_codes(self) -> str:
+        """Where the index's binary codes come from, in words."""
+        if self.code_source == "archive-itq":
+            return f"{self.code_bits}-bit codes fitted on this archive (PCA-ITQ of its embeddings)"
+        if self.code_source == "embedding-signs":
+            return f"{self.code_bits} sign bits of the embedding (the model has no hash head)"
+        return f"{self.code_bits}-bit codes of the model"
 
     def replace(self, **changes) -> Manifest:
         return replace(self, **changes)

@@ -12,7 +12,8 @@ from osgeo import ogr
 
 from ..encoder import ModelInfo, l2_normalise
 from ..errors import RsirError
-from . import hamming, layout, mih_tables
+from . import archive_codes, hamming, layout, mih_tables
+from .archive_codes import ArchiveCodes
 from .faiss_build import set_nprobe
 from .manifest import Manifest, ModelRef, SourceEntry, read_manifest
 from .mih_tables import MihTables
@@ -106,6 +107,7 @@ class Index:
         self.code_bytes = manifest.code_bytes
         self._emb = self._table(layout.EMBEDDINGS, np.float16, self.embedding_dim)
         self._codes = self._table(layout.CODES, np.uint8, self.code_bytes)
+        self.archive_codes: ArchiveCodes | None = self._archive_codes()
         self._float = None
         self._binary = None
         self._mih = None
@@ -135,6 +137,27 @@ class Index:
                             f"({self.n} tiles); {hint}")
         return np.memmap(path, dtype=dtype, mode="r", shape=(self.n, width))
 
+    def _archive_codes(self) -> ArchiveCodes | None:
+        """The map that gives this index's codes from embeddings, where they are fitted on the archive."""
+        if self.manifest.code_source != archive_codes.SOURCE:
+            return None
+        path = self.data_path(layout.CODE_FIT)
+        try:
+            fitted = archive_codes.load(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise RsirError(f"{self.dir}: {os.path.relpath(path, self.dir)} cannot be read ({exc}); the index folder "
+                            "is damaged or was copied in part; copy it again or rebuild it") from None
+        if fitted.matrix.shape != (self.embedding_dim, self.code_bits):
+            raise RsirError(f"{self.dir}: {os.path.relpath(path, self.dir)} maps {fitted.matrix.shape[0]}-d "
+                            f"embeddings to {fitted.bits} bits, the manifest says {self.embedding_dim} and "
+                            f"{self.code_bits}; the index folder is damaged")
+        return fitted
+
+    def query_codes(self, embeddings: np.ndarray, model_codes: np.ndarray) -> np.ndarray:
+        """The codes of query embeddings (N, D) in this index's code space: fitted on the archive where the index's
+        are (the model's own codes do not match them), else `model_codes`, as the encoder gave them."""
+        return model_codes if self.archive_codes is None else self.archive_codes.codes(embeddings)
+
     def data_path(self, name: str) -> str:
         """Path of a data file (layout.TILES, ...) of the generation this index opened."""
         return os.path.join(self.data_dir, name)
@@ -148,6 +171,12 @@ class Index:
     def model_info(self) -> ModelInfo:
         m = self.model
         return ModelInfo.from_metadata(m.path, m.sha256, m.metadata)
+
+    @property
+    def model_file(self) -> str:
+        """The file of the index's model: where it was when the index was built, if it is still that model; else
+        the copy the index keeps of it (indexes since 2026-12-07; `ModelRef.file`)."""
+        return self.model.file(self.data_path(layout.MODEL_COPY))
 
     @property
     def sources(self) -> tuple[SourceEntry, ...]:
