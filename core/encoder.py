@@ -20,6 +20,43 @@ REQUIRED_KEYS = ("rsir.format", "rsir.model_type", "rsir.outputs", "rsir.bands",
                  "rsir.mean", "rsir.std", "rsir.embedding_dim")
 
 
+@dataclass(frozen=True)
+class GeneralBranchInfo:
+    """`rsir.general_branch`: an untrained ImageNet branch beside the trained one (training/general_branch.py):
+    its share of the cosine, PCA dimensions, which features, and the input it reads (enlarged `input_scale`
+    times, averaged over `views` quarter turns)."""
+
+    weight: float
+    dims: int
+    features: str = "head"
+    input_scale: float = 1.0
+    views: int = 1
+
+    @classmethod
+    def of(cls, meta: dict) -> GeneralBranchInfo | None:
+        """The branch a model's metadata declares, or None; ValueError/TypeError/KeyError when malformed."""
+        if "rsir.general_branch" not in meta:
+            return None
+        g = json.loads(meta["rsir.general_branch"])
+        return cls(float(g["weight"]), int(g["dims"]), str(g.get("features", "head")),
+                   float(g.get("input_scale", 1)), int(g.get("views", 1)))
+
+    @property
+    def own_passes(self) -> float:
+        """Passes of the network it runs beside the trained branch's, in plain-pass units (0: it shares it)."""
+        if self.input_scale == 1 and self.views == 1:
+            return 0.0
+        return self.views * self.input_scale ** 2
+
+    def describe(self) -> str:
+        where = f", {self.features} features" if self.features != "head" else ""
+        if self.input_scale != 1:
+            where += f" at {self.input_scale:g}x the input"
+        if self.views != 1:
+            where += f", averaged over {self.views} quarter turns"
+        return f"with a general ImageNet branch (PCA-{self.dims}, weight {self.weight:g}{where})"
+
+
 @dataclass
 class ModelInfo:
     """The model's `rsir.*` metadata, parsed."""
@@ -42,6 +79,7 @@ class ModelInfo:
     input_size_range: tuple[int, int] = (0, 0)
     class_names: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    general_branch: GeneralBranchInfo | None = None
 
     @property
     def channels(self) -> int:
@@ -87,12 +125,7 @@ class ModelInfo:
         """How many plain passes of the network one input costs inside the graph, for keeping memory flat: the
         views, times 1 plus a general branch's own pass (`rsir.general_branch` with an input scale or views: the
         untrained network run again on the input enlarged `input_scale` times, `views` times)."""
-        cost = 1.0
-        if "rsir.general_branch" in self.metadata:
-            g = json.loads(self.metadata["rsir.general_branch"])
-            if g.get("input_scale", 1) != 1 or g.get("views", 1) != 1:
-                cost += g.get("views", 1) * g.get("input_scale", 1) ** 2
-        return self.views * cost
+        return self.views * (1.0 + (self.general_branch.own_passes if self.general_branch else 0.0))
 
     @property
     def effective_code_bits(self) -> int:
@@ -117,11 +150,12 @@ class ModelInfo:
                 embedding_dim=int(meta["rsir.embedding_dim"]), code_bits=int(meta.get("rsir.code_bits", "0")),
                 modality=meta.get("rsir.modality", "optical"), method=meta.get("rsir.method", ""),
                 class_names=json.loads(meta.get("rsir.class_names", "[]")), metadata=dict(meta),
+                general_branch=GeneralBranchInfo.of(meta),
             )
             size = info.input_size
             lo, hi = (int(v) for v in json.loads(meta.get("rsir.input_size_range", f"[{size}, {size}]")))
-        except (ValueError, TypeError) as exc:
-            raise RsirError(f"{path}: malformed rsir metadata ({exc})") from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise RsirError(f"{path}: malformed rsir metadata ({type(exc).__name__}: {exc})") from None
         if not 0 < lo <= info.input_size <= hi:
             raise RsirError(f"{path}: rsir.input_size_range [{lo}, {hi}] must hold rsir.input_size {info.input_size}")
         info.input_size_range = (lo, hi)
@@ -253,14 +287,12 @@ def describe_method(meta: dict) -> str:
     if "rsir.input_size_range" in meta:
         lo, hi = json.loads(meta["rsir.input_size_range"])
         parts.append(f"input {lo}-{hi} px")
-    if "rsir.general_branch" in meta:
-        g = json.loads(meta["rsir.general_branch"])
-        where = f", {g['features']} features" if g.get("features", "head") != "head" else ""
-        if g.get("input_scale", 1) != 1:
-            where += f" at {g['input_scale']:g}x the input"
-        if g.get("views", 1) != 1:
-            where += f", averaged over {g['views']} quarter turns"
-        parts.append(f"with a general ImageNet branch (PCA-{g.get('dims')}, weight {g.get('weight')}{where})")
+    try:
+        branch = GeneralBranchInfo.of(meta)
+    except (ValueError, TypeError, KeyError):
+        branch = None  # a listing of an index whose model metadata is odd still lists
+    if branch is not None:
+        parts.append(branch.describe())
     if "rsir.invariance" in meta:
         parts.append(f"averaged over {meta['rsir.invariance']}")
     if "rsir.whitening" in meta:

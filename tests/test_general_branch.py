@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.encoder import Encoder, describe_method
+from core.encoder import Encoder, GeneralBranchInfo, ModelInfo, describe_method
 from core.errors import RsirError
 from tests.rasters import write_class_folder
 from training.config import parse_config
@@ -109,7 +109,13 @@ def test_a_checkpoint_exports_with_its_general_branch(lite0_run, tmp_path):
     assert json.loads(meta["rsir.general_branch"])["views"] == 2
     assert ("block 10 features at 1.5x the input, averaged over 2 quarter turns"
             in describe_method(Encoder(scaled).info.metadata))
-    # its own pass costs 2 views x 1.5^2 the pixels: core shrinks its batches to keep memory flat
+    # parsed once into ModelInfo; its own pass costs 2 views x 1.5^2 the pixels: core shrinks its batches
+    # to keep memory flat
+    assert Encoder(scaled).info.general_branch == GeneralBranchInfo(0.5, 8, "block 10", 1.5, 2)
+    assert Encoder(scaled).info.pass_cost == 5.5 and Encoder(tapped).info.pass_cost == 1.0
+    broken = dict(Encoder(scaled).info.metadata, **{"rsir.general_branch": json.dumps({"weight": 0.5})})
+    with pytest.raises(RsirError, match="malformed rsir metadata .KeyError: 'dims'"):
+        ModelInfo.from_metadata("m.onnx", "0" * 64, broken)
     assert Encoder(scaled, batch_size=64).batch_size == 11 and Encoder(tapped, batch_size=64).batch_size == 64
     px = np.random.default_rng(0).uniform(0, 255, (2, 3, 32, 32)).astype(np.float32)
     s32, t32 = Encoder(scaled).encode(px)[0], Encoder(tapped).encode(px)[0]
