@@ -201,8 +201,9 @@ class IndexDialog(QDialog):
             return None
         self.scale.setValue(reading.suggested_scale)
         self.problem.setVisible(False)  # the last run's problem is most often the scale: do not leave it standing
-        messages.push(self.iface, f"{spec.path}: 98 % of its values are below {reading.p98:g}; value scale set to "
-                      f"{reading.suggested_scale:g}", level=Qgis.Info, duration=8)  # replacing the last run's error
+        messages.push(self.iface, f"{spec.path}: value scale set to {reading.suggested_scale:g} ({reading.basis}; "
+                      f"98 % of its values are below {reading.p98:g})", level=Qgis.Info,
+                      duration=8)  # replacing the last run's error
         return reading.suggested_scale
 
     def options(self) -> builder.BuildOptions:

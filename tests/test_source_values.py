@@ -218,7 +218,7 @@ def test_a_16_bit_scene_read_with_an_8_bit_scale_is_refused_with_the_fix(tiny_mo
     assert main(["index", raster, "--model", tiny_model, "--out", out, "-q"]) == 1
     err = capsys.readouterr().err
     assert f"{raster}: read as (raw) / 255, 100 % of its pixels are far above the model's range" in err
-    assert "--scale 5000 (rsir index)" in err and not os.path.exists(out)
+    assert "--scale 3000 (rsir index)" in err and not os.path.exists(out)  # reflectance-like: the demo's scale
     # the user's own scale is respected, with the warning kept in the output; a sensible one is silent
     assert main(["index", raster, "--model", tiny_model, "--out", out, "-q", "--scale", "255"]) == 0
     assert "far above the model's range" in capsys.readouterr().out
@@ -226,3 +226,23 @@ def test_a_16_bit_scene_read_with_an_8_bit_scale_is_refused_with_the_fix(tiny_mo
                  "5000"]) == 0
     assert "far above" not in capsys.readouterr().out
     assert [nice_scale(v) for v in (2870, 41000, 255, 0.7)] == [3000, 50000, 300, 0.75]
+
+
+def test_the_suggested_scale_reads_reflectance_alike_and_other_values_by_their_bright_end(tmp_path):
+    """Integers whose bright end lies at 300-4000 read like reflectance x 10000: 3000 whatever the scene holds (a
+    scene of open water, 98 % below 1,410 like the demo's, would otherwise be read twice as bright as land);
+    brighter integers, 8-bit and float values: the bright end mapped near 1."""
+    from core.archive.value_check import sample_reading
+    from core.archive.values import ValueScaling
+
+    rng = np.random.default_rng(0)
+    water = rng.normal(950, 60, (3, 64, 64))
+    water[:, :4] = 1500  # a strip of beach
+    cases = {"water": (np.clip(water, 1, None).astype(np.uint16), 3000, "reflectance"),
+             "bright": (rng.integers(4000, 6500, (3, 64, 64)).astype(np.uint16), 7500, "bright end"),
+             "byte": (rng.integers(1, 250, (3, 64, 64)).astype(np.uint8), 300, "bright end"),
+             "float": (rng.uniform(0.01, 0.7, (3, 64, 64)).astype(np.float32), 1.0, "bright end")}
+    for name, (data, scale, basis) in cases.items():
+        ds = gdal.Open(write_raster(str(tmp_path / f"{name}.tif"), data))
+        reading = sample_reading(ds, [1, 2, 3], ValueScaling(255.0), name)
+        assert (reading.suggested_scale, basis in reading.basis) == (pytest.approx(scale), True), name

@@ -17,14 +17,25 @@ TOO_BRIGHT = 1.5  # (raw + offset) / scale above this is beyond what an 8-bit-tr
 MAX_BRIGHT_SHARE = 0.5  # more than this share of the valid pixels that bright: the reading is wrong
 
 
+# Integer values whose 98th percentile lies in this range read like reflectance x 10,000 (Sentinel-2 L1C/L2A,
+# PlanetScope): they get the one scale the demo reads Sentinel-2 with, whatever the scene holds. Scaling each
+# scene by its own bright end instead reads a scene of open water (the demo's: 98 % below 1,410) twice as bright
+# as one of land, and archive scenes must be read alike to compare; at 3000 the land of the demo scene sits near
+# the median of EuroSAT's images (0.36 of the 8-bit range).
+REFLECTANCE_RANGE = (300.0, 4000.0)  # up to 4000: at 3000 it stays below TOO_BRIGHT
+REFLECTANCE_SCALE = 3000.0
+
+
 @dataclass
 class ValueReading:
-    """What the sample saw: the share of valid pixels read above TOO_BRIGHT, their 98th percentile (raw), and
-    the scale that would map that percentile to about 1."""
+    """What the sample saw: the share of valid pixels read above TOO_BRIGHT, their 98th percentile (raw), the
+    scale to read them with (REFLECTANCE_SCALE for reflectance-like integers, else the one that maps that
+    percentile to about 1) and why, in words."""
 
     bright_share: float
     p98: float
     suggested_scale: float
+    basis: str = ""
 
     @property
     def wrong(self) -> bool:
@@ -60,7 +71,12 @@ def sample_reading(ds: gdal.Dataset, bands: list[int], values_read: ValueScaling
         return ValueReading(0.0, 0.0, values_read.scale)
     p98 = float(np.percentile(values, 98))
     share = float(np.mean(values_read.apply(values) > TOO_BRIGHT))
-    return ValueReading(share, p98, nice_scale(max(p98 + values_read.add_offset, 1.0)))
+    bright = p98 + values_read.add_offset
+    integer = gdal.GetDataTypeName(ds.GetRasterBand(bands[0]).DataType).startswith(("Byte", "Int", "UInt"))
+    if integer and REFLECTANCE_RANGE[0] <= bright <= REFLECTANCE_RANGE[1]:
+        return ValueReading(share, p98, REFLECTANCE_SCALE, "reflectance x 10000, as the demo reads Sentinel-2")
+    return ValueReading(share, p98, nice_scale(max(bright, 1.0)), "its bright end read near the top of the model's "
+                        "range")
 
 
 def reading_problem(reading: ValueReading, path: str, values: ValueScaling) -> str | None:
