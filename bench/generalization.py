@@ -43,13 +43,14 @@ BASELINES = (("efficientnet_lite0", 96), ("efficientnet_lite0", 224), ("efficien
 RESOLUTION_AWARE = ("efficientnet_lite2", (96, 256))
 
 
-def model_contender(arg: str, codes: str = "archive") -> Contender:
-    """MODEL.onnx, or MODEL.onnx@SIZE (every dataset read at SIZE px); `codes`: Contender.hash."""
+def model_contender(arg: str, codes: str = "archive", code_bits: int | None = None) -> Contender:
+    """MODEL.onnx, or MODEL.onnx@SIZE (every dataset read at SIZE px); `codes`, `code_bits`: Contender.hash and
+    .code_bits."""
     path, _, size = arg.rpartition("@") if arg.rpartition("@")[2].isdigit() else (arg, "", "")
-    label = os.path.splitext(os.path.basename(path))[0]
+    label = os.path.splitext(os.path.basename(path))[0] + (f", {code_bits}-bit codes" if code_bits else "")
     if size:
-        return Contender(f"{label} @ {size} px", path, size=int(size), hash=codes)
-    return Contender(label, path, hash=codes)
+        return Contender(f"{label} @ {size} px", path, size=int(size), hash=codes, code_bits=code_bits)
+    return Contender(label, path, hash=codes, code_bits=code_bits)
 
 
 def baseline_model(cache: str, backbone: str, size: int, size_range: tuple[int, int] | None = None) -> str:
@@ -89,6 +90,8 @@ def main() -> int:
     ap.add_argument("--codes", choices=("archive", "model"), default="archive",
                     help="the models' hash codes: fitted on each task's database as `rsir index` fits them on an "
                          "archive (default), or the model's own (`rsir index --model-codes`)")
+    ap.add_argument("--code-bits", type=int, default=None, metavar="B",
+                    help="bits of the codes fitted on the archive (`rsir index --code-bits`; default: the model's)")
     ap.add_argument("--rerank", type=int, default=0, metavar="R",
                     help="also score hash search with its R nearest re-ranked by cosine (`rsir search --hash "
                          "--rerank R`)")
@@ -105,7 +108,9 @@ def main() -> int:
                 SuiteDataset("aid", os.path.join(args.data, "aid"))]
     aid_classes = sorted(d for d in os.listdir(datasets[1].root) if os.path.isdir(os.path.join(datasets[1].root, d)))
     tasks = suite_tasks(aid_classes, tuple(read_class_list(UNSEEN_FILE)), args.eurosat_queries, args.eurosat_database)
-    contenders = [model_contender(m, args.codes) for m in args.models]
+    if args.code_bits and args.codes != "archive":
+        ap.error("--code-bits sets the bits of codes fitted on the archive (--codes archive)")
+    contenders = [model_contender(m, args.codes, args.code_bits) for m in args.models]
     if not args.no_baselines:
         contenders += [Contender(f"untrained ImageNet {b.split('_')[1].capitalize()}, {s} px",
                                  baseline_model(cache, b, s), hash="itq") for b, s in BASELINES]

@@ -133,3 +133,39 @@ def test_a_damaged_code_map_is_named(tmp_path, model16):
         f.write(b"not a map")
     with pytest.raises(RsirError, match=r"codes_fit\.npz cannot be read.*damaged"):
         Index(out)
+
+
+def test_fewer_bits_fitted_on_the_archive_carry_through_updates_learning_and_undo(tmp_path, model16, capsys):
+    """--code-bits 8 on a 16-bit model: 8-bit codes everywhere (tables, binary index, queries), kept by an append,
+    by learning (the adapted model's codes are fitted at the index's width) and by undo."""
+    a = write_raster(str(tmp_path / "a.tif"), mosaic_with_twin(seed=0))
+    b = write_raster(str(tmp_path / "b.tif"), mosaic_with_twin(seed=5))
+    out = str(tmp_path / "idx")
+    assert main(["index", a, "--model", model16, "--out", out, "--tile", "16", "--code-bits", "8", "-q"]) == 0
+    index = Index(out)
+    assert (index.code_bits, index.codes([0]).shape, index.archive_codes.bits) == (8, (1, 1), 8)
+    encoder = Encoder(model16)
+    q = query_from_array(index, encoder, _tile_pixels(index, a, 77))
+    assert q.code.shape == (1,) and search(index, q, k=1, mode="hash")[0].tile_id == 77
+    build_index([b], model16, out, BuildOptions(tile=16))  # no --code-bits: the index keeps its 8
+    index = Index(out)
+    assert (index.n, index.code_bits, index.archive_codes.fitted_on) == (512, 8, 512)
+    assert main(["adapt", out, "--out", str(tmp_path / "adapted.onnx"), "--sample", "100", "--epochs", "2"]) == 0
+    assert Index(out).code_bits == 8 and Encoder(str(tmp_path / "adapted.onnx")).info.code_bits == 8
+    assert main(["learn-labels", out, "--undo"]) == 0
+    back = Index(out)
+    assert (back.code_bits, back.manifest.code_source) == (8, archive_codes.SOURCE)
+    ids = np.arange(back.n)
+    assert np.array_equal(back.codes(ids), back.archive_codes.codes(back.embeddings(ids)))
+
+
+def test_code_bits_that_cannot_be_fitted_are_refused(tmp_path, model16):
+    raster = write_raster(str(tmp_path / "a.tif"), mosaic_with_twin(seed=0))
+    with pytest.raises(RsirError, match=r"--code-bits 64: .* at most one bit per embedding dimension \(32\)"):
+        build_index([raster], model16, str(tmp_path / "wide"), BuildOptions(tile=16, code_bits=64))
+    with pytest.raises(RsirError, match=r"--code-bits 8: .*at least 2 tiles per bit \(16\); the index has 1"):
+        build_index([raster], model16, str(tmp_path / "one"), BuildOptions(tile=256, code_bits=8))
+    for bad, why in ((BuildOptions(code_bits=12), "multiple of 8"), (BuildOptions(code_bits=8, model_codes=True),
+                                                                     "give one of them")):
+        with pytest.raises(RsirError, match=why):
+            build_index([raster], model16, str(tmp_path / "bad"), bad)

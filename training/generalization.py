@@ -82,6 +82,7 @@ class Contender:
     model: str
     size: int | None = None
     hash: str = "model"
+    code_bits: int | None = None  # "archive": bits of the fitted codes (`rsir index --code-bits`; None: the model's)
 
 
 @dataclass
@@ -241,7 +242,8 @@ class Suite:
         if c.hash == "itq":
             bits = min(HASH_BITS, db_e.shape[1])
             db_c, q_c = itq_codes(db_e, db_e, q_e, bits=bits)
-        elif c.hash == "archive" and archive_codes.applies(len(db_e), bits, db_e.shape[1]):
+        elif c.hash == "archive" and archive_codes.applies(len(db_e), c.code_bits or bits, db_e.shape[1]):
+            bits = c.code_bits or bits
             fitted = archive_codes.fit(db_e, bits)
             db_c, q_c = fitted.codes(db_e), fitted.codes(q_e)
         # Hamming distance, ties by cosine as core.search orders them: the cosine (|.| <= 1) weighs less than one

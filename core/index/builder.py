@@ -84,6 +84,7 @@ class BuildOptions:
     batch_size: int = 64
     dask: str | None = None             # encode on Dask: "local", "local:N" or a scheduler address (tcp://...)
     model_codes: bool = False           # keep the model's hash codes instead of fitting codes on the archive
+    code_bits: int | None = None        # bits of the codes fitted on the archive (default: the model's)
 
     def tiling(self) -> Tiling:
         return Tiling(tile=self.tile, stride=self.stride or self.tile, gsd=self.gsd,
@@ -96,9 +97,15 @@ class BuildOptions:
         limit = 1 << 30
         for name, value, low in (("--tile", self.tile, 1), ("--stride", self.stride, 1),
                                  ("--input-size", self.input_size, 1), ("--batch-size", self.batch_size, 1),
-                                 ("--checkpoint-every", self.checkpoint_every, 1), ("--threads", self.threads, 1)):
+                                 ("--checkpoint-every", self.checkpoint_every, 1), ("--threads", self.threads, 1),
+                                 ("--code-bits", self.code_bits, 8)):
             if value is not None and not low <= value <= limit:
                 raise RsirError(f"{name} {value}: must be a whole number from {low} to {limit}")
+        if self.code_bits is not None and self.code_bits % 8:
+            raise RsirError(f"--code-bits {self.code_bits}: must be a multiple of 8")
+        if self.code_bits is not None and self.model_codes:
+            raise RsirError("--code-bits sets the codes fitted on the archive; --model-codes keeps the model's: "
+                            "give one of them")
         if not 0.0 <= self.max_invalid <= 1.0:
             raise RsirError(f"--max-invalid {self.max_invalid:g}: must be a share from 0 to 1")
         for name, value in (("--scale", self.scale), ("--gsd", self.gsd)):
@@ -209,10 +216,13 @@ def _check_existing(out_dir: str, manifest: Manifest, encoder: Encoder, opts: Bu
 
 
 def _check_factories(opts: BuildOptions, info: ModelInfo) -> None:
+    if opts.code_bits and not archive_codes.applies(1 << 40, opts.code_bits, info.embedding_dim):
+        raise RsirError(f"--code-bits {opts.code_bits}: codes fitted on the archive need at most one bit per "
+                        f"embedding dimension ({info.embedding_dim})")
     if opts.float_factory:
         check_factory("float", opts.float_factory, info.embedding_dim)
     if opts.binary_factory:
-        check_factory("binary", opts.binary_factory, info.effective_code_bits)
+        check_factory("binary", opts.binary_factory, opts.code_bits or info.effective_code_bits)
 
 
 def _refuse_foreign_folder(out_dir: str, manifest: Manifest | None) -> None:
@@ -496,8 +506,13 @@ def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, 
     dim, nbytes = info.embedding_dim, info.effective_code_bits // 8
     all_emb = _append_tables(old(layout.EMBEDDINGS), _chunk_tables(partial, state["chunks"], "emb"),
                              os.path.join(final, layout.EMBEDDINGS), np.float16, dim, n)
-    all_codes = _append_tables(old(layout.CODES), _chunk_tables(partial, state["chunks"], "codes"),
-                               os.path.join(final, layout.CODES), np.uint8, nbytes, n)
+    fit_bits = _archive_code_bits(out_dir, manifest, info, n, opts.model_codes, opts.code_bits)
+    if fit_bits:  # every code from the stored embeddings; the model's codes of the chunks are not used
+        all_codes = _fit_archive_codes(final, all_emb, fit_bits)
+    else:
+        all_codes = _append_tables(old(layout.CODES), _chunk_tables(partial, state["chunks"], "codes"),
+                                   os.path.join(final, layout.CODES), np.uint8, nbytes, n)
+    bits = fit_bits or info.effective_code_bits
     sid0 = len(manifest.sources) if manifest else 0
     old_windows = old(layout.WINDOWS)
     if manifest is None or os.path.exists(old_windows):  # an index from before windows.i32 goes on without it
@@ -505,12 +520,9 @@ def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, 
                                      for m in _chunk_tables(partial, state["chunks"], "meta")),
                        os.path.join(final, layout.WINDOWS), np.int32, 5, n)
 
-    fitted = _archive_codes_wanted(out_dir, manifest, info, n, opts.model_codes)
-    if fitted:
-        all_codes = _fit_archive_codes(final, all_emb, info.effective_code_bits)
     float_factory = opts.float_factory or default_float_factory(n)
-    binary_factory = opts.binary_factory or default_binary_factory(n, info.effective_code_bits)
-    _write_faiss(final, all_emb, all_codes, info.effective_code_bits, float_factory, binary_factory)
+    binary_factory = opts.binary_factory or default_binary_factory(n, bits)
+    _write_faiss(final, all_emb, all_codes, bits, float_factory, binary_factory)
 
     gpkg = os.path.join(final, layout.TILES)
     if manifest:
@@ -545,7 +557,7 @@ def _finalize(plan, encoder, opts, out_dir, manifest: Manifest | None, partial, 
                 for si, p in enumerate(plan)]
     now = _now()
     new_manifest = Manifest(
-        **_model_fields(info, fitted), tiling=opts.tiling(),
+        **_model_fields(info, fit_bits), tiling=opts.tiling(),
         tiles=n, skipped=(manifest.skipped if manifest else 0) + state["skipped"],
         float_factory=float_factory, binary_factory=binary_factory, sources=tuple(sources),
         created=manifest.created if manifest else now, updated=now, **_next_generation(manifest))
@@ -565,30 +577,41 @@ def keep_model_copy(folder: str, model_path: str) -> None:
         shutil.copyfile(model_path, target)
 
 
-def _model_fields(info: ModelInfo, archive_fitted: bool = False, path: str | None = None) -> dict:
-    """The manifest fields that come from the model an index is encoded with (and whether its codes are fitted
-    on the archive: format 3, which older rsir versions refuse rather than search with the model's codes);
-    `path`: where the manifest says the model is (default: the file read)."""
-    source = archive_codes.SOURCE if archive_fitted else "hash" if info.has_hash else "embedding-signs"
+def _model_fields(info: ModelInfo, archive_bits: int | None = None, path: str | None = None) -> dict:
+    """The manifest fields that come from the model an index is encoded with, and from its codes: fitted on the
+    archive with `archive_bits` bits (format 3, which older rsir versions refuse rather than search with the
+    model's codes), or the model's (None). `path`: where the manifest says the model is (default: the file read)."""
+    source = archive_codes.SOURCE if archive_bits else "hash" if info.has_hash else "embedding-signs"
     return {"model": ModelRef(os.path.abspath(path or info.path), info.sha256, info.metadata),
-            "embedding_dim": info.embedding_dim, "code_bits": info.effective_code_bits, "code_source": source,
-            "format": layout.FORMAT_VERSION if archive_fitted else layout.FORMAT_MODEL_CODES}
+            "embedding_dim": info.embedding_dim, "code_bits": archive_bits or info.effective_code_bits,
+            "code_source": source, "format": layout.FORMAT_VERSION if archive_bits else layout.FORMAT_MODEL_CODES}
 
 
-def _archive_codes_wanted(out_dir: str, previous: Manifest | None, info: ModelInfo, n: int,
-                          model_codes: bool) -> bool:
-    """Whether the next generation's codes are fitted on the archive (archive_codes.py): not for a model already
-    fitted to this archive (learning from labels, `rsir adapt`: its codes are), nor with `model_codes` (RsirError
-    for an index whose codes are fitted: its tiles' model codes were never stored), nor where
-    archive_codes.applies says no; else yes, refitted on all the tiles at each update."""
-    if "rsir.adapted_from" in info.metadata:
-        return False
-    if model_codes:
-        if previous is not None and previous.code_source == archive_codes.SOURCE:
+def _archive_code_bits(out_dir: str, previous: Manifest | None, info: ModelInfo, n: int, model_codes: bool,
+                       code_bits: int | None) -> int | None:
+    """The bits of the next generation's codes where they are fitted on the archive (archive_codes.py), refitted
+    on all the tiles at each update: `code_bits`, else what the index's fitted codes have, else the model's. None
+    (the model's codes) for a model already fitted to this archive (learning from labels, `rsir adapt`: its codes
+    are), with `model_codes` (RsirError for an index whose codes are fitted: its tiles' model codes were never
+    stored), and where archive_codes.applies says no (RsirError where `code_bits` asked for other codes)."""
+    own = info.effective_code_bits
+    if "rsir.adapted_from" in info.metadata or model_codes:
+        if model_codes and previous is not None and previous.code_source == archive_codes.SOURCE:
             raise RsirError(f"{out_dir}: its codes are fitted on its archive, and the model's codes of its tiles were "
                             "not kept; add to it without --model-codes, or build a new index with it")
-        return False
-    return archive_codes.applies(n, info.effective_code_bits, info.embedding_dim)
+        if code_bits and code_bits != own:
+            raise RsirError(f"--code-bits {code_bits}: {info.path} is adapted to this index and brings its own "
+                            f"{own}-bit codes")
+        return None
+    fitted_before = previous is not None and previous.code_source == archive_codes.SOURCE
+    bits = code_bits or (previous.code_bits if fitted_before else own)
+    if archive_codes.applies(n, bits, info.embedding_dim):
+        return bits
+    if bits != own:
+        raise RsirError(f"--code-bits {bits}: codes fitted on the archive need at most one bit per embedding "
+                        f"dimension ({info.embedding_dim}) and at least {archive_codes.MIN_TILES_PER_BIT} tiles per "
+                        f"bit ({archive_codes.MIN_TILES_PER_BIT * bits}); the index has {n} tiles")
+    return None
 
 
 def _fit_archive_codes(final: str, embeddings: np.ndarray, bits: int) -> np.ndarray:
@@ -728,6 +751,10 @@ def rewrite_vectors_locked(out_dir: str, model_path: str, transform: VectorTrans
         code_bytes = os.path.getsize(os.path.join(src, layout.CODES)) // max(n, 1)
         code_table = np.memmap(os.path.join(src, layout.CODES), np.uint8, "r", shape=(n, code_bytes))
         dim, nbytes = info.embedding_dim, info.effective_code_bits // 8
+        # codes fitted on the archive keep the width the tables have (an index's --code-bits)
+        adapted = "rsir.adapted_from" in info.metadata
+        fit_bits = _archive_code_bits(out_dir, None, info, n, model_codes,
+                                      None if adapted or model_codes else 8 * code_bytes)
         with open(os.path.join(final, layout.EMBEDDINGS), "wb") as fe, open(os.path.join(final, layout.CODES),
                                                                            "wb") as fc:
             for start in range(0, n, chunk):
@@ -735,24 +762,25 @@ def rewrite_vectors_locked(out_dir: str, model_path: str, transform: VectorTrans
                     raise Cancelled(f"{out_dir}: re-encoding cancelled; the index is as it was")
                 emb, codes = transform(np.asarray(table[start:start + chunk], np.float32),
                                        np.asarray(code_table[start:start + chunk]))
-                if emb.shape[1] != dim or codes.shape[1] != nbytes:
+                if emb.shape[1] != dim or (not fit_bits and codes.shape[1] != nbytes):
                     raise RsirError(f"{model_path}: the transform gives {emb.shape[1]}-d embeddings and "
                                     f"{8 * codes.shape[1]}-bit codes, the model says {dim} and {8 * nbytes}")
                 fe.write(np.ascontiguousarray(emb, np.float16).tobytes())
-                fc.write(np.ascontiguousarray(codes, np.uint8).tobytes())
+                if not fit_bits:
+                    fc.write(np.ascontiguousarray(codes, np.uint8).tobytes())
                 if progress:
                     progress(min(start + chunk, n), n)
-        same_sizes = (dim, info.effective_code_bits) == (manifest.embedding_dim, manifest.code_bits)
+        bits = fit_bits or info.effective_code_bits
+        same_sizes = (dim, bits) == (manifest.embedding_dim, manifest.code_bits)
         embeddings = np.memmap(os.path.join(final, layout.EMBEDDINGS), np.float16, "r", shape=(n, dim))
-        fitted = _archive_codes_wanted(out_dir, None, info, n, model_codes)
-        codes = (_fit_archive_codes(final, embeddings, info.effective_code_bits) if fitted else
+        codes = (_fit_archive_codes(final, embeddings, fit_bits) if fit_bits else
                  np.memmap(os.path.join(final, layout.CODES), np.uint8, "r", shape=(n, nbytes)))
-        _write_faiss(final, embeddings, codes, info.effective_code_bits, manifest.float_factory,
-                     manifest.binary_factory if same_sizes else default_binary_factory(n, info.effective_code_bits))
+        _write_faiss(final, embeddings, codes, bits, manifest.float_factory,
+                     manifest.binary_factory if same_sizes else default_binary_factory(n, bits))
         for name in (layout.TILES, layout.WINDOWS):
             if os.path.exists(os.path.join(old, name)):
                 shutil.copyfile(os.path.join(old, name), os.path.join(final, name))
-        new = manifest.replace(**_model_fields(info, fitted, recorded_path), updated=_now(),
+        new = manifest.replace(**_model_fields(info, fit_bits, recorded_path), updated=_now(),
                                **_next_generation(manifest))
         keep_model_copy(final, info.path)
         write_manifest(os.path.join(final, layout.MANIFEST), new)
