@@ -719,7 +719,7 @@ def rewrite_vectors(index_dir: str, model_path: str, transform: VectorTransform,
     a map to the index's own (e.g. one learned from an analyst's labels) re-encodes the index without reading an
     image. Same tiles and ids; a kill or a cancel leaves the current generation in service (nothing to resume:
     rerunning costs what the run did, seconds per 100k tiles). The codes are then fitted on the archive as indexing
-    fits them (`_archive_codes_wanted`; `model_codes`: keep the transform's)."""
+    fits them (`_archive_code_bits`, at the width the index's tables have; `model_codes`: keep the transform's)."""
     out_dir = os.path.abspath(index_dir)
     with IndexLock(out_dir, what=f"re-encoding with {os.path.basename(model_path)}"):
         return rewrite_vectors_locked(out_dir, model_path, transform, chunk, progress, cancel, source_dir,
