@@ -86,8 +86,8 @@ def test_box_search_builds_the_layer_group(dock, indexed, twin_raster, qgis_ifac
     dock.whole_box_check.setChecked(False)
     dock.raster_combo.setLayer(layer)
     dock.k_spin.setValue(5)
+    assert dock.radius_spin.value() == 10  # 15 % of the index's 64 bits
     dock.radius_check.setChecked(True)
-    dock.radius_spin.setValue(10)
     dock.tiles_spin.setValue(2)
     dock.heat_check.setChecked(True)
     dock.box_tool.set_box(BOX_00)  # as if the analyst dragged the box on the map
