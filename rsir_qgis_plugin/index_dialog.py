@@ -9,6 +9,7 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QDoubleValidator
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QDoubleSpinBox,
@@ -36,6 +37,12 @@ def _number(text: str) -> float | None:
         return float(text)
     except ValueError:
         return None
+
+
+# the Hash codes choices: (text, `rsir index` option: "archive" = fitted at the model's bits, "128" = --code-bits
+# 128, "model" = --model-codes)
+CODE_CHOICES = (("Fitted on this archive (the model's bits)", "archive"), ("Fitted on this archive, 128 bits", "128"),
+                ("The model's own", "model"))
 
 
 class IndexDialog(QDialog):
@@ -93,8 +100,9 @@ class IndexDialog(QDialog):
         self.nodata.setToolTip("Pixel value (in every band) that is empty in sources declaring no nodata of their "
                                "own, e.g. 0 for the fill around a scene. Left empty, a zero is data (radar water).")
         self.suggest = QPushButton("Suggest")
-        self.suggest.setToolTip("Sample the first chosen source and set the scale that maps its bright end near 1 "
-                                "(16-bit imagery read with an 8-bit model's 255 makes every tile look alike)")
+        self.suggest.setToolTip("Sample the first chosen source and set its scale: 3000 for reflectance x 10000 "
+                                "(Sentinel-2), else the one that maps its bright end near 1 (16-bit imagery read "
+                                "with an 8-bit model's 255 makes every tile look alike)")
         self.suggest.clicked.connect(self.suggest_scale)
         scale_row = QHBoxLayout()
         scale_row.addWidget(self.scale)
@@ -109,13 +117,20 @@ class IndexDialog(QDialog):
         self.scheduler.setPlaceholderText("optional: tcp://HOST:8786 of a running Dask cluster")
         self.scheduler.setToolTip("Encode on an existing Dask cluster instead; its workers must see the sources and "
                                   "the model at the same paths")
+        self.codes = QComboBox()
+        for text, choice in CODE_CHOICES:
+            self.codes.addItem(text, choice)
+        self.codes.setToolTip("Hash search's binary codes. Fitted on this archive's own embeddings (PCA-ITQ, "
+                              "seconds) they find more of what the model never trained on than the model's own "
+                              "codes; 128 bits take half the memory. Indexes under 2 tiles per bit keep the "
+                              "model's.")
         self.restart = QCheckBox("Discard an unfinished run in this folder and start over")
         self.restart.setToolTip("An interrupted run (this dialog's or `rsir index`'s) resumes when the same sources "
                                 "and options are indexed again; to index others into the folder, discard it")
         form = QFormLayout()
         for label, widget in (("Model (.onnx)", self.model), ("Index folder", self.out), ("Tile (px)", self.tile),
                               ("Stride (px)", self.stride), ("Bands", self.bands), ("Value scale", scale_row),
-                              ("Value offset", self.offset), ("Nodata value", self.nodata),
+                              ("Value offset", self.offset), ("Nodata value", self.nodata), ("Hash codes", self.codes),
                               ("Worker processes", self.workers), ("Dask scheduler", self.scheduler),
                               ("", self.restart)):
             form.addRow(label, widget)
@@ -144,7 +159,8 @@ class IndexDialog(QDialog):
                 ("offset", self.offset.value, lambda v: self.offset.setValue(float(v))),
                 ("nodata", self.nodata.text, self.nodata.setText),
                 ("workers", self.workers.value, lambda v: self.workers.setValue(int(v))),
-                ("scheduler", self.scheduler.text, self.scheduler.setText))
+                ("scheduler", self.scheduler.text, self.scheduler.setText),
+                ("codes", self.codes.currentData, lambda v: self.codes.setCurrentIndex(max(0, self.codes.findData(v)))))
 
     def _restore(self) -> None:
         from qgis.core import QgsSettings
@@ -210,7 +226,10 @@ class IndexDialog(QDialog):
         return builder.BuildOptions(tile=self.tile.value(), stride=self.stride.value(),
                                     bands=sources.parse_band_list(self.bands.text()),
                                     scale=self.scale.value() or None, add_offset=self.offset.value() or None,
-                                    nodata=_number(self.nodata.text()), dask=self.dask_address())
+                                    nodata=_number(self.nodata.text()), dask=self.dask_address(),
+                                    model_codes=self.codes.currentData() == "model",
+                                    code_bits=int(self.codes.currentData()) if self.codes.currentData().isdigit()
+                                    else None)
 
     def dask_address(self) -> str | None:
         """Where to encode: the scheduler typed, else a local cluster of the chosen worker count, else in QGIS."""

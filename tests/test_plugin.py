@@ -992,10 +992,16 @@ def test_index_dialog_remembers_its_fields(tmp_path, twin_raster, tiny_model, qg
     dialog.tile.setValue(32)
     dialog.scale.setValue(3000)
     dialog.workers.setValue(3)
+    assert (dialog.options().model_codes, dialog.options().code_bits) == (False, None)  # fitted, the model's bits
+    dialog.codes.setCurrentIndex(1)
+    assert (dialog.options().model_codes, dialog.options().code_bits) == (False, 128)
     dialog._remember()
     again = IndexDialog(qgis_iface)
     assert (again.model.filePath(), again.out.filePath(), again.tile.value(), again.scale.value(),
-            again.workers.value()) == (tiny_model, str(tmp_path / "idx"), 32, 3000, 3)
+            again.workers.value(), again.options().code_bits) == (tiny_model, str(tmp_path / "idx"), 32, 3000, 3,
+                                                                   128)
+    again.codes.setCurrentIndex(2)
+    assert (again.options().model_codes, again.options().code_bits) == (True, None)
     _forget_dialog_settings()
     for d in (dialog, again):
         d.deleteLater()
