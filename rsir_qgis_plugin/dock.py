@@ -43,7 +43,7 @@ WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
 COLUMNS = ("rank", "tile", "mark", "score", "hamming", "label", "source")
 
 
-RADIUS_SHARE = 0.15  # the hash layer's default Hamming radius, as a share of the index's code bits
+RADIUS_SHARE = 0.2  # the hash layer's default Hamming radius, as a share of the index's code bits
 
 
 def _off_spin(maximum: int, tooltip: str) -> QSpinBox:
@@ -261,7 +261,7 @@ class RsirDock(QDockWidget):
         self.table.setRowCount(0)  # the old index's hits are not this one's
         self.feedback.index_changed()
         mods = self.session.modalities
-        # similar tiles lie at about 15 % of the bits (the demo's beach at 37-65 of 256); 8 suited 64-bit codes
+        # similar tiles lie at 15-25 % of the bits (the demo's beach at 37-65 of 256); 8 suited 64-bit codes
         self.radius_spin.setValue(max(1, round(RADIUS_SHARE * self.session.index.code_bits)))
         self._describe_index()
         self._watch(path)
