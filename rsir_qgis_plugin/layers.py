@@ -48,7 +48,8 @@ def _memory_layer(name: str, fields) -> QgsVectorLayer:
 
 
 def hits_layer(hits, name: str, colour_by: str = "rank") -> QgsVectorLayer:
-    """Footprints with rank, score, hamming, tile_id, source, label, bucket; graduated colours, rank labels."""
+    """Footprints with rank, score, hamming, tile_id, source, label, bucket; graduated colours by `colour_by`,
+    labelled with it (ranks as they are, Hamming distances as "d 37")."""
     layer = _memory_layer(name, HIT_FIELDS)
     feats = []
     for h in hits:
@@ -62,7 +63,10 @@ def hits_layer(hits, name: str, colour_by: str = "rank") -> QgsVectorLayer:
     if len(hits) > 1:
         layer.setRenderer(_integer_classes(colour_by, [getattr(h, colour_by) for h in hits]))
     labels = QgsPalLayerSettings()
-    labels.fieldName = colour_by
+    if colour_by == "rank":
+        labels.fieldName = colour_by
+    else:  # "d 37", not "37": beside the hits' ranks a bare distance reads as a rank
+        labels.isExpression, labels.fieldName = True, f"'d ' || \"{colour_by}\""
     text = QgsTextFormat()  # white on a dark halo: readable over dark fills and bright imagery alike
     text.setColor(QColor("white"))
     text.setSize(10)

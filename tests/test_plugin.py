@@ -113,6 +113,13 @@ def test_box_search_builds_the_layer_group(dock, indexed, twin_raster, qgis_ifac
     assert all(f["hamming"] <= 13 for f in hash_layer.getFeatures()) and hash_layer.featureCount() >= 2
     all_d = Index(indexed).hamming(result.query.code, np.arange(16))
     assert hash_layer.featureCount() == int((all_d <= 13).sum())
+    from qgis.core import QgsExpression, QgsExpressionContext, QgsExpressionContextUtils
+
+    label = hash_layer.labeling().settings()
+    first = next(hash_layer.getFeatures())
+    context = QgsExpressionContext(QgsExpressionContextUtils.globalProjectLayerScopes(hash_layer))
+    context.setFeature(first)
+    assert label.isExpression and QgsExpression(label.fieldName).evaluate(context) == f"d {first['hamming']}"
 
     # tile layers are VRT windows of the source: same pixels, no copies
     vrt = group.children()[3].layer()
