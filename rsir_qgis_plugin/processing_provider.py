@@ -135,6 +135,9 @@ class BuildIndex(_Base):
         self.addParameter(QgsProcessingParameterBoolean("MODEL_CODES", "Keep the model's hash codes (default: fit "
                                                         "codes on this archive's own embeddings)",
                                                         defaultValue=False))
+        self.addParameter(QgsProcessingParameterNumber("CODE_BITS", "Bits of the codes fitted on the archive (0 = "
+                                                       "the model's; e.g. 128 for half the memory)",
+                                                       defaultValue=0, minValue=0, maxValue=4096))
         self.addParameter(QgsProcessingParameterFile("OUT", "Index folder", behavior=QgsProcessingParameterFile.Folder))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -146,7 +149,8 @@ class BuildIndex(_Base):
                                     add_offset=self.parameterAsDouble(parameters, "ADD_OFFSET", context) or None,
                                     nodata=(self.parameterAsDouble(parameters, "NODATA", context)
                                             if parameters.get("NODATA") not in (None, "") else None),
-                                    model_codes=self.parameterAsBool(parameters, "MODEL_CODES", context))
+                                    model_codes=self.parameterAsBool(parameters, "MODEL_CODES", context),
+                                    code_bits=self.parameterAsInt(parameters, "CODE_BITS", context) or None)
         try:
             model = self.parameterAsFile(parameters, "MODEL", context) or default_model_path()
             if not model:

@@ -389,11 +389,12 @@ def test_processing_algorithms(tmp_path, twin_raster, tiny_model, qgis_processin
         from tests.conftest import export_tiny
 
         model16 = export_tiny(str(tmp_path / "tiny16.onnx"), bits=16)
-        for keep, source in ((False, "archive-itq"), (True, "hash")):
-            folder = str(tmp_path / f"codes_{keep}")
+        for keep, bits, source in ((False, 0, "archive-itq"), (True, 0, "hash"), (False, 8, "archive-itq")):
+            folder = str(tmp_path / f"codes_{keep}_{bits}")
             processing.run("rsir:buildindex", {"SOURCES": [layer], "MODEL": model16, "TILE": 16, "STRIDE": 16,
-                                               "MODEL_CODES": keep, "OUT": folder})
-            assert (Index(folder).n, Index(folder).manifest.code_source) == (256, source)
+                                               "MODEL_CODES": keep, "CODE_BITS": bits, "OUT": folder})
+            index = Index(folder)
+            assert (index.n, index.manifest.code_source, index.code_bits) == (256, source, bits or 16)
         extent = f"{BOX_00.xMinimum()},{BOX_00.xMaximum()},{BOX_00.yMinimum()},{BOX_00.yMaximum()} [EPSG:32618]"
         res = processing.run("rsir:searchbyextent", {"INDEX": out, "RASTER": layer, "EXTENT": extent, "K": 3,
                                                      "HASH": False, "OUTPUT": "memory:"})
