@@ -46,6 +46,9 @@ def main() -> int:
     ap.add_argument("--max-invalid", type=float, default=0.5,
                     help="index tiles with up to this share of nodata, as `rsir index` (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model-codes", action="store_true",
+                    help="index with the model's own codes instead of codes fitted on the archive (`rsir index "
+                         "--model-codes`)")
     args = ap.parse_args()
 
     cfg = load_config(args.config)
@@ -56,7 +59,8 @@ def main() -> int:
     gt_a = ds_a.GetGeoTransform()
     with tempfile.TemporaryDirectory() as tmp:
         report = build_index([d.root_b], args.model_b, os.path.join(tmp, "index"),
-                             BuildOptions(tile=d.tile, threads=args.threads, max_invalid=args.max_invalid))
+                             BuildOptions(tile=d.tile, threads=args.threads, max_invalid=args.max_invalid,
+                                          model_codes=args.model_codes))
         index = Index(report.index_dir)
         ds_b, _ = open_georeferenced(d.root_b)
         gt_b = ds_b.GetGeoTransform()

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from core.encoder import Encoder
 from core.errors import RsirError
+from core.index import archive_codes
 from core.index.builder import BuildOptions, build_index
 from core.index.reader import Index
 from core.modality import ModalityChoice
@@ -311,6 +312,12 @@ def test_index_of_one_modality_searched_with_a_box_on_the_other(pair, ssl_models
     build_index([sar], paths["sar"], out, BuildOptions(tile=16, stride=16, threads=1))
     index = Index(out)
     assert index.n == GRID * GRID and index.model_info.modality == "sar"
+    # its codes stay the model's, trained across modalities (codes fitted on the radar tiles alone lose optical
+    # queries), though the index is large enough for fitted ones
+    assert archive_codes.applies(index.n, index.code_bits, index.embedding_dim)
+    assert index.manifest.code_source == "embedding-signs" and index.archive_codes is None  # its own sign bits
+    with pytest.raises(RsirError, match="cross-modal model; its .*-bit codes are trained across modalities"):
+        build_index([sar], paths["sar"], str(tmp_path / "fitted"), BuildOptions(tile=16, threads=1, code_bits=8))
     enc_opt = Encoder(paths["optical"], threads=1)
     train_ids = load_pairs(_cfg(*pair, "unused", "crossmodal-ssl", 1))["train"].ids
     for tid in train_ids[:8]:

@@ -591,10 +591,18 @@ def _archive_code_bits(out_dir: str, previous: Manifest | None, info: ModelInfo,
                        code_bits: int | None) -> int | None:
     """The bits of the next generation's codes where they are fitted on the archive (archive_codes.py), refitted
     on all the tiles at each update: `code_bits`, else what the index's fitted codes have, else the model's. None
-    (the model's codes) for a model already fitted to this archive (learning from labels, `rsir adapt`: its codes
+    (the model's codes) for a cross-modal model (its codes bridge the modalities), for a model already fitted to
+    this archive (learning from labels, `rsir adapt`: its codes
     are), with `model_codes` (RsirError for an index whose codes are fitted: its tiles' model codes were never
     stored), and where archive_codes.applies says no (RsirError where `code_bits` asked for other codes)."""
     own = info.effective_code_bits
+    if info.shared_space:
+        # codes trained across modalities: fitted on one modality's embeddings they lose the other's queries (GeFolki
+        # optical boxes on a radar index: P@1 80 -> 45 by Hamming; docs/results.md, "Archive codes")
+        if code_bits and code_bits != own:
+            raise RsirError(f"--code-bits {code_bits}: {info.path} is a cross-modal model; its {own}-bit codes are "
+                            "trained across modalities and are kept")
+        return None
     if "rsir.adapted_from" in info.metadata or model_codes:
         if model_codes and previous is not None and previous.code_source == archive_codes.SOURCE:
             raise RsirError(f"{out_dir}: its codes are fitted on its archive, and the model's codes of its tiles were "
