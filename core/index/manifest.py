@@ -168,7 +168,9 @@ class Manifest:
 
     def describe_codes(self) -> str:
         """Where the index's binary codes come from, in words."""
-        if self.code_source == "archive-itq":
+        from .archive_codes import SOURCE
+
+        if self.code_source == SOURCE:
             return f"{self.code_bits}-bit codes fitted on this archive (PCA-ITQ of its embeddings)"
         if self.code_source == "embedding-signs":
             return f"{self.code_bits} sign bits of the embedding (the model has no hash head)"
