@@ -280,8 +280,8 @@ def _query(args: argparse.Namespace, index, bands):
         encoders = modality_models(index.model_info)
         choice = choose_for_path(index, encoders, args.image or args.raster, args.modality,
                                  how_to_choose="pass --modality")
-        own = choice.modality == index.model_info.modality
-        model = index.model_file if own else encoders[choice.modality].path
+        if choice.modality != index.model_info.modality:  # else `model` is the index's own file already
+            model = encoders[choice.modality].path
         said = [choice.warning] if choice.warning else []
         if len(encoders) > 1:
             print(f"query read with the {choice.modality} encoder ({choice.reason})")

@@ -223,13 +223,12 @@ class IndexDialog(QDialog):
         return reading.suggested_scale
 
     def options(self) -> builder.BuildOptions:
+        codes = self.codes.currentData()
         return builder.BuildOptions(tile=self.tile.value(), stride=self.stride.value(),
                                     bands=sources.parse_band_list(self.bands.text()),
                                     scale=self.scale.value() or None, add_offset=self.offset.value() or None,
                                     nodata=_number(self.nodata.text()), dask=self.dask_address(),
-                                    model_codes=self.codes.currentData() == "model",
-                                    code_bits=int(self.codes.currentData()) if self.codes.currentData().isdigit()
-                                    else None)
+                                    model_codes=codes == "model", code_bits=int(codes) if codes.isdigit() else None)
 
     def dask_address(self) -> str | None:
         """Where to encode: the scheduler typed, else a local cluster of the chosen worker count, else in QGIS."""

@@ -27,10 +27,15 @@ MIN_TILES_PER_BIT = 2   # fewer tiles than 2 x bits: keep the model's codes (300
 SEED = 0
 
 
-def applies(n: int, bits: int, dim: int) -> bool:
-    """Whether `bits`-bit codes can be fitted on n tiles of `dim`-d embeddings: enough tiles, and no more bits than
+def fits_width(bits: int, dim: int) -> bool:
+    """Whether `bits`-bit codes can be fitted on `dim`-d embeddings at all: whole bytes, and no more bits than
     dimensions (PCA-ITQ gives at most one bit per dimension; a model with wider codes keeps its own)."""
-    return n >= MIN_TILES_PER_BIT * bits and bits <= dim and bits % 8 == 0
+    return bits <= dim and bits % 8 == 0
+
+
+def applies(n: int, bits: int, dim: int) -> bool:
+    """Whether `bits`-bit codes can be fitted on n tiles of `dim`-d embeddings: `fits_width`, and enough tiles."""
+    return n >= MIN_TILES_PER_BIT * bits and fits_width(bits, dim)
 
 
 @dataclass(frozen=True)

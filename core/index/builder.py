@@ -216,7 +216,7 @@ def _check_existing(out_dir: str, manifest: Manifest, encoder: Encoder, opts: Bu
 
 
 def _check_factories(opts: BuildOptions, info: ModelInfo) -> None:
-    if opts.code_bits and not archive_codes.applies(1 << 40, opts.code_bits, info.embedding_dim):
+    if opts.code_bits and not archive_codes.fits_width(opts.code_bits, info.embedding_dim):
         raise RsirError(f"--code-bits {opts.code_bits}: codes fitted on the archive need at most one bit per "
                         f"embedding dimension ({info.embedding_dim})")
     if opts.float_factory:
