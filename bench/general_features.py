@@ -34,21 +34,23 @@ POOLS = ["mean", "max", "std"]
 
 
 def extract(paths: list[str], size: int, taps: list[int], cache: str, batch: int = 64,
-            turns: int = 0) -> dict[str, np.ndarray]:
-    """{f"{tap}-{pool}": (N, C)} pooled features of the untrained Lite2 at `size` px, the images turned by `turns`
-    quarter turns; cached."""
+            turns: int = 0, backbone: str = "efficientnet_lite2") -> dict[str, np.ndarray]:
+    """{f"{tap}-{pool}": (N, C)} pooled features of the untrained `backbone` at `size` px, the images turned by
+    `turns` quarter turns; cached."""
     import torch
 
     from training.models.efficientnet_lite import efficientnet_lite
 
     key = hashlib.sha256(json.dumps({"paths": paths, "size": size, "taps": taps, "pools": POOLS,
-                                      **({"turns": turns} if turns else {})}).encode()).hexdigest()[:20]
+                                      **({"turns": turns} if turns else {}),
+                                      **({"backbone": backbone} if backbone != "efficientnet_lite2" else {})}
+                                     ).encode()).hexdigest()[:20]
     out_path = os.path.join(cache, f"feat-{key}.npz")
     if os.path.exists(out_path):
         with np.load(out_path) as z:
             return dict(z)
     pixels = _read_images(paths, [1, 2, 3], size, os.path.join(cache, "pixels"))
-    net = efficientnet_lite("efficientnet_lite2").eval()
+    net = efficientnet_lite(backbone).eval()
     last = max(t for t in taps) if 0 not in taps else len(net._blocks)
     feats: dict[str, list] = {}
     t0 = time.perf_counter()
@@ -73,6 +75,16 @@ def extract(paths: list[str], size: int, taps: list[int], cache: str, batch: int
     return result
 
 
+def viewed(paths: list[str], size: int, taps: list[int], cache: str, views: int,
+           backbone: str) -> dict[str, np.ndarray]:
+    """`extract`'s features summed over the first `views` quarter turns."""
+    out = extract(paths, size, taps, cache, backbone=backbone)
+    for t in range(1, views):
+        turned = extract(paths, size, taps, cache, turns=t, backbone=backbone)
+        out = {k: v + turned[k] for k, v in out.items()}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"))
@@ -87,6 +99,10 @@ def main() -> int:
                     "each part L2-normalised)")
     ap.add_argument("--views", type=int, default=1, help="average the pooled features over this many quarter turns")
     ap.add_argument("--only", nargs="*", default=[], help="score only these feature sets")
+    ap.add_argument("--backbone", default="efficientnet_lite2", help="the untrained network (efficientnet_lite0-2)")
+    ap.add_argument("--also", nargs="*", default=[], metavar="BACKBONE:TAP[,TAP]",
+                    help="features of another untrained network joined to each set (concatenated, each part "
+                         "L2-normalised), read at the same sizes and views, e.g. efficientnet_lite0:13")
     args = ap.parse_args()
     os.makedirs(args.cache, exist_ok=True)
     datasets = [SuiteDataset("eurosat_rgb", os.path.join(args.data, "eurosat_rgb")),
@@ -104,11 +120,14 @@ def main() -> int:
     for name, sizes in by_ds.items():
         it = suite.items(name)
         rows = suite._needed(name)
+        paths = [it.paths[i] for i in rows]
         for s in sizes:
-            feats[(name, s)] = extract([it.paths[i] for i in rows], s, args.taps, args.cache)
-            for t in range(1, args.views):
-                turned = extract([it.paths[i] for i in rows], s, args.taps, args.cache, turns=t)
-                feats[(name, s)] = {k: v + turned[k] for k, v in feats[(name, s)].items()}
+            feats[(name, s)] = viewed(paths, s, args.taps, args.cache, args.views, args.backbone)
+            for extra in args.also:
+                other, taps = extra.split(":")
+                short = other.removeprefix("efficientnet_")
+                more = viewed(paths, s, [int(t) for t in taps.split(",")], args.cache, args.views, other)
+                feats[(name, s)].update({f"{short}:{k}": v for k, v in more.items()})
     keys = list(next(iter(feats.values())).keys()) + args.combine
     if args.only:
         keys = args.only

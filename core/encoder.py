@@ -24,13 +24,14 @@ REQUIRED_KEYS = ("rsir.format", "rsir.model_type", "rsir.outputs", "rsir.bands",
 class GeneralBranchInfo:
     """`rsir.general_branch`: an untrained ImageNet branch beside the trained one (training/general_branch.py):
     its share of the cosine, PCA dimensions, which features, and the input it reads (enlarged `input_scale`
-    times, averaged over `views` quarter turns)."""
+    times, averaged over `views` quarter turns; `also` a second untrained network's features joined to them)."""
 
     weight: float
     dims: int
     features: str = "head"
     input_scale: float = 1.0
     views: int = 1
+    also: str = ""
 
     @classmethod
     def of(cls, meta: dict) -> GeneralBranchInfo | None:
@@ -39,14 +40,15 @@ class GeneralBranchInfo:
             return None
         g = json.loads(meta["rsir.general_branch"])
         return cls(float(g["weight"]), int(g["dims"]), str(g.get("features", "head")),
-                   float(g.get("input_scale", 1)), int(g.get("views", 1)))
+                   float(g.get("input_scale", 1)), int(g.get("views", 1)), str(g.get("also", "")))
 
     @property
     def own_passes(self) -> float:
         """Passes of the network it runs beside the trained branch's, in plain-pass units (0: it shares it)."""
-        if self.input_scale == 1 and self.views == 1:
+        if self.input_scale == 1 and self.views == 1 and not self.also:
             return 0.0
-        return self.views * self.input_scale ** 2
+        # a second network counts as another full pass: an upper bound, as pass_cost is for memory
+        return self.views * self.input_scale ** 2 * (2 if self.also else 1)
 
     def describe(self) -> str:
         where = f", {self.features} features" if self.features != "head" else ""
@@ -54,6 +56,8 @@ class GeneralBranchInfo:
             where += f" at {self.input_scale:g}x the input"
         if self.views != 1:
             where += f", averaged over {self.views} quarter turns"
+        if self.also:
+            where += f", joined by {self.also.replace('efficientnet_', 'EfficientNet-')} features"
         return f"with a general ImageNet branch (PCA-{self.dims}, weight {self.weight:g}{where})"
 
 

@@ -74,6 +74,25 @@ def test_the_branches_share_the_prefix_and_concatenate_as_documented():
         general = F.normalize((f - torch.from_numpy(mean)) @ torch.from_numpy(proj), dim=1)
     torch.testing.assert_close(two, F.normalize(torch.cat([0.3 * general, 0.7 * specific], dim=1), dim=1),
                                atol=1e-5, rtol=1e-4)
+    # a second network: each network's view-averaged block features L2-normalised, concatenated, then the PCA
+    second = efficientnet_lite("efficientnet_lite0", pretrained=False).eval()
+    with torch.no_grad():
+        for p in second.parameters():  # another network than the first
+            p.mul_(1.1)
+
+        def pooled(net, img, tap):
+            return net.pooled_between(net.prefix(img, 0), 0, tap)
+
+        def averaged(net, tap):
+            return (pooled(net, big, tap) + pooled(net, torch.rot90(big, 1, dims=[2, 3]), tap)) / 2
+
+        f = torch.cat([F.normalize(averaged(imagenet, 10), dim=1), F.normalize(averaged(second, 8), dim=1)], dim=1)
+        j_mean, j_proj = fit_pca(np.random.default_rng(2).normal(size=(50, f.shape[1])).astype(np.float32), 8)
+        joint = GeneralAndTrained(trained, imagenet, 3, j_mean, j_proj, 0.3, 10, 1.5, 2, second, 8).eval()(x)
+        general = F.normalize((f - torch.from_numpy(j_mean)) @ torch.from_numpy(j_proj), dim=1)
+    assert f.shape[1] == 112 + 80  # lite0: block 10 ends in 112 channels, block 8 in 80
+    torch.testing.assert_close(joint, F.normalize(torch.cat([0.3 * general, 0.7 * specific], dim=1), dim=1),
+                               atol=1e-5, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +140,26 @@ def test_a_checkpoint_exports_with_its_general_branch(lite0_run, tmp_path):
     s32, t32 = Encoder(scaled).encode(px)[0], Encoder(tapped).encode(px)[0]
     np.testing.assert_allclose(s32[:, 8:], t32[:, 8:], atol=1e-5)  # the trained part saw the input as it was
     assert np.abs(s32[:, :8] - t32[:, :8]).max() > 1e-3
+    # a second untrained network joining the branch: exported (parity checked), recorded, described, costed
+    joined = str(tmp_path / "g10j.onnx")
+    meta = export_checkpoint(os.path.join(lite0_run, "best.pt"), joined,
+                             general=GeneralBranch(0.5, 8, 10, 1.5, 2, "efficientnet_lite0:8"))
+    assert json.loads(meta["rsir.general_branch"])["also"] == "efficientnet_lite0 block 8"
+    info = Encoder(joined).info
+    assert "joined by EfficientNet-lite0 block 8 features" in describe_method(info.metadata)
+    assert info.general_branch.also == "efficientnet_lite0 block 8" and info.pass_cost == 10.0
+    j32 = Encoder(joined).encode(px)[0]
+    np.testing.assert_allclose(j32[:, 8:], s32[:, 8:], atol=1e-5)  # the same trained part
+    assert np.abs(j32[:, :8] - s32[:, :8]).max() > 1e-3
     ckpt, bad = os.path.join(lite0_run, "best.pt"), str(tmp_path / "x.onnx")
+    with pytest.raises(RsirError, match="--general-also: expected BACKBONE:BLOCK"):
+        export_checkpoint(ckpt, bad, general=GeneralBranch(0.5, 8, 10, also="efficientnet_lite0"))
+    with pytest.raises(RsirError, match="--general-also: resnet50 is not one of"):
+        export_checkpoint(ckpt, bad, general=GeneralBranch(0.5, 8, 10, also="resnet50:3"))
+    with pytest.raises(RsirError, match="--general-also: efficientnet_lite0 has 16 blocks, not 40"):
+        export_checkpoint(ckpt, bad, general=GeneralBranch(0.5, 8, 10, also="efficientnet_lite0:40"))
+    with pytest.raises(RsirError, match="give --general-block too"):
+        export_checkpoint(ckpt, bad, general=GeneralBranch(0.5, 8, also="efficientnet_lite0:8"))
     with pytest.raises(RsirError, match="--general-block must be after the shared blocks"):
         export_checkpoint(ckpt, bad, general=GeneralBranch(0.5, 8, 4))
     with pytest.raises(RsirError, match="weight must be in"):

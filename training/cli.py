@@ -108,6 +108,10 @@ def export_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--general-views", type=int, choices=[1, 2, 4], default=1,
                    help="--general-branch: average its pooled features over this many quarter turns of the input "
                         "(default: %(default)s)")
+    p.add_argument("--general-also", default="", metavar="BACKBONE:BLOCK",
+                   help="--general-branch: a second untrained ImageNet network's pooled block features join the "
+                        "branch's before its PCA, read from the same input (e.g. efficientnet_lite0:13; needs "
+                        "--general-block)")
     p.add_argument("--int8", metavar="ONNX", help="also write an int8 copy here (check it with rsir eval)")
     p.add_argument("--calibration", type=int, default=256, metavar="N",
                    help="--int8: calibrate activation ranges on N images of the checkpoint's training split "

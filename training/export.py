@@ -221,6 +221,19 @@ def _with_general_branch(ckpt: dict, cfg, spec: GeneralBranch, log=None):
     if tap and not shared < tap <= len(imagenet._blocks):
         raise RsirError(f"--general-block must be after the shared blocks and at most {len(imagenet._blocks)} "
                         f"({cfg.model.backbone}), got {tap}")
+    try:
+        also = spec.second()
+    except ValueError as e:
+        raise RsirError(f"--general-also: {e}") from None
+    second = None
+    if also:
+        if also[0] not in LITE_VARIANTS:
+            raise RsirError(f"--general-also: {also[0]} is not one of {sorted(LITE_VARIANTS)}")
+        second = efficientnet_lite(also[0], pretrained=True).eval()
+        if also[1] > len(second._blocks):
+            raise RsirError(f"--general-also: {also[0]} has {len(second._blocks)} blocks, not {also[1]}")
+        if not tap:
+            raise RsirError("--general-also joins block features: give --general-block too")
     if not shared_blocks_match(trained.backbone, imagenet, shared):
         raise RsirError("the checkpoint's first blocks are not ImageNet's: train with model.frozen_blocks for a "
                         "general branch that shares them")
@@ -237,14 +250,17 @@ def _with_general_branch(ckpt: dict, cfg, spec: GeneralBranch, log=None):
                 x = torch.from_numpy(s.pixels[i:i + 128]).float() / float(cfg.data.scale)
                 yield (x - mean_px) / std_px
 
-    mean, projection = fit_pca(pooled_features(imagenet, batches(), tap, spec.scale, spec.views), dims)
-    net = GeneralAndTrained(trained, imagenet, shared, mean, projection, weight, tap, spec.scale, spec.views).eval()
+    joined = (second, also[1]) if also else None
+    mean, projection = fit_pca(pooled_features(imagenet, batches(), tap, spec.scale, spec.views, joined), dims)
+    net = GeneralAndTrained(trained, imagenet, shared, mean, projection, weight, tap, spec.scale, spec.views,
+                            *(joined or ())).eval()
     meta = {"rsir.general_branch": json.dumps({"weight": weight, "dims": dims, "backbone": cfg.model.backbone,
                                                "features": f"block {tap}" if tap else "head",
                                                "weights": "imagenet, untrained", "shared_blocks": shared,
                                                "fit_images": n,
                                                **({"input_scale": spec.scale} if spec.scale != 1 else {}),
-                                               **({"views": spec.views} if spec.views != 1 else {})},
+                                               **({"views": spec.views} if spec.views != 1 else {}),
+                                               **({"also": f"{also[0]} block {also[1]}"} if also else {})},
                                               sort_keys=True)}
     return net, meta
 
@@ -307,6 +323,7 @@ class ExportOptions:
     general_block: int = 0  # > 0: the general branch pools this block's output instead of the head's
     general_scale: float = 1.0  # > 1: the general branch sees the input resized by this factor
     general_views: int = 1  # 2 / 4: the general branch averages over this many quarter turns
+    general_also: str = ""  # "BACKBONE:BLOCK": a second untrained network's block features join the branch
 
 
 def export_files(opts: ExportOptions, log=print) -> list[str]:
@@ -330,7 +347,7 @@ def export_files(opts: ExportOptions, log=print) -> list[str]:
         if opts.general_branch and ckpt.get("kind") == "crossmodal":
             raise RsirError(f"{opts.checkpoint}: --general-branch is for single-model exports")
         general = (GeneralBranch(opts.general_branch, opts.general_dims, opts.general_block, opts.general_scale,
-                                 opts.general_views) if opts.general_branch else None)
+                                 opts.general_views, opts.general_also) if opts.general_branch else None)
         written = export_checkpoint_files(opts.checkpoint, opts.out, opts.invariance, log, general)
     if opts.int8:
         import os
