@@ -1,13 +1,16 @@
 """Probe: which untrained ImageNet features carry best to classes no model trained on (issue 24).
 
     .venv/bin/python bench/general_features.py --sizes eurosat_rgb:96 aid:150 aid:224 --taps 15 17 19 21 0
+    .venv/bin/python bench/general_features.py --sizes eurosat_rgb:96 aid:224 --taps 15 17 19 0 --dims 320 --views 2 \
+        --trained models/md/A.onnx --also efficientnet_lite0:13 --only 17-mean+lite0:13-mean   # the default's branch
 
 Reads the generalization suite's images (bench/generalization.py: EuroSAT, AID seen 15, AID unseen 15), runs the
-untrained EfficientNet-Lite2 once per dataset and input size, keeps the pooled output of the blocks named by
---taps (0 = the 1280-d head) with mean and max pooling, and scores each feature set as the default model's general
-branch would use it: centred and PCA-reduced on the training rows (EuroSAT train and AID seen train, the datasets
-weighted alike), then optionally within-class whitened on the same rows (shrinkage 0.3, as `rsir whiten`).
-Features are cached in --cache; the table prints mAP@100 (cosine, test -> train).
+untrained EfficientNet-Lite2 (--backbone) once per dataset and input size, keeps the pooled output of the blocks
+named by --taps (0 = the 1280-d head) with mean and max pooling (--also: another network's blocks too, named
+"lite0:13-mean", to join with "+"), and scores each feature set as the default model's general branch would use
+it: centred and PCA-reduced on the training rows (EuroSAT train and AID seen train, the datasets weighted alike),
+then optionally within-class whitened on the same rows (shrinkage 0.3, as `rsir whiten`). Features are cached in
+--cache; the table prints mAP@100 (cosine, test -> train).
 """
 from __future__ import annotations
 
