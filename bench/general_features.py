@@ -106,7 +106,11 @@ def main() -> int:
     ap.add_argument("--also", nargs="*", default=[], metavar="BACKBONE:TAP[,TAP]",
                     help="features of another untrained network joined to each set (concatenated, each part "
                          "L2-normalised), read at the same sizes and views, e.g. efficientnet_lite0:13")
+    ap.add_argument("--also-sizes", nargs="*", default=[], metavar="DATASET:SIZE",
+                    help="--also networks read these datasets at this size instead (e.g. aid:150)")
+    ap.add_argument("--also-views", type=int, default=0, help="--also networks' quarter turns (default: --views)")
     args = ap.parse_args()
+    also_sizes = {n: int(v) for n, v in (a.split(":") for a in args.also_sizes)}
     os.makedirs(args.cache, exist_ok=True)
     datasets = [SuiteDataset("eurosat_rgb", os.path.join(args.data, "eurosat_rgb")),
                 SuiteDataset("aid", os.path.join(args.data, "aid"))]
@@ -129,7 +133,8 @@ def main() -> int:
             for extra in args.also:
                 other, taps = extra.split(":")
                 short = other.removeprefix("efficientnet_")
-                more = viewed(paths, s, [int(t) for t in taps.split(",")], args.cache, args.views, other)
+                more = viewed(paths, also_sizes.get(name, s), [int(t) for t in taps.split(",")], args.cache,
+                              args.also_views or args.views, other)
                 feats[(name, s)].update({f"{short}:{k}": v for k, v in more.items()})
     keys = list(next(iter(feats.values())).keys()) + args.combine
     if args.only:

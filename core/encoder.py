@@ -32,6 +32,8 @@ class GeneralBranchInfo:
     input_scale: float = 1.0
     views: int = 1
     also: str = ""
+    also_scale: float = 1.0
+    also_views: int = 1
 
     @classmethod
     def of(cls, meta: dict) -> GeneralBranchInfo | None:
@@ -39,16 +41,18 @@ class GeneralBranchInfo:
         if "rsir.general_branch" not in meta:
             return None
         g = json.loads(meta["rsir.general_branch"])
-        return cls(float(g["weight"]), int(g["dims"]), str(g.get("features", "head")),
-                   float(g.get("input_scale", 1)), int(g.get("views", 1)), str(g.get("also", "")))
+        scale, views = float(g.get("input_scale", 1)), int(g.get("views", 1))
+        also = {"also": str(g["also"]), "also_scale": float(g.get("also_input_scale", scale)),
+                "also_views": int(g.get("also_views", views))} if g.get("also") else {}
+        return cls(float(g["weight"]), int(g["dims"]), str(g.get("features", "head")), scale, views, **also)
 
     @property
     def own_passes(self) -> float:
         """Passes of the network it runs beside the trained branch's, in plain-pass units (0: it shares it)."""
         if self.input_scale == 1 and self.views == 1 and not self.also:
             return 0.0
-        # a second network counts as another full pass: an upper bound, as pass_cost is for memory
-        return self.views * self.input_scale ** 2 * (2 if self.also else 1)
+        # a second network counts as full passes: an upper bound, as pass_cost is for memory
+        return self.views * self.input_scale ** 2 + (self.also_views * self.also_scale ** 2 if self.also else 0)
 
     def describe(self) -> str:
         where = f", {self.features} features" if self.features != "head" else ""
@@ -57,7 +61,10 @@ class GeneralBranchInfo:
         if self.views != 1:
             where += f", averaged over {self.views} quarter turns"
         if self.also:
-            where += f", joined by {self.also.replace('efficientnet_', 'EfficientNet-')} features"
+            own = [f"at {self.also_scale:g}x" if self.also_scale != self.input_scale else "",
+                   f"{self.also_views} quarter turns" if self.also_views != self.views else ""]
+            own_text = f" ({', '.join(o for o in own if o)})" if any(own) else ""
+            where += f", joined by {self.also.replace('efficientnet_', 'EfficientNet-')} features{own_text}"
         return f"with a general ImageNet branch (PCA-{self.dims}, weight {self.weight:g}{where})"
 
 

@@ -93,6 +93,14 @@ def test_the_branches_share_the_prefix_and_concatenate_as_documented():
     assert f.shape[1] == 112 + 80  # lite0: block 10 ends in 112 channels, block 8 in 80
     torch.testing.assert_close(joint, F.normalize(torch.cat([0.3 * general, 0.7 * specific], dim=1), dim=1),
                                atol=1e-5, rtol=1e-4)
+    # the second network with its own reading: the input as it is, four quarter turns
+    with torch.no_grad():
+        own = sum(pooled(second, torch.rot90(x, k, dims=[2, 3]), 8) for k in range(4)) / 4
+        f = torch.cat([F.normalize(averaged(imagenet, 10), dim=1), F.normalize(own, dim=1)], dim=1)
+        joint = GeneralAndTrained(trained, imagenet, 3, j_mean, j_proj, 0.3, 10, 1.5, 2, second, 8, 1.0, 4).eval()(x)
+        general = F.normalize((f - torch.from_numpy(j_mean)) @ torch.from_numpy(j_proj), dim=1)
+    torch.testing.assert_close(joint, F.normalize(torch.cat([0.3 * general, 0.7 * specific], dim=1), dim=1),
+                               atol=1e-5, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +156,14 @@ def test_a_checkpoint_exports_with_its_general_branch(lite0_run, tmp_path):
     info = Encoder(joined).info
     assert "joined by EfficientNet-lite0 block 8 features" in describe_method(info.metadata)
     assert info.general_branch.also == "efficientnet_lite0 block 8" and info.pass_cost == 10.0
+    own = str(tmp_path / "g10jo.onnx")  # the second network at the input's own size, over 4 quarter turns
+    meta = export_checkpoint(os.path.join(lite0_run, "best.pt"), own,
+                             general=GeneralBranch(0.5, 8, 10, 1.5, 2, "efficientnet_lite0:8", 1.0, 4))
+    g = json.loads(meta["rsir.general_branch"])
+    assert (g["also_input_scale"], g["also_views"]) == (1.0, 4)
+    info = Encoder(own).info
+    assert "joined by EfficientNet-lite0 block 8 features (at 1x, 4 quarter turns)" in describe_method(info.metadata)
+    assert (info.general_branch.also_scale, info.general_branch.also_views, info.pass_cost) == (1.0, 4, 9.5)
     j32 = Encoder(joined).encode(px)[0]
     np.testing.assert_allclose(j32[:, 8:], s32[:, 8:], atol=1e-5)  # the same trained part
     assert np.abs(j32[:, :8] - s32[:, :8]).max() > 1e-3
@@ -158,6 +174,8 @@ def test_a_checkpoint_exports_with_its_general_branch(lite0_run, tmp_path):
         export_checkpoint(ckpt, bad, general=GeneralBranch(0.5, 8, 10, also="resnet50:3"))
     with pytest.raises(RsirError, match="--general-also: efficientnet_lite0 has 16 blocks, not 40"):
         export_checkpoint(ckpt, bad, general=GeneralBranch(0.5, 8, 10, also="efficientnet_lite0:40"))
+    with pytest.raises(RsirError, match="--general-also-scale must be in 1..4 and --general-also-views 1, 2 or 4"):
+        export_checkpoint(ckpt, bad, general=GeneralBranch(0.5, 8, 10, also="efficientnet_lite0:8", also_views=3))
     with pytest.raises(RsirError, match="give --general-block too"):
         export_checkpoint(ckpt, bad, general=GeneralBranch(0.5, 8, also="efficientnet_lite0:8"))
     with pytest.raises(RsirError, match="--general-block must be after the shared blocks"):

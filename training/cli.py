@@ -112,6 +112,10 @@ def export_command(subparsers: argparse._SubParsersAction) -> None:
                    help="--general-branch: a second untrained ImageNet network's pooled block features join the "
                         "branch's before its PCA, read from the same input (e.g. efficientnet_lite0:13; needs "
                         "--general-block)")
+    p.add_argument("--general-also-scale", type=float, default=0.0, metavar="FACTOR",
+                   help="--general-also: the second network's input scale (default: --general-scale)")
+    p.add_argument("--general-also-views", type=int, choices=[1, 2, 4], default=0,
+                   help="--general-also: the second network's quarter turns (default: --general-views)")
     p.add_argument("--int8", metavar="ONNX", help="also write an int8 copy here (check it with rsir eval)")
     p.add_argument("--calibration", type=int, default=256, metavar="N",
                    help="--int8: calibrate activation ranges on N images of the checkpoint's training split "

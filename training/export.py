@@ -250,7 +250,10 @@ def _with_general_branch(ckpt: dict, cfg, spec: GeneralBranch, log=None):
                 x = torch.from_numpy(s.pixels[i:i + 128]).float() / float(cfg.data.scale)
                 yield (x - mean_px) / std_px
 
-    joined = (second, also[1]) if also else None
+    joined = (second, also[1], spec.also_scale or spec.scale, spec.also_views or spec.views) if also else None
+    if joined and (not 1 <= joined[2] <= 4 or joined[3] not in (1, 2, 4)):
+        raise RsirError(f"--general-also-scale must be in 1..4 and --general-also-views 1, 2 or 4, got {joined[2]}, "
+                        f"{joined[3]}")
     mean, projection = fit_pca(pooled_features(imagenet, batches(), tap, spec.scale, spec.views, joined), dims)
     net = GeneralAndTrained(trained, imagenet, shared, mean, projection, weight, tap, spec.scale, spec.views,
                             *(joined or ())).eval()
@@ -260,7 +263,11 @@ def _with_general_branch(ckpt: dict, cfg, spec: GeneralBranch, log=None):
                                                "fit_images": n,
                                                **({"input_scale": spec.scale} if spec.scale != 1 else {}),
                                                **({"views": spec.views} if spec.views != 1 else {}),
-                                               **({"also": f"{also[0]} block {also[1]}"} if also else {})},
+                                               **({"also": f"{also[0]} block {also[1]}"} if also else {}),
+                                               **({"also_input_scale": joined[2]}
+                                                  if joined and joined[2] != spec.scale else {}),
+                                               **({"also_views": joined[3]} if joined and joined[3] != spec.views
+                                                  else {})},
                                               sort_keys=True)}
     return net, meta
 
@@ -324,6 +331,8 @@ class ExportOptions:
     general_scale: float = 1.0  # > 1: the general branch sees the input resized by this factor
     general_views: int = 1  # 2 / 4: the general branch averages over this many quarter turns
     general_also: str = ""  # "BACKBONE:BLOCK": a second untrained network's block features join the branch
+    general_also_scale: float = 0.0  # its input scale (0: general_scale)
+    general_also_views: int = 0  # its quarter turns (0: general_views)
 
 
 def export_files(opts: ExportOptions, log=print) -> list[str]:
@@ -347,7 +356,8 @@ def export_files(opts: ExportOptions, log=print) -> list[str]:
         if opts.general_branch and ckpt.get("kind") == "crossmodal":
             raise RsirError(f"{opts.checkpoint}: --general-branch is for single-model exports")
         general = (GeneralBranch(opts.general_branch, opts.general_dims, opts.general_block, opts.general_scale,
-                                 opts.general_views, opts.general_also) if opts.general_branch else None)
+                                 opts.general_views, opts.general_also, opts.general_also_scale,
+                                 opts.general_also_views) if opts.general_branch else None)
         written = export_checkpoint_files(opts.checkpoint, opts.out, opts.invariance, log, general)
     if opts.int8:
         import os

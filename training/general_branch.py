@@ -45,6 +45,8 @@ class GeneralBranch:
     scale: float = 1.0  # > 1: the branch sees the input resized by this factor (bilinear)
     views: int = 1  # 2 or 4: its pooled features are averaged over this many quarter turns of the input
     also: str = ""  # "BACKBONE:BLOCK": a second untrained network whose pooled block features join the first's
+    also_scale: float = 0.0  # the second network's input scale (0: `scale`)
+    also_views: int = 0  # the second network's quarter turns (0: `views`)
 
     def second(self) -> tuple[str, int] | None:
         """(backbone, block) of `also`, or None; ValueError when malformed."""
@@ -65,18 +67,21 @@ class GeneralAndTrained(nn.Module):
 
     def __init__(self, trained: nn.Module, imagenet: EfficientNetLite, shared: int, mean: np.ndarray,
                  projection: np.ndarray, weight: float, tap: int = 0, scale: float = 1.0, views: int = 1,
-                 second: EfficientNetLite | None = None, second_tap: int = 0):
+                 second: EfficientNetLite | None = None, second_tap: int = 0, second_scale: float = 0.0,
+                 second_views: int = 0):
         super().__init__()
         self.trained, self.imagenet, self.shared, self.weight = trained, imagenet, shared, float(weight)
         self.tap, self.scale, self.views = tap, float(scale), int(views)
         self.second, self.second_tap = second, second_tap
+        self.second_scale, self.second_views = float(second_scale or scale), int(second_views or views)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("projection", torch.as_tensor(projection, dtype=torch.float32))
 
     def general(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """The general part of input `x`, whose activations after the shared blocks are `h`."""
         if self.second is not None:
-            f = joint_features([(self.imagenet, self.tap), (self.second, self.second_tap)], x, self.scale, self.views)
+            f = joint_features([(self.imagenet, self.tap, self.scale, self.views),
+                                (self.second, self.second_tap, self.second_scale, self.second_views)], x)
         elif self.scale == 1 and self.views == 1:
             f = untrained_features(self.imagenet, h, self.shared, self.tap)
         else:
@@ -114,13 +119,20 @@ def general_features(net: EfficientNetLite, x: torch.Tensor, tap: int, scale: fl
     return view_mean(untrained_features(net, net.prefix(xs, 0), 0, tap), views)
 
 
-def joint_features(nets: list[tuple[EfficientNetLite, int]], x: torch.Tensor, scale: float = 1.0,
-                   views: int = 1) -> torch.Tensor:
-    """Each (network, block)'s `general_features` of `x`, L2-normalised (their scales differ) and concatenated;
-    the resized, turned input is made once."""
-    xs = branch_input(x, scale, views)
-    return torch.cat([F.normalize(view_mean(untrained_features(n, n.prefix(xs, 0), 0, tap), views), dim=1)
-                      for n, tap in nets], dim=1)
+Reading = tuple[EfficientNetLite, int, float, int]  # an untrained network, its block, input scale, quarter turns
+
+
+def joint_features(readings: list[Reading], x: torch.Tensor) -> torch.Tensor:
+    """Each reading's `general_features` of `x`, L2-normalised (their scales differ) and concatenated; a resized,
+    turned input two readings share is made once."""
+    inputs: dict[tuple[float, int], torch.Tensor] = {}
+    parts = []
+    for net, tap, scale, views in readings:
+        if (scale, views) not in inputs:
+            inputs[(scale, views)] = branch_input(x, scale, views)
+        xs = inputs[(scale, views)]
+        parts.append(F.normalize(view_mean(untrained_features(net, net.prefix(xs, 0), 0, tap), views), dim=1))
+    return torch.cat(parts, dim=1)
 
 
 def shared_blocks_match(trained_backbone: EfficientNetLite, imagenet: EfficientNetLite, n: int) -> bool:
@@ -150,13 +162,13 @@ def untrained_features(net: EfficientNetLite, h: torch.Tensor, start: int, tap: 
 
 @torch.no_grad()
 def pooled_features(net: EfficientNetLite, batches, tap: int = 0, scale: float = 1.0, views: int = 1,
-                    second: tuple[EfficientNetLite, int] | None = None) -> np.ndarray:
+                    second: Reading | None = None) -> np.ndarray:
     """The general branch's features (`general_features`, or with `second` `joint_features`) of normalised image
     batches."""
     net.eval()
     if second is not None:
         second[0].eval()
-        out = [joint_features([(net, tap), second], x, scale, views).numpy() for x in batches]
+        out = [joint_features([(net, tap, scale, views), second], x).numpy() for x in batches]
     else:
         out = [general_features(net, x, tap, scale, views).numpy() for x in batches]
     return np.concatenate(out)
