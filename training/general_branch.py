@@ -15,9 +15,10 @@ resized by that factor (a 150 px aerial patch seen at 225 px: unseen classes +1.
 part, trained at each dataset's own size, sees it as it is; with `views` 2 its features are averaged over the input
 and its quarter turn (+2.2 more; bench/general_features.py);
 w the weight of the general part. With `also` ("efficientnet_lite0:13") a second untrained network's pooled block
-features, read from the same resized and turned input, join the first's before the PCA (each L2-normalised): two
-networks' features, whose errors differ, carry further to unseen classes than either (+1.4 on AID's unseen classes
-beside the default's trained branch, bench/general_features.py --also). With `model.frozen_blocks = k` the
+features, read from the same resized and turned input (or at its own `also_scale` and `also_views`), join the
+first's before the PCA (each L2-normalised): two networks' features, whose errors differ, carry further to unseen
+classes than either (+1.4 on AID's unseen classes beside the default's trained branch, bench/general_features.py
+--also). With `model.frozen_blocks = k` the
 trained network's stem and first k blocks are ImageNet's own, so the two branches share them and part ways after
 block k: a second tail, not a second network.
 """
