@@ -88,7 +88,7 @@ def test_the_branches_share_the_prefix_and_concatenate_as_documented():
 
         f = torch.cat([F.normalize(averaged(imagenet, 10), dim=1), F.normalize(averaged(second, 8), dim=1)], dim=1)
         j_mean, j_proj = fit_pca(np.random.default_rng(2).normal(size=(50, f.shape[1])).astype(np.float32), 8)
-        joint = GeneralAndTrained(trained, imagenet, 3, j_mean, j_proj, 0.3, 10, 1.5, 2, second, 8).eval()(x)
+        joint = GeneralAndTrained(trained, imagenet, 3, j_mean, j_proj, 0.3, 10, 1.5, 2, (second, 8, 1.5, 2)).eval()(x)
         general = F.normalize((f - torch.from_numpy(j_mean)) @ torch.from_numpy(j_proj), dim=1)
     assert f.shape[1] == 112 + 80  # lite0: block 10 ends in 112 channels, block 8 in 80
     torch.testing.assert_close(joint, F.normalize(torch.cat([0.3 * general, 0.7 * specific], dim=1), dim=1),
@@ -97,7 +97,8 @@ def test_the_branches_share_the_prefix_and_concatenate_as_documented():
     with torch.no_grad():
         own = sum(pooled(second, torch.rot90(x, k, dims=[2, 3]), 8) for k in range(4)) / 4
         f = torch.cat([F.normalize(averaged(imagenet, 10), dim=1), F.normalize(own, dim=1)], dim=1)
-        joint = GeneralAndTrained(trained, imagenet, 3, j_mean, j_proj, 0.3, 10, 1.5, 2, second, 8, 1.0, 4).eval()(x)
+        joint = GeneralAndTrained(trained, imagenet, 3, j_mean, j_proj, 0.3, 10, 1.5, 2,
+                                  (second, 8, 1.0, 4)).eval()(x)
         general = F.normalize((f - torch.from_numpy(j_mean)) @ torch.from_numpy(j_proj), dim=1)
     torch.testing.assert_close(joint, F.normalize(torch.cat([0.3 * general, 0.7 * specific], dim=1), dim=1),
                                atol=1e-5, rtol=1e-4)

@@ -250,13 +250,13 @@ def _with_general_branch(ckpt: dict, cfg, spec: GeneralBranch, log=None):
                 x = torch.from_numpy(s.pixels[i:i + 128]).float() / float(cfg.data.scale)
                 yield (x - mean_px) / std_px
 
-    joined = (second, also[1], spec.also_scale or spec.scale, spec.also_views or spec.views) if also else None
+    joined = (second, *also[1:]) if also else None
     if joined and (not 1 <= joined[2] <= 4 or joined[3] not in (1, 2, 4)):
         raise RsirError(f"--general-also-scale must be in 1..4 and --general-also-views 1, 2 or 4, got {joined[2]}, "
                         f"{joined[3]}")
     mean, projection = fit_pca(pooled_features(imagenet, batches(), tap, spec.scale, spec.views, joined), dims)
     net = GeneralAndTrained(trained, imagenet, shared, mean, projection, weight, tap, spec.scale, spec.views,
-                            *(joined or ())).eval()
+                            joined).eval()
     meta = {"rsir.general_branch": json.dumps({"weight": weight, "dims": dims, "backbone": cfg.model.backbone,
                                                "features": f"block {tap}" if tap else "head",
                                                "weights": "imagenet, untrained", "shared_blocks": shared,

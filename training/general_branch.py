@@ -18,9 +18,8 @@ w the weight of the general part. With `also` ("efficientnet_lite0:13") a second
 features, read from the same resized and turned input (or at its own `also_scale` and `also_views`), join the
 first's before the PCA (each L2-normalised): two networks' features, whose errors differ, carry further to unseen
 classes than either (+1.4 on AID's unseen classes beside the default's trained branch, bench/general_features.py
---also). With `model.frozen_blocks = k` the
-trained network's stem and first k blocks are ImageNet's own, so the two branches share them and part ways after
-block k: a second tail, not a second network.
+--also). With `model.frozen_blocks = k` the trained network's stem and first k blocks are ImageNet's own, so the
+two branches share them and part ways after block k: a second tail, not a second network.
 """
 from __future__ import annotations
 
@@ -33,6 +32,8 @@ from torch import nn
 
 from .models.efficientnet_lite import EfficientNetLite
 from .models.invariant import group_views
+
+Reading = tuple[EfficientNetLite, int, float, int]  # an untrained network, its block, input scale, quarter turns
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,15 @@ class GeneralBranch:
     also_scale: float = 0.0  # the second network's input scale (0: `scale`)
     also_views: int = 0  # the second network's quarter turns (0: `views`)
 
-    def second(self) -> tuple[str, int] | None:
-        """(backbone, block) of `also`, or None; ValueError when malformed."""
+    def second(self) -> tuple[str, int, float, int] | None:
+        """(backbone, block, input scale, quarter turns) of `also` (its scale and turns the first's where not
+        given), or None; ValueError when malformed."""
         if not self.also:
             return None
         backbone, _, block = self.also.partition(":")
         if not block.isdigit() or int(block) < 1:
             raise ValueError(f"expected BACKBONE:BLOCK (e.g. efficientnet_lite0:13), got {self.also!r}")
-        return backbone, int(block)
+        return backbone, int(block), float(self.also_scale or self.scale), int(self.also_views or self.views)
 
 
 class GeneralAndTrained(nn.Module):
@@ -68,13 +70,12 @@ class GeneralAndTrained(nn.Module):
 
     def __init__(self, trained: nn.Module, imagenet: EfficientNetLite, shared: int, mean: np.ndarray,
                  projection: np.ndarray, weight: float, tap: int = 0, scale: float = 1.0, views: int = 1,
-                 second: EfficientNetLite | None = None, second_tap: int = 0, second_scale: float = 0.0,
-                 second_views: int = 0):
+                 second: Reading | None = None):
         super().__init__()
         self.trained, self.imagenet, self.shared, self.weight = trained, imagenet, shared, float(weight)
         self.tap, self.scale, self.views = tap, float(scale), int(views)
-        self.second, self.second_tap = second, second_tap
-        self.second_scale, self.second_views = float(second_scale or scale), int(second_views or views)
+        self.second = second[0] if second else None  # a submodule, so that export and .eval() reach it
+        self.second_reading = tuple(second[1:]) if second else ()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("projection", torch.as_tensor(projection, dtype=torch.float32))
 
@@ -82,7 +83,7 @@ class GeneralAndTrained(nn.Module):
         """The general part of input `x`, whose activations after the shared blocks are `h`."""
         if self.second is not None:
             f = joint_features([(self.imagenet, self.tap, self.scale, self.views),
-                                (self.second, self.second_tap, self.second_scale, self.second_views)], x)
+                                (self.second, *self.second_reading)], x)
         elif self.scale == 1 and self.views == 1:
             f = untrained_features(self.imagenet, h, self.shared, self.tap)
         else:
@@ -118,9 +119,6 @@ def general_features(net: EfficientNetLite, x: torch.Tensor, tap: int, scale: fl
     (run as one batch)."""
     xs = branch_input(x, scale, views)
     return view_mean(untrained_features(net, net.prefix(xs, 0), 0, tap), views)
-
-
-Reading = tuple[EfficientNetLite, int, float, int]  # an untrained network, its block, input scale, quarter turns
 
 
 def joint_features(readings: list[Reading], x: torch.Tensor) -> torch.Tensor:
