@@ -1,6 +1,6 @@
 """What fitting an index's codes on its archive costs, next to encoding the same tiles (core/index/archive_codes.py).
 
-    .venv/bin/python bench/archive_codes.py [--model default_model/lite2_multidomain_general448.onnx]
+    .venv/bin/python bench/archive_codes.py [--model default_model/lite2_multidomain_general448v2.onnx]
 
 Fits PCA-ITQ on N synthetic embeddings of the model's width (float16, as the index stores them) and recodes all N,
 for N = 10k, 100k, 1M; the baseline, measured in the same run, is the model encoding 256 tiles of 96 px (its

@@ -66,10 +66,12 @@ def test_the_default_model_ships_with_its_metadata_and_prefills_the_plugin(tmp_p
     # the multi-domain default (issue 24): resolution-aware, a general (untrained ImageNet) branch beside the
     # trained embedding, PCA-ITQ codes, no class-specific whitening, trained on EuroSAT and 15 AID classes only
     assert info.input_size_range == (96, 256) and info.input_size == 96 and info.views == 1
-    # block 17 of the input at 1.5x, over 2 quarter turns, joined by untrained Lite0's block 13
+    # block 17 of the input at 1.5x, over 2 quarter turns, joined by untrained Lite0's block 13 of the input as
+    # read, over 4 quarter turns
     general = json.loads(info.metadata["rsir.general_branch"])
     assert (general["features"], general["input_scale"], general["views"], general["dims"]) == ("block 17", 1.5, 2, 320)
-    assert general["also"] == "efficientnet_lite0 block 13"
+    also = (general["also"], general["also_input_scale"], general["also_views"])
+    assert also == ("efficientnet_lite0 block 13", 1.0, 4)
     whitening = json.loads(info.metadata["rsir.whitening"])  # fitted on both datasets alike, shrunk by 0.3
     assert (whitening["kind"], whitening["shrinkage"], whitening["classes"]) == ("within-class", 0.3, 25)
     assert (info.embedding_dim, info.code_bits) == (448, 256)

@@ -1,7 +1,7 @@
 """Write a model's training-data prior for learning from labels (core/adapt/prior.py): the within-class statistics
 of its training data's embeddings, beside the model as <model>.prior.npz.
 
-    .venv/bin/python tools/label_prior.py default_model/lite2_multidomain_general448.onnx
+    .venv/bin/python tools/label_prior.py default_model/lite2_multidomain_general448v2.onnx
 
 The training data: the train-split rows of the generalization suite's EuroSAT and AID seen-15 tasks (the shipped
 default's two training domains; bench/generalization.py, embeddings cached in cache/generalization/), classes
