@@ -1,7 +1,8 @@
 """Check the plugin's Python dependencies and install missing ones into a plugin-local folder.
 
-QGIS ships numpy and GDAL; onnxruntime and faiss usually have to be added. Installing goes to
-`<plugin>/python_deps`, appended to the path (QGIS's own packages keep precedence), with numpy pinned to the very
+QGIS ships numpy and GDAL; onnxruntime and faiss usually have to be added. Installing goes to the QGIS profile's
+`rsir/python_deps-pyX.Y` (`deps_dir`: outside the plugin's folder, which installing a new version of the plugin
+replaces), appended to the path (QGIS's own packages keep precedence), with numpy pinned to the very
 version QGIS has already loaded: pip then picks the faiss-cpu and onnxruntime releases that declare support for it.
 (Debian 12's QGIS runs numpy 1.24, which a plugin cannot replace once QGIS has imported it; faiss-cpu 1.12 and
 later are built for numpy >= 1.25 and fail there with "No module named numpy._core", so an unpinned install left
@@ -24,7 +25,24 @@ LEARN_INSTALL_MB = 60  # onnx, ml_dtypes, protobuf, typing_extensions (measured,
 DASK_REQUIRED = {"distributed": "dask[distributed]"}
 DASK_INSTALL_MB = 45  # dask, distributed and what they need (measured, Debian 12)
 NEEDS_NO_NUMPY = {"distributed"}  # installed without the numpy pin: pip then adds no numpy copy of its own
-DEPS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "python_deps")
+
+
+def deps_dir(plugin_dir: str = os.path.dirname(os.path.abspath(__file__))) -> str:
+    """Where the installer puts packages: `<profile>/rsir/python_deps-pyX.Y` for a plugin installed in a QGIS
+    profile (`<profile>/python/plugins/<plugin>`), so that a plugin upgrade, which replaces the plugin's folder,
+    keeps them, and a QGIS on another Python version gets its own; `<plugin>/python_deps` for a plugin run from
+    elsewhere (a development checkout). RSIR_PYTHON_DEPS overrides both."""
+    if os.environ.get("RSIR_PYTHON_DEPS"):
+        return os.environ["RSIR_PYTHON_DEPS"]
+    plugins = os.path.dirname(os.path.abspath(plugin_dir))
+    python = os.path.dirname(plugins)
+    if os.path.basename(plugins) == "plugins" and os.path.basename(python) == "python":
+        return os.path.join(os.path.dirname(python), "rsir",
+                            f"python_deps-py{sys.version_info.major}.{sys.version_info.minor}")
+    return os.path.join(plugin_dir, "python_deps")
+
+
+DEPS_DIR = deps_dir()
 
 
 def add_deps_dir_to_path() -> None:

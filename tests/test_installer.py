@@ -1,11 +1,13 @@
 """The dependency installer on stock Debian QGIS, for real: a fresh profile with the plugin from its zip, QGIS's
 own Python (/usr/bin/python3, Debian's numpy) and no PYTHONPATH to the project's venv; the plugin's installer
-fetches onnxruntime and faiss from the package registry into its python_deps; then a new QGIS process
+fetches onnxruntime and faiss from the package registry into the profile's rsir/python_deps-pyX.Y; the plugin
+is installed again over itself (an upgrade) and still finds them; then a new QGIS process
 (qgis_process) loads the plugin from that profile and builds and searches an index. Slow (a download of about
 100 MB); skipped with the reason when the registry cannot be reached."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -52,6 +54,20 @@ def test_the_installer_makes_the_plugin_work_in_stock_qgis(tmp_path, twin_raster
     # the Python of the installation itself (sys.exec_prefix), of QGIS's own version
     py = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
     assert f"command {py} -m pip install --upgrade --target" in out and "faiss-cpu==1.11.0" in out
+
+    # they went to the profile, outside the plugin's folder; a new version of the plugin installed over the old one
+    # (Install from ZIP replaces the folder) finds them without installing again
+    deps_dir = os.path.join(profile, "profiles", "default", "rsir",
+                            f"python_deps-py{sys.version_info.major}.{sys.version_info.minor}")
+    assert os.path.isdir(os.path.join(deps_dir, "faiss")) and os.path.isdir(os.path.join(deps_dir, "onnxruntime"))
+    shutil.rmtree(os.path.join(plugins, "rsir_qgis_plugin"))
+    with zipfile.ZipFile(tmp_path / "rsir.zip") as zf:
+        zf.extractall(plugins)
+    check = ("import sys; sys.path.insert(0, sys.argv[1]); from rsir_qgis_plugin import deps; "
+             "print('after upgrade missing', deps.missing_modules())")
+    proc = subprocess.run([SYSTEM_PYTHON, "-c", check, plugins], capture_output=True, text=True, timeout=300,
+                          env=_clean_env(), cwd=str(tmp_path))
+    assert "after upgrade missing []" in proc.stdout, proc.stdout[-1500:] + proc.stderr[-1500:]
 
     # a new QGIS process: the plugin and its installed packages, nothing from the project's venv
     def qgis_process(*args):

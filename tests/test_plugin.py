@@ -515,6 +515,26 @@ def test_missing_dependency_is_reported_not_fatal(qgis_iface, monkeypatch):
     plugin.unload()
 
 
+def test_installed_packages_live_outside_the_plugin_folder(tmp_path, monkeypatch):
+    """Installing a new version of the plugin replaces its folder: the packages its installer fetched must not be in
+    it, or every upgrade disables searching until they are fetched again (seen in the desktop check)."""
+    import sys
+
+    from rsir_qgis_plugin import deps
+
+    monkeypatch.delenv("RSIR_PYTHON_DEPS", raising=False)
+    profile = tmp_path / "profiles" / "default"
+    installed = profile / "python" / "plugins" / "rsir_qgis_plugin"
+    version = f"py{sys.version_info.major}.{sys.version_info.minor}"
+    assert deps.deps_dir(str(installed)) == str(profile / "rsir" / f"python_deps-{version}")
+    assert deps.deps_dir(str(tmp_path / "checkout" / "rsir_qgis_plugin")) == \
+        str(tmp_path / "checkout" / "rsir_qgis_plugin" / "python_deps")  # not in a profile: its own folder
+    monkeypatch.setenv("RSIR_PYTHON_DEPS", str(tmp_path / "mine"))
+    assert deps.deps_dir(str(installed)) == str(tmp_path / "mine")
+    assert deps.pip_install_command(["faiss"])[deps.pip_install_command(["faiss"]).index("--target") + 1] == \
+        deps.DEPS_DIR
+
+
 INSTALL_WITHOUT_FAISS = r"""
 import sys, time
 sys.modules["faiss"] = sys.modules["onnxruntime"] = None  # stock QGIS: neither is installed, so importing fails
