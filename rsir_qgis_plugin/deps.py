@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 # import name -> pip requirement
 REQUIRED = {"numpy": "numpy<2", "osgeo.gdal": "GDAL", "onnxruntime": "onnxruntime", "faiss": "faiss-cpu"}
@@ -56,7 +57,9 @@ def missing_modules(required: dict[str, str] | None = None) -> list[str]:
     missing = []
     for name in (required or REQUIRED):
         try:
-            importlib.import_module(name)
+            with warnings.catch_warnings():  # faiss's SWIG wrappers warn on import: QGIS opened a "Python warning"
+                warnings.simplefilter("ignore", DeprecationWarning)  # log tab for them on every start
+                importlib.import_module(name)
         except Exception:  # noqa: BLE001 - a broken install is as missing as an absent one
             missing.append(name)
     return missing

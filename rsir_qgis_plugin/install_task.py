@@ -21,15 +21,15 @@ class InstallTask(QgsTask):
 
         os.makedirs(DEPS_DIR, exist_ok=True)
         try:
-            proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             lines = []
-            for line in proc.stdout:
-                lines.append(line)
-                self.setProgress(min(95.0, self.progress() + 1.0))  # pip says nothing of its total
-                if self.isCanceled():
-                    proc.kill()
-                    break
-            proc.wait()
+            # the with-block closes pip's output pipe (left open, it surfaced as a ResourceWarning in QGIS's log)
+            with subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+                for line in proc.stdout:
+                    lines.append(line)
+                    self.setProgress(min(95.0, self.progress() + 1.0))  # pip says nothing of its total
+                    if self.isCanceled():
+                        proc.kill()
+                        break
             self.ok, self.log = proc.returncode == 0, "".join(lines)[-4000:]
         except OSError as exc:
             self.log = f"{self.command[0]}: {exc}"
