@@ -20,3 +20,4 @@ for _module in MODULES:
     globals()[_module.rsplit(".", 1)[-1]] = importlib.import_module(f"{_CORE}.{_module}")
 
 default_model_path = default_model.default_model_path  # noqa: F821 - set above; "" when no model is shipped
+shipped_models = default_model.shipped_models  # noqa: F821 - set above; [] when no model is shipped

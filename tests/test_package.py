@@ -122,3 +122,45 @@ def test_two_builds_at_once_each_write_a_whole_zip(tmp_path):
     with zipfile.ZipFile(out) as zf:
         assert zf.testzip() is None and sorted(zf.namelist()) == sorted(results[0])
     assert os.listdir(tmp_path / "dist") == ["rsir_qgis_plugin.zip"] and oct(os.stat(out).st_mode)[-3:] == "644"
+
+
+def test_shipped_models_are_offered_by_name(tmp_path, twin_raster, capsys, qgis_iface):
+    """`rsir index --model fast` and the Build index dialog's Model list pick the shipped copies by name; a file of
+    that name wins, and another file shows as "another model file"."""
+    import hashlib
+
+    from core.cli import main
+    from core.default_model import resolve_model, shipped_models
+    from core.index.reader import Index
+
+    default, int8, fast = _shipped()
+    assert [(m.name, m.path) for m in shipped_models()] == [("default", default), ("int8", int8), ("fast", fast)]
+    assert (resolve_model(None), resolve_model("int8"), resolve_model("fast")) == (default, int8, fast)
+    own = tmp_path / "fast"
+    own.write_bytes(b"")
+    assert resolve_model(str(own)) == str(own)  # a file by that name is the user's own
+    out = str(tmp_path / "idx")
+    assert main(["index", twin_raster, "--model", "fast", "--out", out, "--tile", "64", "-q"]) == 0
+    assert f"model: {fast} (shipped as fast; --model picks another)" in capsys.readouterr().out
+    index = Index(out)
+    with open(fast, "rb") as f:
+        assert index.model.sha256 == hashlib.sha256(f.read()).hexdigest()
+    assert index.all_embeddings().shape == (16, index.model_info.embedding_dim)  # encoded with it: 128-d
+    assert index.model_info.embedding_dim == 128
+    index.close()
+
+    from rsir_qgis_plugin.index_dialog import IndexDialog
+    from tests.test_plugin import _forget_dialog_settings
+
+    _forget_dialog_settings()
+    dialog = IndexDialog(qgis_iface)
+    names = [dialog.shipped.itemText(i).split(":")[0] for i in range(dialog.shipped.count())]
+    assert names == ["default", "int8", "fast", "another model file…"]
+    assert dialog.shipped.currentIndex() == 0 and dialog.model.filePath() == default
+    dialog.shipped.setCurrentIndex(1)  # picking a name sets the file
+    assert dialog.model.filePath() == int8
+    dialog.model.setFilePath(str(own))  # and a file of one's own shows as such
+    assert dialog.shipped.currentText() == "another model file…"
+    dialog.model.setFilePath(fast)
+    assert dialog.shipped.currentText().startswith("fast: ")
+    dialog.close()
