@@ -240,8 +240,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     model = resolve_model(args.model)
     if not model:
-        raise RsirError(f"{'no --model given' if not args.model else args.model + ': no such model file'}, and this "
-                        "installation ships no model (default_model/)")
+        raise RsirError("no --model given, and this installation ships no default model (default_model/)")
     if model != args.model:
         print(f"model: {model} ({f'shipped as {args.model}' if args.model else 'the default'}; --model picks another)")
     update, close = _progress_bar("indexing", args.quiet)

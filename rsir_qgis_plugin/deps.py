@@ -1,4 +1,4 @@
-"""Check the plugin's Python dependencies and install missing ones into a plugin-local folder.
+"""Check the plugin's Python dependencies and install missing ones into a folder of the QGIS profile.
 
 QGIS ships numpy and GDAL; onnxruntime and faiss usually have to be added. Installing goes to the QGIS profile's
 `rsir/python_deps-pyX.Y` (`deps_dir`: outside the plugin's folder, which installing a new version of the plugin
