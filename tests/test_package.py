@@ -164,3 +164,46 @@ def test_shipped_models_are_offered_by_name(tmp_path, twin_raster, capsys, qgis_
     dialog.model.setFilePath(fast)
     assert dialog.shipped.currentText().startswith("fast: ")
     dialog.close()
+
+
+UPGRADE_IN_PLACE = r"""
+import os, shutil, sys, zipfile
+plugins_dir, zip_path = sys.argv[1], sys.argv[2]
+from qgis.core import QgsApplication
+app = QgsApplication([], False); app.initQgis()
+import qgis.utils as u  # QGIS's own plugin loading, with the import hook that tracks a plugin's modules
+pkg = "rsir_qgis_plugin"
+u.available_plugins.append(pkg)
+assert u.loadPlugin(pkg)
+from rsir_qgis_plugin import engine, plugin  # as classFactory and initGui import them
+print("before", hasattr(engine.default_model, "UPGRADED"))
+u.plugins[pkg] = plugin.RsirPlugin(None)
+u.active_plugins.append(pkg)
+assert u.unloadPlugin(pkg)  # what Install from ZIP does: unload, replace the folder, load again
+shutil.rmtree(os.path.join(plugins_dir, pkg))
+with zipfile.ZipFile(zip_path) as zf:
+    zf.extractall(plugins_dir)
+with open(os.path.join(plugins_dir, pkg, "core", "default_model.py"), "a") as f:
+    f.write("\nUPGRADED = True\n")
+assert u.loadPlugin(pkg)
+from rsir_qgis_plugin import engine
+print("after", hasattr(engine.default_model, "UPGRADED"))
+"""
+
+
+def test_a_new_version_installed_over_the_plugin_loads_its_own_core(tmp_path):
+    """QGIS unloads the plugin modules it saw imported; the bundled core's, imported by engine.py through importlib,
+    it did not see: after an upgrade from ZIP the old core stayed loaded and the new plugin failed in initGui
+    (AttributeError on a function the old core lacked; found in the desktop check)."""
+    zip_path = str(tmp_path / "rsir_qgis_plugin.zip")
+    build(zip_path)
+    plugins = tmp_path / "plugins"
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(plugins)
+    script = tmp_path / "upgrade.py"
+    script.write_text(UPGRADE_IN_PLACE)
+    env = dict(os.environ, PYTHONPATH=str(plugins), QT_QPA_PLATFORM="offscreen")
+    out = subprocess.run([sys.executable, str(script), str(plugins), zip_path], capture_output=True, text=True,
+                         env=env, cwd=str(tmp_path), timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["before", "False", "after", "True"], out.stdout + out.stderr[-2000:]
