@@ -205,9 +205,21 @@ class RsirDock(QDockWidget):
         else:
             canvas.setMapTool(tool)
         if not getattr(self, "_follows_tools", False) and hasattr(canvas, "mapToolSet"):
-            # QGIS's own tools (Pan...) replace ours: the buttons must not stay pressed
-            canvas.mapToolSet.connect(lambda new, _old=None: self._show_tool(new))
+            # QGIS's own tools (Pan...) replace ours: the buttons must not stay pressed. A method of the dock, not a
+            # lambda: Qt drops the connection with the dock (a lambda outlived it, and every later tool change in
+            # QGIS raised "wrapped C/C++ object ... has been deleted" after the plugin was unloaded or upgraded)
+            canvas.mapToolSet.connect(self._tool_set)
             self._follows_tools = True
+
+    def _tool_set(self, new, _old=None) -> None:
+        self._show_tool(new)
+
+    def release(self) -> None:
+        """Give the map canvas back before the dock goes (the plugin unloads): our tools unset, no connection left."""
+        self._activate(None)
+        if getattr(self, "_follows_tools", False):
+            self.iface.mapCanvas().mapToolSet.disconnect(self._tool_set)
+            self._follows_tools = False
 
     def _show_tool(self, tool) -> None:
         self.box_button.setChecked(tool is self.box_tool)

@@ -109,7 +109,7 @@ class RsirPlugin:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
         if self.dock is not None:
-            self.dock._activate(None)  # noqa: SLF001 - release the map tools
+            self.dock.release()  # our map tools unset, the canvas's signal disconnected
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
         if self.action is not None:

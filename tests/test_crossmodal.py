@@ -442,7 +442,7 @@ def test_plugin_box_on_an_optical_layer_searches_the_sar_index(pair, sar_index, 
         assert all(child.layer().isValid() for child in dock.last_group.children())  # SAR tiles included
     finally:
         dock.wait()
-        dock._activate(None)
+        dock.release()
         for obj in (dock.box_tool, dock.pick_tool, dock.mark_tool, dock):
             sip.delete(obj)
 

@@ -32,7 +32,7 @@ def dock(qgis_iface, qgis_new_project):
     from qgis.PyQt import sip
 
     widget.wait()  # no search task may outlive the dock it reports to
-    widget._activate(None)
+    widget.release()
     for obj in (widget.box_tool, widget.pick_tool, widget.mark_tool, widget):
         sip.delete(obj)  # now, not at exitQgis(): Qt objects left for QGIS's teardown crash it
     QgsApplication.processEvents()
@@ -1068,3 +1068,38 @@ def test_opening_another_index_ends_the_feedback_loop(dock, indexed, twin_raster
     assert not panel.relevant_button.isEnabled() and not panel.refine_button.isEnabled()
     assert not panel.find_button.isEnabled() and panel.layer is None and panel.loop_query is None
     assert not QgsProject.instance().layerTreeRoot().findLayer(marks_layer.id()).itemVisibilityChecked()
+
+
+def test_unloading_the_plugin_leaves_no_connection_to_the_canvas(qgis_iface, qgis_new_project):
+    """After unload (QGIS's plugin manager, an upgrade from ZIP) every map-tool change in QGIS raised "wrapped C/C++
+    object of type QPushButton has been deleted": a lambda on the canvas's mapToolSet outlived the dock (found in the
+    desktop check)."""
+    import sys
+
+    from qgis.gui import QgsMapToolPan
+    from qgis.PyQt.QtCore import QCoreApplication, QEvent
+
+    from rsir_qgis_plugin.plugin import RsirPlugin
+
+    canvas = qgis_iface.mapCanvas()
+    before = canvas.receivers(canvas.mapToolSet)
+    plugin = RsirPlugin(qgis_iface)
+    plugin.initGui()
+    assert plugin.dock is not None
+    plugin.dock.box_button.click()  # the analyst draws a box: our tool on the canvas, the dock follows tool changes
+    assert canvas.mapTool() is plugin.dock.box_tool and canvas.receivers(canvas.mapToolSet) == before + 1
+    pan = QgsMapToolPan(canvas)
+    canvas.setMapTool(pan)  # QGIS's own tool: the dock's button pops up
+    assert not plugin.dock.box_button.isChecked()
+    plugin.dock.box_button.click()
+    plugin.unload()
+    QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)  # the dock is gone
+    assert canvas.receivers(canvas.mapToolSet) == before and canvas.mapTool() is None
+    errors = []
+    hook, sys.excepthook = sys.excepthook, lambda *exc: errors.append(exc)  # where PyQt reports a failing slot
+    try:
+        canvas.setMapTool(pan)
+        canvas.unsetMapTool(pan)
+    finally:
+        sys.excepthook = hook
+    assert errors == []
