@@ -49,8 +49,11 @@ class RsirPlugin:
 
         self.initProcessing()
         self.dock = RsirDock(self.iface, self.iface.mainWindow())
-        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        # connected first: in a running QGIS (plugin enabled or upgraded) adding the dock shows it at once, and the
+        # toolbar button stayed off beside an open dock
         self.dock.visibilityChanged.connect(self.action.setChecked)
+        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.action.setChecked(self.dock.isVisible())
 
     def _offer_install(self) -> None:
         text = deps.missing_message(self.missing)
