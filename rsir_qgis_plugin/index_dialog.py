@@ -95,9 +95,8 @@ class IndexDialog(QDialog):
                                 "about twice as fast for about the same results; the fast model is for the land "
                                 "uses it was trained on (default_model/README.md)")
         self.shipped.currentIndexChanged.connect(self._pick_shipped)
-        self.model.fileChanged.connect(self._show_shipped)
+        self.model.fileChanged.connect(self._show_shipped)  # setting the file names the list's entry too
         self.model.setFilePath(default_model_path())
-        self._show_shipped(self.model.filePath())
         self.out = QgsFileWidget()
         self.out.setStorageMode(QgsFileWidget.GetDirectory)
         self.tile, self.stride = QSpinBox(), QSpinBox()

@@ -225,15 +225,20 @@ def _with_general_branch(ckpt: dict, cfg, spec: GeneralBranch, log=None):
         also = spec.second()
     except ValueError as e:
         raise RsirError(f"--general-also: {e}") from None
-    second = None
+    joined = None  # the second network's Reading
     if also:
-        if also[0] not in LITE_VARIANTS:
-            raise RsirError(f"--general-also: {also[0]} is not one of {sorted(LITE_VARIANTS)}")
-        second = efficientnet_lite(also[0], pretrained=True).eval()
-        if also[1] > len(second._blocks):
-            raise RsirError(f"--general-also: {also[0]} has {len(second._blocks)} blocks, not {also[1]}")
+        backbone2, block2, scale2, views2 = also
+        if backbone2 not in LITE_VARIANTS:
+            raise RsirError(f"--general-also: {backbone2} is not one of {sorted(LITE_VARIANTS)}")
+        if not 1 <= scale2 <= 4 or views2 not in (1, 2, 4):
+            raise RsirError(f"--general-also-scale must be in 1..4 and --general-also-views 1, 2 or 4, got {scale2}, "
+                            f"{views2}")
+        second = efficientnet_lite(backbone2, pretrained=True).eval()
+        if block2 > len(second._blocks):
+            raise RsirError(f"--general-also: {backbone2} has {len(second._blocks)} blocks, not {block2}")
         if not tap:
             raise RsirError("--general-also joins block features: give --general-block too")
+        joined = (second, block2, scale2, views2)
     if not shared_blocks_match(trained.backbone, imagenet, shared):
         raise RsirError("the checkpoint's first blocks are not ImageNet's: train with model.frozen_blocks for a "
                         "general branch that shares them")
@@ -250,10 +255,6 @@ def _with_general_branch(ckpt: dict, cfg, spec: GeneralBranch, log=None):
                 x = torch.from_numpy(s.pixels[i:i + 128]).float() / float(cfg.data.scale)
                 yield (x - mean_px) / std_px
 
-    joined = (second, *also[1:]) if also else None
-    if joined and (not 1 <= joined[2] <= 4 or joined[3] not in (1, 2, 4)):
-        raise RsirError(f"--general-also-scale must be in 1..4 and --general-also-views 1, 2 or 4, got {joined[2]}, "
-                        f"{joined[3]}")
     mean, projection = fit_pca(pooled_features(imagenet, batches(), tap, spec.scale, spec.views, joined), dims)
     net = GeneralAndTrained(trained, imagenet, shared, mean, projection, weight, tap, spec.scale, spec.views,
                             joined).eval()
@@ -263,11 +264,10 @@ def _with_general_branch(ckpt: dict, cfg, spec: GeneralBranch, log=None):
                                                "fit_images": n,
                                                **({"input_scale": spec.scale} if spec.scale != 1 else {}),
                                                **({"views": spec.views} if spec.views != 1 else {}),
-                                               **({"also": f"{also[0]} block {also[1]}"} if also else {}),
-                                               **({"also_input_scale": joined[2]}
-                                                  if joined and joined[2] != spec.scale else {}),
-                                               **({"also_views": joined[3]} if joined and joined[3] != spec.views
-                                                  else {})},
+                                               **({"also": f"{backbone2} block {block2}"} if also else {}),
+                                               **({"also_input_scale": scale2} if also and scale2 != spec.scale
+                                                  else {}),
+                                               **({"also_views": views2} if also and views2 != spec.views else {})},
                                               sort_keys=True)}
     return net, meta
 

@@ -117,7 +117,11 @@ def general_features(net: EfficientNetLite, x: torch.Tensor, tap: int, scale: fl
                      views: int = 1) -> torch.Tensor:
     """`untrained_features` of normalised images `x`, resized by `scale` and averaged over `views` quarter turns
     (run as one batch)."""
-    xs = branch_input(x, scale, views)
+    return pooled_views(net, branch_input(x, scale, views), tap, views)
+
+
+def pooled_views(net: EfficientNetLite, xs: torch.Tensor, tap: int, views: int) -> torch.Tensor:
+    """`untrained_features` of `branch_input`'s stacked views `xs`, averaged per image."""
     return view_mean(untrained_features(net, net.prefix(xs, 0), 0, tap), views)
 
 
@@ -130,7 +134,7 @@ def joint_features(readings: list[Reading], x: torch.Tensor) -> torch.Tensor:
         if (scale, views) not in inputs:
             inputs[(scale, views)] = branch_input(x, scale, views)
         xs = inputs[(scale, views)]
-        parts.append(F.normalize(view_mean(untrained_features(net, net.prefix(xs, 0), 0, tap), views), dim=1))
+        parts.append(F.normalize(pooled_views(net, xs, tap, views), dim=1))
     return torch.cat(parts, dim=1)
 
 
